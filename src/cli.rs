@@ -1,0 +1,344 @@
+//! The command line: parses arguments, calls the library, prints for people or `--json`.
+//!
+//! Owns argument syntax, output formats, progress bars, exit codes and logging set-up.
+//! Every command reads the clock here and passes `now` down; nothing below reads it.
+
+mod demo;
+
+use crate::content::Hash;
+use crate::node::Node;
+use crate::publish::{PublishRequest, publish};
+use crate::trust::SignedManifest;
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Inputs at least this large get a progress bar (on a terminal).
+const PROGRESS_MIN_BYTES: u64 = 64 << 20;
+
+#[derive(Parser, Debug)]
+#[command(name = "arbor", version, about = "Peer-to-peer distribution of signed, content-addressed updates")]
+pub struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log format on stderr (the level comes from RUST_LOG, default "warn").
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a node directory.
+    Init {
+        /// The node directory to create (must not exist, or be empty).
+        #[arg(long)]
+        data: PathBuf,
+        /// Create the root node: it holds the root (trust anchor) key and publishes updates.
+        #[arg(long, required = true)]
+        root: bool,
+    },
+    /// Publish a file or directory as a signed update (root only).
+    Publish {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        category: String,
+        /// The module id.
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// Publish what symlinks inside PATH point to, instead of refusing them.
+        #[arg(long)]
+        follow_symlinks: bool,
+        /// The file or directory to publish.
+        path: PathBuf,
+    },
+    /// List the updates in the store.
+    Updates {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Re-hash every stored chunk and re-check every signature; exit 1 on any damage.
+    Verify {
+        #[arg(long)]
+        data: PathBuf,
+        /// Only this update (its id, or a unique prefix of at least 4 hex digits).
+        update: Option<String>,
+    },
+    /// Reassemble an update's files into a new or empty directory.
+    Export {
+        #[arg(long)]
+        data: PathBuf,
+        /// The update id, or a unique prefix of at least 4 hex digits.
+        update: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run init, publish, verify and export on a generated sample in a temporary directory.
+    Demo {
+        /// Keep the demo's directory instead of removing it at the end.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+/// Runs the command line; the exit code is 0 on success, 1 on failure or damage found.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn open(data: &Path) -> Result<Node> {
+    Node::open(data).with_context(|| format!("cannot open node directory {}", data.display()))
+}
+
+fn resolve(node: &Node, update: &str) -> Result<Hash> {
+    Ok(node.store.resolve_update(update)?)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal and the work is large; hidden otherwise.
+fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    if total < PROGRESS_MIN_BYTES || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let json = cli.json;
+    match cli.command {
+        Command::Init { data, root: _ } => {
+            let node = Node::init_root(&data).with_context(|| format!("cannot create root node in {}", data.display()))?;
+            if json {
+                print_json(&serde_json::json!({
+                    "node_id": node.node_id(),
+                    "root_key": node.root_key.to_string(),
+                }))?;
+            } else {
+                println!("{}", node.node_id());
+                eprintln!(
+                    "created root node in {}\nroot key: {}",
+                    data.display(),
+                    node.root_key
+                );
+            }
+        }
+        Command::Publish {
+            data,
+            tenant,
+            category,
+            id,
+            version,
+            description,
+            follow_symlinks,
+            path,
+        } => {
+            let node = open(&data)?;
+            let req = PublishRequest {
+                tenant,
+                category,
+                id,
+                version,
+                description,
+                path,
+                follow_symlinks,
+            };
+            let total = input_size(&req.path);
+            let bar = progress_bar(total, "publishing");
+            let out = publish(&node, &req, now(), &|done| bar.set_position(done)).context("publish failed")?;
+            bar.finish_and_clear();
+            if json {
+                print_json(&serde_json::json!({
+                    "update_id": out.update_id,
+                    "bytes": out.bytes,
+                    "new_bytes": out.new_bytes,
+                    "chunks": out.chunks,
+                }))?;
+            } else {
+                println!("{}", out.update_id);
+                let what = if out.already_published {
+                    "already published, nothing stored"
+                } else {
+                    "published"
+                };
+                eprintln!(
+                    "{what}: {}/{}/{} {}: {} in {} chunks, {} new",
+                    req.tenant,
+                    req.category,
+                    req.id,
+                    req.version,
+                    HumanBytes(out.bytes),
+                    out.chunks,
+                    HumanBytes(out.new_bytes)
+                );
+            }
+        }
+        Command::Updates { data } => {
+            let node = open(&data)?;
+            list_updates(&node, json)?;
+        }
+        Command::Verify { data, update } => {
+            let node = open(&data)?;
+            let update = update.map(|u| resolve(&node, &u)).transpose()?;
+            let bar = progress_bar(store_size(&node), "verifying");
+            let report = crate::verify::verify(&node, update, now(), &|done| bar.set_position(done))?;
+            bar.finish_and_clear();
+            if json {
+                print_json(&report)?;
+            } else {
+                for p in &report.problems {
+                    println!("BAD {p}");
+                }
+                let summary = format!(
+                    "{} updates, {} chunks, {} checked",
+                    report.updates,
+                    report.chunks,
+                    HumanBytes(report.bytes)
+                );
+                if report.ok() {
+                    println!("ok: {summary}");
+                } else {
+                    println!("FAILED: {} problems; {summary}", report.problems.len());
+                }
+            }
+            if !report.ok() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Export { data, update, out } => {
+            let node = open(&data)?;
+            let id = resolve(&node, &update)?;
+            let done = crate::export::export(&node, &id, &out, now())
+                .with_context(|| format!("cannot export update {}", id.short()))?;
+            if json {
+                print_json(&done)?;
+            } else {
+                println!(
+                    "exported {} files ({}) of update {} to {}",
+                    done.files,
+                    HumanBytes(done.bytes),
+                    id.short(),
+                    out.display()
+                );
+            }
+        }
+        Command::Demo { keep } => demo::run(keep)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Total size of a publish input, for the progress bar; 0 when unknown.
+fn input_size(path: &Path) -> u64 {
+    walkdir::WalkDir::new(path)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn store_size(node: &Node) -> u64 {
+    node.store.packs().map(|p| p.iter().map(|(_, len)| len).sum()).unwrap_or(0)
+}
+
+fn list_updates(node: &Node, json: bool) -> Result<()> {
+    let mut rows = Vec::new();
+    for (id, bytes) in node.store.manifests()? {
+        let signed = SignedManifest::open(&bytes, &node.root_key, now())
+            .with_context(|| format!("stored update {} is damaged; run arbor verify", id.short()))?;
+        rows.push(signed);
+    }
+    rows.sort_by_key(|s| s.seq);
+    if json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|s| {
+                let m = &s.manifest;
+                serde_json::json!({
+                    "update_id": s.id,
+                    "tenant": m.tenant,
+                    "category": m.category,
+                    "id": m.id,
+                    "version": m.version,
+                    "description": m.description,
+                    "created": m.created,
+                    "bytes": m.total_size,
+                    "files": m.files.len(),
+                    "chunks": m.distinct_chunks().0,
+                    "seq": s.seq,
+                })
+            })
+            .collect();
+        return print_json(&list);
+    }
+    if rows.is_empty() {
+        eprintln!("no updates in {}", node.dir.display());
+        return Ok(());
+    }
+    println!("{:<14} {:<40} {:<16} {:>10} {:>7}", "UPDATE", "MODULE", "VERSION", "SIZE", "FILES");
+    for s in &rows {
+        let m = &s.manifest;
+        println!(
+            "{:<14} {:<40} {:<16} {:>10} {:>7}",
+            s.id.short(),
+            m.module(),
+            m.version,
+            HumanBytes(m.total_size).to_string(),
+            m.files.len()
+        );
+    }
+    Ok(())
+}

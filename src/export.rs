@@ -1,0 +1,104 @@
+//! Export: reassembling an update's files from the store, byte for byte.
+//!
+//! Owns writing an update out to a plain directory: every file at its manifest path,
+//! with its mode, each chunk checked against its hash on the way out. It only writes
+//! into a directory that is new or empty, so it never overwrites anything.
+
+use crate::content::Hash;
+use crate::node::Node;
+use crate::store::StoreError;
+use crate::trust::{SignedManifest, TrustError};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the stored manifest of update {update} is refused: {source}")]
+    Manifest { update: Hash, source: TrustError },
+    #[error("{0} exists and is not empty; export writes only into a new or empty directory")]
+    NotEmpty(String),
+    #[error("chunk {chunk} of {file} is {why}; run arbor verify")]
+    BadChunk { chunk: Hash, file: String, why: &'static str },
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ExportError + 'a {
+    move |source| ExportError::Io {
+        action,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, serde::Serialize)]
+pub struct ExportOutcome {
+    pub update_id: Hash,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Writes update `id` into `out`.
+pub fn export(node: &Node, id: &Hash, out: &Path, now: u64) -> Result<ExportOutcome, ExportError> {
+    let bytes = node
+        .store
+        .manifest_bytes(id)?
+        .ok_or(StoreError::UnknownUpdate(id.to_hex()))?;
+    let signed = SignedManifest::open(&bytes, &node.root_key, now)
+        .map_err(|source| ExportError::Manifest { update: *id, source })?;
+    match fs::read_dir(out) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(ExportError::NotEmpty(out.display().to_string()));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(out).map_err(io("create", out))?
+        }
+        Err(e) => return Err(io("read", out)(e)),
+    }
+    let mut buf = Vec::new();
+    for file in &signed.manifest.files {
+        // Paths were validated when the manifest was opened: relative, no `..`.
+        let path = out.join(&file.path);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io("create", parent))?;
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io("create", &path))?;
+        for c in &file.chunks {
+            let bad = |why| ExportError::BadChunk {
+                chunk: c.hash(),
+                file: file.path.clone(),
+                why,
+            };
+            let loc = node.store.chunk_loc(&c.hash())?.ok_or_else(|| bad("missing from the store"))?;
+            node.store.read_at(loc, &mut buf)?;
+            if Hash::of(&buf) != c.hash() {
+                return Err(bad("corrupt in the store"));
+            }
+            f.write_all(&buf).map_err(io("write", &path))?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(file.mode))
+            .map_err(io("set the mode of", &path))?;
+    }
+    Ok(ExportOutcome {
+        update_id: *id,
+        files: signed.manifest.files.len(),
+        bytes: signed.manifest.total_size,
+    })
+}

@@ -1,0 +1,31 @@
+//! arbor: a peer-to-peer update distribution overlay.
+//!
+//! Nodes form a signed parent/child tree. The root publishes updates as signed
+//! manifests over content-addressed blake3 chunks; every other node fetches, verifies,
+//! stores and serves them on. This crate is the whole of arbor: the `arbor` binary is a
+//! thin shell over it (`src/main.rs`, `src/cli.rs`).
+//!
+//! Layers, each depending only on those below it:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`cli`] | the command line: parse, call, print |
+//! | [`publish`], [`verify`], [`export`] | the root's ingest, store checks, reassembly |
+//! | [`node`] | a node directory: layout, keys, opening |
+//! | [`store`] | pack files and the redb index |
+//! | [`trust`] | keys, the signed envelope, signed manifests |
+//! | [`wire`] | canonical CBOR and size limits |
+//! | [`content`] | hashes, chunking, manifests, safe names |
+//!
+//! The wire format is specified in `protocol/PROTOCOL.md`, with test vectors in
+//! `protocol/vectors/`.
+
+pub mod cli;
+pub mod content;
+pub mod export;
+pub mod node;
+pub mod publish;
+pub mod store;
+pub mod trust;
+pub mod verify;
+pub mod wire;

@@ -1,0 +1,349 @@
+//! Publishing: how the root turns a provider's file or directory into a signed update.
+//!
+//! Owns reading the input (what is accepted: regular files, directories, symlinks only
+//! on request), cutting and hashing it, storing new chunks, and signing and storing the
+//! manifest. Reading and cutting run on one thread, hashing and storing on another, so
+//! the two cores overlap; memory stays at a few segment buffers whatever the input size.
+//! Everything about the input is validated before the first byte is stored.
+
+use crate::content::Hash;
+use crate::content::chunker::{ChunkParams, Segment, Segmenter};
+use crate::content::manifest::{ChunkRef, FileEntry, MAX_FILES, MODE_MASK, Manifest};
+use crate::content::names::{self, NameError};
+use crate::node::{Node, NodeError};
+use crate::store::{ModuleVersion, StoreError};
+use crate::trust::{SignedManifest, TrustError};
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+/// What to publish.
+#[derive(Clone, Debug)]
+pub struct PublishRequest {
+    pub tenant: String,
+    pub category: String,
+    pub id: String,
+    pub version: String,
+    pub description: Option<String>,
+    /// A file or a directory.
+    pub path: PathBuf,
+    /// Store what symlinks inside `path` point to, instead of refusing them.
+    pub follow_symlinks: bool,
+}
+
+/// What a publish did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PublishOutcome {
+    pub update_id: Hash,
+    /// Total size of the update's files.
+    pub bytes: u64,
+    /// Bytes of chunks that were not in the store before.
+    pub new_bytes: u64,
+    /// Distinct chunks in the update.
+    pub chunks: usize,
+    /// True when this exact content was already published under this version.
+    pub already_published: bool,
+}
+
+/// Why a publish was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("{path}: {why}")]
+    Input { path: String, why: String },
+    #[error("{path} is a symlink; arbor does not publish links (pass --follow-symlinks to publish what it points to)")]
+    Symlink { path: String },
+    #[error("the input has more than {MAX_FILES} files")]
+    TooManyFiles,
+    #[error("{path} changed while it was being published; publish again once it is stable")]
+    Changed { path: String },
+    #[error(
+        "{module} version {version} is already published with different content (update {existing}); publish it under a new version"
+    )]
+    Conflict {
+        module: String,
+        version: String,
+        existing: Hash,
+    },
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+}
+
+fn input_err(path: &Path, why: impl std::fmt::Display) -> PublishError {
+    PublishError::Input {
+        path: path.display().to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// A regular file found in the input.
+#[derive(Debug)]
+pub struct InputFile {
+    pub source: PathBuf,
+    pub rel: String,
+    pub mode: u32,
+    pub size: u64,
+}
+
+/// Lists the regular files under `path` (or `path` itself), sorted by relative path.
+///
+/// `path` itself may be a symlink (it is followed). Inside a directory, a symlink is
+/// refused unless `follow_symlinks`, in which case its target's content is published
+/// as a regular file (or directory); symlink loops are refused. Special files (devices,
+/// sockets, fifos) and names that are not UTF-8 are refused. Empty directories are not
+/// carried.
+pub fn scan_input(path: &Path, follow_symlinks: bool) -> Result<Vec<InputFile>, PublishError> {
+    let meta = std::fs::metadata(path).map_err(|e| input_err(path, e))?;
+    if meta.is_file() {
+        let rel = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| input_err(path, "the file name is not valid UTF-8"))?
+            .to_string();
+        names::check_rel_path(&rel)?;
+        return Ok(vec![InputFile {
+            source: path.to_path_buf(),
+            rel,
+            mode: meta.permissions().mode() & MODE_MASK,
+            size: meta.len(),
+        }]);
+    }
+    if !meta.is_dir() {
+        return Err(input_err(path, "not a regular file or directory"));
+    }
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(path).follow_links(follow_symlinks).min_depth(1) {
+        let entry = entry.map_err(|e| {
+            let at = e.path().unwrap_or(path).to_path_buf();
+            if e.loop_ancestor().is_some() {
+                input_err(&at, "symlink loop")
+            } else {
+                input_err(&at, e)
+            }
+        })?;
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            continue;
+        }
+        if kind.is_symlink() {
+            return Err(PublishError::Symlink {
+                path: entry.path().display().to_string(),
+            });
+        }
+        if !kind.is_file() {
+            return Err(input_err(entry.path(), "not a regular file (device, socket or fifo)"));
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(path)
+            .map_err(|e| input_err(entry.path(), e))?
+            .iter()
+            .map(|part| part.to_str())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| input_err(entry.path(), "the path is not valid UTF-8"))?
+            .join("/");
+        names::check_rel_path(&rel)?;
+        let meta = entry.metadata().map_err(|e| input_err(entry.path(), e))?;
+        files.push(InputFile {
+            source: entry.path().to_path_buf(),
+            rel,
+            mode: meta.permissions().mode() & MODE_MASK,
+            size: meta.len(),
+        });
+        if files.len() > MAX_FILES {
+            return Err(PublishError::TooManyFiles);
+        }
+    }
+    files.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(files)
+}
+
+fn check_request(req: &PublishRequest) -> Result<(), NameError> {
+    names::check_name("tenant", &req.tenant)?;
+    names::check_name("category", &req.category)?;
+    names::check_name("id", &req.id)?;
+    names::check_version(&req.version)?;
+    if let Some(d) = &req.description {
+        names::check_description(d)?;
+    }
+    Ok(())
+}
+
+/// Publishes `req` on the root node. `now` is the creation time written into the
+/// manifest (Unix seconds); `progress` is called with the input bytes processed so far.
+pub fn publish(
+    node: &Node,
+    req: &PublishRequest,
+    now: u64,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<PublishOutcome, PublishError> {
+    check_request(req)?;
+    let root = node.root_secret()?;
+    let files = scan_input(&req.path, req.follow_symlinks)?;
+    let name = ModuleVersion {
+        tenant: &req.tenant,
+        category: &req.category,
+        id: &req.id,
+        version: &req.version,
+    };
+
+    if let Some(existing) = node.store.update_by_name(&name)? {
+        // Same version again: idempotent if the content is the same, refused otherwise.
+        // Nothing is written either way.
+        let entries = chunk_files(&files, None, progress)?.0;
+        let bytes = node
+            .store
+            .manifest_bytes(&existing)?
+            .ok_or(StoreError::UnknownUpdate(existing.to_hex()))?;
+        let stored = SignedManifest::open(&bytes, &node.root_key, now)?;
+        if stored.manifest.files != entries || stored.manifest.description != req.description {
+            return Err(PublishError::Conflict {
+                module: stored.manifest.module(),
+                version: req.version.clone(),
+                existing,
+            });
+        }
+        let (chunks, _) = stored.manifest.distinct_chunks();
+        return Ok(PublishOutcome {
+            update_id: existing,
+            bytes: stored.manifest.total_size,
+            new_bytes: 0,
+            chunks,
+            already_published: true,
+        });
+    }
+
+    let mut writer = node.store.writer();
+    let (entries, new_bytes) = chunk_files(&files, Some(&mut writer), progress)?;
+    let total_size = entries.iter().map(|f| f.size).sum();
+    let manifest = Manifest {
+        id: req.id.clone(),
+        files: entries,
+        tenant: req.tenant.clone(),
+        created: now,
+        version: req.version.clone(),
+        category: req.category.clone(),
+        total_size,
+        description: req.description.clone(),
+    };
+    let seq = node.store.publish_seq()? + 1;
+    let signed = SignedManifest::sign(root, seq, manifest)?;
+    writer.commit_manifest(&signed.id, &signed.bytes, &name, seq)?;
+    let (chunks, _) = signed.manifest.distinct_chunks();
+    tracing::info!(update = %signed.id, module = %signed.manifest.module(), version = %req.version,
+        bytes = total_size, new_bytes, chunks, "published");
+    Ok(PublishOutcome {
+        update_id: signed.id,
+        bytes: total_size,
+        new_bytes,
+        chunks,
+        already_published: false,
+    })
+}
+
+/// A message from the reading thread to the hashing thread.
+enum Piece {
+    Segment(Segment),
+    /// The current file is complete; the next segments belong to the next file.
+    EndOfFile,
+}
+
+/// Cuts and hashes every file; stores new chunks through `writer` when given. Returns
+/// the manifest entries and the number of new bytes stored.
+fn chunk_files(
+    files: &[InputFile],
+    mut writer: Option<&mut crate::store::ChunkWriter<'_>>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Vec<FileEntry>, u64), PublishError> {
+    let (piece_tx, piece_rx) = mpsc::sync_channel::<Piece>(2);
+    let (spare_tx, spare_rx) = mpsc::channel::<Segment>();
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || read_files(files, piece_tx, spare_rx));
+        let mut entries = Vec::with_capacity(files.len());
+        let mut new_bytes = 0u64;
+        let mut done = 0u64;
+        let mut current: Vec<ChunkRef> = Vec::new();
+        let mut consume = || -> Result<(), PublishError> {
+            for piece in piece_rx.iter() {
+                let segment = match piece {
+                    Piece::EndOfFile => {
+                        let file = &files[entries.len()];
+                        let chunks = std::mem::take(&mut current);
+                        entries.push(FileEntry {
+                            mode: file.mode,
+                            path: file.rel.clone(),
+                            size: file.size,
+                            chunks,
+                        });
+                        continue;
+                    }
+                    Piece::Segment(s) => s,
+                };
+                for data in segment.chunks() {
+                    let hash = Hash::of(data);
+                    current.push(ChunkRef(hash, data.len() as u32));
+                    if let Some(w) = writer.as_deref_mut() {
+                        if w.put(hash, data)? {
+                            new_bytes += data.len() as u64;
+                        }
+                    }
+                }
+                done += segment.data.len() as u64;
+                progress(done);
+                // The reader may have finished; then the buffer is simply dropped.
+                let _ = spare_tx.send(segment);
+            }
+            Ok(())
+        };
+        let consumed = consume();
+        // If hashing failed, the channel is closed and the reader stops at its next send.
+        drop(piece_rx);
+        let read = reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        consumed?;
+        read?;
+        Ok((entries, new_bytes))
+    })
+}
+
+/// The reading thread: cuts each file and sends its segments, then an end marker.
+fn read_files(
+    files: &[InputFile],
+    out: mpsc::SyncSender<Piece>,
+    spare: mpsc::Receiver<Segment>,
+) -> Result<(), PublishError> {
+    for file in files {
+        let f = File::open(&file.source).map_err(|e| input_err(&file.source, e))?;
+        let mut segmenter = Segmenter::new(f, ChunkParams::default());
+        let mut read = 0u64;
+        loop {
+            while let Ok(used) = spare.try_recv() {
+                segmenter.recycle(used);
+            }
+            let Some(segment) = segmenter.next_segment().map_err(|e| input_err(&file.source, e))? else {
+                break;
+            };
+            read += segment.data.len() as u64;
+            if read > file.size {
+                break;
+            }
+            if out.send(Piece::Segment(segment)).is_err() {
+                return Ok(()); // the hashing side stopped and reports why
+            }
+        }
+        if read != file.size {
+            return Err(PublishError::Changed {
+                path: file.source.display().to_string(),
+            });
+        }
+        if out.send(Piece::EndOfFile).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! Verification of a node's store: every signature re-checked, every chunk re-hashed.
+//!
+//! Owns the answer to "is what this node stores intact?". Chunks are checked in the
+//! order they sit in the pack files (one sequential pass, split over two threads), each
+//! against its hash and its record header; manifests are re-opened against the pinned
+//! root key. A bad chunk is reported once for every place an update uses it: which
+//! update, which file, which chunk of that file, at which byte.
+
+use crate::content::Hash;
+use crate::node::Node;
+use crate::store::{Loc, RECORD_HEADER, Store, StoreError};
+use crate::trust::SignedManifest;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Chunk index entries checked per round; bounds memory for any store size.
+const PAGE: usize = 1 << 16;
+
+/// One thing found wrong.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// The update concerned, if any (an unreferenced chunk has none).
+    pub update: Option<Hash>,
+    /// `tenant/category/id version`, when the manifest could be read.
+    pub module: Option<String>,
+    /// The file and position of the chunk within it.
+    pub file: Option<String>,
+    pub chunk_index: Option<usize>,
+    pub offset: Option<u64>,
+    pub chunk: Option<Hash>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.update, &self.module) {
+            (Some(u), Some(m)) => write!(f, "update {} ({m}): ", u.short())?,
+            (Some(u), None) => write!(f, "update {}: ", u.short())?,
+            _ => {}
+        }
+        if let (Some(file), Some(i), Some(at)) = (&self.file, self.chunk_index, self.offset) {
+            write!(f, "file {file}, chunk {i} at byte {at}: ")?;
+        }
+        if let Some(c) = &self.chunk {
+            write!(f, "chunk {c}: ")?;
+        }
+        f.write_str(&self.reason)
+    }
+}
+
+/// The outcome of a verification.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub updates: usize,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Verifies one update (`Some`) or the whole store (`None`). `progress` gets the chunk
+/// bytes checked so far. Errors are for failures to read the store at all; damage is
+/// reported in [`VerifyReport::problems`].
+pub fn verify(
+    node: &Node,
+    update: Option<Hash>,
+    now: u64,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<VerifyReport, StoreError> {
+    let store = &node.store;
+    let mut report = VerifyReport::default();
+    let manifests: Vec<(Hash, Vec<u8>)> = match update {
+        Some(id) => {
+            let bytes = store.manifest_bytes(&id)?.ok_or(StoreError::UnknownUpdate(id.to_hex()))?;
+            vec![(id, bytes)]
+        }
+        None => store.manifests()?,
+    };
+    report.updates = manifests.len();
+
+    let mut opened = Vec::with_capacity(manifests.len());
+    for (id, bytes) in manifests {
+        let problem = |reason: String| Problem {
+            update: Some(id),
+            module: None,
+            file: None,
+            chunk_index: None,
+            offset: None,
+            chunk: None,
+            reason,
+        };
+        if crate::content::Hash::of(&bytes) != id {
+            report.problems.push(problem("stored manifest does not hash to its update id".into()));
+            continue;
+        }
+        match SignedManifest::open(&bytes, &node.root_key, now) {
+            Ok(m) => opened.push(m),
+            Err(e) => report.problems.push(problem(format!("manifest refused: {e}"))),
+        }
+    }
+
+    // Which chunks to check, and the bad ones found.
+    let done = AtomicU64::new(0);
+    let mut bad: HashMap<Hash, String> = HashMap::new();
+    if update.is_some() {
+        let mut locs = Vec::new();
+        let mut seen = HashSet::new();
+        for m in &opened {
+            for c in m.manifest.chunk_refs() {
+                if seen.insert(c.hash()) {
+                    match store.chunk_loc(&c.hash())? {
+                        Some(loc) => locs.push((c.hash(), loc)),
+                        None => {
+                            bad.insert(c.hash(), "missing from the store".into());
+                        }
+                    }
+                }
+            }
+        }
+        check_page(store, locs, &mut report, &mut bad, &done, progress);
+    } else {
+        let mut after: Option<Hash> = None;
+        loop {
+            let page = store.chunk_index_page(after.as_ref(), PAGE)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0);
+            check_page(store, page, &mut report, &mut bad, &done, progress);
+        }
+        for m in &opened {
+            for c in m.manifest.chunk_refs() {
+                if !bad.contains_key(&c.hash()) && !store.has_chunk(&c.hash())? {
+                    bad.insert(c.hash(), "missing from the store".into());
+                }
+            }
+        }
+    }
+
+    // Name every place a bad chunk is used.
+    let mut used: HashSet<Hash> = HashSet::new();
+    for m in &opened {
+        let module = format!("{} {}", m.manifest.module(), m.manifest.version);
+        for file in &m.manifest.files {
+            let mut offset = 0u64;
+            for (i, c) in file.chunks.iter().enumerate() {
+                if let Some(reason) = bad.get(&c.hash()) {
+                    used.insert(c.hash());
+                    report.problems.push(Problem {
+                        update: Some(m.id),
+                        module: Some(module.clone()),
+                        file: Some(file.path.clone()),
+                        chunk_index: Some(i),
+                        offset: Some(offset),
+                        chunk: Some(c.hash()),
+                        reason: reason.clone(),
+                    });
+                }
+                offset += u64::from(c.len());
+            }
+        }
+    }
+    let mut unused: Vec<_> = bad.into_iter().filter(|(h, _)| !used.contains(h)).collect();
+    unused.sort();
+    for (hash, reason) in unused {
+        report.problems.push(Problem {
+            update: None,
+            module: None,
+            file: None,
+            chunk_index: None,
+            offset: None,
+            chunk: Some(hash),
+            reason: format!("{reason} (not used by any update)"),
+        });
+    }
+    Ok(report)
+}
+
+/// Checks a page of chunks in pack order, on two threads.
+fn check_page(
+    store: &Store,
+    mut page: Vec<(Hash, Loc)>,
+    report: &mut VerifyReport,
+    bad: &mut HashMap<Hash, String>,
+    done: &AtomicU64,
+    progress: &(dyn Fn(u64) + Sync),
+) {
+    page.sort_by_key(|(_, loc)| *loc);
+    let (first, second) = page.split_at(page.len() / 2);
+    let results = std::thread::scope(|s| {
+        let other = s.spawn(|| check_chunks(store, second, done, progress));
+        let mine = check_chunks(store, first, done, progress);
+        let theirs = other.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        [mine, theirs]
+    });
+    report.chunks += page.len() as u64;
+    for (bytes, found) in results {
+        report.bytes += bytes;
+        bad.extend(found);
+    }
+}
+
+/// Re-reads and re-hashes each chunk; returns the bytes read and the bad chunks.
+fn check_chunks(
+    store: &Store,
+    chunks: &[(Hash, Loc)],
+    done: &AtomicU64,
+    progress: &(dyn Fn(u64) + Sync),
+) -> (u64, Vec<(Hash, String)>) {
+    let mut buf = Vec::new();
+    let mut bytes = 0u64;
+    let mut bad = Vec::new();
+    for &(hash, loc) in chunks {
+        let record = Loc {
+            pack: loc.pack,
+            offset: loc.offset.saturating_sub(RECORD_HEADER as u64),
+            len: loc.len.saturating_add(RECORD_HEADER as u32),
+        };
+        if let Err(e) = store.read_at(record, &mut buf) {
+            bad.push((hash, format!("unreadable: {e}")));
+            continue;
+        }
+        bytes += u64::from(loc.len);
+        let (header, data) = buf.split_at(RECORD_HEADER);
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        if len != loc.len || header[4..] != hash.0 {
+            bad.push((hash, "the pack record header does not match the index".into()));
+        } else if Hash::of(data) != hash {
+            bad.push((hash, "stored bytes do not match the chunk hash".into()));
+        }
+        progress(done.fetch_add(u64::from(loc.len), Ordering::Relaxed) + u64::from(loc.len));
+    }
+    (bytes, bad)
+}
