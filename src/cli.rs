@@ -20,7 +20,11 @@ use std::process::ExitCode;
 const PROGRESS_MIN_BYTES: u64 = 64 << 20;
 
 #[derive(Parser, Debug)]
-#[command(name = "arbor", version, about = "Peer-to-peer distribution of signed, content-addressed updates")]
+#[command(
+    name = "arbor",
+    version,
+    about = "Peer-to-peer distribution of signed, content-addressed updates"
+)]
 pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -115,7 +119,9 @@ pub fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -148,9 +154,11 @@ fn progress_bar(total: u64, what: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);
-    let style = ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
     bar.set_style(style);
     bar.set_message(what.to_string());
     bar
@@ -160,7 +168,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
     match cli.command {
         Command::Init { data, root: _ } => {
-            let node = Node::init_root(&data).with_context(|| format!("cannot create root node in {}", data.display()))?;
+            let node = Node::init_root(&data)
+                .with_context(|| format!("cannot create root node in {}", data.display()))?;
             if json {
                 print_json(&serde_json::json!({
                     "node_id": node.node_id(),
@@ -197,7 +206,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let total = input_size(&req.path);
             let bar = progress_bar(total, "publishing");
-            let out = publish(&node, &req, now(), &|done| bar.set_position(done)).context("publish failed")?;
+            let out = publish(&node, &req, now(), &|done| bar.set_position(done))
+                .context("publish failed")?;
             bar.finish_and_clear();
             if json {
                 print_json(&serde_json::json!({
@@ -233,7 +243,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let node = open(&data)?;
             let update = update.map(|u| resolve(&node, &u)).transpose()?;
             let bar = progress_bar(store_size(&node), "verifying");
-            let report = crate::verify::verify(&node, update, now(), &|done| bar.set_position(done))?;
+            let report =
+                crate::verify::verify(&node, update, now(), &|done| bar.set_position(done))?;
             bar.finish_and_clear();
             if json {
                 print_json(&report)?;
@@ -291,14 +302,18 @@ fn input_size(path: &Path) -> u64 {
 }
 
 fn store_size(node: &Node) -> u64 {
-    node.store.packs().map(|p| p.iter().map(|(_, len)| len).sum()).unwrap_or(0)
+    node.store
+        .packs()
+        .map(|p| p.iter().map(|(_, len)| len).sum())
+        .unwrap_or(0)
 }
 
 fn list_updates(node: &Node, json: bool) -> Result<()> {
     let mut rows = Vec::new();
     for (id, bytes) in node.store.manifests()? {
-        let signed = SignedManifest::open(&bytes, &node.root_key, now())
-            .with_context(|| format!("stored update {} is damaged; run arbor verify", id.short()))?;
+        let signed = SignedManifest::open(&bytes, &node.root_key, now()).with_context(|| {
+            format!("stored update {} is damaged; run arbor verify", id.short())
+        })?;
         rows.push(signed);
     }
     rows.sort_by_key(|s| s.seq);
@@ -328,7 +343,10 @@ fn list_updates(node: &Node, json: bool) -> Result<()> {
         eprintln!("no updates in {}", node.dir.display());
         return Ok(());
     }
-    println!("{:<14} {:<40} {:<16} {:>10} {:>7}", "UPDATE", "MODULE", "VERSION", "SIZE", "FILES");
+    println!(
+        "{:<14} {:<40} {:<16} {:>10} {:>7}",
+        "UPDATE", "MODULE", "VERSION", "SIZE", "FILES"
+    );
     for s in &rows {
         let m = &s.manifest;
         println!(

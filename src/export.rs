@@ -23,7 +23,11 @@ pub enum ExportError {
     #[error("{0} exists and is not empty; export writes only into a new or empty directory")]
     NotEmpty(String),
     #[error("chunk {chunk} of {file} is {why}; run arbor verify")]
-    BadChunk { chunk: Hash, file: String, why: &'static str },
+    BadChunk {
+        chunk: Hash,
+        file: String,
+        why: &'static str,
+    },
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -54,8 +58,12 @@ pub fn export(node: &Node, id: &Hash, out: &Path, now: u64) -> Result<ExportOutc
         .store
         .manifest_bytes(id)?
         .ok_or(StoreError::UnknownUpdate(id.to_hex()))?;
-    let signed = SignedManifest::open(&bytes, &node.root_key, now)
-        .map_err(|source| ExportError::Manifest { update: *id, source })?;
+    let signed = SignedManifest::open(&bytes, &node.root_key, now).map_err(|source| {
+        ExportError::Manifest {
+            update: *id,
+            source,
+        }
+    })?;
     match fs::read_dir(out) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -86,7 +94,10 @@ pub fn export(node: &Node, id: &Hash, out: &Path, now: u64) -> Result<ExportOutc
                 file: file.path.clone(),
                 why,
             };
-            let loc = node.store.chunk_loc(&c.hash())?.ok_or_else(|| bad("missing from the store"))?;
+            let loc = node
+                .store
+                .chunk_loc(&c.hash())?
+                .ok_or_else(|| bad("missing from the store"))?;
             node.store.read_at(loc, &mut buf)?;
             if Hash::of(&buf) != c.hash() {
                 return Err(bad("corrupt in the store"));

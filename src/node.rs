@@ -90,8 +90,11 @@ impl Node {
             let store = Store::create(staging.path())?;
             store.pin_root_key(&root_secret.public().0)?;
         }
-        fs::set_permissions(staging.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(io("set permissions on", staging.path()))?;
+        fs::set_permissions(
+            staging.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(io("set permissions on", staging.path()))?;
         // rename(2) replaces an empty directory and fails on a non-empty one, so a
         // directory that gained files since the check above is still never touched.
         let staged = staging.keep();

@@ -53,7 +53,9 @@ pub enum PublishError {
     Name(#[from] NameError),
     #[error("{path}: {why}")]
     Input { path: String, why: String },
-    #[error("{path} is a symlink; arbor does not publish links (pass --follow-symlinks to publish what it points to)")]
+    #[error(
+        "{path} is a symlink; arbor does not publish links (pass --follow-symlinks to publish what it points to)"
+    )]
     Symlink { path: String },
     #[error("the input has more than {MAX_FILES} files")]
     TooManyFiles,
@@ -118,7 +120,10 @@ pub fn scan_input(path: &Path, follow_symlinks: bool) -> Result<Vec<InputFile>, 
         return Err(input_err(path, "not a regular file or directory"));
     }
     let mut files = Vec::new();
-    for entry in walkdir::WalkDir::new(path).follow_links(follow_symlinks).min_depth(1) {
+    for entry in walkdir::WalkDir::new(path)
+        .follow_links(follow_symlinks)
+        .min_depth(1)
+    {
         let entry = entry.map_err(|e| {
             let at = e.path().unwrap_or(path).to_path_buf();
             if e.loop_ancestor().is_some() {
@@ -137,7 +142,10 @@ pub fn scan_input(path: &Path, follow_symlinks: bool) -> Result<Vec<InputFile>, 
             });
         }
         if !kind.is_file() {
-            return Err(input_err(entry.path(), "not a regular file (device, socket or fifo)"));
+            return Err(input_err(
+                entry.path(),
+                "not a regular file (device, socket or fifo)",
+            ));
         }
         let rel = entry
             .path()
@@ -288,10 +296,10 @@ fn chunk_files(
                 for data in segment.chunks() {
                     let hash = Hash::of(data);
                     current.push(ChunkRef(hash, data.len() as u32));
-                    if let Some(w) = writer.as_deref_mut() {
-                        if w.put(hash, data)? {
-                            new_bytes += data.len() as u64;
-                        }
+                    if let Some(w) = writer.as_deref_mut()
+                        && w.put(hash, data)?
+                    {
+                        new_bytes += data.len() as u64;
                     }
                 }
                 done += segment.data.len() as u64;
@@ -304,7 +312,9 @@ fn chunk_files(
         let consumed = consume();
         // If hashing failed, the channel is closed and the reader stops at its next send.
         drop(piece_rx);
-        let read = reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let read = reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         consumed?;
         read?;
         Ok((entries, new_bytes))
@@ -325,7 +335,10 @@ fn read_files(
             while let Ok(used) = spare.try_recv() {
                 segmenter.recycle(used);
             }
-            let Some(segment) = segmenter.next_segment().map_err(|e| input_err(&file.source, e))? else {
+            let Some(segment) = segmenter
+                .next_segment()
+                .map_err(|e| input_err(&file.source, e))?
+            else {
                 break;
             };
             read += segment.data.len() as u64;

@@ -202,7 +202,11 @@ impl Store {
         Ok(Store {
             db,
             packs_dir,
-            appender: Mutex::new(Appender { pack, file: None, len }),
+            appender: Mutex::new(Appender {
+                pack,
+                file: None,
+                len,
+            }),
             readers: Mutex::new(HashMap::new()),
         })
     }
@@ -219,7 +223,10 @@ impl Store {
 
     fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        txn.open_table(META).map_err(db_err)?.insert(key, value).map_err(db_err)?;
+        txn.open_table(META)
+            .map_err(db_err)?
+            .insert(key, value)
+            .map_err(db_err)?;
         txn.commit().map_err(db_err)
     }
 
@@ -246,7 +253,9 @@ impl Store {
             Some(v) => v
                 .try_into()
                 .map(u64::from_le_bytes)
-                .map_err(|_| StoreError::BadMeta { key: META_PUBLISH_SEQ }),
+                .map_err(|_| StoreError::BadMeta {
+                    key: META_PUBLISH_SEQ,
+                }),
         }
     }
 
@@ -254,7 +263,10 @@ impl Store {
     pub fn chunk_loc(&self, hash: &Hash) -> Result<Option<Loc>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(CHUNKS).map_err(db_err)?;
-        Ok(table.get(&hash.0).map_err(db_err)?.map(|v| Loc::from_bytes(v.value())))
+        Ok(table
+            .get(&hash.0)
+            .map_err(db_err)?
+            .map(|v| Loc::from_bytes(v.value())))
     }
 
     pub fn has_chunk(&self, hash: &Hash) -> Result<bool, StoreError> {
@@ -293,11 +305,16 @@ impl Store {
     }
 
     /// Up to `limit` chunk index entries with hashes above `after`, in hash order.
-    pub fn chunk_index_page(&self, after: Option<&Hash>, limit: usize) -> Result<Vec<(Hash, Loc)>, StoreError> {
+    pub fn chunk_index_page(
+        &self,
+        after: Option<&Hash>,
+        limit: usize,
+    ) -> Result<Vec<(Hash, Loc)>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(CHUNKS).map_err(db_err)?;
         let range = match after {
-            Some(h) => table.range::<&[u8; 32]>((std::ops::Bound::Excluded(&h.0), std::ops::Bound::Unbounded)),
+            Some(h) => table
+                .range::<&[u8; 32]>((std::ops::Bound::Excluded(&h.0), std::ops::Bound::Unbounded)),
             None => table.range::<&[u8; 32]>(..),
         }
         .map_err(db_err)?;
@@ -325,7 +342,10 @@ impl Store {
     pub fn manifest_bytes(&self, id: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(MANIFESTS).map_err(db_err)?;
-        Ok(table.get(&id.0).map_err(db_err)?.map(|v| v.value().to_vec()))
+        Ok(table
+            .get(&id.0)
+            .map_err(db_err)?
+            .map(|v| v.value().to_vec()))
     }
 
     /// Every stored update: id and signed manifest bytes, in id order.
@@ -344,7 +364,10 @@ impl Store {
     pub fn update_by_name(&self, name: &ModuleVersion) -> Result<Option<Hash>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(NAMES).map_err(db_err)?;
-        Ok(table.get(name.key().as_str()).map_err(db_err)?.map(|v| Hash(*v.value())))
+        Ok(table
+            .get(name.key().as_str())
+            .map_err(db_err)?
+            .map(|v| Hash(*v.value())))
     }
 
     /// Finds the update whose id starts with `prefix` (at least 4 hex digits).
@@ -392,7 +415,10 @@ pub struct ModuleVersion<'a> {
 impl ModuleVersion<'_> {
     /// `/` cannot occur in any of the parts (see `content::names`), so the key is unique.
     fn key(&self) -> String {
-        format!("{}/{}/{}/{}", self.tenant, self.category, self.id, self.version)
+        format!(
+            "{}/{}/{}/{}",
+            self.tenant, self.category, self.id, self.version
+        )
     }
 }
 
@@ -424,7 +450,10 @@ fn recover_packs(dir: &Path, committed: &HashMap<u32, u64>) -> Result<(), StoreE
                 if actual > len {
                     tracing::info!(path = %path.display(), committed = len, found = actual,
                         "cutting off bytes a crash left uncommitted");
-                    let f = OpenOptions::new().write(true).open(&path).map_err(io("open", &path))?;
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(io("open", &path))?;
                     f.set_len(len).map_err(io("truncate", &path))?;
                     f.sync_all().map_err(io("sync", &path))?;
                 } else if actual < len {
@@ -459,7 +488,9 @@ impl ChunkWriter<'_> {
         if self.contains(&hash)? {
             return Ok(false);
         }
-        let len = u32::try_from(data.len()).map_err(|_| StoreError::BadMeta { key: "chunk length" })?;
+        let len = u32::try_from(data.len()).map_err(|_| StoreError::BadMeta {
+            key: "chunk length",
+        })?;
         let offset = self.append(&hash, data)?;
         self.pending.insert(
             hash,
@@ -530,7 +561,8 @@ impl ChunkWriter<'_> {
         // Records reach the disk before the index entries that point at them.
         let dirty = match a.file.as_ref() {
             Some(f) if !self.pending.is_empty() => {
-                f.sync_data().map_err(io("sync", &self.store.pack_path(a.pack)))?;
+                f.sync_data()
+                    .map_err(io("sync", &self.store.pack_path(a.pack)))?;
                 true
             }
             _ => false,
@@ -542,12 +574,19 @@ impl ChunkWriter<'_> {
                 chunks.insert(&hash.0, &loc.to_bytes()).map_err(db_err)?;
             }
             if dirty {
-                txn.open_table(PACKS).map_err(db_err)?.insert(a.pack, a.len).map_err(db_err)?;
+                txn.open_table(PACKS)
+                    .map_err(db_err)?
+                    .insert(a.pack, a.len)
+                    .map_err(db_err)?;
             }
         }
         extra(&txn)?;
         txn.commit().map_err(db_err)?;
-        tracing::debug!(chunks = self.pending.len(), bytes = self.pending_bytes, "committed chunk batch");
+        tracing::debug!(
+            chunks = self.pending.len(),
+            bytes = self.pending_bytes,
+            "committed chunk batch"
+        );
         self.pending.clear();
         self.pending_bytes = 0;
         if a.len >= PACK_TARGET_BYTES {
@@ -566,7 +605,10 @@ impl ChunkWriter<'_> {
         seq: u64,
     ) -> Result<(), StoreError> {
         self.commit(|txn| {
-            txn.open_table(MANIFESTS).map_err(db_err)?.insert(&id.0, bytes).map_err(db_err)?;
+            txn.open_table(MANIFESTS)
+                .map_err(db_err)?
+                .insert(&id.0, bytes)
+                .map_err(db_err)?;
             txn.open_table(NAMES)
                 .map_err(db_err)?
                 .insert(name.key().as_str(), &id.0)

@@ -29,9 +29,15 @@ pub enum TrustError {
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error("signed object has tag {found:?}, expected {expected:?}")]
-    WrongTag { expected: &'static str, found: String },
+    WrongTag {
+        expected: &'static str,
+        found: String,
+    },
     #[error("signed by {signer}, which is not the trusted key {trusted}")]
-    UnknownSigner { signer: PublicKey, trusted: PublicKey },
+    UnknownSigner {
+        signer: PublicKey,
+        trusted: PublicKey,
+    },
     #[error("the signature does not verify")]
     BadSignature,
     #[error("expired at {expires} (Unix seconds); now is {now}")]
@@ -48,7 +54,9 @@ impl PublicKey {
     /// The libp2p PeerId of this key, which is how arbor names nodes.
     pub fn node_id(&self) -> String {
         match libp2p_identity::ed25519::PublicKey::try_from_bytes(&self.0) {
-            Ok(pk) => libp2p_identity::PublicKey::from(pk).to_peer_id().to_string(),
+            Ok(pk) => libp2p_identity::PublicKey::from(pk)
+                .to_peer_id()
+                .to_string(),
             // Not a valid curve point: it cannot sign anything, show it as hex.
             Err(_) => format!("invalid-key-{}", hex::encode(self.0)),
         }
@@ -80,7 +88,8 @@ impl FromStr for PublicKey {
     type Err = BadPublicKey;
     fn from_str(s: &str) -> Result<PublicKey, BadPublicKey> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|_| BadPublicKey(s.chars().take(80).collect()))?;
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|_| BadPublicKey(s.chars().take(80).collect()))?;
         VerifyingKey::from_bytes(&out).map_err(|_| BadPublicKey(s.chars().take(80).collect()))?;
         Ok(PublicKey(out))
     }
@@ -95,7 +104,9 @@ pub enum KeyFileError {
         path: String,
         source: std::io::Error,
     },
-    #[error("key file {path} is not an arbor key file (expected one line 'ed25519:' followed by 64 hex digits)")]
+    #[error(
+        "key file {path} is not an arbor key file (expected one line 'ed25519:' followed by 64 hex digits)"
+    )]
     Format { path: String },
     #[error("cannot generate a key: the system random source failed: {0}")]
     Random(String),
@@ -153,17 +164,20 @@ impl SecretKey {
             path: shown.clone(),
             source,
         })?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(path = %shown, "key file is readable by other users; run chmod 600 on it");
-            }
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %shown, "key file is readable by other users; run chmod 600 on it");
         }
         let hex_seed = text
             .trim_end()
             .strip_prefix(KEY_FILE_PREFIX)
-            .ok_or_else(|| KeyFileError::Format { path: shown.clone() })?;
+            .ok_or_else(|| KeyFileError::Format {
+                path: shown.clone(),
+            })?;
         let mut seed = [0u8; 32];
-        hex::decode_to_slice(hex_seed, &mut seed).map_err(|_| KeyFileError::Format { path: shown })?;
+        hex::decode_to_slice(hex_seed, &mut seed)
+            .map_err(|_| KeyFileError::Format { path: shown })?;
         Ok(SecretKey::from_seed(seed))
     }
 }
@@ -198,28 +212,43 @@ struct SigningInput<'a> {
 }
 
 impl Envelope {
-    pub fn sign(key: &SecretKey, tag: &str, seq: u64, expires: Option<u64>, body: Vec<u8>) -> Envelope {
-        let signer = key.public();
-        let input = SigningInput {
+    pub fn sign(
+        key: &SecretKey,
+        tag: &str,
+        seq: u64,
+        expires: Option<u64>,
+        body: Vec<u8>,
+    ) -> Envelope {
+        let mut envelope = Envelope {
             seq,
-            tag,
-            body: &body,
-            signer: &signer,
-            expires,
-        };
-        let sig = key.sign(&wire::encode(&input));
-        Envelope {
-            seq,
-            sig,
+            sig: [0; 64],
             tag: tag.to_string(),
             body,
-            signer,
+            signer: key.public(),
             expires,
-        }
+        };
+        envelope.sig = key.sign(&envelope.signed_bytes());
+        envelope
+    }
+
+    /// The bytes the signature covers: the canonical encoding without `sig`.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        wire::encode(&SigningInput {
+            seq: self.seq,
+            tag: &self.tag,
+            body: &self.body,
+            signer: &self.signer,
+            expires: self.expires,
+        })
     }
 
     /// Checks tag, signer, signature and expiry.
-    pub fn verify(&self, tag: &'static str, trusted: &PublicKey, now: u64) -> Result<(), TrustError> {
+    pub fn verify(
+        &self,
+        tag: &'static str,
+        trusted: &PublicKey,
+        now: u64,
+    ) -> Result<(), TrustError> {
         if self.tag != tag {
             return Err(TrustError::WrongTag {
                 expected: tag,
@@ -232,17 +261,10 @@ impl Envelope {
                 trusted: *trusted,
             });
         }
-        let input = SigningInput {
-            seq: self.seq,
-            tag: &self.tag,
-            body: &self.body,
-            signer: &self.signer,
-            expires: self.expires,
-        };
         let sig = ed25519_dalek::Signature::from_bytes(&self.sig);
         trusted
             .verifying_key()?
-            .verify_strict(&wire::encode(&input), &sig)
+            .verify_strict(&self.signed_bytes(), &sig)
             .map_err(|_| TrustError::BadSignature)?;
         match self.expires {
             Some(expires) if expires <= now => Err(TrustError::Expired { expires, now }),
@@ -265,7 +287,11 @@ pub struct SignedManifest {
 
 impl SignedManifest {
     /// Signs `manifest` with the root key. `seq` is the root's publish counter.
-    pub fn sign(root: &SecretKey, seq: u64, manifest: Manifest) -> Result<SignedManifest, TrustError> {
+    pub fn sign(
+        root: &SecretKey,
+        seq: u64,
+        manifest: Manifest,
+    ) -> Result<SignedManifest, TrustError> {
         manifest.validate()?;
         let envelope = Envelope::sign(root, TAG_MANIFEST, seq, None, wire::encode(&manifest));
         let bytes = wire::encode(&envelope);
@@ -279,10 +305,14 @@ impl SignedManifest {
 
     /// Decodes and checks untrusted bytes against the pinned root key.
     pub fn open(bytes: &[u8], root: &PublicKey, now: u64) -> Result<SignedManifest, TrustError> {
-        let envelope: Envelope =
-            wire::decode_canonical(bytes, MAX_MANIFEST_BYTES + ENVELOPE_OVERHEAD, "manifest envelope")?;
+        let envelope: Envelope = wire::decode_canonical(
+            bytes,
+            MAX_MANIFEST_BYTES + ENVELOPE_OVERHEAD,
+            "manifest envelope",
+        )?;
         envelope.verify(TAG_MANIFEST, root, now)?;
-        let manifest: Manifest = wire::decode_canonical(&envelope.body, MAX_MANIFEST_BYTES, "manifest")?;
+        let manifest: Manifest =
+            wire::decode_canonical(&envelope.body, MAX_MANIFEST_BYTES, "manifest")?;
         manifest.validate()?;
         Ok(SignedManifest {
             id: Hash::of(bytes),
@@ -313,25 +343,41 @@ mod tests {
 
     #[test]
     fn other_signer_is_refused() {
-        let signed = SignedManifest::sign(&SecretKey::from_seed([8; 32]), 1, two_files()).expect("valid");
+        let signed =
+            SignedManifest::sign(&SecretKey::from_seed([8; 32]), 1, two_files()).expect("valid");
         let err = SignedManifest::open(&signed.bytes, &root().public(), 0).unwrap_err();
         assert!(matches!(err, TrustError::UnknownSigner { .. }));
     }
 
     #[test]
     fn wrong_tag_is_refused_even_with_a_good_signature() {
-        let env = Envelope::sign(&root(), "arbor/other/v1", 1, None, wire::encode(&two_files()));
+        let env = Envelope::sign(
+            &root(),
+            "arbor/other/v1",
+            1,
+            None,
+            wire::encode(&two_files()),
+        );
         let err = SignedManifest::open(&wire::encode(&env), &root().public(), 0).unwrap_err();
         assert!(matches!(err, TrustError::WrongTag { .. }));
     }
 
     #[test]
     fn expired_objects_are_refused() {
-        let env = Envelope::sign(&root(), TAG_MANIFEST, 1, Some(100), wire::encode(&two_files()));
+        let env = Envelope::sign(
+            &root(),
+            TAG_MANIFEST,
+            1,
+            Some(100),
+            wire::encode(&two_files()),
+        );
         assert_eq!(env.verify(TAG_MANIFEST, &root().public(), 99), Ok(()));
         assert_eq!(
             env.verify(TAG_MANIFEST, &root().public(), 100),
-            Err(TrustError::Expired { expires: 100, now: 100 })
+            Err(TrustError::Expired {
+                expires: 100,
+                now: 100
+            })
         );
     }
 
@@ -345,7 +391,10 @@ mod tests {
         let mut exp = env.clone();
         exp.expires = Some(u64::MAX);
         for e in [seq, body, exp] {
-            assert_eq!(e.verify(TAG_MANIFEST, &root().public(), 0), Err(TrustError::BadSignature));
+            assert_eq!(
+                e.verify(TAG_MANIFEST, &root().public(), 0),
+                Err(TrustError::BadSignature)
+            );
         }
     }
 
@@ -364,7 +413,10 @@ mod tests {
         let path = dir.path().join("k");
         let key = SecretKey::generate().expect("random");
         key.write_new(&path).expect("write");
-        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(SecretKey::read(&path).expect("read").public(), key.public());
         assert!(key.write_new(&path).is_err(), "overwrote a key file");
     }
@@ -372,10 +424,22 @@ mod tests {
     #[test]
     fn garbage_key_files_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for (i, text) in ["", "ed25519:zz", "ed25519:00", "rsa:00", &"ed25519:".repeat(9)].iter().enumerate() {
+        for (i, text) in [
+            "",
+            "ed25519:zz",
+            "ed25519:00",
+            "rsa:00",
+            &"ed25519:".repeat(9),
+        ]
+        .iter()
+        .enumerate()
+        {
             let path = dir.path().join(format!("k{i}"));
             std::fs::write(&path, text).expect("write");
-            assert!(matches!(SecretKey::read(&path), Err(KeyFileError::Format { .. })), "{text:?}");
+            assert!(
+                matches!(SecretKey::read(&path), Err(KeyFileError::Format { .. })),
+                "{text:?}"
+            );
         }
     }
 

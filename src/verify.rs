@@ -76,7 +76,9 @@ pub fn verify(
     let mut report = VerifyReport::default();
     let manifests: Vec<(Hash, Vec<u8>)> = match update {
         Some(id) => {
-            let bytes = store.manifest_bytes(&id)?.ok_or(StoreError::UnknownUpdate(id.to_hex()))?;
+            let bytes = store
+                .manifest_bytes(&id)?
+                .ok_or(StoreError::UnknownUpdate(id.to_hex()))?;
             vec![(id, bytes)]
         }
         None => store.manifests()?,
@@ -95,12 +97,16 @@ pub fn verify(
             reason,
         };
         if crate::content::Hash::of(&bytes) != id {
-            report.problems.push(problem("stored manifest does not hash to its update id".into()));
+            report.problems.push(problem(
+                "stored manifest does not hash to its update id".into(),
+            ));
             continue;
         }
         match SignedManifest::open(&bytes, &node.root_key, now) {
             Ok(m) => opened.push(m),
-            Err(e) => report.problems.push(problem(format!("manifest refused: {e}"))),
+            Err(e) => report
+                .problems
+                .push(problem(format!("manifest refused: {e}"))),
         }
     }
 
@@ -159,7 +165,7 @@ pub fn verify(
                         reason: reason.clone(),
                     });
                 }
-                offset += u64::from(c.len());
+                offset += u64::from(c.size());
             }
         }
     }
@@ -193,7 +199,9 @@ fn check_page(
     let results = std::thread::scope(|s| {
         let other = s.spawn(|| check_chunks(store, second, done, progress));
         let mine = check_chunks(store, first, done, progress);
-        let theirs = other.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let theirs = other
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
         [mine, theirs]
     });
     report.chunks += page.len() as u64;
@@ -227,7 +235,10 @@ fn check_chunks(
         let (header, data) = buf.split_at(RECORD_HEADER);
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         if len != loc.len || header[4..] != hash.0 {
-            bad.push((hash, "the pack record header does not match the index".into()));
+            bad.push((
+                hash,
+                "the pack record header does not match the index".into(),
+            ));
         } else if Hash::of(data) != hash {
             bad.push((hash, "stored bytes do not match the chunk hash".into()));
         }

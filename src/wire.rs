@@ -85,7 +85,9 @@ pub mod fixed {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
         struct V<const N: usize>;
         impl<const N: usize> Visitor<'_> for V<N> {
             type Value = [u8; N];
@@ -97,7 +99,8 @@ pub mod fixed {
             }
             fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
                 let mut out = [0u8; N];
-                hex::decode_to_slice(v, &mut out).map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))?;
+                hex::decode_to_slice(v, &mut out)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))?;
                 Ok(out)
             }
         }
@@ -133,7 +136,10 @@ mod tests {
     #[test]
     fn round_trip_is_exact() {
         let bytes = encode(&sample());
-        assert_eq!(decode_canonical::<Sample>(&bytes, 1024, "sample"), Ok(sample()));
+        assert_eq!(
+            decode_canonical::<Sample>(&bytes, 1024, "sample"),
+            Ok(sample())
+        );
     }
 
     #[test]
@@ -162,7 +168,10 @@ mod tests {
     fn rejects_non_shortest_integer() {
         // The same map with n encoded as a 1-byte-argument integer (0x18 0x07) instead of 0x07.
         let canonical = encode(&sample());
-        let i = canonical.iter().position(|&b| b == 0x07).expect("n is encoded");
+        let i = canonical
+            .iter()
+            .position(|&b| b == 0x07)
+            .expect("n is encoded");
         let mut long = canonical[..i].to_vec();
         long.extend_from_slice(&[0x18, 0x07]);
         long.extend_from_slice(&canonical[i + 1..]);

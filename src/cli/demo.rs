@@ -52,7 +52,10 @@ pub fn run(keep: bool) -> Result<()> {
         HumanBytes(first.new_bytes)
     );
     let again = publish(&node, &request("1.0.0", &v1), now(), &|_| {})?;
-    ensure!(again.update_id == first.update_id && again.new_bytes == 0, "republishing was not idempotent");
+    ensure!(
+        again.update_id == first.update_id && again.new_bytes == 0,
+        "republishing was not idempotent"
+    );
     println!("3. published 1.0.0 again: same update id, 0 bytes stored");
 
     let second = publish(&node, &request("1.1.0", &v2), now(), &|_| {})?;
@@ -82,7 +85,11 @@ pub fn run(keep: bool) -> Result<()> {
 
     if keep {
         let kept = tmp.keep();
-        println!("kept {}; inspect it with: arbor updates --data {}", kept.display(), kept.join("root").display());
+        println!(
+            "kept {}; inspect it with: arbor updates --data {}",
+            kept.display(),
+            kept.join("root").display()
+        );
     }
     Ok(())
 }
@@ -114,7 +121,10 @@ fn write_tree(dir: &Path, engine: &[u8], readme: &str) -> Result<()> {
     fs::write(dir.join("bin/engine.bin"), engine)?;
     fs::write(dir.join("README.txt"), readme)?;
     let script = dir.join("bin/start.sh");
-    fs::write(&script, "#!/bin/sh\nexec \"$(dirname \"$0\")/engine.bin\" \"$@\"\n")?;
+    fs::write(
+        &script,
+        "#!/bin/sh\nexec \"$(dirname \"$0\")/engine.bin\" \"$@\"\n",
+    )?;
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
@@ -127,9 +137,17 @@ fn compare_trees(expected: &Path, actual: &Path) -> Result<()> {
         }
         let rel = entry.path().strip_prefix(expected)?;
         let other = actual.join(rel);
-        ensure!(fs::read(entry.path())? == fs::read(&other)?, "{} differs", rel.display());
+        ensure!(
+            fs::read(entry.path())? == fs::read(&other)?,
+            "{} differs",
+            rel.display()
+        );
         let mode = |p: &Path| -> Result<u32> { Ok(fs::metadata(p)?.permissions().mode() & 0o777) };
-        ensure!(mode(entry.path())? == mode(&other)?, "{} has another mode", rel.display());
+        ensure!(
+            mode(entry.path())? == mode(&other)?,
+            "{} has another mode",
+            rel.display()
+        );
     }
     Ok(())
 }

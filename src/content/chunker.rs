@@ -114,7 +114,16 @@ impl<R: Read> Segmenter<R> {
         // Without end of stream, only cut where at least `max` bytes are visible: that is
         // all `cut` ever looks at, so the cut points match a whole-stream FastCDC run.
         while at < buf.len() && (self.eof || buf.len() - at >= max) {
-            let (_, len) = cut(&buf[at..], min, avg, max, mask_s, mask_l, mask_s << 1, mask_l << 1);
+            let (_, len) = cut(
+                &buf[at..],
+                min,
+                avg,
+                max,
+                mask_s,
+                mask_l,
+                mask_s << 1,
+                mask_l << 1,
+            );
             lens.push(len as u32);
             at += len;
         }
@@ -169,7 +178,10 @@ mod tests {
         let mut seg = Segmenter::new(Trickle { data, step }, params);
         let mut lens = Vec::new();
         while let Some(s) = seg.next_segment().expect("in-memory read") {
-            assert_eq!(s.data.len(), s.lens.iter().map(|&l| l as usize).sum::<usize>());
+            assert_eq!(
+                s.data.len(),
+                s.lens.iter().map(|&l| l as usize).sum::<usize>()
+            );
             lens.extend_from_slice(&s.lens);
             seg.recycle(s);
         }
@@ -190,7 +202,10 @@ mod tests {
         assert_eq!(lens, reference(&data, p));
         assert!(lens.iter().all(|&l| l as usize <= p.max));
         let avg = data.len() / lens.len();
-        assert!((32 * 1024..128 * 1024).contains(&avg), "average chunk {avg}");
+        assert!(
+            (32 * 1024..128 * 1024).contains(&avg),
+            "average chunk {avg}"
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ impl ChunkRef {
     pub fn hash(&self) -> Hash {
         self.0
     }
-    pub fn len(&self) -> u32 {
+    pub fn size(&self) -> u32 {
         self.1
     }
 }
@@ -118,13 +118,13 @@ impl Manifest {
             }
             let mut sum = 0u64;
             for c in &f.chunks {
-                if c.len() == 0 || c.len() > MAX_CHUNK_LEN {
+                if c.size() == 0 || c.size() > MAX_CHUNK_LEN {
                     return Err(ManifestError::BadChunkLen {
                         path: f.path.clone(),
-                        len: c.len(),
+                        len: c.size(),
                     });
                 }
-                sum += u64::from(c.len());
+                sum += u64::from(c.size());
             }
             if sum != f.size {
                 return Err(ManifestError::SizeMismatch {
@@ -172,7 +172,7 @@ impl Manifest {
         let mut bytes = 0;
         for c in self.chunk_refs() {
             if seen.insert(c.hash()) {
-                bytes += u64::from(c.len());
+                bytes += u64::from(c.size());
             }
         }
         (seen.len(), bytes)
@@ -219,7 +219,8 @@ pub(crate) mod tests {
 
     #[test]
     fn each_broken_invariant_is_named() {
-        let cases: Vec<(fn(&mut Manifest), &str)> = vec![
+        type Breakage = (fn(&mut Manifest), &'static str);
+        let cases: Vec<Breakage> = vec![
             (|m| m.tenant = "../x".into(), "path separator"),
             (|m| m.files[0].path = "../x".into(), "not allowed"),
             (|m| m.files[0].path = "/etc/x".into(), "absolute"),

@@ -139,7 +139,10 @@ pub fn check_description(value: &str) -> Result<(), NameError> {
             limit: MAX_DESCRIPTION_LEN,
         });
     }
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err(NameError::BadChar {
             field: "description",
             value: shown(value),
@@ -193,7 +196,14 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for n in ["acme", "Acme-Corp", "plugins", "report.viewer", "x_1+2@b", "7zip"] {
+        for n in [
+            "acme",
+            "Acme-Corp",
+            "plugins",
+            "report.viewer",
+            "x_1+2@b",
+            "7zip",
+        ] {
             assert_eq!(check_name("id", n), Ok(()), "{n}");
         }
     }
@@ -219,10 +229,27 @@ mod tests {
 
     #[test]
     fn relative_paths() {
-        for p in ["a", "a/b.txt", "dir/sub/file name.bin", "..a/b..", ".config/x"] {
+        for p in [
+            "a",
+            "a/b.txt",
+            "dir/sub/file name.bin",
+            "..a/b..",
+            ".config/x",
+        ] {
             assert_eq!(check_rel_path(p), Ok(()), "{p}");
         }
-        for p in ["", "/etc/passwd", "a/../b", "..", "./a", "a//b", "a/", "a\\b", "a\0", "a\u{7f}"] {
+        for p in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "..",
+            "./a",
+            "a//b",
+            "a/",
+            "a\\b",
+            "a\0",
+            "a\u{7f}",
+        ] {
             assert!(check_rel_path(p).is_err(), "{p:?} accepted");
         }
     }

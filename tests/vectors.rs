@@ -1,0 +1,140 @@
+//! Checks the wire test vectors in protocol/vectors/ against the implementation.
+//!
+//! A second implementation that reproduces these bytes interoperates with this one.
+//! After a deliberate wire change, regenerate them with
+//! `ARBOR_WRITE_VECTORS=1 cargo test --test vectors` and update PROTOCOL.md to match.
+
+use arbor::content::Hash;
+use arbor::content::manifest::{ChunkRef, FileEntry, Manifest};
+use arbor::trust::{Envelope, SecretKey, SignedManifest};
+use serde_json::{Value, json};
+use std::path::Path;
+
+const VECTORS: &str = "protocol/vectors/manifest-v1.json";
+
+fn test_root_key() -> SecretKey {
+    let mut seed = [0u8; 32];
+    for (i, b) in seed.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    SecretKey::from_seed(seed)
+}
+
+fn small_manifest() -> Manifest {
+    let hello = b"hello, arbor\n";
+    let part1 = vec![b'a'; 3];
+    let part2 = vec![b'b'; 2];
+    Manifest {
+        id: "report-viewer".into(),
+        files: vec![
+            FileEntry {
+                mode: 0o755,
+                path: "bin/start.sh".into(),
+                size: 5,
+                chunks: vec![ChunkRef(Hash::of(&part1), 3), ChunkRef(Hash::of(&part2), 2)],
+            },
+            FileEntry {
+                mode: 0o644,
+                path: "readme.txt".into(),
+                size: hello.len() as u64,
+                chunks: vec![ChunkRef(Hash::of(hello), hello.len() as u32)],
+            },
+        ],
+        tenant: "acme".into(),
+        created: 1_767_225_600,
+        version: "1.0.0".into(),
+        category: "plugins".into(),
+        total_size: 5 + hello.len() as u64,
+        description: Some("test vector".into()),
+    }
+}
+
+fn expected() -> Value {
+    let root = test_root_key();
+    let signed =
+        SignedManifest::sign(&root, 1, small_manifest()).expect("the vector manifest is valid");
+    let envelope: Envelope =
+        cbor4ii::serde::from_slice(&signed.bytes).expect("own encoding decodes");
+    json!({
+        "about": "A small signed manifest. root_seed is the ed25519 secret seed; every *_cbor field is the hex of a canonical CBOR encoding; see protocol/PROTOCOL.md.",
+        "root_seed": hex::encode((0u8..32).collect::<Vec<_>>()),
+        "root_key": root.public().to_string(),
+        "manifest": serde_json::to_value(small_manifest()).expect("json"),
+        "manifest_cbor": hex::encode(&envelope.body),
+        "signed_bytes_cbor": hex::encode(envelope.signed_bytes()),
+        "signature": hex::encode(envelope.sig),
+        "envelope_cbor": hex::encode(&signed.bytes),
+        "update_id": signed.id.to_hex(),
+    })
+}
+
+#[test]
+fn manifest_vector_matches() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(VECTORS);
+    let want = expected();
+    if std::env::var_os("ARBOR_WRITE_VECTORS").is_some() {
+        let text = serde_json::to_string_pretty(&want).expect("json") + "\n";
+        std::fs::write(&path, text).expect("write vectors");
+    }
+    let text =
+        std::fs::read_to_string(&path).expect("protocol/vectors/manifest-v1.json is readable");
+    let have: Value = serde_json::from_str(&text).expect("vector file is JSON");
+    for key in [
+        "root_key",
+        "manifest",
+        "manifest_cbor",
+        "signed_bytes_cbor",
+        "signature",
+        "envelope_cbor",
+        "update_id",
+    ] {
+        assert_eq!(
+            have[key], want[key],
+            "vector field {key} differs from what the code produces"
+        );
+    }
+    // The stored bytes open under the stored key and give the stored id.
+    let bytes = hex::decode(have["envelope_cbor"].as_str().expect("hex string")).expect("hex");
+    let key = have["root_key"]
+        .as_str()
+        .expect("hex string")
+        .parse()
+        .expect("root key");
+    let opened = SignedManifest::open(&bytes, &key, 0).expect("vector opens");
+    assert_eq!(
+        opened.id.to_hex(),
+        have["update_id"].as_str().expect("hex string")
+    );
+    assert_eq!(opened.manifest, small_manifest());
+}
+
+/// Every CBOR map in the vector must have its keys in RFC 8949 deterministic order.
+#[test]
+fn vector_maps_are_in_canonical_key_order() {
+    let root = test_root_key();
+    let signed = SignedManifest::sign(&root, 1, small_manifest()).expect("valid");
+    let envelope: Envelope = cbor4ii::serde::from_slice(&signed.bytes).expect("decodes");
+    for bytes in [&signed.bytes, &envelope.body] {
+        let value: cbor4ii::core::Value =
+            cbor4ii::serde::from_slice(bytes).expect("generic decode");
+        check_sorted(&value);
+    }
+}
+
+fn check_sorted(v: &cbor4ii::core::Value) {
+    use cbor4ii::core::Value as V;
+    match v {
+        V::Map(entries) => {
+            let keys: Vec<Vec<u8>> = entries
+                .iter()
+                .map(|(k, _)| cbor4ii::serde::to_vec(Vec::new(), k).expect("encode"))
+                .collect();
+            let mut sorted = keys.clone();
+            sorted.sort();
+            assert_eq!(keys, sorted, "map keys out of canonical order");
+            entries.iter().for_each(|(_, v)| check_sorted(v));
+        }
+        V::Array(items) => items.iter().for_each(check_sorted),
+        _ => {}
+    }
+}
