@@ -377,12 +377,15 @@ impl Store {
         if lower.len() < 4 || lower.len() > 64 || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(unknown());
         }
-        let matches: Vec<Hash> = self
-            .manifests()?
-            .into_iter()
-            .map(|(id, _)| id)
-            .filter(|id| id.to_hex().starts_with(&lower))
-            .collect();
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(MANIFESTS).map_err(db_err)?;
+        let mut matches = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let id = Hash(*entry.map_err(db_err)?.0.value());
+            if id.to_hex().starts_with(&lower) {
+                matches.push(id);
+            }
+        }
         match matches.as_slice() {
             [one] => Ok(*one),
             [] => Err(unknown()),
@@ -619,5 +622,91 @@ impl ChunkWriter<'_> {
                 .map_err(db_err)?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(i: u8) -> (Hash, Vec<u8>) {
+        let data = vec![i; 1000 + usize::from(i)];
+        (Hash::of(&data), data)
+    }
+
+    #[test]
+    fn committed_chunks_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::create(dir.path()).expect("create");
+            let mut w = store.writer();
+            for i in 0..3 {
+                let (h, d) = chunk(i);
+                assert!(w.put(h, &d).expect("put"));
+                assert!(
+                    !w.put(h, &d).expect("put again"),
+                    "a pending duplicate was stored twice"
+                );
+            }
+            w.flush().expect("flush");
+        }
+        let store = Store::open(dir.path()).expect("open");
+        for i in 0..3 {
+            let (h, d) = chunk(i);
+            assert_eq!(store.read_chunk(&h).expect("read"), Some(d));
+        }
+    }
+
+    #[test]
+    fn uncommitted_appends_are_cut_off_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let committed_len = {
+            let store = Store::create(dir.path()).expect("create");
+            let mut w = store.writer();
+            let (h, d) = chunk(1);
+            w.put(h, &d).expect("put");
+            w.flush().expect("flush");
+            let (h, d) = chunk(2);
+            w.put(h, &d).expect("put"); // never committed: as if the process died here
+            store.packs().expect("packs")[0].1
+        };
+        let pack = dir.path().join(PACKS_DIR).join("00000000.pack");
+        assert!(fs::metadata(&pack).expect("stat").len() > committed_len);
+        // A pack file that was never committed at all.
+        fs::write(dir.path().join(PACKS_DIR).join("00000001.pack"), b"junk").expect("write");
+
+        let store = Store::open(dir.path()).expect("open");
+        assert_eq!(fs::metadata(&pack).expect("stat").len(), committed_len);
+        assert!(!dir.path().join(PACKS_DIR).join("00000001.pack").exists());
+        assert!(store.has_chunk(&chunk(1).0).expect("lookup"));
+        assert!(!store.has_chunk(&chunk(2).0).expect("lookup"));
+        // Appending resumes at the committed end.
+        let mut w = store.writer();
+        let (h, d) = chunk(3);
+        w.put(h, &d).expect("put");
+        w.flush().expect("flush");
+        drop(w);
+        assert_eq!(store.read_chunk(&h).expect("read"), Some(d));
+        assert_eq!(
+            store.read_chunk(&chunk(1).0).expect("read"),
+            Some(chunk(1).1)
+        );
+    }
+
+    #[test]
+    fn a_second_open_is_refused_while_in_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _store = Store::create(dir.path()).expect("create");
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::Busy(_))));
+    }
+
+    #[test]
+    fn locations_round_trip() {
+        let loc = Loc {
+            pack: 7,
+            offset: 1 << 40,
+            len: 65536,
+        };
+        assert_eq!(Loc::from_bytes(&loc.to_bytes()), loc);
     }
 }
