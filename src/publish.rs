@@ -279,7 +279,7 @@ fn chunk_files(
         let mut current: Vec<ChunkRef> = Vec::new();
         let mut consume = || -> Result<(), PublishError> {
             for piece in piece_rx.iter() {
-                let segment = match piece {
+                let mut segment = match piece {
                     Piece::EndOfFile => {
                         let file = &files[entries.len()];
                         let chunks = std::mem::take(&mut current);
@@ -293,8 +293,8 @@ fn chunk_files(
                     }
                     Piece::Segment(s) => s,
                 };
-                for data in segment.chunks() {
-                    let hash = Hash::of(data);
+                segment.hash_all();
+                for (hash, data) in segment.hashed_chunks() {
                     current.push(ChunkRef(hash, data.len() as u32));
                     if let Some(w) = writer.as_deref_mut()
                         && w.put(hash, data)?
@@ -302,7 +302,7 @@ fn chunk_files(
                         new_bytes += data.len() as u64;
                     }
                 }
-                done += segment.data.len() as u64;
+                done += segment.bytes().len() as u64;
                 progress(done);
                 // The reader may have finished; then the buffer is simply dropped.
                 let _ = spare_tx.send(segment);
@@ -341,12 +341,21 @@ fn read_files(
             else {
                 break;
             };
-            read += segment.data.len() as u64;
+            read += segment.bytes().len() as u64;
             if read > file.size {
                 break;
             }
-            if out.send(Piece::Segment(segment)).is_err() {
-                return Ok(()); // the hashing side stopped and reports why
+            // If the hashing thread is behind, hash here rather than wait for it.
+            let piece = match out.try_send(Piece::Segment(segment)) {
+                Ok(()) => continue,
+                Err(mpsc::TrySendError::Full(Piece::Segment(mut segment))) => {
+                    segment.hash_all();
+                    Piece::Segment(segment)
+                }
+                Err(_) => return Ok(()), // the hashing side stopped and reports why
+            };
+            if out.send(piece).is_err() {
+                return Ok(());
             }
         }
         if read != file.size {

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
 /// Chunk hash → location of its record (see [`Loc`]).
 const CHUNKS: TableDefinition<&[u8; 32], &[u8; 16]> = TableDefinition::new("chunks");
@@ -403,6 +403,8 @@ impl Store {
             appender: self.appender.lock().unwrap_or_else(|p| p.into_inner()),
             pending: HashMap::new(),
             pending_bytes: 0,
+            writeback: Writeback::start(),
+            unsynced: 0,
         }
     }
 }
@@ -477,6 +479,56 @@ pub struct ChunkWriter<'s> {
     appender: MutexGuard<'s, Appender>,
     pending: HashMap<Hash, Loc>,
     pending_bytes: u64,
+    writeback: Writeback,
+    /// Bytes appended since writeback was last started.
+    unsynced: u64,
+}
+
+/// Appended bytes after which writeback to disk is started in the background.
+const WRITEBACK_BYTES: u64 = 16 << 20;
+
+/// A thread that syncs pack files in the background while chunks are still being
+/// appended, so the disk writes overlap the hashing and the sync before each commit
+/// finds little left to do. Without it, every batch would first fill the page cache
+/// and then wait for the disk.
+struct Writeback {
+    files: Option<mpsc::SyncSender<File>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writeback {
+    fn start() -> Writeback {
+        let (tx, rx) = mpsc::sync_channel::<File>(1);
+        let thread = std::thread::Builder::new()
+            .name("arbor-writeback".into())
+            .spawn(move || {
+                for file in rx {
+                    // Only a head start: the commit path syncs again and reports errors.
+                    let _ = file.sync_data();
+                }
+            })
+            .ok();
+        Writeback {
+            files: thread.as_ref().map(|_| tx),
+            thread,
+        }
+    }
+
+    /// Asks for a background sync of `file`, unless one is already running.
+    fn kick(&self, file: &File) {
+        if let (Some(tx), Ok(dup)) = (&self.files, file.try_clone()) {
+            let _ = tx.try_send(dup);
+        }
+    }
+}
+
+impl Drop for Writeback {
+    fn drop(&mut self) {
+        self.files = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl ChunkWriter<'_> {
@@ -546,6 +598,13 @@ impl ChunkWriter<'_> {
         a.file = Some(f);
         written.map_err(io("write", &self.store.pack_path(a.pack)))?;
         a.len = offset + data.len() as u64;
+        self.unsynced += (RECORD_HEADER + data.len()) as u64;
+        if self.unsynced >= WRITEBACK_BYTES {
+            self.unsynced = 0;
+            if let Some(f) = a.file.as_ref() {
+                self.writeback.kick(f);
+            }
+        }
         Ok(offset)
     }
 

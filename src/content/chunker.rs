@@ -4,10 +4,11 @@
 //! `fastcdc::v2020::cut`. It hands out [`Segment`]s: a buffer plus the lengths of the
 //! whole chunks in it, so a consumer can hash and store chunks straight out of the
 //! buffer (no per-chunk allocation) and the cutting can run on another thread than the
-//! hashing. The cut points are exactly those of FastCDC run over the whole stream at
+//! hashing. [`Segment::hash_all`] lets whichever thread has time do the hashing. The cut points are exactly those of FastCDC run over the whole stream at
 //! once; a test checks that. The parameters are part of the protocol
 //! (`protocol/PROTOCOL.md`, "Chunking").
 
+use super::Hash;
 use fastcdc::v2020::{Normalization, cut, select_masks};
 use std::io::{self, Read};
 
@@ -35,21 +36,42 @@ pub const SEGMENT_BYTES: usize = 4 * 1024 * 1024;
 /// A buffer of whole chunks, in stream order.
 #[derive(Debug, Default)]
 pub struct Segment {
-    /// The bytes; `data.len()` is the sum of `lens`.
-    pub data: Vec<u8>,
-    /// Length of each chunk in `data`, in order.
+    /// The buffer; only the first `len` bytes belong to this segment.
+    buf: Vec<u8>,
+    len: usize,
+    /// Length of each chunk, in order; they add up to `len`.
     pub lens: Vec<u32>,
+    /// The blake3 hash of each chunk, once [`Segment::hash_all`] has run.
+    hashes: Vec<Hash>,
 }
 
 impl Segment {
+    /// The segment's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
     /// Iterates over the chunks of this segment.
     pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
         let mut at = 0usize;
         self.lens.iter().map(move |&len| {
-            let chunk = &self.data[at..at + len as usize];
+            let chunk = &self.buf[at..at + len as usize];
             at += len as usize;
             chunk
         })
+    }
+
+    /// Hashes every chunk, unless that was done already (by whichever thread had time).
+    pub fn hash_all(&mut self) {
+        if self.hashes.len() != self.lens.len() {
+            let hashes = self.chunks().map(Hash::of).collect();
+            self.hashes = hashes;
+        }
+    }
+
+    /// The chunks with their hashes; call [`Segment::hash_all`] first.
+    pub fn hashed_chunks(&self) -> impl Iterator<Item = (Hash, &[u8])> {
+        self.hashes.iter().copied().zip(self.chunks())
     }
 }
 
@@ -58,10 +80,12 @@ pub struct Segmenter<R> {
     source: R,
     params: ChunkParams,
     masks: (u64, u64),
-    /// Bytes read but not yet handed out: always a prefix of an unfinished chunk run.
-    carry: Vec<u8>,
+    /// The buffer being filled; its first `filled` bytes are read but not handed out.
+    buf: Vec<u8>,
+    filled: usize,
     eof: bool,
-    /// Buffers returned by the consumer, reused to keep memory flat.
+    /// Buffers returned by the consumer, reused so memory stays flat and buffers are
+    /// not zeroed again.
     spare: Vec<Vec<u8>>,
 }
 
@@ -71,51 +95,58 @@ impl<R: Read> Segmenter<R> {
             source,
             params,
             masks: select_masks(params.avg, Normalization::Level1),
-            carry: Vec::new(),
+            buf: Vec::new(),
+            filled: 0,
             eof: false,
             spare: Vec::new(),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        SEGMENT_BYTES.max(2 * self.params.max)
+    }
+
+    fn fresh_buffer(&mut self) -> Vec<u8> {
+        let capacity = self.capacity();
+        match self.spare.pop() {
+            Some(b) if b.len() == capacity => b,
+            _ => vec![0; capacity],
         }
     }
 
     /// Gives a used segment's buffer back for reuse.
     pub fn recycle(&mut self, segment: Segment) {
         if self.spare.len() < 2 {
-            self.spare.push(segment.data);
+            self.spare.push(segment.buf);
         }
     }
 
     /// Reads and cuts the next segment; `None` at the end of the stream.
     pub fn next_segment(&mut self) -> io::Result<Option<Segment>> {
-        let mut buf = std::mem::take(&mut self.carry);
-        let capacity = SEGMENT_BYTES.max(2 * self.params.max);
-        if buf.capacity() < capacity {
-            buf.reserve_exact(capacity - buf.len());
+        if self.buf.is_empty() {
+            self.buf = self.fresh_buffer();
         }
-        while !self.eof && buf.len() < capacity {
-            let start = buf.len();
-            buf.resize(capacity, 0);
-            match self.source.read(&mut buf[start..]) {
-                Ok(0) => {
-                    buf.truncate(start);
-                    self.eof = true;
-                }
-                Ok(n) => buf.truncate(start + n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+        while !self.eof && self.filled < self.buf.len() {
+            match self.source.read(&mut self.buf[self.filled..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        if buf.is_empty() {
+        if self.filled == 0 {
             return Ok(None);
         }
         let ChunkParams { min, avg, max } = self.params;
         let (mask_s, mask_l) = self.masks;
-        let mut lens = Vec::with_capacity(buf.len() / min + 1);
+        let data = &self.buf[..self.filled];
+        let mut lens = Vec::with_capacity(data.len() / min + 1);
         let mut at = 0;
         // Without end of stream, only cut where at least `max` bytes are visible: that is
         // all `cut` ever looks at, so the cut points match a whole-stream FastCDC run.
-        while at < buf.len() && (self.eof || buf.len() - at >= max) {
+        while at < data.len() && (self.eof || data.len() - at >= max) {
             let (_, len) = cut(
-                &buf[at..],
+                &data[at..],
                 min,
                 avg,
                 max,
@@ -127,12 +158,21 @@ impl<R: Read> Segmenter<R> {
             lens.push(len as u32);
             at += len;
         }
-        let mut carry = self.spare.pop().unwrap_or_default();
-        carry.clear();
-        carry.extend_from_slice(&buf[at..]);
-        buf.truncate(at);
-        self.carry = carry;
-        Ok(Some(Segment { data: buf, lens }))
+        let rest = self.filled - at;
+        let next = if rest == 0 {
+            Vec::new() // end of stream, or a cut exactly at the end: nothing to carry
+        } else {
+            let mut next = self.fresh_buffer();
+            next[..rest].copy_from_slice(&self.buf[at..self.filled]);
+            next
+        };
+        self.filled = rest;
+        Ok(Some(Segment {
+            buf: std::mem::replace(&mut self.buf, next),
+            len: at,
+            lens,
+            hashes: Vec::new(),
+        }))
     }
 }
 
@@ -177,14 +217,19 @@ mod tests {
     fn lens_of(data: &[u8], step: usize, params: ChunkParams) -> Vec<u32> {
         let mut seg = Segmenter::new(Trickle { data, step }, params);
         let mut lens = Vec::new();
+        let mut bytes = Vec::new();
         while let Some(s) = seg.next_segment().expect("in-memory read") {
             assert_eq!(
-                s.data.len(),
+                s.bytes().len(),
                 s.lens.iter().map(|&l| l as usize).sum::<usize>()
             );
+            for chunk in s.chunks() {
+                bytes.extend_from_slice(chunk);
+            }
             lens.extend_from_slice(&s.lens);
             seg.recycle(s);
         }
+        assert!(bytes == data, "segments do not reassemble the stream");
         lens
     }
 
