@@ -172,17 +172,6 @@ pub fn scan_input(path: &Path, follow_symlinks: bool) -> Result<Vec<InputFile>, 
     Ok(files)
 }
 
-fn check_request(req: &PublishRequest) -> Result<(), NameError> {
-    names::check_name("tenant", &req.tenant)?;
-    names::check_name("category", &req.category)?;
-    names::check_name("id", &req.id)?;
-    names::check_version(&req.version)?;
-    if let Some(d) = &req.description {
-        names::check_description(d)?;
-    }
-    Ok(())
-}
-
 /// Publishes `req` on the root node. `now` is the creation time written into the
 /// manifest (Unix seconds); `progress` is called with the input bytes processed so far.
 pub fn publish(
@@ -191,7 +180,13 @@ pub fn publish(
     now: u64,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<PublishOutcome, PublishError> {
-    check_request(req)?;
+    names::check_module(
+        &req.tenant,
+        &req.category,
+        &req.id,
+        &req.version,
+        req.description.as_deref(),
+    )?;
     let root = node.root_secret()?;
     let files = scan_input(&req.path, req.follow_symlinks)?;
     let name = ModuleVersion {

@@ -246,3 +246,75 @@ fn check_chunks(
     }
     (bytes, bad)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::manifest::tests::two_files;
+    use crate::store::ModuleVersion;
+    use crate::trust::SecretKey;
+
+    fn store_manifest(node: &Node, id: &Hash, bytes: &[u8], version: &str) {
+        let name = ModuleVersion {
+            tenant: "acme",
+            category: "plugins",
+            id: "viewer",
+            version,
+        };
+        node.store
+            .writer()
+            .commit_manifest(id, bytes, &name, 1)
+            .expect("commit");
+    }
+
+    #[test]
+    fn manifests_that_do_not_check_out_are_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = Node::init_root(&dir.path().join("n")).expect("init");
+
+        // Signed by a key that is not this node's root.
+        let foreign =
+            SignedManifest::sign(&SecretKey::from_seed([9; 32]), 1, two_files()).expect("sign");
+        store_manifest(&node, &foreign.id, &foreign.bytes, "1");
+        // Stored under an id that is not its hash.
+        let mut tampered = SignedManifest::sign(node.root_secret().expect("root"), 2, two_files())
+            .expect("sign")
+            .bytes;
+        let id = Hash::of(&tampered);
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        store_manifest(&node, &id, &tampered, "2");
+
+        let report = verify(&node, None, 0, &|_| {}).expect("verify runs");
+        let reasons: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("manifest refused") && r.contains("not the trusted key")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("does not hash to its update id")),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn chunks_missing_from_the_store_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = Node::init_root(&dir.path().join("n")).expect("init");
+        // A valid, signed manifest whose chunks were never stored.
+        let signed =
+            SignedManifest::sign(node.root_secret().expect("root"), 1, two_files()).expect("sign");
+        store_manifest(&node, &signed.id, &signed.bytes, "1");
+        let report = verify(&node, Some(signed.id), 0, &|_| {}).expect("verify runs");
+        // Chunk "a" is used twice (bin/x and run.sh), "bc" once.
+        assert_eq!(report.problems.len(), 3, "{:?}", report.problems);
+        assert!(report.problems.iter().all(|p| p.reason.contains("missing")));
+        assert_eq!(report.problems[1].file.as_deref(), Some("bin/x"));
+        assert_eq!(report.problems[1].offset, Some(1));
+    }
+}

@@ -133,23 +133,9 @@ fn publish_list_verify_export_round_trip() {
     assert!(arbor_ok(&["verify", "--data", &data, &id[..8]]).starts_with("ok:"));
 
     let out = tmp.path().join("out");
-    arbor_ok(&[
-        "export",
-        "--data",
-        &data,
-        &id,
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    arbor_ok(&export_args(&data, &id, &out));
     assert_same_tree(Path::new(&input), &out);
-    let err = arbor_err(&[
-        "export",
-        "--data",
-        &data,
-        &id,
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    let err = arbor_err(&export_args(&data, &id, &out));
     assert!(err.contains("not empty"), "{err}");
 }
 
@@ -174,14 +160,7 @@ fn a_second_version_stores_only_changed_chunks() {
     assert_eq!(updates(&data).len(), 2);
     let out = tmp.path().join("out");
     let id = second["update_id"].as_str().expect("id");
-    arbor_ok(&[
-        "export",
-        "--data",
-        &data,
-        id,
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    arbor_ok(&export_args(&data, &id, &out));
     assert_same_tree(Path::new(&v2), &out);
 }
 
@@ -270,14 +249,7 @@ fn symlinks_are_refused_unless_followed() {
         .expect("id")
         .to_string();
     let out = tmp.path().join("out");
-    arbor_ok(&[
-        "export",
-        "--data",
-        &data,
-        &id,
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    arbor_ok(&export_args(&data, &id, &out));
     assert_eq!(
         fs::read(out.join("link.sh")).expect("read"),
         b"#!/bin/sh\necho hi\n"
@@ -308,14 +280,7 @@ fn a_single_file_is_published_under_its_name() {
         .expect("id")
         .to_string();
     let out = tmp.path().join("out");
-    arbor_ok(&[
-        "export",
-        "--data",
-        &data,
-        &id,
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    arbor_ok(&export_args(&data, &id, &out));
     assert_eq!(
         fs::read(out.join("tool.bin")).expect("read"),
         fs::read(&file).expect("read")
@@ -360,19 +325,12 @@ fn verify_names_the_corrupt_chunk_and_fails() {
     assert_eq!(json["problems"][0]["file"], "bin/engine");
 
     let out = tmp.path().join("out");
-    let err = arbor_err(&[
-        "export",
-        "--data",
-        &data,
-        &id,
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    let err = arbor_err(&export_args(&data, &id, &out));
     assert!(err.contains("corrupt in the store"), "{err}");
 }
 
 #[test]
-fn verify_reports_a_tampered_manifest() {
+fn a_replaced_root_key_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = root_node(tmp.path());
     let input = sample(&tmp.path().join("v1"), 1);

@@ -90,13 +90,13 @@ pub enum ManifestError {
 impl Manifest {
     /// Checks every invariant; see the module doc.
     pub fn validate(&self) -> Result<(), ManifestError> {
-        names::check_name("tenant", &self.tenant)?;
-        names::check_name("category", &self.category)?;
-        names::check_name("id", &self.id)?;
-        names::check_version(&self.version)?;
-        if let Some(d) = &self.description {
-            names::check_description(d)?;
-        }
+        names::check_module(
+            &self.tenant,
+            &self.category,
+            &self.id,
+            &self.version,
+            self.description.as_deref(),
+        )?;
         if self.files.len() > MAX_FILES {
             return Err(ManifestError::TooManyFiles(self.files.len()));
         }

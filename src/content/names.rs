@@ -152,6 +152,22 @@ pub fn check_description(value: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Checks the fields that name a module version: tenant, category, id, version and the
+/// optional description.
+pub fn check_module(
+    tenant: &str,
+    category: &str,
+    id: &str,
+    version: &str,
+    description: Option<&str>,
+) -> Result<(), NameError> {
+    check_name("tenant", tenant)?;
+    check_name("category", category)?;
+    check_name("id", id)?;
+    check_version(version)?;
+    description.map_or(Ok(()), check_description)
+}
+
 /// Checks a manifest file path: relative, `/`-separated, every component a plain name.
 ///
 /// Refused: empty paths, absolute paths, `.` and `..` components, empty components

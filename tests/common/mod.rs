@@ -83,3 +83,15 @@ pub fn publish_args<'a>(data: &'a str, version: &'a str, path: &'a str) -> Vec<&
         path,
     ]
 }
+
+/// Arguments for `arbor export`.
+pub fn export_args<'a>(data: &'a str, id: &'a str, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "export",
+        "--data",
+        data,
+        id,
+        "--out",
+        out.to_str().expect("utf-8 path"),
+    ]
+}
