@@ -160,7 +160,7 @@ fn a_second_version_stores_only_changed_chunks() {
     assert_eq!(updates(&data).len(), 2);
     let out = tmp.path().join("out");
     let id = second["update_id"].as_str().expect("id");
-    arbor_ok(&export_args(&data, &id, &out));
+    arbor_ok(&export_args(&data, id, &out));
     assert_same_tree(Path::new(&v2), &out);
 }
 
