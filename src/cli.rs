@@ -121,6 +121,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -149,8 +150,13 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
 }
 
 /// A progress bar on stderr when it is a terminal and the work is large; hidden otherwise.
-fn progress_bar(total: u64, what: &str) -> ProgressBar {
-    if total < PROGRESS_MIN_BYTES || !std::io::stderr().is_terminal() {
+/// `total` is only computed when there is a terminal to show the bar on.
+fn progress_bar(total: impl FnOnce() -> u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let total = total();
+    if total < PROGRESS_MIN_BYTES {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);
@@ -204,8 +210,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 path,
                 follow_symlinks,
             };
-            let total = input_size(&req.path);
-            let bar = progress_bar(total, "publishing");
+            let bar = progress_bar(|| input_size(&req.path), "publishing");
             let out = publish(&node, &req, now(), &|done| bar.set_position(done))
                 .context("publish failed")?;
             bar.finish_and_clear();
@@ -237,12 +242,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Updates { data } => {
             let node = open(&data)?;
-            list_updates(&node, json)?;
+            if !list_updates(&node, json)? {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Verify { data, update } => {
             let node = open(&data)?;
             let update = update.map(|u| resolve(&node, &u)).transpose()?;
-            let bar = progress_bar(store_size(&node), "verifying");
+            let bar = progress_bar(|| bytes_to_verify(&node, update.as_ref()), "verifying");
             let report =
                 crate::verify::verify(&node, update, now(), &|done| bar.set_position(done))?;
             bar.finish_and_clear();
@@ -301,20 +308,39 @@ fn input_size(path: &Path) -> u64 {
         .sum()
 }
 
-fn store_size(node: &Node) -> u64 {
-    node.store
-        .packs()
-        .map(|p| p.iter().map(|(_, len)| len).sum())
-        .unwrap_or(0)
+/// The bytes `verify` will read: one update's size, or the whole store's; 0 when unknown.
+fn bytes_to_verify(node: &Node, update: Option<&Hash>) -> u64 {
+    match update {
+        Some(id) => node
+            .store
+            .manifest_bytes(id)
+            .ok()
+            .flatten()
+            .and_then(|bytes| SignedManifest::open(&bytes, &node.root_key, now()).ok())
+            .map_or(0, |m| m.manifest.distinct_chunks().1),
+        None => node
+            .store
+            .packs()
+            .map_or(0, |p| p.iter().map(|(_, len)| len).sum()),
+    }
 }
 
-fn list_updates(node: &Node, json: bool) -> Result<()> {
+/// Lists the stored updates; returns false if some could not be read (each is reported
+/// on stderr, and the others are still listed).
+fn list_updates(node: &Node, json: bool) -> Result<bool> {
     let mut rows = Vec::new();
+    let mut all_ok = true;
     for (id, bytes) in node.store.manifests()? {
-        let signed = SignedManifest::open(&bytes, &node.root_key, now()).with_context(|| {
-            format!("stored update {} is damaged; run arbor verify", id.short())
-        })?;
-        rows.push(signed);
+        match SignedManifest::open(&bytes, &node.root_key, now()) {
+            Ok(signed) => rows.push(signed),
+            Err(e) => {
+                all_ok = false;
+                eprintln!(
+                    "error: stored update {} is damaged: {e}; run arbor verify",
+                    id.short()
+                );
+            }
+        }
     }
     rows.sort_by_key(|s| s.seq);
     if json {
@@ -337,11 +363,12 @@ fn list_updates(node: &Node, json: bool) -> Result<()> {
                 })
             })
             .collect();
-        return print_json(&list);
+        print_json(&list)?;
+        return Ok(all_ok);
     }
     if rows.is_empty() {
         eprintln!("no updates in {}", node.dir.display());
-        return Ok(());
+        return Ok(all_ok);
     }
     println!(
         "{:<14} {:<40} {:<16} {:>10} {:>7}",
@@ -358,5 +385,5 @@ fn list_updates(node: &Node, json: bool) -> Result<()> {
             m.files.len()
         );
     }
-    Ok(())
+    Ok(all_ok)
 }

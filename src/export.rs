@@ -28,10 +28,11 @@ pub enum ExportError {
         file: String,
         why: &'static str,
     },
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
         path: String,
+        #[source]
         source: std::io::Error,
     },
 }

@@ -12,7 +12,7 @@
 
 use crate::store::{Store, StoreError};
 use crate::trust::{KeyFileError, PublicKey, SecretKey};
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 pub const NODE_KEY_FILE: &str = "node.key";
@@ -25,10 +25,11 @@ pub enum NodeError {
     Exists(String),
     #[error("{0} is not an arbor node directory (no {NODE_KEY_FILE}); create one with arbor init")]
     NotANode(String),
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
         path: String,
+        #[source]
         source: std::io::Error,
     },
     #[error(transparent)]
@@ -66,12 +67,14 @@ impl Node {
     /// Creates a root node in `dir`: node key, root key, empty store.
     pub fn init_root(dir: &Path) -> Result<Node, NodeError> {
         let shown = dir.display().to_string();
-        if let Ok(mut entries) = fs::read_dir(dir) {
-            if entries.next().is_some() {
-                return Err(NodeError::Exists(shown));
+        match fs::read_dir(dir) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Err(NodeError::Exists(shown));
+                }
             }
-        } else if dir.exists() {
-            return Err(NodeError::Exists(shown));
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("use", dir)(e)),
         }
         let parent = match dir.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -100,12 +103,17 @@ impl Node {
         let staged = staging.keep();
         if let Err(e) = fs::rename(&staged, dir) {
             let _ = fs::remove_dir_all(&staged);
-            return Err(if dir.exists() {
+            let gained_files = fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+            return Err(if gained_files {
                 NodeError::Exists(shown)
             } else {
                 io("create", dir)(e)
             });
         }
+        // Make the new directory entry itself durable.
+        File::open(&parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync", &parent))?;
         Node::open(dir)
     }
 

@@ -14,9 +14,10 @@ use crate::node::{Node, NodeError};
 use crate::store::{ModuleVersion, StoreError};
 use crate::trust::{SignedManifest, TrustError};
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::time::SystemTime;
 
 /// What to publish.
 #[derive(Clone, Debug)]
@@ -51,15 +52,17 @@ pub struct PublishOutcome {
 pub enum PublishError {
     #[error(transparent)]
     Name(#[from] NameError),
-    #[error("{path}: {why}")]
+    #[error("{path:?}: {why}")]
     Input { path: String, why: String },
+    #[error("nothing to publish: {path:?} holds no files")]
+    Empty { path: String },
     #[error(
-        "{path} is a symlink; arbor does not publish links (pass --follow-symlinks to publish what it points to)"
+        "{path:?} is a symlink; arbor does not publish links (pass --follow-symlinks to publish what it points to)"
     )]
     Symlink { path: String },
     #[error("the input has more than {MAX_FILES} files")]
     TooManyFiles,
-    #[error("{path} changed while it was being published; publish again once it is stable")]
+    #[error("{path:?} changed while it was being published; publish again once it is stable")]
     Changed { path: String },
     #[error(
         "{module} version {version} is already published with different content (update {existing}); publish it under a new version"
@@ -91,6 +94,25 @@ pub struct InputFile {
     pub rel: String,
     pub mode: u32,
     pub size: u64,
+    /// Modification time at scan, to notice a file rewritten while it is published.
+    pub modified: Option<SystemTime>,
+}
+
+impl InputFile {
+    fn new(source: &Path, rel: String, meta: &std::fs::Metadata) -> InputFile {
+        InputFile {
+            source: source.to_path_buf(),
+            rel,
+            mode: meta.permissions().mode() & MODE_MASK,
+            size: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
+
+    /// Whether `meta` (of the open file) still describes the file that was scanned.
+    fn unchanged(&self, meta: &std::fs::Metadata) -> bool {
+        meta.is_file() && meta.len() == self.size && meta.modified().ok() == self.modified
+    }
 }
 
 /// Lists the regular files under `path` (or `path` itself), sorted by relative path.
@@ -109,12 +131,7 @@ pub fn scan_input(path: &Path, follow_symlinks: bool) -> Result<Vec<InputFile>, 
             .ok_or_else(|| input_err(path, "the file name is not valid UTF-8"))?
             .to_string();
         names::check_rel_path(&rel)?;
-        return Ok(vec![InputFile {
-            source: path.to_path_buf(),
-            rel,
-            mode: meta.permissions().mode() & MODE_MASK,
-            size: meta.len(),
-        }]);
+        return Ok(vec![InputFile::new(path, rel, &meta)]);
     }
     if !meta.is_dir() {
         return Err(input_err(path, "not a regular file or directory"));
@@ -158,15 +175,15 @@ pub fn scan_input(path: &Path, follow_symlinks: bool) -> Result<Vec<InputFile>, 
             .join("/");
         names::check_rel_path(&rel)?;
         let meta = entry.metadata().map_err(|e| input_err(entry.path(), e))?;
-        files.push(InputFile {
-            source: entry.path().to_path_buf(),
-            rel,
-            mode: meta.permissions().mode() & MODE_MASK,
-            size: meta.len(),
-        });
+        files.push(InputFile::new(entry.path(), rel, &meta));
         if files.len() > MAX_FILES {
             return Err(PublishError::TooManyFiles);
         }
+    }
+    if files.is_empty() {
+        return Err(PublishError::Empty {
+            path: path.display().to_string(),
+        });
     }
     files.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(files)
@@ -199,7 +216,7 @@ pub fn publish(
     if let Some(existing) = node.store.update_by_name(&name)? {
         // Same version again: idempotent if the content is the same, refused otherwise.
         // Nothing is written either way.
-        let entries = chunk_files(&files, None, progress)?.0;
+        let entries = chunk_files(&files, None, req.follow_symlinks, progress)?.0;
         let bytes = node
             .store
             .manifest_bytes(&existing)?
@@ -222,8 +239,9 @@ pub fn publish(
         });
     }
 
-    let mut writer = node.store.writer();
-    let (entries, new_bytes) = chunk_files(&files, Some(&mut writer), progress)?;
+    let mut writer = node.store.writer()?;
+    let (entries, new_bytes) =
+        chunk_files(&files, Some(&mut writer), req.follow_symlinks, progress)?;
     let total_size = entries.iter().map(|f| f.size).sum();
     let manifest = Manifest {
         id: req.id.clone(),
@@ -262,12 +280,13 @@ enum Piece {
 fn chunk_files(
     files: &[InputFile],
     mut writer: Option<&mut crate::store::ChunkWriter<'_>>,
+    follow_symlinks: bool,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Vec<FileEntry>, u64), PublishError> {
     let (piece_tx, piece_rx) = mpsc::sync_channel::<Piece>(2);
     let (spare_tx, spare_rx) = mpsc::channel::<Segment>();
     std::thread::scope(|scope| {
-        let reader = scope.spawn(move || read_files(files, piece_tx, spare_rx));
+        let reader = scope.spawn(move || read_files(files, follow_symlinks, piece_tx, spare_rx));
         let mut entries = Vec::with_capacity(files.len());
         let mut new_bytes = 0u64;
         let mut done = 0u64;
@@ -316,15 +335,46 @@ fn chunk_files(
     })
 }
 
+/// Opens a scanned file and checks it is still the file that was scanned: the path may
+/// have been replaced since by a symlink (not followed unless asked), a fifo (opening
+/// does not block) or another file.
+fn open_scanned(file: &InputFile, follow_symlinks: bool) -> Result<File, PublishError> {
+    let mut flags = libc::O_NONBLOCK;
+    if !follow_symlinks {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(&file.source)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                PublishError::Symlink {
+                    path: file.source.display().to_string(),
+                }
+            } else {
+                input_err(&file.source, e)
+            }
+        })?;
+    let meta = f.metadata().map_err(|e| input_err(&file.source, e))?;
+    if !file.unchanged(&meta) {
+        return Err(PublishError::Changed {
+            path: file.source.display().to_string(),
+        });
+    }
+    Ok(f)
+}
+
 /// The reading thread: cuts each file and sends its segments, then an end marker.
 fn read_files(
     files: &[InputFile],
+    follow_symlinks: bool,
     out: mpsc::SyncSender<Piece>,
     spare: mpsc::Receiver<Segment>,
 ) -> Result<(), PublishError> {
     for file in files {
-        let f = File::open(&file.source).map_err(|e| input_err(&file.source, e))?;
-        let mut segmenter = Segmenter::new(f, ChunkParams::default());
+        let f = open_scanned(file, follow_symlinks)?;
+        let mut segmenter = Segmenter::new(&f, ChunkParams::default());
         let mut read = 0u64;
         loop {
             while let Ok(used) = spare.try_recv() {
@@ -353,7 +403,8 @@ fn read_files(
                 return Ok(());
             }
         }
-        if read != file.size {
+        let after = f.metadata().map_err(|e| input_err(&file.source, e))?;
+        if read != file.size || !file.unchanged(&after) {
             return Err(PublishError::Changed {
                 path: file.source.display().to_string(),
             });
@@ -363,4 +414,47 @@ fn read_files(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_swapped_after_the_scan_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let input = dir.path().join("in");
+        std::fs::create_dir(&input).expect("mkdir");
+        std::fs::write(input.join("b"), "abc").expect("write");
+        std::fs::write(dir.path().join("secret"), "SEC").expect("write");
+        let files = scan_input(&input, false).expect("scan");
+
+        // Replaced by a symlink of the same size: not followed.
+        std::fs::remove_file(input.join("b")).expect("rm");
+        std::os::unix::fs::symlink(dir.path().join("secret"), input.join("b")).expect("symlink");
+        assert!(matches!(
+            open_scanned(&files[0], false),
+            Err(PublishError::Symlink { .. })
+        ));
+
+        // Replaced by a fifo: opening does not block, and it is not the scanned file.
+        std::fs::remove_file(input.join("b")).expect("rm");
+        let status = std::process::Command::new("mkfifo")
+            .arg(input.join("b"))
+            .status()
+            .expect("mkfifo runs");
+        assert!(status.success());
+        assert!(matches!(
+            open_scanned(&files[0], false),
+            Err(PublishError::Changed { .. })
+        ));
+
+        // Rewritten with other content of another size.
+        std::fs::remove_file(input.join("b")).expect("rm");
+        std::fs::write(input.join("b"), "abcd").expect("write");
+        assert!(matches!(
+            open_scanned(&files[0], false),
+            Err(PublishError::Changed { .. })
+        ));
+    }
 }

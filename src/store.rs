@@ -17,6 +17,7 @@
 //! (`publish`, `trust`), and re-checks after (`verify`).
 
 use crate::content::Hash;
+use crate::content::manifest::MAX_CHUNK_LEN;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -38,13 +39,17 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_FORMAT: &str = "format";
 const META_ROOT_KEY: &str = "root_key";
 const META_PUBLISH_SEQ: &str = "publish_seq";
+const META_STORE_ID: &str = "store_id";
 const FORMAT_VERSION: &[u8] = b"arbor-store-1";
 
 /// File name of the metadata database inside a node directory.
 pub const DB_FILE: &str = "store.redb";
 /// Folder of the pack files inside a node directory.
 pub const PACKS_DIR: &str = "packs";
+/// A pack starts with this magic and the 16-byte id of the store it belongs to, so
+/// recovery never touches a pack that belongs to another store.
 const PACK_MAGIC: &[u8; 8] = b"ARBORPK1";
+const PACK_HEADER: usize = PACK_MAGIC.len() + 16;
 /// Record header: chunk length (u32, little-endian) and blake3 hash.
 pub const RECORD_HEADER: usize = 4 + 32;
 /// A pack file is closed for appends once it is this large.
@@ -59,20 +64,29 @@ pub enum StoreError {
     Busy(String),
     #[error("the store database failed: {0}")]
     Db(#[from] redb::Error),
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
         path: String,
+        #[source]
         source: std::io::Error,
     },
     #[error("{path} is not an arbor store ({why})")]
     NotAStore { path: String, why: String },
     #[error("no update matches {0:?}")]
     UnknownUpdate(String),
+    #[error("{0:?} is not an update id: give at least 4 of its hex digits")]
+    BadUpdatePrefix(String),
     #[error("{prefix:?} matches {count} updates; give more digits")]
     AmbiguousUpdate { prefix: String, count: usize },
     #[error("stored metadata {key} is damaged")]
     BadMeta { key: &'static str },
+    #[error("a chunk index entry is damaged (it claims {len} bytes); run arbor verify")]
+    BadIndex { len: u32 },
+    #[error("a chunk of {len} bytes is over the limit of {MAX_CHUNK_LEN} bytes")]
+    ChunkTooLarge { len: usize },
+    #[error("the store is damaged, so nothing is written to it: {0}; run arbor verify")]
+    Damaged(String),
 }
 
 fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -126,12 +140,19 @@ struct Appender {
     file: Option<File>,
     /// Bytes written to `pack` so far, committed or not.
     len: u64,
+    /// The pack file was created since the last commit: its directory entry must be
+    /// made durable too.
+    new_pack: bool,
 }
 
 /// A node's chunk and metadata store. Cheap to share across threads by reference.
 pub struct Store {
     db: Database,
     packs_dir: PathBuf,
+    /// Written at the start of every pack of this store.
+    pack_header: [u8; PACK_HEADER],
+    /// Why writes are refused: committed packs that are missing or cut short.
+    damage: Vec<String>,
     appender: Mutex<Appender>,
     readers: Mutex<HashMap<u32, Arc<File>>>,
 }
@@ -150,9 +171,16 @@ impl Store {
             txn.open_table(NAMES).map_err(db_err)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
             meta.insert(META_FORMAT, FORMAT_VERSION).map_err(db_err)?;
+            let mut id = [0u8; 16];
+            getrandom::fill(&mut id).map_err(|e| StoreError::Io {
+                action: "generate an id for",
+                path: dir.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            meta.insert(META_STORE_ID, id.as_slice()).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Store::from_db(db, packs_dir)
+        Store::from_db(db, dir)
     }
 
     /// Opens the store in `dir`, cutting off whatever a crash left uncommitted.
@@ -172,28 +200,46 @@ impl Store {
             },
             other => other,
         })?;
-        let store = Store::from_db(db, dir.join(PACKS_DIR))?;
-        if store.meta(META_FORMAT)?.as_deref() != Some(FORMAT_VERSION) {
-            return Err(StoreError::NotAStore {
-                path: dir.display().to_string(),
-                why: "unknown store format".into(),
-            });
-        }
-        Ok(store)
+        Store::from_db(db, dir)
     }
 
-    fn from_db(db: Database, packs_dir: PathBuf) -> Result<Store, StoreError> {
-        let committed = {
+    /// Checks that `db` is an arbor store, then recovers its packs from a crash.
+    fn from_db(db: Database, dir: &Path) -> Result<Store, StoreError> {
+        let not_a_store = |why: &str| StoreError::NotAStore {
+            path: dir.display().to_string(),
+            why: why.to_string(),
+        };
+        let (format, id, committed) = {
             let txn = db.begin_read().map_err(db_err)?;
+            let meta = txn
+                .open_table(META)
+                .map_err(|_| not_a_store("no metadata table"))?;
+            let get = |key| -> Result<Option<Vec<u8>>, StoreError> {
+                Ok(meta.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
+            };
+            let (format, id) = (get(META_FORMAT)?, get(META_STORE_ID)?);
             let table = txn.open_table(PACKS).map_err(db_err)?;
             let mut packs = HashMap::new();
             for entry in table.iter().map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;
                 packs.insert(k.value(), v.value());
             }
-            packs
+            (format, id, packs)
         };
-        recover_packs(&packs_dir, &committed)?;
+        if format.as_deref() != Some(FORMAT_VERSION) {
+            return Err(not_a_store("unknown store format"));
+        }
+        let id: [u8; 16] = id
+            .and_then(|v| v.try_into().ok())
+            .ok_or(StoreError::BadMeta { key: META_STORE_ID })?;
+        let mut pack_header = [0u8; PACK_HEADER];
+        pack_header[..PACK_MAGIC.len()].copy_from_slice(PACK_MAGIC);
+        pack_header[PACK_MAGIC.len()..].copy_from_slice(&id);
+        let packs_dir = dir.join(PACKS_DIR);
+        let damage = recover_packs(&packs_dir, &committed, &pack_header)?;
+        for d in &damage {
+            tracing::error!("{d}; run arbor verify");
+        }
         let (pack, len) = committed
             .iter()
             .max_by_key(|(p, _)| **p)
@@ -202,10 +248,13 @@ impl Store {
         Ok(Store {
             db,
             packs_dir,
+            pack_header,
+            damage,
             appender: Mutex::new(Appender {
                 pack,
                 file: None,
                 len,
+                new_pack: false,
             }),
             readers: Mutex::new(HashMap::new()),
         })
@@ -287,21 +336,15 @@ impl Store {
     /// Reads the bytes at `loc` into `buf` (replacing its contents). Not verified: the
     /// caller hashes what it reads when it matters.
     pub fn read_at(&self, loc: Loc, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        // The length comes from the index; a damaged entry must not cause a huge allocation.
+        if loc.len > MAX_CHUNK_LEN + RECORD_HEADER as u32 {
+            return Err(StoreError::BadIndex { len: loc.len });
+        }
         buf.clear();
         buf.resize(loc.len as usize, 0);
         let f = self.reader(loc.pack)?;
         f.read_exact_at(buf, loc.offset)
             .map_err(io("read", &self.pack_path(loc.pack)))
-    }
-
-    /// Reads a stored chunk (unverified), or `None` if it is not stored.
-    pub fn read_chunk(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(loc) = self.chunk_loc(hash)? else {
-            return Ok(None);
-        };
-        let mut buf = Vec::new();
-        self.read_at(loc, &mut buf)?;
-        Ok(Some(buf))
     }
 
     /// Up to `limit` chunk index entries with hashes above `after`, in hash order.
@@ -372,10 +415,10 @@ impl Store {
 
     /// Finds the update whose id starts with `prefix` (at least 4 hex digits).
     pub fn resolve_update(&self, prefix: &str) -> Result<Hash, StoreError> {
-        let unknown = || StoreError::UnknownUpdate(prefix.chars().take(80).collect());
+        let shown: String = prefix.chars().take(80).collect();
         let lower = prefix.to_ascii_lowercase();
         if lower.len() < 4 || lower.len() > 64 || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(unknown());
+            return Err(StoreError::BadUpdatePrefix(shown));
         }
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(MANIFESTS).map_err(db_err)?;
@@ -388,7 +431,7 @@ impl Store {
         }
         match matches.as_slice() {
             [one] => Ok(*one),
-            [] => Err(unknown()),
+            [] => Err(StoreError::UnknownUpdate(shown)),
             many => Err(StoreError::AmbiguousUpdate {
                 prefix: lower,
                 count: many.len(),
@@ -396,16 +439,20 @@ impl Store {
         }
     }
 
-    /// Starts a batch of chunk writes. One writer at a time; others wait.
-    pub fn writer(&self) -> ChunkWriter<'_> {
-        ChunkWriter {
+    /// Starts a batch of chunk writes. One writer at a time; others wait. Refused while
+    /// committed packs are missing or short: appending would build on a hole.
+    pub fn writer(&self) -> Result<ChunkWriter<'_>, StoreError> {
+        if !self.damage.is_empty() {
+            return Err(StoreError::Damaged(self.damage.join("; ")));
+        }
+        Ok(ChunkWriter {
             store: self,
             appender: self.appender.lock().unwrap_or_else(|p| p.into_inner()),
             pending: HashMap::new(),
             pending_bytes: 0,
             writeback: Writeback::start(),
             unsynced: 0,
-        }
+        })
     }
 }
 
@@ -431,44 +478,69 @@ fn pack_path(dir: &Path, pack: u32) -> PathBuf {
     dir.join(format!("{pack:08}.pack"))
 }
 
-/// Cuts every pack back to its committed length and removes packs never committed.
-fn recover_packs(dir: &Path, committed: &HashMap<u32, u64>) -> Result<(), StoreError> {
+/// Cuts every pack of this store back to its committed length and removes its packs
+/// that were never committed. Files that are not this store's packs are left alone.
+/// Returns what is damaged: committed packs that are missing or shorter than committed.
+fn recover_packs(
+    dir: &Path,
+    committed: &HashMap<u32, u64>,
+    header: &[u8; PACK_HEADER],
+) -> Result<Vec<String>, StoreError> {
+    let mut damage = Vec::new();
+    let mut seen = Vec::new();
     for entry in fs::read_dir(dir).map_err(io("read", dir))? {
         let entry = entry.map_err(io("read", dir))?;
         let path = entry.path();
-        let pack = path
-            .file_name()
-            .and_then(|n| n.to_str())
+        let name = entry.file_name();
+        let pack = name
+            .to_str()
             .and_then(|n| n.strip_suffix(".pack"))
-            .and_then(|n| n.parse::<u32>().ok());
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|&n| pack_path(dir, n) == path);
         let Some(pack) = pack else {
             tracing::warn!(path = %path.display(), "ignoring a file that is not a pack");
             continue;
         };
+        let actual = entry.metadata().map_err(io("stat", &path))?.len();
+        let mut start = vec![0u8; PACK_HEADER.min(actual as usize)];
+        File::open(&path)
+            .and_then(|f| f.read_exact_at(&mut start, 0))
+            .map_err(io("read", &path))?;
+        if !header.starts_with(&start) {
+            tracing::warn!(path = %path.display(), "leaving alone a pack that belongs to another store");
+            continue;
+        }
+        seen.push(pack);
         match committed.get(&pack) {
             None => {
                 tracing::info!(path = %path.display(), "removing a pack file a crash left uncommitted");
                 fs::remove_file(&path).map_err(io("remove", &path))?;
             }
-            Some(&len) => {
-                let actual = entry.metadata().map_err(io("stat", &path))?.len();
-                if actual > len {
-                    tracing::info!(path = %path.display(), committed = len, found = actual,
-                        "cutting off bytes a crash left uncommitted");
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(io("open", &path))?;
-                    f.set_len(len).map_err(io("truncate", &path))?;
-                    f.sync_all().map_err(io("sync", &path))?;
-                } else if actual < len {
-                    tracing::error!(path = %path.display(), committed = len, found = actual,
-                        "pack file is shorter than committed: chunks are missing; run arbor verify");
-                }
+            Some(&len) if actual > len => {
+                tracing::info!(path = %path.display(), committed = len, found = actual,
+                    "cutting off bytes a crash left uncommitted");
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io("open", &path))?;
+                f.set_len(len).map_err(io("truncate", &path))?;
+                f.sync_all().map_err(io("sync", &path))?;
             }
+            Some(&len) if actual < len => damage.push(format!(
+                "pack {} is {actual} bytes, shorter than the {len} bytes committed",
+                path.display()
+            )),
+            Some(_) => {}
         }
     }
-    Ok(())
+    for pack in committed.keys().filter(|p| !seen.contains(p)) {
+        damage.push(format!(
+            "pack {} is missing or not this store's",
+            pack_path(dir, *pack).display()
+        ));
+    }
+    damage.sort();
+    Ok(damage)
 }
 
 /// A batch of chunk writes: appends to the current pack and commits index entries in
@@ -514,7 +586,7 @@ impl Writeback {
         }
     }
 
-    /// Asks for a background sync of `file`, unless one is already running.
+    /// Asks for a background sync of `file`, unless one is already queued.
     fn kick(&self, file: &File) {
         if let (Some(tx), Ok(dup)) = (&self.files, file.try_clone()) {
             let _ = tx.try_send(dup);
@@ -543,9 +615,10 @@ impl ChunkWriter<'_> {
         if self.contains(&hash)? {
             return Ok(false);
         }
-        let len = u32::try_from(data.len()).map_err(|_| StoreError::BadMeta {
-            key: "chunk length",
-        })?;
+        let len = u32::try_from(data.len())
+            .ok()
+            .filter(|&l| l <= MAX_CHUNK_LEN)
+            .ok_or(StoreError::ChunkTooLarge { len: data.len() })?;
         let offset = self.append(&hash, data)?;
         self.pending.insert(
             hash,
@@ -575,15 +648,18 @@ impl ChunkWriter<'_> {
                     a.len = 0;
                 }
                 let path = self.store.pack_path(a.pack);
+                // A new pack is created; an existing one must still be there (recovery
+                // checked it), so a vanished pack is an error rather than a sparse new file.
                 let f = OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
+                    .create_new(a.len == 0)
                     .write(true)
                     .open(&path)
                     .map_err(io("open", &path))?;
                 if a.len == 0 {
-                    f.write_all_at(PACK_MAGIC, 0).map_err(io("write", &path))?;
-                    a.len = PACK_MAGIC.len() as u64;
+                    f.write_all_at(&self.store.pack_header, 0)
+                        .map_err(io("write", &path))?;
+                    a.len = PACK_HEADER as u64;
+                    a.new_pack = true;
                 }
                 f
             }
@@ -634,6 +710,13 @@ impl ChunkWriter<'_> {
             let mut chunks = txn.open_table(CHUNKS).map_err(db_err)?;
             for (hash, loc) in &self.pending {
                 chunks.insert(&hash.0, &loc.to_bytes()).map_err(db_err)?;
+            }
+            if dirty && a.new_pack {
+                let dir = &self.store.packs_dir;
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io("sync", dir))?;
+                a.new_pack = false;
             }
             if dirty {
                 txn.open_table(PACKS)
@@ -688,6 +771,23 @@ impl ChunkWriter<'_> {
 mod tests {
     use super::*;
 
+    fn read(store: &Store, hash: &Hash) -> Option<Vec<u8>> {
+        let loc = store.chunk_loc(hash).expect("lookup")?;
+        let mut buf = Vec::new();
+        store.read_at(loc, &mut buf).expect("read");
+        Some(buf)
+    }
+
+    /// A store with one committed chunk; returns the path of its pack.
+    fn one_chunk_store(dir: &Path) -> PathBuf {
+        let store = Store::create(dir).expect("create");
+        let mut w = store.writer().expect("writer");
+        let (h, d) = chunk(1);
+        w.put(h, &d).expect("put");
+        w.flush().expect("flush");
+        dir.join(PACKS_DIR).join("00000000.pack")
+    }
+
     fn chunk(i: u8) -> (Hash, Vec<u8>) {
         let data = vec![i; 1000 + usize::from(i)];
         (Hash::of(&data), data)
@@ -698,7 +798,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let store = Store::create(dir.path()).expect("create");
-            let mut w = store.writer();
+            let mut w = store.writer().expect("writer");
             for i in 0..3 {
                 let (h, d) = chunk(i);
                 assert!(w.put(h, &d).expect("put"));
@@ -712,7 +812,7 @@ mod tests {
         let store = Store::open(dir.path()).expect("open");
         for i in 0..3 {
             let (h, d) = chunk(i);
-            assert_eq!(store.read_chunk(&h).expect("read"), Some(d));
+            assert_eq!(read(&store, &h), Some(d));
         }
     }
 
@@ -721,7 +821,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let committed_len = {
             let store = Store::create(dir.path()).expect("create");
-            let mut w = store.writer();
+            let mut w = store.writer().expect("writer");
             let (h, d) = chunk(1);
             w.put(h, &d).expect("put");
             w.flush().expect("flush");
@@ -731,8 +831,14 @@ mod tests {
         };
         let pack = dir.path().join(PACKS_DIR).join("00000000.pack");
         assert!(fs::metadata(&pack).expect("stat").len() > committed_len);
-        // A pack file that was never committed at all.
-        fs::write(dir.path().join(PACKS_DIR).join("00000001.pack"), b"junk").expect("write");
+        // A pack of this store that was never committed at all.
+        let mut uncommitted = fs::read(&pack).expect("read")[..PACK_HEADER].to_vec();
+        uncommitted.extend_from_slice(b"junk");
+        fs::write(
+            dir.path().join(PACKS_DIR).join("00000001.pack"),
+            uncommitted,
+        )
+        .expect("write");
 
         let store = Store::open(dir.path()).expect("open");
         assert_eq!(fs::metadata(&pack).expect("stat").len(), committed_len);
@@ -740,16 +846,13 @@ mod tests {
         assert!(store.has_chunk(&chunk(1).0).expect("lookup"));
         assert!(!store.has_chunk(&chunk(2).0).expect("lookup"));
         // Appending resumes at the committed end.
-        let mut w = store.writer();
+        let mut w = store.writer().expect("writer");
         let (h, d) = chunk(3);
         w.put(h, &d).expect("put");
         w.flush().expect("flush");
         drop(w);
-        assert_eq!(store.read_chunk(&h).expect("read"), Some(d));
-        assert_eq!(
-            store.read_chunk(&chunk(1).0).expect("read"),
-            Some(chunk(1).1)
-        );
+        assert_eq!(read(&store, &h), Some(d));
+        assert_eq!(read(&store, &chunk(1).0), Some(chunk(1).1));
     }
 
     #[test]
@@ -767,5 +870,85 @@ mod tests {
             len: 65536,
         };
         assert_eq!(Loc::from_bytes(&loc.to_bytes()), loc);
+    }
+
+    #[test]
+    fn a_missing_or_short_pack_blocks_writes() {
+        for damage in ["missing", "short"] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let pack = one_chunk_store(dir.path());
+            if damage == "missing" {
+                fs::remove_file(&pack).expect("rm");
+            } else {
+                let f = OpenOptions::new().write(true).open(&pack).expect("open");
+                f.set_len(30).expect("truncate");
+            }
+            let store = Store::open(dir.path()).expect("a damaged store still opens for verify");
+            let err = store.writer().err().expect("writes refused").to_string();
+            assert!(
+                err.contains("damaged") && err.contains("00000000.pack"),
+                "{damage}: {err}"
+            );
+            assert!(!pack.exists() || fs::metadata(&pack).expect("stat").len() == 30);
+        }
+    }
+
+    #[test]
+    fn another_stores_packs_are_left_alone() {
+        let mine = tempfile::tempdir().expect("tempdir");
+        let theirs = tempfile::tempdir().expect("tempdir");
+        one_chunk_store(mine.path());
+        let their_pack = one_chunk_store(theirs.path());
+        let their_bytes = fs::read(&their_pack).expect("read");
+        // Their pack in our packs folder, under a number our store never committed.
+        let stray = mine.path().join(PACKS_DIR).join("00000007.pack");
+        fs::copy(&their_pack, &stray).expect("copy");
+        // Our database in their folder: their committed pack 0 is not ours.
+        fs::copy(mine.path().join(DB_FILE), theirs.path().join(DB_FILE)).expect("copy");
+
+        drop(Store::open(mine.path()).expect("open"));
+        assert_eq!(fs::read(&stray).expect("still there"), their_bytes);
+        let store = Store::open(theirs.path()).expect("open");
+        assert_eq!(fs::read(&their_pack).expect("still there"), their_bytes);
+        assert!(store.writer().is_err(), "wrote into another store's pack");
+    }
+
+    #[test]
+    fn update_prefixes_resolve_or_say_why_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path()).expect("create");
+        for (i, first) in [[0xab, 0xcd, 0x01], [0xab, 0xcd, 0x02]].iter().enumerate() {
+            let mut id = [0u8; 32];
+            id[..3].copy_from_slice(first);
+            let version = i.to_string();
+            let name = ModuleVersion {
+                tenant: "t",
+                category: "c",
+                id: "m",
+                version: &version,
+            };
+            store
+                .writer()
+                .expect("writer")
+                .commit_manifest(&Hash(id), b"m", &name, 1)
+                .expect("commit");
+        }
+        assert!(matches!(
+            store.resolve_update("abcd"),
+            Err(StoreError::AmbiguousUpdate { count: 2, .. })
+        ));
+        assert_eq!(store.resolve_update("ABCD01").expect("unique").0[2], 1);
+        assert!(matches!(
+            store.resolve_update("abcd03"),
+            Err(StoreError::UnknownUpdate(_))
+        ));
+        assert!(matches!(
+            store.resolve_update("abc"),
+            Err(StoreError::BadUpdatePrefix(_))
+        ));
+        assert!(matches!(
+            store.resolve_update("wxyz"),
+            Err(StoreError::BadUpdatePrefix(_))
+        ));
     }
 }

@@ -98,10 +98,11 @@ impl FromStr for PublicKey {
 /// A key file that cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("cannot {action} key file {path}: {source}")]
+    #[error("cannot {action} key file {path}")]
     Io {
         action: &'static str,
         path: String,
+        #[source]
         source: std::io::Error,
     },
     #[error(
@@ -293,7 +294,17 @@ impl SignedManifest {
         manifest: Manifest,
     ) -> Result<SignedManifest, TrustError> {
         manifest.validate()?;
-        let envelope = Envelope::sign(root, TAG_MANIFEST, seq, None, wire::encode(&manifest));
+        let body = wire::encode(&manifest);
+        // Refuse here what every receiver would refuse (PROTOCOL.md §3).
+        if body.len() > MAX_MANIFEST_BYTES {
+            return Err(WireError::TooLarge {
+                what: "manifest",
+                len: body.len(),
+                limit: MAX_MANIFEST_BYTES,
+            }
+            .into());
+        }
+        let envelope = Envelope::sign(root, TAG_MANIFEST, seq, None, body);
         let bytes = wire::encode(&envelope);
         Ok(SignedManifest {
             id: Hash::of(&bytes),
@@ -326,6 +337,7 @@ impl SignedManifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::manifest::FileEntry;
     use crate::content::manifest::tests::two_files;
     use proptest::prelude::*;
 
@@ -441,6 +453,25 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_over_limit_manifest_is_not_signed() {
+        let mut m = two_files();
+        let template = m.files[1].clone();
+        let long = vec!["p".repeat(240); 4].join("/");
+        m.files = (0..70_000)
+            .map(|i| FileEntry {
+                path: format!("{i:07}/{long}"),
+                ..template.clone()
+            })
+            .collect();
+        m.total_size = 70_000;
+        let err = SignedManifest::sign(&root(), 1, m).unwrap_err();
+        assert!(
+            matches!(err, TrustError::Wire(WireError::TooLarge { .. })),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Verification of a node's store: every signature re-checked, every chunk re-hashed.
 //!
-//! Owns the answer to "is what this node stores intact?". Chunks are checked in the
-//! order they sit in the pack files (one sequential pass, split over two threads), each
+//! Owns the answer to "is what this node stores intact?". Chunks are checked in pages of
+//! 65,536 index entries, each page in the order its chunks sit in the pack files and
+//! split over two threads (one sequential pass for stores up to about 4 GiB), each
 //! against its hash and its record header; manifests are re-opened against the pinned
 //! root key. A bad chunk is reported once for every place an update uses it: which
 //! update, which file, which chunk of that file, at which byte.
@@ -263,6 +264,7 @@ mod tests {
         };
         node.store
             .writer()
+            .expect("writer")
             .commit_manifest(id, bytes, &name, 1)
             .expect("commit");
     }

@@ -239,7 +239,7 @@ fn symlinks_are_refused_unless_followed() {
     let dir = input.to_str().expect("utf-8");
 
     let err = arbor_err(&publish_args(&data, "1.0", dir));
-    assert!(err.contains("link.sh is a symlink"), "{err}");
+    assert!(err.contains("link.sh\" is a symlink"), "{err}");
     assert!(updates(&data).is_empty());
 
     let mut args = publish_args(&data, "1.0", dir);
@@ -370,18 +370,96 @@ fn garbage_node_files_give_clear_errors() {
         tmp.path().join("nope").to_str().expect("utf-8"),
     ]);
     assert!(err.contains("not an arbor node directory"), "{err}");
-    let err = arbor_err(&["export", "--data", &data, "zz", "--out", "x"]);
-    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]
-fn unknown_and_ambiguous_update_ids_are_refused() {
+fn unknown_and_malformed_update_ids_are_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = root_node(tmp.path());
-    let err = arbor_err(&["verify", "--data", &data, "abcdef"]);
-    assert!(err.contains("no update matches"), "{err}");
-    let err = arbor_err(&["verify", "--data", &data, "xyz!"]);
-    assert!(err.contains("no update matches"), "{err}");
+    let out = tmp.path().join("out");
+    for (id, expect) in [
+        ("abcdef", "no update matches"),
+        ("xyz!", "give at least 4 of its hex digits"),
+        ("abc", "give at least 4 of its hex digits"),
+    ] {
+        let err = arbor_err(&["verify", "--data", &data, id]);
+        assert!(err.contains(expect), "{id}: {err}");
+        let err = arbor_err(&export_args(&data, id, &out));
+        assert!(err.contains(expect), "{id}: {err}");
+    }
+    assert!(
+        !out.exists(),
+        "a refused export created its output directory"
+    );
+}
+
+#[test]
+fn fifos_non_utf8_names_and_empty_inputs_are_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = root_node(tmp.path());
+
+    let fifo_dir = tmp.path().join("fifo");
+    sample(&fifo_dir, 1);
+    let status = std::process::Command::new("mkfifo")
+        .arg(fifo_dir.join("pipe"))
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success());
+    let err = arbor_err(&publish_args(&data, "1", fifo_dir.to_str().expect("utf-8")));
+    assert!(
+        err.contains("pipe") && err.contains("not a regular file"),
+        "{err}"
+    );
+
+    let odd = tmp.path().join("odd");
+    sample(&odd, 1);
+    fs::write(odd.join(std::ffi::OsStr::from_bytes(b"bad\xff.txt")), "x").expect("write");
+    let err = arbor_err(&publish_args(&data, "1", odd.to_str().expect("utf-8")));
+    assert!(err.contains("not valid UTF-8"), "{err}");
+
+    let empty = tmp.path().join("empty");
+    fs::create_dir_all(empty.join("sub/dir")).expect("mkdir");
+    let err = arbor_err(&publish_args(&data, "1", empty.to_str().expect("utf-8")));
+    assert!(err.contains("nothing to publish"), "{err}");
+
+    assert!(updates(&data).is_empty());
+    assert_eq!(pack_bytes(&data), 0);
+}
+
+#[test]
+fn a_damaged_pack_is_reported_and_blocks_publishing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = root_node(tmp.path());
+    let v1 = sample(&tmp.path().join("v1"), 1);
+    arbor_json(&publish_args(&data, "1.0", &v1));
+    let pack = Path::new(&data).join("packs/00000000.pack");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .expect("open");
+    f.set_len(2_000_000).expect("truncate");
+    drop(f);
+
+    let v2 = sample(&tmp.path().join("v2"), 2);
+    let err = arbor_err(&publish_args(&data, "2.0", &v2));
+    assert!(
+        err.contains("store is damaged") && err.contains("shorter than"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::metadata(&pack).expect("stat").len(),
+        2_000_000,
+        "publish wrote into a damaged pack"
+    );
+    let verify = arbor(&["verify", "--data", &data]);
+    assert!(!verify.status.success());
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("BAD"));
+
+    fs::remove_file(&pack).expect("rm");
+    let err = arbor_err(&publish_args(&data, "2.0", &v2));
+    assert!(err.contains("missing"), "{err}");
+    assert!(!pack.exists(), "publish recreated a missing pack");
 }
 
 #[test]

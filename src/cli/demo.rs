@@ -130,24 +130,27 @@ fn write_tree(dir: &Path, engine: &[u8], readme: &str) -> Result<()> {
 }
 
 fn compare_trees(expected: &Path, actual: &Path) -> Result<()> {
-    for entry in walkdir::WalkDir::new(expected).min_depth(1) {
-        let entry = entry?;
-        if !entry.file_type().is_file() {
-            continue;
+    let files = |root: &Path| -> Result<Vec<std::path::PathBuf>> {
+        let mut list = Vec::new();
+        for entry in walkdir::WalkDir::new(root).min_depth(1) {
+            let entry = entry?;
+            if !entry.file_type().is_dir() {
+                list.push(entry.path().strip_prefix(root)?.to_path_buf());
+            }
         }
-        let rel = entry.path().strip_prefix(expected)?;
-        let other = actual.join(rel);
-        ensure!(
-            fs::read(entry.path())? == fs::read(&other)?,
-            "{} differs",
-            rel.display()
-        );
-        let mode = |p: &Path| -> Result<u32> { Ok(fs::metadata(p)?.permissions().mode() & 0o777) };
-        ensure!(
-            mode(entry.path())? == mode(&other)?,
-            "{} has another mode",
-            rel.display()
-        );
+        list.sort();
+        Ok(list)
+    };
+    let list = files(expected)?;
+    ensure!(
+        list == files(actual)?,
+        "the export holds other files than the input"
+    );
+    let mode = |p: &Path| -> Result<u32> { Ok(fs::metadata(p)?.permissions().mode() & 0o777) };
+    for rel in list {
+        let (a, b) = (expected.join(&rel), actual.join(&rel));
+        ensure!(fs::read(&a)? == fs::read(&b)?, "{} differs", rel.display());
+        ensure!(mode(&a)? == mode(&b)?, "{} has another mode", rel.display());
     }
     Ok(())
 }

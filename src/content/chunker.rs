@@ -176,13 +176,6 @@ impl<R: Read> Segmenter<R> {
     }
 }
 
-impl<R: Read> Iterator for Segmenter<R> {
-    type Item = io::Result<Segment>;
-    fn next(&mut self) -> Option<io::Result<Segment>> {
-        self.next_segment().transpose()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
