@@ -11,6 +11,7 @@
 //! |---|---|
 //! | [`cli`] | the command line: parse, call, print |
 //! | [`publish`], [`verify`], [`export`] | the root's ingest, store checks, reassembly |
+//! | [`engine`] | one node's logic, sans-IO: tree relations, chunk state, fetch scheduling |
 //! | [`node`] | a node directory: layout, keys, opening |
 //! | [`store`] | pack files and the redb index |
 //! | [`trust`] | keys, the signed envelope, signed manifests |
@@ -22,6 +23,7 @@
 
 pub mod cli;
 pub mod content;
+pub mod engine;
 pub mod export;
 pub mod node;
 pub mod publish;

@@ -166,16 +166,20 @@ impl Manifest {
         self.files.iter().flat_map(|f| f.chunks.iter())
     }
 
-    /// The distinct chunks and their total size.
-    pub fn distinct_chunks(&self) -> (usize, u64) {
+    /// The distinct chunks, in order of first use: the chunk numbering the engine and
+    /// the wire use ("chunk 12 of update U").
+    pub fn distinct_chunk_list(&self) -> Vec<ChunkRef> {
         let mut seen = HashSet::new();
-        let mut bytes = 0;
-        for c in self.chunk_refs() {
-            if seen.insert(c.hash()) {
-                bytes += u64::from(c.size());
-            }
-        }
-        (seen.len(), bytes)
+        self.chunk_refs()
+            .filter(|c| seen.insert(c.hash()))
+            .copied()
+            .collect()
+    }
+
+    /// The number of distinct chunks and their total size.
+    pub fn distinct_chunks(&self) -> (usize, u64) {
+        let list = self.distinct_chunk_list();
+        (list.len(), list.iter().map(|c| u64::from(c.size())).sum())
     }
 }
 

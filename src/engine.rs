@@ -1,0 +1,774 @@
+//! The engine: one node's logic, sans-IO. It owns the tree relations of a node (its
+//! parent, its children), the state of every update it knows (chunk bitmaps), the choice
+//! of what to fetch from whom and when, and the verdicts on misbehaving peers.
+//!
+//! It does no I/O: no sockets, no files, no clock, no threads. Inputs arrive through
+//! `handle_*` calls that carry `now`; outputs are drained with [`Engine::poll_output`]
+//! until it returns `None`, and [`Engine::poll_timeout`] says when to call
+//! [`Engine::handle_timeout`] next. Randomness comes from a seeded generator. Two
+//! drivers run it: `net` (libp2p, real time) and `sim` (virtual time, modelled links),
+//! so the simulator runs the logic that ships.
+//!
+//! The data plane stays in the driver: the engine says "fetch chunks 40..56 of update U
+//! from peer P" ([`Output::Fetch`]); the driver moves and hashes the bytes, stores good
+//! chunks and reports each chunk's verdict ([`Engine::handle_chunk`]) and the end of the
+//! request ([`Engine::handle_fetch_end`]). The control plane (offers of signed manifests,
+//! announcements of held chunks) is the engine's: [`Control`] messages in both
+//! directions. A node announces each chunk to its children as soon as it is stored,
+//! so transfers cut through the tree instead of waiting for whole updates.
+
+pub mod bitmap;
+
+use crate::content::Hash;
+use crate::trust::{PublicKey, SignedManifest};
+use bitmap::Bitmap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Milliseconds since the Unix epoch: real time in the daemon, virtual time in the
+/// simulator.
+pub type Millis = u64;
+
+/// A node, named by its ed25519 public key (its libp2p identity).
+pub type PeerId = PublicKey;
+
+/// Identifies one fetch request for its lifetime.
+pub type FetchId = u64;
+
+/// Tunables. The defaults suit a LAN or WAN link of 10 Mbit/s to 10 Gbit/s.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Most chunks asked for in one fetch request (a span of consecutive chunks).
+    pub span: u32,
+    /// Fetch requests in flight towards one peer: enough to keep a long link full.
+    pub window: usize,
+    /// A fetch not ended by then is given up and its chunks asked again.
+    pub fetch_timeout: Millis,
+    /// First and longest wait before dialling a lost parent again (doubling between).
+    pub retry_min: Millis,
+    pub retry_max: Millis,
+    /// How long a chunk that arrived bad waits before it is asked again.
+    pub bad_chunk_delay: Millis,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            span: 16,
+            window: 8,
+            fetch_timeout: 60_000,
+            retry_min: 500,
+            retry_max: 30_000,
+            bad_chunk_delay: 1_000,
+        }
+    }
+}
+
+/// Control-plane messages between a parent and its children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// A signed manifest the sender makes available (its canonical envelope bytes).
+    Offer { manifest: Arc<[u8]> },
+    /// The sender now holds these chunks of an update (ranges `[start, end)`).
+    Have {
+        update: Hash,
+        ranges: Vec<(u32, u32)>,
+    },
+}
+
+/// How the driver judged one chunk of a fetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkVerdict {
+    /// Hashed right and stored.
+    Stored,
+    /// The bytes did not match the manifest's hash: nothing was stored.
+    Bad,
+}
+
+/// Something the driver should do, or know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Send {
+        to: PeerId,
+        msg: Control,
+    },
+    /// Fetch chunks `first .. first + count` of `update` from `from`.
+    Fetch {
+        id: FetchId,
+        from: PeerId,
+        update: Hash,
+        first: u32,
+        count: u32,
+    },
+    /// A new, verified manifest: store it, then report which of its chunks the store
+    /// already holds with [`Engine::handle_local_have`].
+    StoreManifest {
+        update: Hash,
+        bytes: Arc<[u8]>,
+    },
+    /// Connect to this peer (the parent, after it was lost).
+    Dial {
+        peer: PeerId,
+    },
+    /// Close the connection to this peer.
+    Disconnect {
+        peer: PeerId,
+        reason: String,
+    },
+    Event(Event),
+}
+
+/// Things worth logging and counting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    UpdateComplete {
+        update: Hash,
+    },
+    /// A peer sent bytes that did not match the manifest; the chunk will be fetched again.
+    BadChunk {
+        peer: PeerId,
+        update: Hash,
+        index: u32,
+    },
+    /// A peer sent something that cannot be accepted (a bad manifest, an unknown update).
+    Misbehaved {
+        peer: PeerId,
+        reason: String,
+    },
+    /// A peer that is neither this node's parent nor one of its children.
+    Refused {
+        peer: PeerId,
+    },
+    ParentLost,
+    ParentConnected,
+}
+
+/// Counters for status and reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub chunks_from_parent: u64,
+    pub bytes_from_parent: u64,
+    pub bad_chunks: u64,
+    pub fetch_timeouts: u64,
+}
+
+/// Where this node sits in the tree.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// Holds the root key: updates start here.
+    Root,
+    /// A member with a parent.
+    Member { parent: PeerId },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ParentLink {
+    Connected,
+    /// Lost; dial again at `retry_at`.
+    Down {
+        retry_at: Millis,
+        attempts: u32,
+    },
+    /// A dial was asked for; waiting for [`Engine::handle_connected`].
+    Dialing {
+        attempts: u32,
+    },
+}
+
+/// What a node knows of one update.
+struct Update {
+    manifest: Arc<SignedManifest>,
+    /// The distinct chunks in manifest order: (hash, length).
+    chunks: Arc<[(Hash, u32)]>,
+    have: Bitmap,
+    /// Chunks asked for (or resting after a bad copy) and not yet answered.
+    busy: Bitmap,
+    /// What the parent has announced it holds.
+    parent_has: Bitmap,
+    /// Stored since the children were last told.
+    unannounced: Bitmap,
+    /// The driver has not yet said what the store holds: fetch nothing yet.
+    awaiting_local: bool,
+    /// Chunks that came back bad and when they may be asked again.
+    resting: Vec<(u32, Millis)>,
+    /// [`Event::UpdateComplete`] was reported.
+    completed: bool,
+}
+
+impl Update {
+    fn new(manifest: Arc<SignedManifest>, awaiting_local: bool) -> Update {
+        let chunks: Arc<[(Hash, u32)]> = manifest
+            .manifest
+            .distinct_chunk_list()
+            .iter()
+            .map(|c| (c.hash(), c.size()))
+            .collect();
+        let n = chunks.len() as u32;
+        Update {
+            manifest,
+            chunks,
+            have: Bitmap::new(n),
+            busy: Bitmap::new(n),
+            parent_has: Bitmap::new(n),
+            unannounced: Bitmap::new(n),
+            awaiting_local,
+            resting: Vec::new(),
+            completed: false,
+        }
+    }
+
+    fn bytes_held(&self) -> u64 {
+        (0..self.have.len())
+            .filter(|&i| self.have.get(i))
+            .map(|i| u64::from(self.chunks[i as usize].1))
+            .sum()
+    }
+}
+
+struct Fetch {
+    from: PeerId,
+    update: Hash,
+    first: u32,
+    count: u32,
+    deadline: Millis,
+    /// Chunks of the span already reported stored or bad.
+    answered: u32,
+}
+
+/// Progress of one update, for status displays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateProgress {
+    pub update: Hash,
+    pub chunks: u32,
+    pub chunks_held: u32,
+    pub bytes: u64,
+    pub bytes_held: u64,
+}
+
+/// One node's logic. See the module documentation.
+pub struct Engine {
+    config: Config,
+    root_key: PublicKey,
+    parent: Option<(PeerId, ParentLink)>,
+    /// Certified children, and whether each is connected now.
+    children: BTreeMap<PeerId, bool>,
+    updates: HashMap<Hash, Update>,
+    /// Update ids in arrival order: the order fetches are scheduled in.
+    order: Vec<Hash>,
+    fetches: BTreeMap<FetchId, Fetch>,
+    next_fetch: FetchId,
+    out: VecDeque<Output>,
+    stats: Stats,
+    rng: SplitMix64,
+}
+
+impl Engine {
+    /// A node with no updates yet. `seed` drives the engine's only randomness
+    /// (backoff jitter); `root_key` is the pinned trust anchor.
+    pub fn new(role: Role, root_key: PublicKey, config: Config, seed: u64) -> Engine {
+        Engine {
+            config,
+            root_key,
+            parent: match role {
+                Role::Root => None,
+                Role::Member { parent } => Some((
+                    parent,
+                    ParentLink::Down {
+                        retry_at: 0,
+                        attempts: 0,
+                    },
+                )),
+            },
+            children: BTreeMap::new(),
+            updates: HashMap::new(),
+            order: Vec::new(),
+            fetches: BTreeMap::new(),
+            next_fetch: 1,
+            out: VecDeque::new(),
+            stats: Stats::default(),
+            rng: SplitMix64(seed),
+        }
+    }
+
+    /// Declares a certified child (from the membership records), not yet connected.
+    pub fn add_child(&mut self, child: PeerId) {
+        self.children.entry(child).or_insert(false);
+    }
+
+    /// Forgets a child (revoked): it is disconnected and refused from now on.
+    pub fn remove_child(&mut self, child: &PeerId) {
+        if self.children.remove(child) == Some(true) {
+            self.out.push_back(Output::Disconnect {
+                peer: *child,
+                reason: "membership revoked".into(),
+            });
+        }
+    }
+
+    /// Adds an update the store already holds, at start-up or after a publish: `have`
+    /// marks which of its distinct chunks (`Manifest::distinct_chunk_list` order) are
+    /// stored.
+    pub fn add_local_update(&mut self, manifest: Arc<SignedManifest>, have: &[bool], now: Millis) {
+        let id = manifest.id;
+        if !self.updates.contains_key(&id) {
+            self.order.push(id);
+            self.updates
+                .insert(id, Update::new(manifest.clone(), false));
+            let bytes: Arc<[u8]> = manifest.bytes.clone().into();
+            for (&child, _) in self.children.iter().filter(|(_, c)| **c) {
+                self.out.push_back(Output::Send {
+                    to: child,
+                    msg: Control::Offer {
+                        manifest: bytes.clone(),
+                    },
+                });
+            }
+        }
+        self.handle_local_have(id, have, now);
+    }
+
+    /// The driver reports which chunks of `update` its store holds (after
+    /// [`Output::StoreManifest`], or after finding chunks shared with other updates).
+    pub fn handle_local_have(&mut self, update: Hash, have: &[bool], now: Millis) {
+        let Some(u) = self.updates.get_mut(&update) else {
+            return;
+        };
+        u.awaiting_local = false;
+        for (i, _) in have.iter().enumerate().filter(|(_, h)| **h) {
+            if u.have.set(i as u32) {
+                u.unannounced.set(i as u32);
+            }
+        }
+        self.check_complete(update);
+        self.schedule(now);
+    }
+
+    /// A connection to `peer` is up, after the driver checked its certificate chain.
+    pub fn handle_connected(&mut self, peer: PeerId, now: Millis) {
+        if let Some((parent, link)) = &mut self.parent
+            && *parent == peer
+        {
+            *link = ParentLink::Connected;
+            self.out.push_back(Output::Event(Event::ParentConnected));
+            self.schedule(now);
+            return;
+        }
+        match self.children.get_mut(&peer) {
+            Some(connected) => {
+                *connected = true;
+                self.greet_child(peer);
+            }
+            None => {
+                self.out.push_back(Output::Event(Event::Refused { peer }));
+                self.out.push_back(Output::Disconnect {
+                    peer,
+                    reason: "not a member of this node's part of the tree".into(),
+                });
+            }
+        }
+    }
+
+    /// Tells a newly connected child everything this node makes available.
+    fn greet_child(&mut self, child: PeerId) {
+        for id in &self.order {
+            let Some(u) = self.updates.get(id) else {
+                continue;
+            };
+            self.out.push_back(Output::Send {
+                to: child,
+                msg: Control::Offer {
+                    manifest: u.manifest.bytes.clone().into(),
+                },
+            });
+            let ranges = u.have.ranges();
+            if !ranges.is_empty() {
+                self.out.push_back(Output::Send {
+                    to: child,
+                    msg: Control::Have {
+                        update: *id,
+                        ranges,
+                    },
+                });
+            }
+        }
+    }
+
+    /// The connection to `peer` is gone (closed, failed, or a dial failed).
+    pub fn handle_disconnected(&mut self, peer: PeerId, now: Millis) {
+        if let Some(connected) = self.children.get_mut(&peer) {
+            *connected = false;
+        }
+        // Whatever was asked of that peer is asked again later.
+        let lost: Vec<FetchId> = self
+            .fetches
+            .iter()
+            .filter(|(_, f)| f.from == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            self.end_fetch(id);
+        }
+        if let Some((parent, link)) = &mut self.parent
+            && *parent == peer
+        {
+            let attempts = match link {
+                ParentLink::Connected => {
+                    self.out.push_back(Output::Event(Event::ParentLost));
+                    0
+                }
+                ParentLink::Dialing { attempts } | ParentLink::Down { attempts, .. } => *attempts,
+            };
+            let backoff = backoff(&self.config, attempts, &mut self.rng);
+            *link = ParentLink::Down {
+                retry_at: now + backoff,
+                attempts: attempts + 1,
+            };
+            for u in self.updates.values_mut() {
+                // The parent tells again what it has when it is back.
+                u.parent_has = Bitmap::new(u.parent_has.len());
+            }
+        }
+    }
+
+    /// A control message from a connected peer.
+    pub fn handle_message(&mut self, peer: PeerId, msg: Control, now: Millis) {
+        if !self.is_parent(&peer) {
+            // Children send no control messages yet (reports come with the rules layer).
+            self.misbehaved(
+                peer,
+                "a control message from a peer that is not this node's parent",
+            );
+            return;
+        }
+        match msg {
+            Control::Offer { manifest } => self.handle_offer(peer, manifest, now),
+            Control::Have { update, ranges } => {
+                let Some(u) = self.updates.get_mut(&update) else {
+                    self.misbehaved(peer, "announced chunks of an update it never offered");
+                    return;
+                };
+                for (start, end) in ranges {
+                    for i in start..end.min(u.parent_has.len()) {
+                        u.parent_has.set(i);
+                    }
+                }
+                self.schedule(now);
+            }
+        }
+    }
+
+    fn handle_offer(&mut self, peer: PeerId, bytes: Arc<[u8]>, now: Millis) {
+        let signed = match SignedManifest::open(&bytes, &self.root_key, now / 1000) {
+            Ok(m) => m,
+            Err(e) => {
+                self.misbehaved(peer, &format!("offered a manifest that is refused: {e}"));
+                return;
+            }
+        };
+        let id = signed.id;
+        if self.updates.contains_key(&id) {
+            return;
+        }
+        self.order.push(id);
+        self.updates.insert(id, Update::new(Arc::new(signed), true));
+        self.out.push_back(Output::StoreManifest {
+            update: id,
+            bytes: bytes.clone(),
+        });
+        for (&child, _) in self.children.iter().filter(|(_, c)| **c) {
+            self.out.push_back(Output::Send {
+                to: child,
+                msg: Control::Offer {
+                    manifest: bytes.clone(),
+                },
+            });
+        }
+    }
+
+    /// The verdict on one chunk of fetch `id`.
+    pub fn handle_chunk(&mut self, id: FetchId, index: u32, verdict: ChunkVerdict, now: Millis) {
+        let Some(f) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        if index < f.first || index >= f.first + f.count {
+            return;
+        }
+        f.answered += 1;
+        let (from, update) = (f.from, f.update);
+        let Some(u) = self.updates.get_mut(&update) else {
+            return;
+        };
+        match verdict {
+            ChunkVerdict::Stored => {
+                u.busy.clear(index);
+                if u.have.set(index) {
+                    u.unannounced.set(index);
+                    self.stats.chunks_from_parent += 1;
+                    self.stats.bytes_from_parent += u64::from(u.chunks[index as usize].1);
+                }
+                self.check_complete(update);
+            }
+            ChunkVerdict::Bad => {
+                // Keep it busy for a while, so a bad source is not hammered.
+                u.resting.push((index, now + self.config.bad_chunk_delay));
+                self.stats.bad_chunks += 1;
+                self.out.push_back(Output::Event(Event::BadChunk {
+                    peer: from,
+                    update,
+                    index,
+                }));
+            }
+        }
+    }
+
+    /// Fetch `id` ended (completely or not); unanswered chunks are asked again.
+    pub fn handle_fetch_end(&mut self, id: FetchId, now: Millis) {
+        self.end_fetch(id);
+        self.schedule(now);
+    }
+
+    fn end_fetch(&mut self, id: FetchId) {
+        let Some(f) = self.fetches.remove(&id) else {
+            return;
+        };
+        if let Some(u) = self.updates.get_mut(&f.update) {
+            let resting: Vec<u32> = u.resting.iter().map(|(i, _)| *i).collect();
+            for i in f.first..f.first + f.count {
+                if !u.have.get(i) && !resting.contains(&i) {
+                    u.busy.clear(i);
+                }
+            }
+        }
+    }
+
+    /// Time has reached `now`: retry dials, give up on overdue fetches, wake resting chunks.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        if let Some((parent, link)) = &mut self.parent
+            && let ParentLink::Down { retry_at, attempts } = *link
+            && retry_at <= now
+        {
+            *link = ParentLink::Dialing { attempts };
+            self.out.push_back(Output::Dial { peer: *parent });
+        }
+        let overdue: Vec<FetchId> = self
+            .fetches
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            self.stats.fetch_timeouts += 1;
+            self.end_fetch(id);
+        }
+        for u in self.updates.values_mut() {
+            let (awake, still): (Vec<_>, Vec<_>) = u.resting.iter().partition(|(_, at)| *at <= now);
+            u.resting = still;
+            for (i, _) in awake {
+                u.busy.clear(i);
+            }
+        }
+        self.schedule(now);
+    }
+
+    /// When [`Engine::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let dial = match &self.parent {
+            Some((_, ParentLink::Down { retry_at, .. })) => Some(*retry_at),
+            _ => None,
+        };
+        let fetch = self.fetches.values().map(|f| f.deadline).min();
+        let rest = self
+            .updates
+            .values()
+            .flat_map(|u| u.resting.iter().map(|(_, at)| *at))
+            .min();
+        [dial, fetch, rest].into_iter().flatten().min()
+    }
+
+    /// The next thing to do, or `None` when idle. Drain it after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if self.out.is_empty() {
+            self.announce();
+        }
+        self.out.pop_front()
+    }
+
+    /// Tells connected children about chunks stored since they were last told.
+    fn announce(&mut self) {
+        let children: Vec<PeerId> = self
+            .children
+            .iter()
+            .filter(|(_, c)| **c)
+            .map(|(p, _)| *p)
+            .collect();
+        for id in &self.order {
+            let Some(u) = self.updates.get_mut(id) else {
+                continue;
+            };
+            if u.unannounced.count() == 0 {
+                continue;
+            }
+            let ranges = u.unannounced.ranges();
+            u.unannounced = Bitmap::new(u.unannounced.len());
+            for child in &children {
+                self.out.push_back(Output::Send {
+                    to: *child,
+                    msg: Control::Have {
+                        update: *id,
+                        ranges: ranges.clone(),
+                    },
+                });
+            }
+        }
+    }
+
+    /// Asks the parent for missing chunks it holds, up to the window.
+    fn schedule(&mut self, now: Millis) {
+        let Some((parent, ParentLink::Connected)) = self.parent.clone() else {
+            return;
+        };
+        let mut in_flight = self.fetches.values().filter(|f| f.from == parent).count();
+        'outer: while in_flight < self.config.window {
+            for id in &self.order {
+                let Some(u) = self.updates.get_mut(id) else {
+                    continue;
+                };
+                if u.awaiting_local || u.have.is_full() {
+                    continue;
+                }
+                let Some(first) = u.parent_has.first_set_not_in(0, &[&u.have, &u.busy]) else {
+                    continue;
+                };
+                let mut count = 1;
+                while count < self.config.span {
+                    let i = first + count;
+                    if i >= u.have.len() || !u.parent_has.get(i) || u.have.get(i) || u.busy.get(i) {
+                        break;
+                    }
+                    count += 1;
+                }
+                for i in first..first + count {
+                    u.busy.set(i);
+                }
+                let fetch = self.next_fetch;
+                self.next_fetch += 1;
+                self.fetches.insert(
+                    fetch,
+                    Fetch {
+                        from: parent,
+                        update: *id,
+                        first,
+                        count,
+                        deadline: now + self.config.fetch_timeout,
+                        answered: 0,
+                    },
+                );
+                self.out.push_back(Output::Fetch {
+                    id: fetch,
+                    from: parent,
+                    update: *id,
+                    first,
+                    count,
+                });
+                in_flight += 1;
+                continue 'outer;
+            }
+            break;
+        }
+    }
+
+    /// Reports an update complete, once, when its last chunk is held.
+    fn check_complete(&mut self, update: Hash) {
+        if let Some(u) = self.updates.get_mut(&update)
+            && !u.awaiting_local
+            && !u.completed
+            && u.have.is_full()
+        {
+            u.completed = true;
+            self.out
+                .push_back(Output::Event(Event::UpdateComplete { update }));
+        }
+    }
+
+    fn misbehaved(&mut self, peer: PeerId, reason: &str) {
+        self.out.push_back(Output::Event(Event::Misbehaved {
+            peer,
+            reason: reason.to_string(),
+        }));
+    }
+
+    fn is_parent(&self, peer: &PeerId) -> bool {
+        matches!(&self.parent, Some((p, _)) if p == peer)
+    }
+
+    /// Whether `peer` may be served chunk `index` of `update`: it is a connected child
+    /// and this node holds the chunk. The driver asks before sending any bytes.
+    pub fn may_serve(&self, peer: &PeerId, update: &Hash, index: u32) -> bool {
+        self.children.get(peer) == Some(&true)
+            && self.updates.get(update).is_some_and(|u| u.have.get(index))
+    }
+
+    /// The hash and length of chunk `index` of `update`, for the driver to verify and serve.
+    pub fn chunk(&self, update: &Hash, index: u32) -> Option<(Hash, u32)> {
+        self.updates
+            .get(update)?
+            .chunks
+            .get(index as usize)
+            .copied()
+    }
+
+    /// Progress of every known update, in arrival order.
+    pub fn progress(&self) -> Vec<UpdateProgress> {
+        self.order
+            .iter()
+            .filter_map(|id| self.updates.get(id).map(|u| (id, u)))
+            .map(|(id, u)| UpdateProgress {
+                update: *id,
+                chunks: u.have.len(),
+                chunks_held: u.have.count(),
+                bytes: u.chunks.iter().map(|c| u64::from(c.1)).sum(),
+                bytes_held: u.bytes_held(),
+            })
+            .collect()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Whether the parent link is up (`None` on the root).
+    pub fn parent_connected(&self) -> Option<bool> {
+        self.parent
+            .as_ref()
+            .map(|(_, l)| *l == ParentLink::Connected)
+    }
+
+    /// The connected children.
+    pub fn connected_children(&self) -> impl Iterator<Item = &PeerId> {
+        self.children.iter().filter(|(_, c)| **c).map(|(p, _)| p)
+    }
+}
+
+/// Exponential backoff with jitter: `retry_min * 2^attempts`, capped at `retry_max`,
+/// then spread over its upper half so that many children do not come back at once.
+fn backoff(config: &Config, attempts: u32, rng: &mut SplitMix64) -> Millis {
+    let base = config
+        .retry_min
+        .saturating_mul(1 << attempts.min(20))
+        .min(config.retry_max);
+    base / 2 + rng.next() % (base / 2 + 1)
+}
+
+/// SplitMix64: a tiny generator whose output is fixed by its definition, so a seed gives
+/// the same simulation on every build.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}

@@ -1,0 +1,627 @@
+//! The engine in a deterministic harness: several engines wired together through an
+//! in-process event queue with virtual time and modelled links, no sockets. Each test
+//! drives a small tree and checks what a user relies on: everything arrives, bad bytes
+//! are never kept, depth costs chunk times rather than file times, a lost parent is
+//! survived, a restart resumes.
+
+use arbor::content::Hash;
+use arbor::content::manifest::{ChunkRef, FileEntry, Manifest};
+use arbor::engine::{
+    ChunkVerdict, Config, Control, Engine, Event, FetchId, Millis, Output, PeerId, Role,
+};
+use arbor::trust::{SecretKey, SignedManifest};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
+use std::sync::Arc;
+
+const CHUNK: u32 = 64 * 1024;
+
+fn key(i: u8) -> PeerId {
+    SecretKey::from_seed([i; 32]).public()
+}
+
+fn root_secret() -> SecretKey {
+    SecretKey::from_seed([200; 32])
+}
+
+/// A signed update of `chunks` distinct chunks of 64 KiB in one file.
+fn update(chunks: u32, root: &SecretKey) -> Arc<SignedManifest> {
+    let refs: Vec<ChunkRef> = (0..chunks)
+        .map(|i| ChunkRef(Hash::of(&i.to_le_bytes()), CHUNK))
+        .collect();
+    let size = u64::from(chunks) * u64::from(CHUNK);
+    let m = Manifest {
+        id: "big".into(),
+        files: vec![FileEntry {
+            mode: 0o644,
+            path: "big.bin".into(),
+            size,
+            chunks: refs,
+        }],
+        tenant: "acme".into(),
+        created: 1_767_225_600,
+        version: "1".into(),
+        category: "test".into(),
+        total_size: size,
+        description: None,
+    };
+    Arc::new(SignedManifest::sign(root, 1, m).expect("valid manifest"))
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        to: PeerId,
+        from: PeerId,
+        msg: Control,
+    },
+    Serve {
+        server: PeerId,
+        client: PeerId,
+        fetch: FetchId,
+        update: Hash,
+        first: u32,
+        count: u32,
+    },
+    Chunk {
+        to: PeerId,
+        from: PeerId,
+        epoch: u64,
+        fetch: FetchId,
+        update: Hash,
+        index: u32,
+        verdict: ChunkVerdict,
+    },
+    FetchEnd {
+        to: PeerId,
+        from: PeerId,
+        epoch: u64,
+        fetch: FetchId,
+    },
+    Connected {
+        a: PeerId,
+        b: PeerId,
+    },
+    DialFailed {
+        node: PeerId,
+        peer: PeerId,
+    },
+    Timeout {
+        node: PeerId,
+    },
+}
+
+struct Node {
+    engine: Engine,
+    /// Chunk hashes held: the store.
+    store: HashSet<Hash>,
+    /// Serve this many chunks with wrong bytes before behaving.
+    corrupt: u32,
+    completed_at: Option<Millis>,
+    events: Vec<Event>,
+    /// Chunks this node asked for, in total.
+    chunks_requested: u64,
+    /// Good chunks delivered to this node, in total.
+    chunks_received: u64,
+}
+
+struct Harness {
+    now: Millis,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Millis, u64, usize)>>,
+    events: Vec<Option<Ev>>,
+    nodes: BTreeMap<PeerId, Node>,
+    /// Open connections, each with the epoch it was opened in: what was sent on a
+    /// connection that has closed since is lost.
+    links: BTreeMap<(PeerId, PeerId), u64>,
+    epoch: u64,
+    /// Pairs that cannot reach each other (dials fail).
+    cut: BTreeSet<(PeerId, PeerId)>,
+    /// When each directed link is free to carry the next chunk.
+    busy_until: BTreeMap<(PeerId, PeerId), Millis>,
+    latency: Millis,
+    chunk_time: Millis,
+}
+
+fn pair(a: PeerId, b: PeerId) -> (PeerId, PeerId) {
+    if a < b { (a, b) } else { (b, a) }
+}
+
+impl Harness {
+    fn new(latency: Millis, chunk_time: Millis) -> Harness {
+        Harness {
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            nodes: BTreeMap::new(),
+            links: BTreeMap::new(),
+            epoch: 0,
+            cut: BTreeSet::new(),
+            busy_until: BTreeMap::new(),
+            latency,
+            chunk_time,
+        }
+    }
+
+    fn add(&mut self, id: PeerId, role: Role, seed: u64) {
+        let engine = Engine::new(role, root_secret().public(), Config::default(), seed);
+        self.nodes.insert(
+            id,
+            Node {
+                engine,
+                store: HashSet::new(),
+                corrupt: 0,
+                completed_at: None,
+                events: Vec::new(),
+                chunks_requested: 0,
+                chunks_received: 0,
+            },
+        );
+    }
+
+    /// `child` is a certified child of `parent` and dials it now.
+    fn attach(&mut self, parent: PeerId, child: PeerId) {
+        self.node(parent).engine.add_child(child);
+        self.with(child, |e, now| e.handle_timeout(now));
+    }
+
+    fn node(&mut self, id: PeerId) -> &mut Node {
+        self.nodes.get_mut(&id).expect("known node")
+    }
+
+    fn at(&mut self, t: Millis, ev: Ev) {
+        self.seq += 1;
+        self.events.push(Some(ev));
+        self.queue
+            .push(Reverse((t, self.seq, self.events.len() - 1)));
+    }
+
+    /// Runs an input on a node's engine, then carries out everything it asks for.
+    fn with(&mut self, id: PeerId, input: impl FnOnce(&mut Engine, Millis)) {
+        let now = self.now;
+        input(&mut self.node(id).engine, now);
+        while let Some(out) = self.node(id).engine.poll_output() {
+            self.carry_out(id, out);
+        }
+        if let Some(t) = self.node(id).engine.poll_timeout() {
+            self.at(t.max(now), Ev::Timeout { node: id });
+        }
+    }
+
+    fn carry_out(&mut self, id: PeerId, out: Output) {
+        let now = self.now;
+        match out {
+            Output::Send { to, msg } => {
+                if self.links.contains_key(&pair(id, to)) {
+                    self.at(now + self.latency, Ev::Deliver { to, from: id, msg });
+                }
+            }
+            Output::Fetch {
+                id: fetch,
+                from,
+                update,
+                first,
+                count,
+            } => {
+                self.node(id).chunks_requested += u64::from(count);
+                self.at(
+                    now + self.latency,
+                    Ev::Serve {
+                        server: from,
+                        client: id,
+                        fetch,
+                        update,
+                        first,
+                        count,
+                    },
+                );
+            }
+            Output::StoreManifest { update, .. } => {
+                // The store answers at once with the chunks it already holds.
+                let node = self.node(id);
+                let have: Vec<bool> = (0..)
+                    .map_while(|i| node.engine.chunk(&update, i))
+                    .map(|(h, _)| node.store.contains(&h))
+                    .collect();
+                node.engine.handle_local_have(update, &have, now);
+            }
+            Output::Dial { peer } => {
+                if self.cut.contains(&pair(id, peer)) {
+                    self.at(now + self.latency, Ev::DialFailed { node: id, peer });
+                } else {
+                    self.at(now + self.latency, Ev::Connected { a: id, b: peer });
+                }
+            }
+            Output::Disconnect { peer, .. } => self.disconnect(id, peer),
+            Output::Event(e) => {
+                if matches!(e, Event::UpdateComplete { .. }) {
+                    self.node(id).completed_at = Some(now);
+                }
+                self.node(id).events.push(e);
+            }
+        }
+    }
+
+    fn disconnect(&mut self, a: PeerId, b: PeerId) {
+        if self.links.remove(&pair(a, b)).is_some() {
+            self.with(a, |e, now| e.handle_disconnected(b, now));
+            self.with(b, |e, now| e.handle_disconnected(a, now));
+        }
+    }
+
+    /// Processes events until none is left or time passes `limit`.
+    fn run(&mut self, limit: Millis) {
+        while let Some(Reverse((t, _, i))) = self.queue.pop() {
+            if t > limit {
+                self.queue.push(Reverse((t, 0, i)));
+                break;
+            }
+            self.now = t;
+            let Some(ev) = self.events[i].take() else {
+                continue;
+            };
+            self.step(ev);
+        }
+        self.now = self.now.max(limit.min(self.now));
+    }
+
+    fn step(&mut self, ev: Ev) {
+        let now = self.now;
+        match ev {
+            Ev::Deliver { to, from, msg } => {
+                if self.links.contains_key(&pair(to, from)) {
+                    self.with(to, |e, now| e.handle_message(from, msg, now));
+                }
+            }
+            Ev::Serve {
+                server,
+                client,
+                fetch,
+                update,
+                first,
+                count,
+            } => {
+                let Some(&epoch) = self.links.get(&pair(server, client)) else {
+                    return;
+                };
+                let mut t = now.max(*self.busy_until.get(&(server, client)).unwrap_or(&0));
+                for index in first..first + count {
+                    if !self.nodes[&server]
+                        .engine
+                        .may_serve(&client, &update, index)
+                    {
+                        break;
+                    }
+                    let node = self.node(server);
+                    let verdict = if node.corrupt > 0 {
+                        node.corrupt -= 1;
+                        ChunkVerdict::Bad
+                    } else {
+                        ChunkVerdict::Stored
+                    };
+                    t += self.chunk_time;
+                    self.at(
+                        t + self.latency,
+                        Ev::Chunk {
+                            to: client,
+                            from: server,
+                            epoch,
+                            fetch,
+                            update,
+                            index,
+                            verdict,
+                        },
+                    );
+                }
+                self.busy_until.insert((server, client), t);
+                self.at(
+                    t + self.latency,
+                    Ev::FetchEnd {
+                        to: client,
+                        from: server,
+                        epoch,
+                        fetch,
+                    },
+                );
+            }
+            Ev::Chunk {
+                to,
+                from,
+                epoch,
+                fetch,
+                update,
+                index,
+                verdict,
+            } => {
+                if self.links.get(&pair(to, from)) != Some(&epoch) {
+                    return;
+                }
+                // The driver stores a chunk only after its hash matched.
+                if verdict == ChunkVerdict::Stored
+                    && let Some((hash, _)) = self.nodes[&to].engine.chunk(&update, index)
+                {
+                    let node = self.node(to);
+                    node.store.insert(hash);
+                    node.chunks_received += 1;
+                }
+                self.with(to, |e, now| e.handle_chunk(fetch, index, verdict, now));
+            }
+            Ev::FetchEnd {
+                to,
+                from,
+                epoch,
+                fetch,
+            } => {
+                if self.links.get(&pair(to, from)) == Some(&epoch) {
+                    self.with(to, |e, now| e.handle_fetch_end(fetch, now));
+                }
+            }
+            Ev::Connected { a, b } => {
+                if self.cut.contains(&pair(a, b)) {
+                    self.with(a, |e, now| e.handle_disconnected(b, now));
+                    return;
+                }
+                self.epoch += 1;
+                self.links.insert(pair(a, b), self.epoch);
+                self.with(b, |e, now| e.handle_connected(a, now));
+                self.with(a, |e, now| e.handle_connected(b, now));
+            }
+            Ev::DialFailed { node, peer } => {
+                self.with(node, |e, now| e.handle_disconnected(peer, now))
+            }
+            Ev::Timeout { node } => {
+                if self.nodes[&node]
+                    .engine
+                    .poll_timeout()
+                    .is_some_and(|t| t <= now)
+                {
+                    self.with(node, |e, now| e.handle_timeout(now));
+                }
+            }
+        }
+    }
+
+    /// The root publishes `manifest`: its store holds every chunk.
+    fn publish_at_root(&mut self, root: PeerId, manifest: &Arc<SignedManifest>) {
+        let all = vec![true; manifest.manifest.distinct_chunks().0];
+        for c in manifest.manifest.chunk_refs() {
+            self.node(root).store.insert(c.hash());
+        }
+        let m = manifest.clone();
+        self.with(root, |e, now| e.add_local_update(m, &all, now));
+    }
+
+    fn completed(&self, id: PeerId) -> Option<Millis> {
+        self.nodes[&id].completed_at
+    }
+}
+
+/// root -> (a, b) -> (a1, a2, b1, b2), all members dialling their parents.
+fn seven_node_tree(h: &mut Harness) -> [PeerId; 7] {
+    let ids = [key(1), key(2), key(3), key(4), key(5), key(6), key(7)];
+    let [root, a, b, a1, a2, b1, b2] = ids;
+    h.add(root, Role::Root, 1);
+    for (i, (child, parent)) in [(a, root), (b, root), (a1, a), (a2, a), (b1, b), (b2, b)]
+        .into_iter()
+        .enumerate()
+    {
+        h.add(child, Role::Member { parent }, 10 + i as u64);
+    }
+    for (child, parent) in [(a, root), (b, root), (a1, a), (a2, a), (b1, b), (b2, b)] {
+        h.attach(parent, child);
+    }
+    ids
+}
+
+#[test]
+fn every_node_of_a_two_level_tree_gets_every_chunk() {
+    let mut h = Harness::new(1, 2);
+    let ids = seven_node_tree(&mut h);
+    let m = update(100, &root_secret());
+    h.publish_at_root(ids[0], &m);
+    h.run(60_000);
+    let want: HashSet<Hash> = m.manifest.chunk_refs().map(|c| c.hash()).collect();
+    for id in &ids[1..] {
+        let node = &h.nodes[id];
+        assert_eq!(node.store, want, "a node is missing chunks");
+        let done = node
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::UpdateComplete { .. }))
+            .count();
+        assert_eq!(done, 1, "completion reported {done} times");
+        assert_eq!(
+            node.chunks_requested, 100,
+            "chunks were fetched more than once"
+        );
+        assert_eq!(
+            node.engine.stats().bytes_from_parent,
+            100 * u64::from(CHUNK)
+        );
+    }
+}
+
+#[test]
+fn depth_costs_chunk_times_not_file_times() {
+    // root -> n1 -> n2 -> n3, 200 chunks at 10 ms each per hop.
+    let mut h = Harness::new(1, 10);
+    let [root, n1, n2, n3] = [key(1), key(2), key(3), key(4)];
+    h.add(root, Role::Root, 1);
+    for (i, (child, parent)) in [(n1, root), (n2, n1), (n3, n2)].into_iter().enumerate() {
+        h.add(child, Role::Member { parent }, i as u64);
+        h.attach(parent, child);
+    }
+    h.run(100);
+    let start = h.now;
+    let m = update(200, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(600_000);
+    let one_hop = h.completed(n1).expect("n1 completes") - start;
+    let three_hops = h.completed(n3).expect("n3 completes") - start;
+    assert!(
+        one_hop >= 2000,
+        "one hop took {one_hop} ms for 2000 ms of chunks"
+    );
+    // Store-and-forward would take three times as long; cut-through adds a few chunk
+    // times per hop.
+    assert!(
+        three_hops * 100 <= one_hop * 110,
+        "three hops {three_hops} ms vs one hop {one_hop} ms"
+    );
+}
+
+#[test]
+fn a_corrupting_parent_is_caught_and_the_chunks_fetched_again() {
+    let mut h = Harness::new(1, 2);
+    let [root, a, c] = [key(1), key(2), key(3)];
+    h.add(root, Role::Root, 1);
+    h.add(a, Role::Member { parent: root }, 2);
+    h.add(c, Role::Member { parent: a }, 3);
+    h.attach(root, a);
+    h.attach(a, c);
+    h.node(a).corrupt = 25;
+    let m = update(40, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(600_000);
+    let want: HashSet<Hash> = m.manifest.chunk_refs().map(|c| c.hash()).collect();
+    let child = &h.nodes[&c];
+    assert_eq!(child.store, want);
+    assert_eq!(child.engine.stats().bad_chunks, 25);
+    let bad_events = child
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::BadChunk { peer, .. } if *peer == a))
+        .count();
+    assert_eq!(bad_events, 25);
+    // Each bad chunk was asked again, and nothing else was.
+    assert_eq!(child.chunks_requested, 40 + 25);
+}
+
+#[test]
+fn a_child_survives_losing_its_parent_and_finishes_when_it_returns() {
+    let mut h = Harness::new(1, 10);
+    let [root, a, c] = [key(1), key(2), key(3)];
+    h.add(root, Role::Root, 1);
+    h.add(a, Role::Member { parent: root }, 2);
+    h.add(c, Role::Member { parent: a }, 3);
+    h.attach(root, a);
+    h.attach(a, c);
+    h.run(50);
+    let m = update(300, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(1_000);
+    // The root becomes unreachable for a while.
+    h.cut.insert(pair(root, a));
+    h.disconnect(root, a);
+    let held_when_cut = h.nodes[&a].store.len();
+    assert!(
+        held_when_cut > 0 && held_when_cut < 300,
+        "cut at {held_when_cut} chunks"
+    );
+    h.run(20_000);
+    assert_eq!(h.nodes[&a].engine.parent_connected(), Some(false));
+    assert_eq!(
+        h.nodes[&a].store.len(),
+        held_when_cut,
+        "fetched from a lost parent"
+    );
+    // Meanwhile a still serves its own child what it holds.
+    assert_eq!(h.nodes[&c].store.len(), held_when_cut);
+    assert!(h.nodes[&a].events.contains(&Event::ParentLost));
+
+    h.cut.clear();
+    h.run(200_000);
+    assert_eq!(
+        h.nodes[&a].engine.parent_connected(),
+        Some(true),
+        "never reconnected"
+    );
+    assert_eq!(h.nodes[&c].store.len(), 300);
+    // What was in flight when the link broke is asked again; nothing arrives twice.
+    assert_eq!(
+        h.nodes[&a].chunks_received, 300,
+        "chunks fetched twice after reconnecting"
+    );
+}
+
+#[test]
+fn a_restarted_node_fetches_only_what_it_lacks() {
+    let mut h = Harness::new(1, 10);
+    let [root, a] = [key(1), key(2)];
+    h.add(root, Role::Root, 1);
+    h.add(a, Role::Member { parent: root }, 2);
+    h.attach(root, a);
+    h.run(50);
+    let m = update(200, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(1_000);
+    let held = h.nodes[&a].store.len();
+    assert!(held > 0 && held < 200);
+
+    // Crash: the engine is gone, the store stays. A new engine starts from the store.
+    h.disconnect(root, a);
+    let store = std::mem::take(&mut h.node(a).store);
+    h.add(a, Role::Member { parent: root }, 3);
+    h.node(a).store = store;
+    let have: Vec<bool> = m
+        .manifest
+        .distinct_chunk_list()
+        .iter()
+        .map(|c| h.nodes[&a].store.contains(&c.hash()))
+        .collect();
+    let mm = m.clone();
+    h.with(a, |e, now| {
+        e.add_local_update(mm, &have, now);
+        e.handle_timeout(now);
+    });
+    h.run(600_000);
+    assert_eq!(h.nodes[&a].store.len(), 200);
+    assert_eq!(h.nodes[&a].chunks_requested, (200 - held) as u64);
+}
+
+#[test]
+fn strangers_are_refused() {
+    let mut h = Harness::new(1, 2);
+    let [root, stranger] = [key(1), key(9)];
+    h.add(root, Role::Root, 1);
+    h.add(stranger, Role::Member { parent: root }, 2);
+    // The stranger dials, but the root never certified it.
+    h.with(stranger, |e, now| e.handle_timeout(now));
+    let m = update(10, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(10_000);
+    assert!(
+        h.nodes[&root]
+            .events
+            .contains(&Event::Refused { peer: stranger })
+    );
+    assert!(h.nodes[&stranger].store.is_empty());
+    assert!(!h.nodes[&root].engine.may_serve(&stranger, &m.id, 0));
+}
+
+#[test]
+fn manifests_from_another_root_are_refused() {
+    let mut h = Harness::new(1, 2);
+    let [root, a] = [key(1), key(2)];
+    h.add(root, Role::Root, 1);
+    h.add(a, Role::Member { parent: root }, 2);
+    h.attach(root, a);
+    h.run(100);
+    let forged = update(10, &SecretKey::from_seed([201; 32]));
+    let bytes: Arc<[u8]> = forged.bytes.clone().into();
+    h.with(a, |e, now| {
+        e.handle_message(root, Control::Offer { manifest: bytes }, now)
+    });
+    h.run(10_000);
+    assert!(
+        h.nodes[&a].engine.progress().is_empty(),
+        "a forged manifest was accepted"
+    );
+    assert!(
+        h.nodes[&a]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Misbehaved { peer, .. } if *peer == root))
+    );
+}
