@@ -624,4 +624,17 @@ fn manifests_from_another_root_are_refused() {
             .iter()
             .any(|e| matches!(e, Event::Misbehaved { peer, .. } if *peer == root))
     );
+    // Announcements about unknown updates, and out-of-range ones, change nothing.
+    let junk = Control::Have {
+        update: Hash::of(b"nothing"),
+        ranges: vec![(5, 1), (0, u32::MAX)],
+    };
+    h.with(a, |e, now| e.handle_message(root, junk, now));
+    let misbehaved = h.nodes[&a]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Misbehaved { .. }))
+        .count();
+    assert_eq!(misbehaved, 2);
+    assert!(h.nodes[&a].engine.progress().is_empty());
 }
