@@ -108,7 +108,7 @@ fn publish_list_verify_export_round_trip() {
     assert_eq!(first["bytes"], total);
     assert_eq!(first["new_bytes"], total);
     assert!(first["chunks"].as_u64().expect("chunks") >= 4);
-    let id = first["update_id"].as_str().expect("id").to_string();
+    let id = update_id(&first);
     assert_eq!(id.len(), 64);
 
     // Idempotent: same content, same version, same id, nothing stored.
@@ -159,8 +159,8 @@ fn a_second_version_stores_only_changed_chunks() {
     );
     assert_eq!(updates(&data).len(), 2);
     let out = tmp.path().join("out");
-    let id = second["update_id"].as_str().expect("id");
-    arbor_ok(&export_args(&data, id, &out));
+    let id = update_id(&second);
+    arbor_ok(&export_args(&data, &id, &out));
     assert_same_tree(Path::new(&v2), &out);
 }
 
@@ -244,10 +244,7 @@ fn symlinks_are_refused_unless_followed() {
 
     let mut args = publish_args(&data, "1.0", dir);
     args.push("--follow-symlinks");
-    let id = arbor_json(&args)["update_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = update_id(&arbor_json(&args));
     let out = tmp.path().join("out");
     arbor_ok(&export_args(&data, &id, &out));
     assert_eq!(
@@ -275,10 +272,11 @@ fn a_single_file_is_published_under_its_name() {
     let data = root_node(tmp.path());
     let file = tmp.path().join("tool.bin");
     fs::write(&file, noise(700_000, 5)).expect("write");
-    let id = arbor_json(&publish_args(&data, "1", file.to_str().expect("utf-8")))["update_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = update_id(&arbor_json(&publish_args(
+        &data,
+        "1",
+        file.to_str().expect("utf-8"),
+    )));
     let out = tmp.path().join("out");
     arbor_ok(&export_args(&data, &id, &out));
     assert_eq!(
@@ -292,10 +290,7 @@ fn verify_names_the_corrupt_chunk_and_fails() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = root_node(tmp.path());
     let input = sample(&tmp.path().join("v1"), 1);
-    let id = arbor_json(&publish_args(&data, "1.0", &input))["update_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = update_id(&arbor_json(&publish_args(&data, "1.0", &input)));
 
     // Flip one byte in the middle of the pack: inside some chunk of bin/engine.
     let pack = Path::new(&data).join("packs/00000000.pack");

@@ -89,8 +89,8 @@ fn sigkill_during_publish_leaves_a_consistent_store() {
     );
     assert!(arbor_ok(&["verify", "--data", &data]).starts_with("ok:"));
     let out = tmp.path().join("out");
-    let id = done["update_id"].as_str().expect("id");
-    arbor_ok(&export_args(&data, id, &out));
+    let id = update_id(&done);
+    arbor_ok(&export_args(&data, &id, &out));
     let exported = std::fs::read(out.join("big.bin")).expect("read export");
     assert!(
         exported == std::fs::read(&input_path).expect("read input"),

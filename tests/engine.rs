@@ -397,6 +397,17 @@ impl Harness {
     }
 }
 
+/// A chain root -> n1 -> ... of `N` nodes (keys 1..=N), each member dialling its parent.
+fn chain<const N: usize>(h: &mut Harness) -> [PeerId; N] {
+    let ids: [PeerId; N] = std::array::from_fn(|i| key(i as u8 + 1));
+    h.add(ids[0], Role::Root, 1);
+    for i in 1..N {
+        h.add(ids[i], Role::Member { parent: ids[i - 1] }, i as u64 + 1);
+        h.attach(ids[i - 1], ids[i]);
+    }
+    ids
+}
+
 /// root -> (a, b) -> (a1, a2, b1, b2), all members dialling their parents.
 fn seven_node_tree(h: &mut Harness) -> [PeerId; 7] {
     let ids = [key(1), key(2), key(3), key(4), key(5), key(6), key(7)];
@@ -446,12 +457,7 @@ fn every_node_of_a_two_level_tree_gets_every_chunk() {
 fn depth_costs_chunk_times_not_file_times() {
     // root -> n1 -> n2 -> n3, 200 chunks at 10 ms each per hop.
     let mut h = Harness::new(1, 10);
-    let [root, n1, n2, n3] = [key(1), key(2), key(3), key(4)];
-    h.add(root, Role::Root, 1);
-    for (i, (child, parent)) in [(n1, root), (n2, n1), (n3, n2)].into_iter().enumerate() {
-        h.add(child, Role::Member { parent }, i as u64);
-        h.attach(parent, child);
-    }
+    let [root, n1, _, n3] = chain(&mut h);
     h.run(100);
     let start = h.now;
     let m = update(200, &root_secret());
@@ -474,12 +480,7 @@ fn depth_costs_chunk_times_not_file_times() {
 #[test]
 fn a_corrupting_parent_is_caught_and_the_chunks_fetched_again() {
     let mut h = Harness::new(1, 2);
-    let [root, a, c] = [key(1), key(2), key(3)];
-    h.add(root, Role::Root, 1);
-    h.add(a, Role::Member { parent: root }, 2);
-    h.add(c, Role::Member { parent: a }, 3);
-    h.attach(root, a);
-    h.attach(a, c);
+    let [root, a, c] = chain(&mut h);
     h.node(a).corrupt = 25;
     let m = update(40, &root_secret());
     h.publish_at_root(root, &m);
@@ -501,12 +502,7 @@ fn a_corrupting_parent_is_caught_and_the_chunks_fetched_again() {
 #[test]
 fn a_child_survives_losing_its_parent_and_finishes_when_it_returns() {
     let mut h = Harness::new(1, 10);
-    let [root, a, c] = [key(1), key(2), key(3)];
-    h.add(root, Role::Root, 1);
-    h.add(a, Role::Member { parent: root }, 2);
-    h.add(c, Role::Member { parent: a }, 3);
-    h.attach(root, a);
-    h.attach(a, c);
+    let [root, a, c] = chain(&mut h);
     h.run(50);
     let m = update(300, &root_secret());
     h.publish_at_root(root, &m);
@@ -548,10 +544,7 @@ fn a_child_survives_losing_its_parent_and_finishes_when_it_returns() {
 #[test]
 fn a_restarted_node_fetches_only_what_it_lacks() {
     let mut h = Harness::new(1, 10);
-    let [root, a] = [key(1), key(2)];
-    h.add(root, Role::Root, 1);
-    h.add(a, Role::Member { parent: root }, 2);
-    h.attach(root, a);
+    let [root, a] = chain(&mut h);
     h.run(50);
     let m = update(200, &root_secret());
     h.publish_at_root(root, &m);
@@ -603,10 +596,7 @@ fn strangers_are_refused() {
 #[test]
 fn manifests_from_another_root_are_refused() {
     let mut h = Harness::new(1, 2);
-    let [root, a] = [key(1), key(2)];
-    h.add(root, Role::Root, 1);
-    h.add(a, Role::Member { parent: root }, 2);
-    h.attach(root, a);
+    let [root, a] = chain(&mut h);
     h.run(100);
     let forged = update(10, &SecretKey::from_seed([201; 32]));
     let bytes: Arc<[u8]> = forged.bytes.clone().into();

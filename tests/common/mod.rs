@@ -95,3 +95,11 @@ pub fn export_args<'a>(data: &'a str, id: &'a str, out: &'a Path) -> Vec<&'a str
         out.to_str().expect("utf-8 path"),
     ]
 }
+
+/// The update id in a `publish --json` answer.
+pub fn update_id(published: &serde_json::Value) -> String {
+    published["update_id"]
+        .as_str()
+        .expect("update_id is a string")
+        .to_string()
+}
