@@ -231,8 +231,6 @@ struct Fetch {
     first: u32,
     count: u32,
     deadline: Millis,
-    /// Chunks of the span already reported stored or bad.
-    answered: u32,
 }
 
 /// Progress of one update, for status displays.
@@ -493,7 +491,6 @@ impl Engine {
         if index < f.first || index >= f.first + f.count {
             return;
         }
-        f.answered += 1;
         let (from, update) = (f.from, f.update);
         let Some(u) = self.updates.get_mut(&update) else {
             return;
@@ -660,7 +657,6 @@ impl Engine {
                         first,
                         count,
                         deadline: now + self.config.fetch_timeout,
-                        answered: 0,
                     },
                 );
                 self.out.push_back(Output::Fetch {
@@ -741,11 +737,6 @@ impl Engine {
         self.parent
             .as_ref()
             .map(|(_, l)| *l == ParentLink::Connected)
-    }
-
-    /// The connected children.
-    pub fn connected_children(&self) -> impl Iterator<Item = &PeerId> {
-        self.children.iter().filter(|(_, c)| **c).map(|(p, _)| p)
     }
 }
 

@@ -628,3 +628,23 @@ fn manifests_from_another_root_are_refused() {
     assert_eq!(misbehaved, 2);
     assert!(h.nodes[&a].engine.progress().is_empty());
 }
+
+#[test]
+fn a_revoked_child_is_disconnected_and_no_longer_served() {
+    let mut h = Harness::new(1, 2);
+    let [root, a] = chain(&mut h);
+    let m = update(10, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(10_000);
+    assert!(h.nodes[&root].engine.may_serve(&a, &m.id, 0));
+    h.with(root, |e, _| e.remove_child(&a));
+    assert!(
+        !h.links.contains_key(&pair(root, a)),
+        "the revoked child is still connected"
+    );
+    assert!(!h.nodes[&root].engine.may_serve(&a, &m.id, 0));
+    // When it dials again, it is refused.
+    h.with(a, |e, now| e.handle_timeout(now + 60_000));
+    h.run(200_000);
+    assert!(h.nodes[&root].events.contains(&Event::Refused { peer: a }));
+}
