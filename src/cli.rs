@@ -3,11 +3,12 @@
 //! Owns argument syntax, output formats, progress bars, exit codes and logging set-up.
 //! Every command reads the clock here and passes `now` down; nothing below reads it.
 
+mod daemon;
 mod demo;
 
 use crate::content::Hash;
 use crate::node::Node;
-use crate::publish::{PublishRequest, publish};
+use crate::publish::{PublishOutcome, PublishRequest, publish};
 use crate::trust::SignedManifest;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -29,7 +30,8 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Log format on stderr (the level comes from RUST_LOG, default "warn").
+    /// Log format on stderr (the level comes from RUST_LOG; default "warn", and
+    /// "warn,arbor=info" for `run`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -44,14 +46,65 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create a node directory.
+    /// Create a node directory: a root, or a node that joins under a parent.
     Init {
         /// The node directory to create (must not exist, or be empty).
         #[arg(long)]
         data: PathBuf,
         /// Create the root node: it holds the root (trust anchor) key and publishes updates.
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "join", conflicts_with = "join")]
         root: bool,
+        /// Join under the parent that issued this token (from `arbor token`); the node
+        /// redeems it on its first `arbor run`.
+        #[arg(long, value_name = "TOKEN")]
+        join: Option<String>,
+    },
+    /// Run the node: serve children, fetch from the parent, until SIGINT or SIGTERM.
+    Run {
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to listen for peers (repeatable), e.g. /ip4/0.0.0.0/tcp/4040.
+        #[arg(long, value_name = "MULTIADDR", required = true)]
+        listen: Vec<libp2p::Multiaddr>,
+    },
+    /// Issue a one-time join token for a new child (the node must be running).
+    Token {
+        #[arg(long)]
+        data: PathBuf,
+        /// Put the child in this group (repeatable).
+        #[arg(long = "group", value_name = "G")]
+        groups: Vec<String>,
+        /// The child is a leaf client: it installs updates and has no children.
+        #[arg(long)]
+        client: bool,
+        /// How long the token stays valid.
+        #[arg(long, default_value = "1h", value_parser = daemon::parse_ttl)]
+        ttl: std::time::Duration,
+        /// The address the child should dial (default: where this node listens).
+        #[arg(long, value_name = "MULTIADDR")]
+        addr: Option<String>,
+    },
+    /// Revoke a child's membership: it is disconnected and refused from now on.
+    Revoke {
+        #[arg(long)]
+        data: PathBuf,
+        /// The child's node id (12D3KooW...).
+        node: String,
+    },
+    /// Show the running node: parent, children, updates and transfer rates.
+    Status {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Wait until the running node holds every chunk of an update.
+    Wait {
+        #[arg(long)]
+        data: PathBuf,
+        /// The update id, or a unique prefix of at least 4 hex digits.
+        update: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "10m", value_parser = daemon::parse_ttl)]
+        timeout: std::time::Duration,
     },
     /// Publish a file or directory as a signed update (root only).
     Publish {
@@ -106,7 +159,8 @@ enum Command {
 /// Runs the command line; the exit code is 0 on success, 1 on failure or damage found.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let daemon = matches!(cli.command, Command::Run { .. });
+    init_logging(cli.log_format, daemon);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -116,9 +170,11 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, daemon: bool) {
+    // A daemon reports its life (joins, refusals, completed updates) by default.
+    let default = if daemon { "warn,arbor=info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -173,7 +229,44 @@ fn progress_bar(total: impl FnOnce() -> u64, what: &str) -> ProgressBar {
 fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
     match cli.command {
-        Command::Init { data, root: _ } => {
+        Command::Init {
+            data,
+            join: Some(token),
+            ..
+        } => {
+            let token = crate::trust::member::JoinToken::parse(&token)?;
+            let id = Node::init_join(&data, &token)
+                .with_context(|| format!("cannot create node in {}", data.display()))?;
+            if json {
+                print_json(
+                    &serde_json::json!({ "node_id": id, "parent": token.parent.node_id() }),
+                )?;
+            } else {
+                println!("{id}");
+                eprintln!(
+                    "created node in {}; it joins under {} at {} on its first arbor run",
+                    data.display(),
+                    token.parent.node_id(),
+                    token.addr
+                );
+            }
+        }
+        Command::Run { data, listen } => daemon::run(&data, listen)?,
+        Command::Token {
+            data,
+            groups,
+            client,
+            ttl,
+            addr,
+        } => daemon::token(&data, groups, client, ttl, addr, json)?,
+        Command::Revoke { data, node } => daemon::revoke(&data, &node, json)?,
+        Command::Status { data } => daemon::status(&data, json)?,
+        Command::Wait {
+            data,
+            update,
+            timeout,
+        } => daemon::wait(&data, &update, timeout, json)?,
+        Command::Init { data, .. } => {
             let node = Node::init_root(&data)
                 .with_context(|| format!("cannot create root node in {}", data.display()))?;
             if json {
@@ -200,7 +293,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             follow_symlinks,
             path,
         } => {
-            let node = open(&data)?;
             let req = PublishRequest {
                 tenant,
                 category,
@@ -210,10 +302,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 path,
                 follow_symlinks,
             };
-            let bar = progress_bar(|| input_size(&req.path), "publishing");
-            let out = publish(&node, &req, now(), &|done| bar.set_position(done))
-                .context("publish failed")?;
-            bar.finish_and_clear();
+            let out = match publish_via_daemon(&data, &req)? {
+                Some(out) => out,
+                None => {
+                    let node = open(&data)?;
+                    let bar = progress_bar(|| input_size(&req.path), "publishing");
+                    let out = publish(&node, &req, now(), &|done| bar.set_position(done))
+                        .context("publish failed")?;
+                    bar.finish_and_clear();
+                    out
+                }
+            };
             if json {
                 print_json(&serde_json::json!({
                     "update_id": out.update_id,
@@ -295,6 +394,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo { keep } => demo::run(keep)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Publishes through the node's running daemon, which then offers the update to its
+/// children at once. `None` when no daemon runs: the caller publishes directly.
+fn publish_via_daemon(data: &Path, req: &PublishRequest) -> Result<Option<PublishOutcome>> {
+    let path = std::path::absolute(&req.path)
+        .with_context(|| format!("cannot resolve {}", req.path.display()))?;
+    let request = crate::net::local::Request::Publish {
+        tenant: req.tenant.clone(),
+        category: req.category.clone(),
+        id: req.id.clone(),
+        version: req.version.clone(),
+        description: req.description.clone(),
+        path,
+        follow_symlinks: req.follow_symlinks,
+    };
+    match crate::net::local::call(data, &request, std::time::Duration::from_secs(24 * 3600)) {
+        Ok(v) => Ok(Some(
+            serde_json::from_value(v).context("the daemon sent an unreadable publish result")?,
+        )),
+        Err(crate::net::local::LocalError::NotRunning(_)) => Ok(None),
+        Err(e) => Err(e).context("publish failed"),
+    }
 }
 
 /// Total size of a publish input, for the progress bar; 0 when unknown.

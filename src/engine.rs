@@ -103,8 +103,7 @@ pub enum Output {
     /// A new, verified manifest: store it, then report which of its chunks the store
     /// already holds with [`Engine::handle_local_have`].
     StoreManifest {
-        update: Hash,
-        bytes: Arc<[u8]>,
+        manifest: Arc<SignedManifest>,
     },
     /// Connect to this peer (the parent, after it was lost).
     Dial {
@@ -467,12 +466,11 @@ impl Engine {
         if self.updates.contains_key(&id) {
             return;
         }
+        let signed = Arc::new(signed);
         self.order.push(id);
-        self.updates.insert(id, Update::new(Arc::new(signed), true));
-        self.out.push_back(Output::StoreManifest {
-            update: id,
-            bytes: bytes.clone(),
-        });
+        self.updates.insert(id, Update::new(signed.clone(), true));
+        self.out
+            .push_back(Output::StoreManifest { manifest: signed });
         for (&child, _) in self.children.iter().filter(|(_, c)| **c) {
             self.out.push_back(Output::Send {
                 to: child,
@@ -730,6 +728,38 @@ impl Engine {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Whether `peer` is a certified child with a live connection.
+    pub fn is_connected_child(&self, peer: &PeerId) -> bool {
+        self.children.get(peer) == Some(&true)
+    }
+
+    /// Every certified child and whether it is connected.
+    pub fn children(&self) -> impl Iterator<Item = (&PeerId, bool)> {
+        self.children.iter().map(|(p, c)| (p, *c))
+    }
+
+    /// The parent, on a member.
+    pub fn parent(&self) -> Option<&PeerId> {
+        self.parent.as_ref().map(|(p, _)| p)
+    }
+
+    /// Whether every chunk of `update` is held.
+    pub fn is_complete(&self, update: &Hash) -> bool {
+        self.updates
+            .get(update)
+            .is_some_and(|u| !u.awaiting_local && u.have.is_full())
+    }
+
+    /// The update a fetch in flight is for.
+    pub fn fetch_update(&self, fetch: FetchId) -> Option<Hash> {
+        self.fetches.get(&fetch).map(|f| f.update)
+    }
+
+    /// The signed manifest of a known update.
+    pub fn manifest(&self, update: &Hash) -> Option<&SignedManifest> {
+        self.updates.get(update).map(|u| &*u.manifest)
     }
 
     /// Whether the parent link is up (`None` on the root).

@@ -11,6 +11,7 @@
 //! |---|---|
 //! | [`cli`] | the command line: parse, call, print |
 //! | [`publish`], [`verify`], [`export`] | the root's ingest, store checks, reassembly |
+//! | [`net`] | the daemon: libp2p transport, stream protocols, management socket |
 //! | [`engine`] | one node's logic, sans-IO: tree relations, chunk state, fetch scheduling |
 //! | [`node`] | a node directory: layout, keys, opening |
 //! | [`store`] | pack files and the redb index |
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod content;
 pub mod engine;
 pub mod export;
+pub mod net;
 pub mod node;
 pub mod publish;
 pub mod store;

@@ -34,7 +34,7 @@ pub struct PublishRequest {
 }
 
 /// What a publish did.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PublishOutcome {
     pub update_id: Hash,
     /// Total size of the update's files.

@@ -18,12 +18,14 @@
 
 use crate::content::Hash;
 use crate::content::manifest::MAX_CHUNK_LEN;
+use crate::wire;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, mpsc};
 
 /// Chunk hash → location of its record (see [`Loc`]).
 const CHUNKS: TableDefinition<&[u8; 32], &[u8; 16]> = TableDefinition::new("chunks");
@@ -35,9 +37,13 @@ const MANIFESTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("manif
 const NAMES: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("names");
 /// Node metadata.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Child node key → CBOR [`ChildRecord`]: the children this node certified.
+const CHILDREN: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("children");
+/// blake3 of a join token's secret → CBOR [`TokenRecord`].
+const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens");
 
 const META_FORMAT: &str = "format";
-const META_ROOT_KEY: &str = "root_key";
+pub const META_ROOT_KEY: &str = "root_key";
 const META_PUBLISH_SEQ: &str = "publish_seq";
 const META_STORE_ID: &str = "store_id";
 const FORMAT_VERSION: &[u8] = b"arbor-store-1";
@@ -79,6 +85,8 @@ pub enum StoreError {
     BadUpdatePrefix(String),
     #[error("{prefix:?} matches {count} updates; give more digits")]
     AmbiguousUpdate { prefix: String, count: usize },
+    #[error("a stored membership record is damaged: {0}")]
+    BadRecord(String),
     #[error("stored metadata {key} is damaged")]
     BadMeta { key: &'static str },
     #[error("a chunk index entry is damaged (it claims {len} bytes); run arbor verify")]
@@ -155,6 +163,9 @@ pub struct Store {
     damage: Vec<String>,
     appender: Mutex<Appender>,
     readers: Mutex<HashMap<u32, Arc<File>>>,
+    /// Chunks written to a pack but not yet committed: readable by this process at once,
+    /// so a node serves a chunk to its children as soon as it has verified it.
+    uncommitted: RwLock<HashMap<Hash, Loc>>,
 }
 
 impl Store {
@@ -169,6 +180,8 @@ impl Store {
             txn.open_table(PACKS).map_err(db_err)?;
             txn.open_table(MANIFESTS).map_err(db_err)?;
             txn.open_table(NAMES).map_err(db_err)?;
+            txn.open_table(CHILDREN).map_err(db_err)?;
+            txn.open_table(TOKENS).map_err(db_err)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
             meta.insert(META_FORMAT, FORMAT_VERSION).map_err(db_err)?;
             let mut id = [0u8; 16];
@@ -257,6 +270,7 @@ impl Store {
                 new_pack: false,
             }),
             readers: Mutex::new(HashMap::new()),
+            uncommitted: RwLock::new(HashMap::new()),
         })
     }
 
@@ -264,19 +278,30 @@ impl Store {
         pack_path(&self.packs_dir, pack)
     }
 
-    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// A node metadata value (the node layer names its keys).
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(META).map_err(db_err)?;
         Ok(table.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
     }
 
-    fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    /// Sets and removes node metadata values in one durable transaction.
+    pub fn update_meta(&self, set: &[(&str, &[u8])], remove: &[&str]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        txn.open_table(META)
-            .map_err(db_err)?
-            .insert(key, value)
-            .map_err(db_err)?;
+        {
+            let mut table = txn.open_table(META).map_err(db_err)?;
+            for (k, v) in set {
+                table.insert(*k, *v).map_err(db_err)?;
+            }
+            for k in remove {
+                table.remove(*k).map_err(db_err)?;
+            }
+        }
         txn.commit().map_err(db_err)
+    }
+
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.update_meta(&[(key, value)], &[])
     }
 
     /// The pinned root (trust anchor) public key, if this node has one.
@@ -308,8 +333,16 @@ impl Store {
         }
     }
 
-    /// Where a chunk is stored, if it is.
+    /// Where a chunk is stored, if it is (committed, or written by a live writer).
     pub fn chunk_loc(&self, hash: &Hash) -> Result<Option<Loc>, StoreError> {
+        if let Some(loc) = self
+            .uncommitted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(hash)
+        {
+            return Ok(Some(*loc));
+        }
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(CHUNKS).map_err(db_err)?;
         Ok(table
@@ -439,6 +472,116 @@ impl Store {
         }
     }
 
+    /// Stores a signed manifest received from the parent, under its module name. The
+    /// caller has verified it; its chunks arrive separately.
+    pub fn put_manifest(
+        &self,
+        id: &Hash,
+        bytes: &[u8],
+        name: &ModuleVersion,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(MANIFESTS)
+            .map_err(db_err)?
+            .insert(&id.0, bytes)
+            .map_err(db_err)?;
+        txn.open_table(NAMES)
+            .map_err(db_err)?
+            .insert(name.key().as_str(), &id.0)
+            .map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    /// Records a join token this node will redeem once.
+    pub fn add_token(&self, secret_hash: &Hash, record: &TokenRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(TOKENS)
+            .map_err(db_err)?
+            .insert(&secret_hash.0, wire::encode(record).as_slice())
+            .map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    /// Redeems a join token for `child` at time `now`, atomically: the token is marked
+    /// used and the child recorded in one transaction, so a token admits one node only.
+    pub fn redeem_token(
+        &self,
+        secret_hash: &Hash,
+        child: &[u8; 32],
+        now: u64,
+    ) -> Result<Result<ChildRecord, TokenRefusal>, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let outcome = {
+            let mut tokens = txn.open_table(TOKENS).map_err(db_err)?;
+            let record: Option<TokenRecord> = match tokens.get(&secret_hash.0).map_err(db_err)? {
+                None => None,
+                Some(v) => Some(decode_record(v.value(), "token record")?),
+            };
+            match record {
+                None => Err(TokenRefusal::Unknown),
+                Some(t) if t.used => Err(TokenRefusal::Used),
+                Some(t) if t.expires <= now => Err(TokenRefusal::Expired { at: t.expires }),
+                Some(mut t) => {
+                    t.used = true;
+                    tokens
+                        .insert(&secret_hash.0, wire::encode(&t).as_slice())
+                        .map_err(db_err)?;
+                    let child_record = ChildRecord {
+                        client: t.client,
+                        groups: t.groups,
+                        joined: now,
+                        revoked: false,
+                    };
+                    txn.open_table(CHILDREN)
+                        .map_err(db_err)?
+                        .insert(child, wire::encode(&child_record).as_slice())
+                        .map_err(db_err)?;
+                    Ok(child_record)
+                }
+            }
+        };
+        if outcome.is_ok() {
+            txn.commit().map_err(db_err)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Every child this node has certified, revoked ones included.
+    pub fn children(&self) -> Result<Vec<([u8; 32], ChildRecord)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(CHILDREN).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            out.push((*k.value(), decode_record(v.value(), "child record")?));
+        }
+        Ok(out)
+    }
+
+    /// Marks a child revoked. Returns false if it was never a child of this node.
+    pub fn revoke_child(&self, child: &[u8; 32]) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let found = {
+            let mut table = txn.open_table(CHILDREN).map_err(db_err)?;
+            let record: Option<ChildRecord> = match table.get(child).map_err(db_err)? {
+                None => None,
+                Some(v) => Some(decode_record(v.value(), "child record")?),
+            };
+            match record {
+                None => false,
+                Some(mut r) => {
+                    r.revoked = true;
+                    table
+                        .insert(child, wire::encode(&r).as_slice())
+                        .map_err(db_err)?;
+                    true
+                }
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(found)
+    }
+
     /// Starts a batch of chunk writes. One writer at a time; others wait. Refused while
     /// committed packs are missing or short: appending would build on a hole.
     pub fn writer(&self) -> Result<ChunkWriter<'_>, StoreError> {
@@ -454,6 +597,45 @@ impl Store {
             unsynced: 0,
         })
     }
+}
+
+/// A child this node certified. Fields in canonical key order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildRecord {
+    pub client: bool,
+    pub groups: Vec<String>,
+    /// Unix seconds when it redeemed its join token.
+    pub joined: u64,
+    /// Revoked children are refused; the record stays so the refusal can say why.
+    pub revoked: bool,
+}
+
+/// A join token this node issued. Fields in canonical key order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub used: bool,
+    pub client: bool,
+    pub groups: Vec<String>,
+    /// Unix seconds after which it is refused.
+    pub expires: u64,
+}
+
+/// Why a join token was not accepted.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenRefusal {
+    #[error("the join token is not one this parent issued (wrong token, or wrong parent)")]
+    Unknown,
+    #[error("the join token was already used; ask the parent's admin for a new one")]
+    Used,
+    #[error("the join token expired at {at} (Unix seconds); ask the parent's admin for a new one")]
+    Expired { at: u64 },
+}
+
+fn decode_record<T: Serialize + serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, StoreError> {
+    wire::decode_canonical(bytes, 1 << 16, what).map_err(|e| StoreError::BadRecord(e.to_string()))
 }
 
 /// The name under which a module version is indexed.
@@ -594,6 +776,13 @@ impl Writeback {
     }
 }
 
+impl Drop for ChunkWriter<'_> {
+    fn drop(&mut self) {
+        // Chunks never committed must not look stored.
+        self.forget_uncommitted();
+    }
+}
+
 impl Drop for Writeback {
     fn drop(&mut self) {
         self.files = None;
@@ -620,14 +809,17 @@ impl ChunkWriter<'_> {
             .filter(|&l| l <= MAX_CHUNK_LEN)
             .ok_or(StoreError::ChunkTooLarge { len: data.len() })?;
         let offset = self.append(&hash, data)?;
-        self.pending.insert(
-            hash,
-            Loc {
-                pack: self.appender.pack,
-                offset,
-                len,
-            },
-        );
+        let loc = Loc {
+            pack: self.appender.pack,
+            offset,
+            len,
+        };
+        self.pending.insert(hash, loc);
+        self.store
+            .uncommitted
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, loc);
         self.pending_bytes += u64::from(len);
         if self.pending_bytes >= BATCH_BYTES {
             self.flush()?;
@@ -684,7 +876,24 @@ impl ChunkWriter<'_> {
         Ok(offset)
     }
 
-    /// Makes the pending chunks durable and visible.
+    /// Drops this writer's pending chunks from the store's uncommitted index.
+    fn forget_uncommitted(&self) {
+        let mut map = self
+            .store
+            .uncommitted
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        for hash in self.pending.keys() {
+            map.remove(hash);
+        }
+    }
+
+    /// Whether chunks wait for a commit.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Makes the pending chunks durable.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         self.commit(|_| Ok(()))
     }
@@ -732,11 +941,12 @@ impl ChunkWriter<'_> {
             bytes = self.pending_bytes,
             "committed chunk batch"
         );
-        self.pending.clear();
-        self.pending_bytes = 0;
         if a.len >= PACK_TARGET_BYTES {
             a.file = None;
         }
+        self.forget_uncommitted();
+        self.pending.clear();
+        self.pending_bytes = 0;
         Ok(())
     }
 

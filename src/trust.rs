@@ -6,6 +6,8 @@
 //! whose signature, tag, expiry, encoding and content invariants all check out against
 //! the pinned root key. Time comes in as an argument; this module reads no clock.
 
+pub mod member;
+
 use crate::content::Hash;
 use crate::content::manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestError};
 use crate::wire::{self, WireError, fixed};
@@ -60,6 +62,23 @@ impl PublicKey {
             // Not a valid curve point: it cannot sign anything, show it as hex.
             Err(_) => format!("invalid-key-{}", hex::encode(self.0)),
         }
+    }
+
+    /// The key behind a libp2p PeerId, if it is an ed25519 one (arbor's only kind).
+    pub fn from_peer_id(peer: &libp2p_identity::PeerId) -> Option<PublicKey> {
+        let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+        // Identity multihash (code 0): ed25519 keys are inlined in their PeerId.
+        if mh.code() != 0 {
+            return None;
+        }
+        let key = libp2p_identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+        Some(PublicKey(key.try_into_ed25519().ok()?.to_bytes()))
+    }
+
+    /// This key as a libp2p PeerId.
+    pub fn peer_id(&self) -> Option<libp2p_identity::PeerId> {
+        let pk = libp2p_identity::ed25519::PublicKey::try_from_bytes(&self.0).ok()?;
+        Some(libp2p_identity::PublicKey::from(pk).to_peer_id())
     }
 
     fn verifying_key(&self) -> Result<VerifyingKey, TrustError> {
@@ -129,6 +148,15 @@ impl SecretKey {
     /// The key with this 32-byte seed (test vectors use fixed seeds).
     pub fn from_seed(seed: [u8; 32]) -> SecretKey {
         SecretKey(SigningKey::from_bytes(&seed))
+    }
+
+    /// The same key as a libp2p identity.
+    pub fn to_keypair(&self) -> libp2p_identity::Keypair {
+        match libp2p_identity::Keypair::ed25519_from_bytes(self.0.to_bytes()) {
+            Ok(k) => k,
+            // 32 bytes are always a valid ed25519 secret key.
+            Err(e) => unreachable!("ed25519 seed rejected: {e}"),
+        }
     }
 
     pub fn public(&self) -> PublicKey {
@@ -275,7 +303,7 @@ impl Envelope {
 }
 
 /// A manifest whose root signature and invariants have been checked, with its update id.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedManifest {
     /// blake3 of `bytes`.
     pub id: Hash,

@@ -217,8 +217,9 @@ impl Harness {
                     },
                 );
             }
-            Output::StoreManifest { update, .. } => {
+            Output::StoreManifest { manifest } => {
                 // The store answers at once with the chunks it already holds.
+                let update = manifest.id;
                 let node = self.node(id);
                 let have: Vec<bool> = (0..)
                     .map_while(|i| node.engine.chunk(&update, i))

@@ -1,0 +1,191 @@
+//! The commands of a running node: `run` starts the daemon; `token`, `revoke`,
+//! `status` and `wait` talk to it through its management socket in the node directory.
+
+use super::print_json;
+use crate::net::local::{self, Request};
+use crate::net::{self, Options};
+use anyhow::{Context, Result, bail};
+use indicatif::HumanBytes;
+use libp2p::Multiaddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a management command waits for the daemon's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `arbor run`: runs the node until SIGINT or SIGTERM.
+pub fn run(data: &Path, listen: Vec<Multiaddr>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("arbor")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let daemon = net::start(Options::new(data, listen))
+            .await
+            .with_context(|| format!("cannot start the node in {}", data.display()))?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot watch for SIGTERM")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        daemon.run(shutdown).await?;
+        Ok(())
+    })
+}
+
+fn call(data: &Path, req: &Request, wait: Duration) -> Result<serde_json::Value> {
+    Ok(local::call(data, req, wait)?)
+}
+
+pub fn token(
+    data: &Path,
+    groups: Vec<String>,
+    client: bool,
+    ttl: Duration,
+    addr: Option<String>,
+    json: bool,
+) -> Result<()> {
+    let v = call(
+        data,
+        &Request::Token {
+            groups,
+            client,
+            ttl_secs: ttl.as_secs().max(1),
+            addr,
+        },
+        ANSWER_TIMEOUT,
+    )?;
+    if json {
+        return print_json(&v);
+    }
+    let token = v["token"].as_str().context("the daemon sent no token")?;
+    println!("{token}");
+    eprintln!(
+        "one-time join token for {}, valid for {}; on the new node run:\n  arbor init --data DIR --join <token>",
+        v["addr"].as_str().unwrap_or("?"),
+        humantime::format_duration(ttl)
+    );
+    Ok(())
+}
+
+pub fn revoke(data: &Path, node: &str, json: bool) -> Result<()> {
+    let v = call(data, &Request::Revoke { node: node.into() }, ANSWER_TIMEOUT)?;
+    if json {
+        return print_json(&v);
+    }
+    println!("revoked {node}: it is disconnected and refused from now on");
+    Ok(())
+}
+
+pub fn wait(data: &Path, update: &str, limit: Duration, json: bool) -> Result<()> {
+    let v = call(
+        data,
+        &Request::Wait {
+            update: update.into(),
+        },
+        limit,
+    )
+    .map_err(|e| match e.downcast_ref::<local::LocalError>() {
+        Some(local::LocalError::Io { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            anyhow::anyhow!(
+                "update {update} was not complete after {}",
+                humantime::format_duration(limit)
+            )
+        }
+        _ => e,
+    })?;
+    if json {
+        return print_json(&v);
+    }
+    println!("complete: {}", v["update_id"].as_str().unwrap_or(update));
+    Ok(())
+}
+
+pub fn status(data: &Path, json: bool) -> Result<()> {
+    let v = call(data, &Request::Status, ANSWER_TIMEOUT)?;
+    if json {
+        return print_json(&v);
+    }
+    println!("node     {}", v["node_id"].as_str().unwrap_or("?"));
+    if v["root"].as_bool() == Some(true) {
+        println!("role     root");
+    }
+    if let Some(listen) = v["listen"].as_array() {
+        for a in listen {
+            println!("listen   {}", a.as_str().unwrap_or("?"));
+        }
+    }
+    if let Some(p) = v["parent"].as_object() {
+        let state = if p["connected"].as_bool() == Some(true) {
+            "connected"
+        } else {
+            "NOT connected"
+        };
+        println!(
+            "parent   {} at {} ({state})",
+            p["node_id"].as_str().unwrap_or("?"),
+            p["addr"].as_str().unwrap_or("?")
+        );
+    }
+    let children = v["children"].as_array().cloned().unwrap_or_default();
+    println!("children {}", children.len());
+    for c in &children {
+        let state = match (c["revoked"].as_bool(), c["connected"].as_bool()) {
+            (Some(true), _) => "revoked",
+            (_, Some(true)) => "connected",
+            _ => "offline",
+        };
+        println!(
+            "  {} {:<9} {}{} sent",
+            c["node_id"].as_str().unwrap_or("?"),
+            state,
+            if c["client"].as_bool() == Some(true) {
+                "client, "
+            } else {
+                ""
+            },
+            HumanBytes(c["bytes_sent"].as_u64().unwrap_or(0))
+        );
+    }
+    let updates = v["updates"].as_array().cloned().unwrap_or_default();
+    if updates.is_empty() {
+        println!("updates  none");
+    }
+    for u in &updates {
+        let id = u["update_id"].as_str().unwrap_or("?");
+        println!(
+            "update   {} {:<40} {}/{} in {}/s out {}/s",
+            &id[..id.len().min(12)],
+            u["module"].as_str().unwrap_or("?"),
+            HumanBytes(u["bytes_held"].as_u64().unwrap_or(0)),
+            HumanBytes(u["bytes"].as_u64().unwrap_or(0)),
+            HumanBytes(u["rate_in"].as_u64().unwrap_or(0)),
+            HumanBytes(u["rate_out"].as_u64().unwrap_or(0)),
+        );
+    }
+    let bad = v["bad_chunks"].as_u64().unwrap_or(0);
+    let refused = v["refused"].as_u64().unwrap_or(0);
+    if bad > 0 || refused > 0 {
+        println!("problems {bad} bad chunks received, {refused} peers or requests refused");
+    }
+    Ok(())
+}
+
+/// Parses `--ttl` values such as `30m`, `2h`, `7d`.
+pub fn parse_ttl(s: &str) -> Result<Duration> {
+    let d = humantime::parse_duration(s)
+        .with_context(|| format!("{s:?} is not a duration (examples: 30m, 2h, 7d)"))?;
+    if d.is_zero() {
+        bail!("the token lifetime must be more than zero");
+    }
+    Ok(d)
+}

@@ -1,0 +1,1832 @@
+//! The daemon: drives one node's [`Engine`] over libp2p in real time.
+//!
+//! Owns the swarm (TCP + noise + yamux), the clock, the tasks that run the stream
+//! protocols of [`proto`], the store writer thread, and the local management socket
+//! ([`local`]). The engine decides; this module moves bytes, checks certificates and
+//! hashes, and reports back:
+//!
+//! - one event loop owns the swarm and the engine; every task talks to it through one
+//!   channel of [`Ev`]s, so the engine is never shared;
+//! - a child keeps `window` persistent chunk streams to its parent; each runs one span
+//!   request at a time, hashes every chunk as it arrives and hands good ones to the
+//!   writer thread, which stores them and only then reports them stored; the engine
+//!   announces them to the children, and the store serves them at once from its
+//!   uncommitted index (cut-through);
+//! - a parent serves chunk streams only to children whose control stream came up with a
+//!   certificate chain it accepted, and only chunks it holds.
+
+pub mod local;
+pub mod proto;
+
+use crate::content::Hash;
+use crate::engine::{self, ChunkVerdict, Control, Engine, Event, FetchId, Output, Role};
+use crate::node::{Node, NodeError};
+use crate::publish::{self, PublishRequest};
+use crate::store::{ChildRecord, ModuleVersion, Store, StoreError, TokenRecord};
+use crate::trust::member::{self, JoinToken, root_fingerprint, verify_chain};
+use crate::trust::{Envelope, PublicKey, SecretKey, SignedManifest};
+use futures::StreamExt;
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
+use libp2p::{Multiaddr, PeerId as Libp2pPeerId, Stream, Swarm, noise, tcp, yamux};
+use local::{Request, Response};
+use proto::{ChunkRequest, ControlFrame, JoinReply, JoinRequest};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::time::timeout;
+
+/// How long a certificate issued to a child is valid. Renewed on every connection.
+pub const CERT_TTL_SECS: u64 = 30 * 24 * 3600;
+/// How long a handshake (join or control) may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes a child's writer queue may hold before its fetchers wait.
+const WRITE_QUEUE: usize = 64;
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub engine: engine::Config,
+    /// Test-only fault: corrupt this many of the first chunks served (one byte each).
+    #[doc(hidden)]
+    pub corrupt_first_chunks: u32,
+}
+
+impl Options {
+    pub fn new(dir: &Path, listen: Vec<Multiaddr>) -> Options {
+        Options {
+            dir: dir.to_path_buf(),
+            listen,
+            engine: engine::Config::default(),
+            corrupt_first_chunks: 0,
+        }
+    }
+}
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot set up the network: {0}")]
+    Transport(String),
+    #[error("cannot listen on {addr}: {why}")]
+    Listen { addr: String, why: String },
+    #[error("joining through {addr} failed: {why}")]
+    Join { addr: String, why: String },
+    #[error("the parent refused to let this node join: {0}")]
+    JoinRefused(String),
+    #[error("cannot use the management socket {path}: {source}")]
+    Socket {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Behaviour = libp2p_stream::Behaviour;
+
+/// Something for the event loop.
+enum Ev {
+    Local {
+        req: Request,
+        reply: oneshot::Sender<Response>,
+    },
+    Join {
+        peer: PublicKey,
+        secret: [u8; 32],
+        reply: oneshot::Sender<JoinReply>,
+    },
+    Hello {
+        peer: PublicKey,
+        chain: Vec<Envelope>,
+        reply: oneshot::Sender<Result<Vec<Envelope>, String>>,
+    },
+    /// A child-side control handshake succeeded: the parent renewed our chain.
+    Renewed {
+        chain: Vec<Envelope>,
+    },
+    ControlUp {
+        peer: PublicKey,
+        tx: mpsc::UnboundedSender<ControlFrame>,
+    },
+    ControlMsg {
+        peer: PublicKey,
+        frame: ControlFrame,
+    },
+    ControlDown {
+        peer: PublicKey,
+        why: String,
+    },
+    Verdict {
+        fetch: FetchId,
+        index: u32,
+        verdict: ChunkVerdict,
+    },
+    FetchEnd {
+        fetch: FetchId,
+    },
+    Serve {
+        peer: PublicKey,
+        req: ChunkRequest,
+        reply: oneshot::Sender<Result<Vec<Option<(Hash, u32)>>, String>>,
+    },
+    Served {
+        peer: PublicKey,
+        update: Hash,
+        bytes: u64,
+    },
+    LocalHave {
+        update: Hash,
+        have: Vec<bool>,
+    },
+    Published {
+        result: Result<publish::PublishOutcome, String>,
+        reply: oneshot::Sender<Response>,
+    },
+}
+
+/// Work for the store writer thread, in order.
+enum WriteJob {
+    Chunk {
+        fetch: FetchId,
+        index: u32,
+        hash: Hash,
+        data: Vec<u8>,
+    },
+    Bad {
+        fetch: FetchId,
+        index: u32,
+    },
+    End {
+        fetch: FetchId,
+    },
+    Manifest {
+        manifest: Arc<SignedManifest>,
+    },
+    /// Once a second: commit and release the store if no chunk came since the last tick.
+    Tick,
+}
+
+/// A chunk span to fetch, with what each chunk must hash to.
+struct FetchJob {
+    id: FetchId,
+    update: Hash,
+    first: u32,
+    expected: Vec<(Hash, u32)>,
+}
+
+/// Transfer counters of one update.
+#[derive(Default)]
+struct Transfer {
+    bytes_in: u64,
+    bytes_out: u64,
+    rate_in: u64,
+    rate_out: u64,
+    last_in: u64,
+    last_out: u64,
+}
+
+/// A started node, ready to run.
+pub struct Daemon {
+    node: Arc<Node>,
+    engine: Engine,
+    swarm: Swarm<Behaviour>,
+    control: libp2p_stream::Control,
+    ev_tx: mpsc::UnboundedSender<Ev>,
+    ev_rx: mpsc::UnboundedReceiver<Ev>,
+    writer_tx: mpsc::Sender<WriteJob>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    listen_addrs: Vec<Multiaddr>,
+    parent_addr: Option<Multiaddr>,
+    /// This node's own certificate chain (a member's; the root issues its own).
+    chain: Vec<Envelope>,
+    sessions: HashMap<PublicKey, mpsc::UnboundedSender<ControlFrame>>,
+    /// Fetch jobs for the parent's chunk streams, while the parent is up.
+    fetch_tx: Option<mpsc::UnboundedSender<FetchJob>>,
+    transfers: HashMap<Hash, Transfer>,
+    sent_to: HashMap<PublicKey, u64>,
+    received: u64,
+    refused: u64,
+    waiters: Vec<(Hash, oneshot::Sender<Response>)>,
+    socket: PathBuf,
+    opts: Options,
+}
+
+/// Sends requests to a running daemon in the same process.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Ev>,
+}
+
+impl Handle {
+    /// Asks the daemon what `arbor <command>` would; `Err` carries its refusal.
+    pub async fn call(&self, req: Request) -> Result<serde_json::Value, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Ev::Local { req, reply })
+            .map_err(|_| "the daemon has stopped".to_string())?;
+        match rx.await {
+            Ok(Response::Ok(v)) => Ok(v),
+            Ok(Response::Error(e)) => Err(e),
+            Err(_) => Err("the daemon has stopped".into()),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+fn peer_of(key: &PublicKey) -> Result<Libp2pPeerId, NetError> {
+    key.peer_id()
+        .ok_or_else(|| NetError::Transport(format!("{key} is not a valid node key")))
+}
+
+/// The transport: TCP with TCP_NODELAY, noise, yamux (see README "Transport").
+fn build_swarm(key: &SecretKey) -> Result<Swarm<Behaviour>, NetError> {
+    let t = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    Ok(
+        libp2p::SwarmBuilder::with_existing_identity(key.to_keypair())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| t(&e))?
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .map_err(|e| t(&e))?
+            // The control stream keeps a tree connection busy; idle ones are strays.
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build(),
+    )
+}
+
+/// Opens the node in `opts.dir`, redeems its join token if it has not joined yet,
+/// listens, and binds the management socket. The node runs once [`Daemon::run`] is
+/// awaited.
+pub async fn start(opts: Options) -> Result<Daemon, NetError> {
+    let dir = opts.dir.clone();
+    let key = SecretKey::read(&dir.join(crate::node::NODE_KEY_FILE)).map_err(NodeError::from)?;
+    let mut swarm = build_swarm(&key)?;
+    let mut listen_addrs = Vec::new();
+    for addr in &opts.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.to_string(),
+                why: e.to_string(),
+            })?;
+    }
+    // Learn the actual addresses (port 0 becomes a real port).
+    while listen_addrs.len() < opts.listen.len() {
+        match timeout(HANDSHAKE_TIMEOUT, swarm.select_next_some()).await {
+            Ok(SwarmEvent::NewListenAddr { address, .. }) => listen_addrs.push(address),
+            Ok(SwarmEvent::ListenerError { error, .. })
+            | Ok(SwarmEvent::ListenerClosed {
+                reason: Err(error), ..
+            }) => {
+                return Err(NetError::Listen {
+                    addr: format!("{:?}", opts.listen),
+                    why: error.to_string(),
+                });
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(NetError::Listen {
+                    addr: format!("{:?}", opts.listen),
+                    why: "no listening address came up".into(),
+                });
+            }
+        }
+    }
+    let control = swarm.behaviour().new_control();
+    {
+        let store = Store::open(&dir)?;
+        if let Some(token) = Node::pending_join(&store)? {
+            join(&mut swarm, control.clone(), &key, &store, &token).await?;
+        }
+    }
+    let node = Arc::new(Node::open(&dir)?);
+    let now = now_ms();
+    let parent = node.parent()?;
+    let role = match &parent {
+        Some((p, _)) => Role::Member { parent: *p },
+        None => Role::Root,
+    };
+    let seed = u64::from_le_bytes(key.public().0[..8].try_into().unwrap_or([0; 8])) ^ now;
+    let mut engine = Engine::new(role, node.root_key, opts.engine.clone(), seed);
+    for (child, record) in node.store.children()? {
+        if !record.revoked {
+            engine.add_child(PublicKey(child));
+        }
+    }
+    for (id, bytes) in node.store.manifests()? {
+        match SignedManifest::open(&bytes, &node.root_key, now / 1000) {
+            Ok(m) => {
+                let have = local_have(&node.store, &m)?;
+                engine.add_local_update(Arc::new(m), &have, now);
+            }
+            Err(e) => {
+                tracing::error!(update = %id, "stored manifest refused: {e}; run arbor verify")
+            }
+        }
+    }
+    let chain = if node.is_root() {
+        Vec::new()
+    } else {
+        node.chain()?
+    };
+    let parent_addr = match parent {
+        Some((_, addr)) => Some(addr.parse::<Multiaddr>().map_err(|e| NetError::Join {
+            addr: addr.clone(),
+            why: format!("the stored parent address is not a multiaddr: {e}"),
+        })?),
+        None => None,
+    };
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (writer_tx, writer_rx) = mpsc::channel(WRITE_QUEUE);
+    let writer = {
+        let node = node.clone();
+        let ev = ev_tx.clone();
+        std::thread::Builder::new()
+            .name("arbor-writer".into())
+            .spawn(move || write_loop(&node, writer_rx, &ev))
+            .map_err(|e| NetError::Transport(format!("cannot start the writer thread: {e}")))?
+    };
+    let socket = local::socket_path(&dir);
+    serve_socket(&socket, ev_tx.clone())?;
+    spawn_acceptors(
+        control.clone(),
+        ev_tx.clone(),
+        node.clone(),
+        opts.corrupt_first_chunks,
+    )?;
+    tracing::info!(
+        node = %node.node_id(),
+        root = node.is_root(),
+        "listening on {}",
+        listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    Ok(Daemon {
+        node,
+        engine,
+        swarm,
+        control,
+        ev_tx,
+        ev_rx,
+        writer_tx,
+        writer: Some(writer),
+        listen_addrs,
+        parent_addr,
+        chain,
+        sessions: HashMap::new(),
+        fetch_tx: None,
+        transfers: HashMap::new(),
+        sent_to: HashMap::new(),
+        received: 0,
+        refused: 0,
+        waiters: Vec::new(),
+        socket,
+        opts,
+    })
+}
+
+/// Which distinct chunks of `m` the store holds, in distinct-chunk order.
+fn local_have(store: &Store, m: &SignedManifest) -> Result<Vec<bool>, StoreError> {
+    m.manifest
+        .distinct_chunk_list()
+        .iter()
+        .map(|c| store.has_chunk(&c.hash()))
+        .collect()
+}
+
+/// Redeems `token` at the parent it names: the first run of a joining node.
+async fn join(
+    swarm: &mut Swarm<Behaviour>,
+    mut control: libp2p_stream::Control,
+    key: &SecretKey,
+    store: &Store,
+    token: &JoinToken,
+) -> Result<(), NetError> {
+    let fail = |why: String| NetError::Join {
+        addr: token.addr.clone(),
+        why,
+    };
+    let addr: Multiaddr = token
+        .addr
+        .parse()
+        .map_err(|e| fail(format!("not a multiaddr: {e}")))?;
+    let parent = peer_of(&token.parent)?;
+    swarm
+        .dial(DialOpts::peer_id(parent).addresses(vec![addr]).build())
+        .map_err(|e| fail(e.to_string()))?;
+    tracing::info!(parent = %token.parent.node_id(), addr = %token.addr, "joining");
+    let exchange = async move {
+        let mut s = control
+            .open_stream(parent, proto::JOIN)
+            .await
+            .map_err(|e| e.to_string())?;
+        proto::write_frame(
+            &mut s,
+            &JoinRequest {
+                secret: token.secret,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let reply: Option<JoinReply> =
+            proto::read_frame(&mut s, proto::MAX_JOIN_FRAME, "join reply")
+                .await
+                .map_err(|e| e.to_string())?;
+        reply.ok_or_else(|| "the parent closed the stream without an answer".to_string())
+    };
+    let reply = timeout(HANDSHAKE_TIMEOUT, async {
+        tokio::pin!(exchange);
+        loop {
+            tokio::select! {
+                r = &mut exchange => return r,
+                ev = swarm.select_next_some() => {
+                    if let SwarmEvent::OutgoingConnectionError { error, .. } = ev {
+                        return Err(format!("cannot reach the parent: {error}"));
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|_| fail("the parent did not answer in time".into()))?
+    .map_err(fail)?;
+    match reply {
+        JoinReply::Refused { reason } => Err(NetError::JoinRefused(reason)),
+        JoinReply::Accepted { root, chain } => {
+            if root_fingerprint(&root) != token.root {
+                return Err(fail(
+                    "the parent's root key does not match the fingerprint in the token".into(),
+                ));
+            }
+            let members = verify_chain(&chain, &root, now_secs())
+                .map_err(|e| fail(format!("the certificate chain is refused: {e}")))?;
+            let mine = members.last();
+            if mine.map(|m| (m.node, m.issuer)) != Some((key.public(), token.parent)) {
+                return Err(fail(
+                    "the certificate chain is not for this node under this parent".into(),
+                ));
+            }
+            Node::complete_join(store, &root, &chain, token)?;
+            tracing::info!(parent = %token.parent.node_id(), "joined; root key pinned");
+            Ok(())
+        }
+    }
+}
+
+/// Accepts the three stream protocols and hands each stream to its task.
+fn spawn_acceptors(
+    mut control: libp2p_stream::Control,
+    ev: mpsc::UnboundedSender<Ev>,
+    node: Arc<Node>,
+    corrupt_first: u32,
+) -> Result<(), NetError> {
+    let taken = |_| NetError::Transport("a protocol was registered twice".into());
+    let mut joins = control.accept(proto::JOIN).map_err(taken)?;
+    let mut controls = control.accept(proto::CONTROL).map_err(taken)?;
+    let mut chunks = control.accept(proto::CHUNKS).map_err(taken)?;
+    let e = ev.clone();
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = joins.next().await {
+            if let Some(peer) = PublicKey::from_peer_id(&peer) {
+                tokio::spawn(serve_join(peer, stream, e.clone()));
+            }
+        }
+    });
+    let e = ev.clone();
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = controls.next().await {
+            if let Some(peer) = PublicKey::from_peer_id(&peer) {
+                tokio::spawn(accept_control(peer, stream, e.clone()));
+            }
+        }
+    });
+    let corrupt = Arc::new(AtomicU32::new(corrupt_first));
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = chunks.next().await {
+            if let Some(peer) = PublicKey::from_peer_id(&peer) {
+                tokio::spawn(serve_chunks(
+                    peer,
+                    stream,
+                    ev.clone(),
+                    node.clone(),
+                    corrupt.clone(),
+                ));
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn serve_join(peer: PublicKey, mut stream: Stream, ev: mpsc::UnboundedSender<Ev>) {
+    let req: Result<Option<JoinRequest>, _> = match timeout(
+        HANDSHAKE_TIMEOUT,
+        proto::read_frame(&mut stream, proto::MAX_JOIN_FRAME, "join request"),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    let reply = match req {
+        Ok(Some(JoinRequest { secret })) => {
+            let (reply, rx) = oneshot::channel();
+            if ev
+                .send(Ev::Join {
+                    peer,
+                    secret,
+                    reply,
+                })
+                .is_err()
+            {
+                return;
+            }
+            match rx.await {
+                Ok(r) => r,
+                Err(_) => return,
+            }
+        }
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(peer = %peer.node_id(), "bad join request: {e}");
+            JoinReply::Refused {
+                reason: format!("bad join request: {e}"),
+            }
+        }
+    };
+    let _ = timeout(HANDSHAKE_TIMEOUT, async {
+        proto::write_frame(&mut stream, &reply).await?;
+        stream.close().await?;
+        Ok::<_, proto::ProtoError>(())
+    })
+    .await;
+}
+
+/// A child's control stream, parent side: check its chain, then run the session.
+async fn accept_control(peer: PublicKey, mut stream: Stream, ev: mpsc::UnboundedSender<Ev>) {
+    let hello = timeout(
+        HANDSHAKE_TIMEOUT,
+        proto::read_frame::<_, ControlFrame>(
+            &mut stream,
+            proto::MAX_CONTROL_FRAME,
+            "control frame",
+        ),
+    )
+    .await;
+    let verdict = match hello {
+        Ok(Ok(Some(ControlFrame::Hello { chain }))) => {
+            let (reply, rx) = oneshot::channel();
+            if ev.send(Ev::Hello { peer, chain, reply }).is_err() {
+                return;
+            }
+            rx.await
+                .unwrap_or_else(|_| Err("the node is shutting down".into()))
+        }
+        Ok(Ok(_)) => Err("the first control frame must be Hello".to_string()),
+        Ok(Err(e)) => Err(format!("bad hello: {e}")),
+        Err(_) => Err("no hello in time".to_string()),
+    };
+    match verdict {
+        Ok(chain) => {
+            if proto::write_frame(&mut stream, &ControlFrame::Welcome { chain })
+                .await
+                .is_ok()
+            {
+                run_control(peer, stream, ev).await;
+            }
+        }
+        Err(reason) => {
+            let _ = timeout(HANDSHAKE_TIMEOUT, async {
+                proto::write_frame(&mut stream, &ControlFrame::Refused { reason }).await?;
+                stream.close().await?;
+                Ok::<_, proto::ProtoError>(())
+            })
+            .await;
+        }
+    }
+}
+
+/// The control stream to the parent, child side: present the chain, check the renewed
+/// one, then run the session.
+async fn open_control(
+    mut control: libp2p_stream::Control,
+    parent: PublicKey,
+    me: PublicKey,
+    root: PublicKey,
+    chain: Vec<Envelope>,
+    ev: mpsc::UnboundedSender<Ev>,
+) {
+    let handshake = async {
+        let pid = parent.peer_id().ok_or("bad parent key")?;
+        let mut s = control
+            .open_stream(pid, proto::CONTROL)
+            .await
+            .map_err(|e| e.to_string())?;
+        proto::write_frame(&mut s, &ControlFrame::Hello { chain })
+            .await
+            .map_err(|e| e.to_string())?;
+        match proto::read_frame(&mut s, proto::MAX_CONTROL_FRAME, "control frame").await {
+            Ok(Some(ControlFrame::Welcome { chain })) => {
+                let members = verify_chain(&chain, &root, now_secs())
+                    .map_err(|e| format!("the parent sent a chain that is refused: {e}"))?;
+                if members.last().map(|m| (m.node, m.issuer)) != Some((me, parent)) {
+                    return Err("the parent sent a chain for another node".to_string());
+                }
+                Ok((s, chain))
+            }
+            Ok(Some(ControlFrame::Refused { reason })) => {
+                Err(format!("the parent refused this node: {reason}"))
+            }
+            Ok(_) => Err("the parent broke the protocol".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    match timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok((stream, chain))) => {
+            let _ = ev.send(Ev::Renewed { chain });
+            run_control(parent, stream, ev).await;
+        }
+        Ok(Err(why)) => {
+            let _ = ev.send(Ev::ControlDown { peer: parent, why });
+        }
+        Err(_) => {
+            let _ = ev.send(Ev::ControlDown {
+                peer: parent,
+                why: "the control handshake timed out".into(),
+            });
+        }
+    }
+}
+
+/// A live control session: frames out from the event loop, frames in to it.
+async fn run_control(peer: PublicKey, stream: Stream, ev: mpsc::UnboundedSender<Ev>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<ControlFrame>();
+    if ev.send(Ev::ControlUp { peer, tx }).is_err() {
+        return;
+    }
+    let (mut r, mut w) = stream.split();
+    let writer = async {
+        while let Some(frame) = rx.recv().await {
+            proto::write_frame(&mut w, &frame).await?;
+        }
+        // The event loop ended the session.
+        w.close().await?;
+        Ok::<_, proto::ProtoError>(())
+    };
+    let reader = async {
+        loop {
+            match proto::read_frame::<_, ControlFrame>(
+                &mut r,
+                proto::MAX_CONTROL_FRAME,
+                "control frame",
+            )
+            .await?
+            {
+                Some(frame) => {
+                    if ev.send(Ev::ControlMsg { peer, frame }).is_err() {
+                        return Ok(());
+                    }
+                }
+                None => return Ok::<_, proto::ProtoError>(()),
+            }
+        }
+    };
+    let why = tokio::select! {
+        r = writer => match r { Ok(()) => "closed".to_string(), Err(e) => e.to_string() },
+        r = reader => match r { Ok(()) => "closed by the peer".to_string(), Err(e) => e.to_string() },
+    };
+    let _ = ev.send(Ev::ControlDown { peer, why });
+}
+
+/// Serves span requests on one chunk stream of `peer`.
+async fn serve_chunks(
+    peer: PublicKey,
+    mut stream: Stream,
+    ev: mpsc::UnboundedSender<Ev>,
+    node: Arc<Node>,
+    corrupt: Arc<AtomicU32>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let req: ChunkRequest =
+            match proto::read_frame(&mut stream, proto::MAX_REQUEST_FRAME, "chunk request").await {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(peer = %peer.node_id(), "chunk stream: {e}");
+                    return;
+                }
+            };
+        if let Err(e) = req.check() {
+            tracing::warn!(peer = %peer.node_id(), "chunk stream: {e}");
+            return;
+        }
+        let (reply, rx) = oneshot::channel();
+        if ev
+            .send(Ev::Serve {
+                peer,
+                req: req.clone(),
+                reply,
+            })
+            .is_err()
+        {
+            return;
+        }
+        let answer = match rx.await {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        let result: Result<u64, proto::ProtoError> = async {
+            match answer {
+                Err(reason) => {
+                    let reason = reason.as_bytes();
+                    let reason = &reason[..reason.len().min(1024)];
+                    proto::write_chunk_header(&mut stream, proto::CHUNK_REFUSED, reason.len() as u32)
+                        .await?;
+                    stream.write_all(reason).await?;
+                    stream.close().await?;
+                    Err(proto::ProtoError::Violation("refused".into()))
+                }
+                Ok(chunks) => {
+                    let mut sent = 0u64;
+                    for c in chunks {
+                        let Some((hash, len)) = c else {
+                            proto::write_chunk_header(&mut stream, proto::CHUNK_MISSING, 0).await?;
+                            continue;
+                        };
+                        // A page-cache read of one chunk: short enough to do in place.
+                        let read = node
+                            .store
+                            .chunk_loc(&hash)
+                            .ok()
+                            .flatten()
+                            .filter(|loc| loc.len == len)
+                            .is_some_and(|loc| node.store.read_at(loc, &mut buf).is_ok());
+                        if !read {
+                            tracing::error!(chunk = %hash, "a chunk this node holds cannot be read; run arbor verify");
+                            proto::write_chunk_header(&mut stream, proto::CHUNK_MISSING, 0).await?;
+                            continue;
+                        }
+                        if corrupt
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                            .is_ok()
+                            && let Some(b) = buf.first_mut()
+                        {
+                            *b ^= 0xff;
+                        }
+                        proto::write_chunk_header(&mut stream, proto::CHUNK_DATA, len).await?;
+                        stream.write_all(&buf).await?;
+                        sent += u64::from(len);
+                    }
+                    stream.flush().await?;
+                    Ok(sent)
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(bytes) => {
+                let _ = ev.send(Ev::Served {
+                    peer,
+                    update: req.update,
+                    bytes,
+                });
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// One of a child's persistent chunk streams to its parent.
+async fn fetch_worker(
+    mut control: libp2p_stream::Control,
+    parent: Libp2pPeerId,
+    jobs: Arc<Mutex<mpsc::UnboundedReceiver<FetchJob>>>,
+    writer: mpsc::Sender<WriteJob>,
+    fetch_timeout: Duration,
+) {
+    let mut stream: Option<Stream> = None;
+    loop {
+        let job = { jobs.lock().await.recv().await };
+        let Some(job) = job else { return };
+        if stream.is_none() {
+            match timeout(
+                HANDSHAKE_TIMEOUT,
+                control.open_stream(parent, proto::CHUNKS),
+            )
+            .await
+            {
+                Ok(Ok(s)) => stream = Some(s),
+                Ok(Err(e)) => tracing::warn!("cannot open a chunk stream: {e}"),
+                Err(_) => tracing::warn!("opening a chunk stream timed out"),
+            }
+        }
+        if let Some(s) = stream.as_mut() {
+            match timeout(fetch_timeout, fetch_span(s, &job, &writer)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(update = %job.update, "fetch of chunks {}+{} failed: {e}", job.first, job.expected.len());
+                    stream = None;
+                }
+                Err(_) => {
+                    tracing::warn!(update = %job.update, "fetch of chunks {}+{} timed out", job.first, job.expected.len());
+                    stream = None;
+                }
+            }
+        }
+        if writer.send(WriteJob::End { fetch: job.id }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Requests one span and checks every chunk of the answer against its expected hash.
+async fn fetch_span(
+    s: &mut Stream,
+    job: &FetchJob,
+    writer: &mpsc::Sender<WriteJob>,
+) -> Result<(), proto::ProtoError> {
+    let count = job.expected.len() as u32;
+    proto::write_frame(
+        s,
+        &ChunkRequest {
+            count,
+            first: job.first,
+            update: job.update,
+        },
+    )
+    .await?;
+    for (k, (hash, len)) in job.expected.iter().enumerate() {
+        let index = job.first + k as u32;
+        let (kind, n) = proto::read_chunk_header(s).await?;
+        match kind {
+            proto::CHUNK_DATA => {
+                if n != *len {
+                    let _ = writer
+                        .send(WriteJob::Bad {
+                            fetch: job.id,
+                            index,
+                        })
+                        .await;
+                    return Err(proto::ProtoError::Violation(format!(
+                        "chunk {index} sent with {n} bytes; the manifest says {len}"
+                    )));
+                }
+                let mut data = vec![0u8; n as usize];
+                s.read_exact(&mut data).await?;
+                // The one hash of this chunk on this node: it is the verification.
+                let job = if Hash::of(&data) == *hash {
+                    WriteJob::Chunk {
+                        fetch: job.id,
+                        index,
+                        hash: *hash,
+                        data,
+                    }
+                } else {
+                    WriteJob::Bad {
+                        fetch: job.id,
+                        index,
+                    }
+                };
+                if writer.send(job).await.is_err() {
+                    return Ok(());
+                }
+            }
+            proto::CHUNK_MISSING => {}
+            _ => {
+                let mut reason = vec![0u8; n as usize];
+                s.read_exact(&mut reason).await?;
+                return Err(proto::ProtoError::Violation(format!(
+                    "refused: {}",
+                    String::from_utf8_lossy(&reason)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The store writer thread: stores verified chunks and received manifests, in arrival
+/// order, and reports each chunk only once it is stored.
+fn write_loop(node: &Node, mut rx: mpsc::Receiver<WriteJob>, ev: &mpsc::UnboundedSender<Ev>) {
+    let store = &node.store;
+    let mut writer = None;
+    let mut wrote = false;
+    let mut damaged_logged = false;
+    while let Some(job) = rx.blocking_recv() {
+        match job {
+            WriteJob::Chunk {
+                fetch,
+                index,
+                hash,
+                data,
+            } => {
+                if writer.is_none() {
+                    match store.writer() {
+                        Ok(w) => writer = Some(w),
+                        Err(e) => {
+                            if !damaged_logged {
+                                tracing::error!("cannot store chunks: {e}");
+                                damaged_logged = true;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                if let Some(w) = writer.as_mut() {
+                    match w.put(hash, &data) {
+                        Ok(_) => {
+                            wrote = true;
+                            let _ = ev.send(Ev::Verdict {
+                                fetch,
+                                index,
+                                verdict: ChunkVerdict::Stored,
+                            });
+                        }
+                        Err(e) => tracing::error!(chunk = %hash, "cannot store a chunk: {e}"),
+                    }
+                }
+            }
+            WriteJob::Bad { fetch, index } => {
+                let _ = ev.send(Ev::Verdict {
+                    fetch,
+                    index,
+                    verdict: ChunkVerdict::Bad,
+                });
+            }
+            WriteJob::End { fetch } => {
+                let _ = ev.send(Ev::FetchEnd { fetch });
+            }
+            WriteJob::Manifest { manifest } => {
+                let m = &manifest.manifest;
+                let name = ModuleVersion {
+                    tenant: &m.tenant,
+                    category: &m.category,
+                    id: &m.id,
+                    version: &m.version,
+                };
+                let stored = store
+                    .put_manifest(&manifest.id, &manifest.bytes, &name)
+                    .and_then(|()| local_have(store, &manifest));
+                match stored {
+                    Ok(have) => {
+                        let _ = ev.send(Ev::LocalHave {
+                            update: manifest.id,
+                            have,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(update = %manifest.id, "cannot store a manifest: {e}")
+                    }
+                }
+            }
+            WriteJob::Tick => {
+                if !wrote && let Some(mut w) = writer.take() {
+                    // Idle: make what arrived durable and let publish use the store.
+                    if let Err(e) = w.flush() {
+                        tracing::error!("cannot commit received chunks: {e}");
+                    }
+                }
+                wrote = false;
+            }
+        }
+    }
+    if let Some(mut w) = writer
+        && let Err(e) = w.flush()
+    {
+        tracing::error!("cannot commit received chunks at shutdown: {e}");
+    }
+}
+
+/// Binds the management socket and answers each connection through the event loop.
+fn serve_socket(path: &Path, ev: mpsc::UnboundedSender<Ev>) -> Result<(), NetError> {
+    let err = |source| NetError::Socket {
+        path: path.display().to_string(),
+        source,
+    };
+    // The store lock is held, so a socket file left here is from a process that died.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(err)?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let ev = ev.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt as _};
+                let (r, mut w) = conn.into_split();
+                let mut line = Vec::new();
+                let mut r = tokio::io::BufReader::new(r).take(local::MAX_REQUEST as u64 + 1);
+                let read = timeout(HANDSHAKE_TIMEOUT, r.read_until(b'\n', &mut line)).await;
+                let response = match read {
+                    Ok(Ok(_)) => match local::parse_request(line.trim_ascii()) {
+                        Ok(req) => {
+                            let (reply, rx) = oneshot::channel();
+                            if ev.send(Ev::Local { req, reply }).is_err() {
+                                return;
+                            }
+                            match rx.await {
+                                Ok(r) => r,
+                                Err(_) => Response::Error("the daemon is stopping".into()),
+                            }
+                        }
+                        Err(e) => Response::Error(e),
+                    },
+                    _ => return,
+                };
+                let mut out = serde_json::to_vec(&response).unwrap_or_default();
+                out.push(b'\n');
+                let _ = w.write_all(&out).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+impl Daemon {
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node.node_id()
+    }
+
+    /// A handle for in-process management requests.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            tx: self.ev_tx.clone(),
+        }
+    }
+
+    /// Runs the node until `shutdown` completes, then stops cleanly: received chunks
+    /// are committed and the management socket removed.
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), NetError> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.drain(now_ms());
+        loop {
+            let wake = self
+                .engine
+                .poll_timeout()
+                .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = &mut shutdown => break,
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                Some(ev) = self.ev_rx.recv() => self.on_event(ev),
+                _ = tick.tick() => self.on_tick(),
+                _ = tokio::time::sleep(wake) => self.engine.handle_timeout(now_ms()),
+            }
+            self.drain(now_ms());
+        }
+        tracing::info!(node = %self.node.node_id(), "stopping");
+        let _ = std::fs::remove_file(&self.socket);
+        let Daemon {
+            writer,
+            writer_tx,
+            swarm,
+            fetch_tx,
+            sessions,
+            ..
+        } = self;
+        drop((writer_tx, fetch_tx, sessions, swarm));
+        if let Some(w) = writer {
+            // The writer commits what it holds once every sender is gone.
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+        Ok(())
+    }
+
+    fn on_tick(&mut self) {
+        for t in self.transfers.values_mut() {
+            t.rate_in = t.bytes_in - t.last_in;
+            t.rate_out = t.bytes_out - t.last_out;
+            t.last_in = t.bytes_in;
+            t.last_out = t.bytes_out;
+        }
+        let _ = self.writer_tx.try_send(WriteJob::Tick);
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<()>) {
+        match ev {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                let Some(peer) = PublicKey::from_peer_id(&peer_id) else {
+                    return;
+                };
+                if Some(&peer) == self.engine.parent()
+                    && endpoint.is_dialer()
+                    && !self.sessions.contains_key(&peer)
+                {
+                    self.open_parent_session(peer);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                if let Some(peer) = PublicKey::from_peer_id(&peer_id) {
+                    self.end_session(peer, "connection closed");
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer_id),
+                error,
+                ..
+            } => {
+                if let Some(peer) = PublicKey::from_peer_id(&peer_id)
+                    && Some(&peer) == self.engine.parent()
+                {
+                    tracing::warn!("cannot reach the parent: {error}");
+                    self.engine.handle_disconnected(peer, now_ms());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn open_parent_session(&self, parent: PublicKey) {
+        tokio::spawn(open_control(
+            self.control.clone(),
+            parent,
+            self.node.node_key.public(),
+            self.node.root_key,
+            self.chain.clone(),
+            self.ev_tx.clone(),
+        ));
+    }
+
+    /// A session with `peer` is over (or never started): the engine hears of it once.
+    fn end_session(&mut self, peer: PublicKey, why: &str) {
+        let had_session = self.sessions.remove(&peer).is_some();
+        let is_parent = Some(&peer) == self.engine.parent();
+        if is_parent {
+            self.fetch_tx = None;
+        }
+        if had_session || is_parent {
+            tracing::info!(peer = %peer.node_id(), parent = is_parent, "session ended: {why}");
+            self.engine.handle_disconnected(peer, now_ms());
+        }
+    }
+
+    fn on_event(&mut self, ev: Ev) {
+        let now = now_ms();
+        match ev {
+            Ev::Local { req, reply } => self.on_local(req, reply),
+            Ev::Join {
+                peer,
+                secret,
+                reply,
+            } => {
+                let _ = reply.send(self.on_join(peer, secret));
+            }
+            Ev::Hello { peer, chain, reply } => {
+                let verdict = self.check_child(&peer, &chain);
+                if let Err(reason) = &verdict {
+                    self.refused += 1;
+                    tracing::warn!(peer = %peer.node_id(), "refused: {reason}");
+                }
+                let _ = reply.send(verdict);
+            }
+            Ev::Renewed { chain } => {
+                if let Err(e) = self.node.set_chain(&chain) {
+                    tracing::error!("cannot keep the renewed certificate chain: {e}");
+                }
+                self.chain = chain;
+            }
+            Ev::ControlUp { peer, tx } => {
+                self.sessions.insert(peer, tx);
+                if Some(&peer) == self.engine.parent() {
+                    self.start_fetchers(peer);
+                }
+                self.engine.handle_connected(peer, now);
+            }
+            Ev::ControlMsg { peer, frame } => {
+                let msg = match frame {
+                    ControlFrame::Offer { manifest } => Control::Offer {
+                        manifest: manifest.into(),
+                    },
+                    ControlFrame::Have { update, ranges } if ranges.len() <= proto::MAX_RANGES => {
+                        Control::Have { update, ranges }
+                    }
+                    other => {
+                        tracing::warn!(peer = %peer.node_id(), "unexpected control frame {:?}; closing", frame_kind(&other));
+                        self.disconnect(peer);
+                        return;
+                    }
+                };
+                self.engine.handle_message(peer, msg, now);
+            }
+            Ev::ControlDown { peer, why } => {
+                if Some(&peer) == self.engine.parent() && !self.sessions.contains_key(&peer) {
+                    tracing::error!("{why}");
+                }
+                self.end_session(peer, &why);
+                self.disconnect(peer);
+            }
+            Ev::Verdict {
+                fetch,
+                index,
+                verdict,
+            } => {
+                if verdict == ChunkVerdict::Stored
+                    && let Some(update) = self.fetch_update(fetch)
+                {
+                    let len = self.engine.chunk(&update, index).map_or(0, |c| c.1);
+                    self.transfers.entry(update).or_default().bytes_in += u64::from(len);
+                    self.received += u64::from(len);
+                }
+                self.engine.handle_chunk(fetch, index, verdict, now);
+            }
+            Ev::FetchEnd { fetch } => self.engine.handle_fetch_end(fetch, now),
+            Ev::Serve { peer, req, reply } => {
+                let answer = if self.engine.is_connected_child(&peer) {
+                    Ok((req.first..req.first + req.count)
+                        .map(|i| {
+                            self.engine
+                                .may_serve(&peer, &req.update, i)
+                                .then(|| self.engine.chunk(&req.update, i))
+                                .flatten()
+                        })
+                        .collect())
+                } else {
+                    self.refused += 1;
+                    tracing::warn!(peer = %peer.node_id(), "refused a chunk request: not a connected child");
+                    Err("this node serves chunks only to its own connected children".to_string())
+                };
+                let _ = reply.send(answer);
+            }
+            Ev::Served {
+                peer,
+                update,
+                bytes,
+            } => {
+                self.transfers.entry(update).or_default().bytes_out += bytes;
+                *self.sent_to.entry(peer).or_default() += bytes;
+            }
+            Ev::LocalHave { update, have } => self.engine.handle_local_have(update, &have, now),
+            Ev::Published { result, reply } => {
+                let response = match result {
+                    Ok(outcome) => {
+                        if let Err(e) = self.add_published(&outcome.update_id, now) {
+                            tracing::error!("published update cannot be offered: {e}");
+                        }
+                        Response::Ok(serde_json::to_value(&outcome).unwrap_or_default())
+                    }
+                    Err(e) => Response::Error(e),
+                };
+                let _ = reply.send(response);
+            }
+        }
+    }
+
+    /// The update a fetch is for (the engine knows; we keep no copy).
+    fn fetch_update(&self, fetch: FetchId) -> Option<Hash> {
+        self.engine.fetch_update(fetch)
+    }
+
+    fn add_published(&mut self, id: &Hash, now: u64) -> Result<(), String> {
+        let bytes = self
+            .node
+            .store
+            .manifest_bytes(id)
+            .map_err(|e| e.to_string())?
+            .ok_or("the manifest is not in the store")?;
+        let m = SignedManifest::open(&bytes, &self.node.root_key, now / 1000)
+            .map_err(|e| e.to_string())?;
+        let have = local_have(&self.node.store, &m).map_err(|e| e.to_string())?;
+        self.engine.add_local_update(Arc::new(m), &have, now);
+        Ok(())
+    }
+
+    fn start_fetchers(&mut self, parent: PublicKey) {
+        let Some(pid) = parent.peer_id() else { return };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..self.opts.engine.window {
+            tokio::spawn(fetch_worker(
+                self.control.clone(),
+                pid,
+                rx.clone(),
+                self.writer_tx.clone(),
+                Duration::from_millis(self.opts.engine.fetch_timeout),
+            ));
+        }
+        self.fetch_tx = Some(tx);
+    }
+
+    fn disconnect(&mut self, peer: PublicKey) {
+        if let Some(pid) = peer.peer_id() {
+            let _ = self.swarm.disconnect_peer_id(pid);
+        }
+    }
+
+    /// Carries out everything the engine asked for.
+    fn drain(&mut self, now: u64) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Send { to, msg } => {
+                    let frame = match msg {
+                        Control::Offer { manifest } => ControlFrame::Offer {
+                            manifest: manifest.to_vec(),
+                        },
+                        Control::Have { update, ranges } => ControlFrame::Have { update, ranges },
+                    };
+                    if let Some(tx) = self.sessions.get(&to) {
+                        let _ = tx.send(frame);
+                    }
+                }
+                Output::Fetch {
+                    id,
+                    from: _,
+                    update,
+                    first,
+                    count,
+                } => {
+                    let expected: Vec<(Hash, u32)> = (first..first + count)
+                        .filter_map(|i| self.engine.chunk(&update, i))
+                        .collect();
+                    let job = FetchJob {
+                        id,
+                        update,
+                        first,
+                        expected,
+                    };
+                    let sent = self
+                        .fetch_tx
+                        .as_ref()
+                        .is_some_and(|tx| tx.send(job).is_ok());
+                    if !sent {
+                        self.engine.handle_fetch_end(id, now);
+                    }
+                }
+                Output::StoreManifest { manifest } => {
+                    tracing::info!(update = %manifest.id, module = %module_name(&manifest), "new update offered");
+                    if self
+                        .writer_tx
+                        .try_send(WriteJob::Manifest {
+                            manifest: manifest.clone(),
+                        })
+                        .is_err()
+                    {
+                        // The queue is full of chunks: wait for room off the event loop.
+                        let tx = self.writer_tx.clone();
+                        tokio::spawn(async move {
+                            let _ = tx.send(WriteJob::Manifest { manifest }).await;
+                        });
+                    }
+                }
+                Output::Dial { peer } => {
+                    let (Ok(pid), Some(addr)) = (peer_of(&peer), self.parent_addr.clone()) else {
+                        continue;
+                    };
+                    if self.swarm.is_connected(&pid) {
+                        // Still connected (after joining, or a session that broke on
+                        // its own): only the control session needs to start again.
+                        self.open_parent_session(peer);
+                        continue;
+                    }
+                    tracing::info!(addr = %addr, "dialling the parent");
+                    if let Err(e) = self
+                        .swarm
+                        .dial(DialOpts::peer_id(pid).addresses(vec![addr]).build())
+                    {
+                        tracing::warn!("cannot dial the parent: {e}");
+                        self.engine.handle_disconnected(peer, now);
+                    }
+                }
+                Output::Disconnect { peer, reason } => {
+                    tracing::info!(peer = %peer.node_id(), "disconnecting: {reason}");
+                    self.sessions.remove(&peer);
+                    self.disconnect(peer);
+                }
+                Output::Event(e) => self.log_event(e),
+            }
+        }
+        self.answer_waiters();
+    }
+
+    fn log_event(&mut self, e: Event) {
+        match e {
+            Event::UpdateComplete { update } => tracing::info!(update = %update, "update complete"),
+            Event::BadChunk {
+                peer,
+                update,
+                index,
+            } => tracing::warn!(
+                peer = %peer.node_id(), update = %update, index,
+                "chunk failed verification: discarded, will be fetched again"
+            ),
+            Event::Misbehaved { peer, reason } => {
+                tracing::warn!(peer = %peer.node_id(), "misbehaving peer: {reason}")
+            }
+            Event::Refused { peer } => {
+                self.refused += 1;
+                tracing::warn!(peer = %peer.node_id(), "refused a peer outside this node's part of the tree")
+            }
+            Event::ParentLost => tracing::warn!(
+                "lost the parent; serving children what this node has, retrying with backoff"
+            ),
+            Event::ParentConnected => tracing::info!("connected to the parent"),
+        }
+    }
+
+    fn answer_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(u, _)| self.engine.is_complete(u));
+        self.waiters = waiting;
+        for (u, reply) in done {
+            let _ = reply.send(Response::Ok(
+                serde_json::json!({ "update_id": u, "complete": true }),
+            ));
+        }
+    }
+
+    fn on_join(&mut self, peer: PublicKey, secret: [u8; 32]) -> JoinReply {
+        let redeemed =
+            self.node
+                .store
+                .redeem_token(&JoinToken::secret_hash(&secret), &peer.0, now_secs());
+        match redeemed {
+            Ok(Ok(record)) => {
+                tracing::info!(child = %peer.node_id(), client = record.client, "a new child joined");
+                self.engine.add_child(peer);
+                JoinReply::Accepted {
+                    root: self.node.root_key,
+                    chain: self.child_chain(&peer, &record),
+                }
+            }
+            Ok(Err(refusal)) => {
+                self.refused += 1;
+                tracing::warn!(peer = %peer.node_id(), "join refused: {refusal}");
+                JoinReply::Refused {
+                    reason: refusal.to_string(),
+                }
+            }
+            Err(e) => {
+                tracing::error!("cannot redeem a join token: {e}");
+                JoinReply::Refused {
+                    reason: "the parent could not record the join; try again".into(),
+                }
+            }
+        }
+    }
+
+    /// This node's chain followed by a fresh certificate for `child`.
+    fn child_chain(&self, child: &PublicKey, record: &ChildRecord) -> Vec<Envelope> {
+        let now = now_secs();
+        let mut chain = match self.node.root_secret() {
+            Ok(root) => vec![member::issue(
+                root,
+                self.node.node_key.public(),
+                false,
+                Vec::new(),
+                now,
+                now + CERT_TTL_SECS,
+            )],
+            Err(_) => self.chain.clone(),
+        };
+        chain.push(member::issue(
+            &self.node.node_key,
+            *child,
+            record.client,
+            record.groups.clone(),
+            now,
+            now + CERT_TTL_SECS,
+        ));
+        chain
+    }
+
+    /// Checks a connecting child's chain and records; returns its renewed chain.
+    fn check_child(&self, peer: &PublicKey, chain: &[Envelope]) -> Result<Vec<Envelope>, String> {
+        let members = verify_chain(chain, &self.node.root_key, now_secs()).map_err(|e| {
+            format!("its certificate chain is refused ({e}); it may belong to another tree")
+        })?;
+        let last = members.last().ok_or("empty chain")?;
+        if last.node != *peer {
+            return Err("it presented the certificate chain of another node".into());
+        }
+        if last.issuer != self.node.node_key.public() {
+            return Err("it is not a child of this node".into());
+        }
+        let record = self
+            .node
+            .store
+            .children()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|(k, _)| k == &peer.0)
+            .map(|(_, r)| r)
+            .ok_or("this node has no record of it as a child")?;
+        if record.revoked {
+            return Err("its membership was revoked".into());
+        }
+        Ok(self.child_chain(peer, &record))
+    }
+
+    fn on_local(&mut self, req: Request, reply: oneshot::Sender<Response>) {
+        let response = match req {
+            Request::Status => Response::Ok(self.status()),
+            Request::Token {
+                groups,
+                client,
+                ttl_secs,
+                addr,
+            } => self.issue_token(groups, client, ttl_secs, addr),
+            Request::Revoke { node } => self.revoke(&node),
+            Request::Wait { update } => match self.resolve(&update) {
+                Ok(u) => {
+                    self.waiters.push((u, reply));
+                    self.answer_waiters();
+                    return;
+                }
+                Err(e) => Response::Error(e),
+            },
+            Request::Publish {
+                tenant,
+                category,
+                id,
+                version,
+                description,
+                path,
+                follow_symlinks,
+            } => {
+                let req = PublishRequest {
+                    tenant,
+                    category,
+                    id,
+                    version,
+                    description,
+                    path,
+                    follow_symlinks,
+                };
+                let node = self.node.clone();
+                let ev = self.ev_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = publish::publish(&node, &req, now_secs(), &|_| {})
+                        .map_err(|e| e.to_string());
+                    let _ = ev.send(Ev::Published { result, reply });
+                });
+                return;
+            }
+        };
+        let _ = reply.send(response);
+    }
+
+    fn resolve(&self, update: &str) -> Result<Hash, String> {
+        // A whole id may name an update that has not been offered yet.
+        if let Ok(id) = update.parse::<Hash>() {
+            return Ok(id);
+        }
+        let lower = update.to_ascii_lowercase();
+        let found: Vec<Hash> = self
+            .engine
+            .progress()
+            .into_iter()
+            .map(|p| p.update)
+            .filter(|u| lower.len() >= 4 && u.to_hex().starts_with(&lower))
+            .collect();
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(format!("no update {update:?} is known to this node yet")),
+            _ => Err(format!(
+                "{update:?} matches several updates; give more digits"
+            )),
+        }
+    }
+
+    fn issue_token(
+        &mut self,
+        groups: Vec<String>,
+        client: bool,
+        ttl_secs: u64,
+        addr: Option<String>,
+    ) -> Response {
+        for g in &groups {
+            if let Err(e) = crate::content::names::check_name("group", g) {
+                return Response::Error(e.to_string());
+            }
+        }
+        if groups.len() > member::MAX_GROUPS {
+            return Response::Error(format!("at most {} groups", member::MAX_GROUPS));
+        }
+        if self.node.is_root() || !self.chain.is_empty() {
+            if let Ok(ms) = verify_chain(&self.chain, &self.node.root_key, now_secs())
+                && ms.last().is_some_and(|m| m.client)
+            {
+                return Response::Error(
+                    "this node joined as a client; clients have no children".into(),
+                );
+            }
+        }
+        let addr = match addr {
+            Some(a) => match a.parse::<Multiaddr>() {
+                Ok(m) => m,
+                Err(e) => return Response::Error(format!("--addr {a:?} is not a multiaddr: {e}")),
+            },
+            None => match self.advertised_addr() {
+                Some(a) => a,
+                None => {
+                    return Response::Error(
+                        "this node has no address to put in the token; pass --addr".into(),
+                    );
+                }
+            },
+        };
+        let mut secret = [0u8; 32];
+        if let Err(e) = getrandom::fill(&mut secret) {
+            return Response::Error(format!("the system random source failed: {e}"));
+        }
+        let expires = now_secs().saturating_add(ttl_secs);
+        let record = TokenRecord {
+            used: false,
+            client,
+            groups,
+            expires,
+        };
+        if let Err(e) = self
+            .node
+            .store
+            .add_token(&JoinToken::secret_hash(&secret), &record)
+        {
+            return Response::Error(e.to_string());
+        }
+        let token = JoinToken {
+            addr: addr.to_string(),
+            root: root_fingerprint(&self.node.root_key),
+            parent: self.node.node_key.public(),
+            secret,
+        };
+        tracing::info!(expires, client, "issued a join token");
+        Response::Ok(serde_json::json!({
+            "token": token.to_text(),
+            "addr": addr.to_string(),
+            "expires": expires,
+        }))
+    }
+
+    /// The address a child should dial: a listening address, not the unspecified one.
+    fn advertised_addr(&self) -> Option<Multiaddr> {
+        let usable = |a: &&Multiaddr| {
+            !a.iter().any(|p| {
+                matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified())
+                    || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_unspecified())
+            })
+        };
+        let loopback = |a: &Multiaddr| {
+            a.iter().any(|p| {
+                matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_loopback())
+                    || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_loopback())
+            })
+        };
+        let addrs: Vec<&Multiaddr> = self.listen_addrs.iter().filter(usable).collect();
+        addrs
+            .iter()
+            .find(|a| !loopback(a))
+            .or(addrs.first())
+            .map(|a| (*a).clone())
+    }
+
+    fn revoke(&mut self, node: &str) -> Response {
+        let Some(key) = node
+            .parse::<Libp2pPeerId>()
+            .ok()
+            .and_then(|p| PublicKey::from_peer_id(&p))
+        else {
+            return Response::Error(format!("{node:?} is not a node id (12D3KooW...)"));
+        };
+        match self.node.store.revoke_child(&key.0) {
+            Ok(true) => {
+                tracing::warn!(child = %node, "membership revoked");
+                self.engine.remove_child(&key);
+                self.sessions.remove(&key);
+                self.disconnect(key);
+                Response::Ok(serde_json::json!({ "revoked": node }))
+            }
+            Ok(false) => Response::Error(format!("{node} is not a child of this node")),
+            Err(e) => Response::Error(e.to_string()),
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let records: HashMap<[u8; 32], ChildRecord> = self
+            .node
+            .store
+            .children()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let children: Vec<serde_json::Value> = records
+            .iter()
+            .map(|(k, r)| {
+                let key = PublicKey(*k);
+                serde_json::json!({
+                    "node_id": key.node_id(),
+                    "connected": self.engine.is_connected_child(&key),
+                    "client": r.client,
+                    "groups": r.groups,
+                    "revoked": r.revoked,
+                    "bytes_sent": self.sent_to.get(&key).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        let updates: Vec<serde_json::Value> = self
+            .engine
+            .progress()
+            .into_iter()
+            .map(|p| {
+                let t = self.transfers.get(&p.update);
+                let name = self
+                    .engine
+                    .manifest(&p.update)
+                    .map(|m| module_name(m))
+                    .unwrap_or_default();
+                serde_json::json!({
+                    "update_id": p.update,
+                    "module": name,
+                    "bytes": p.bytes,
+                    "bytes_held": p.bytes_held,
+                    "chunks": p.chunks,
+                    "chunks_held": p.chunks_held,
+                    "rate_in": t.map_or(0, |t| t.rate_in),
+                    "rate_out": t.map_or(0, |t| t.rate_out),
+                })
+            })
+            .collect();
+        let parent = self.engine.parent().map(|p| {
+            serde_json::json!({
+                "node_id": p.node_id(),
+                "addr": self.parent_addr.as_ref().map(|a| a.to_string()),
+                "connected": self.engine.parent_connected() == Some(true),
+                "bytes_received": self.received,
+            })
+        });
+        let stats = self.engine.stats();
+        serde_json::json!({
+            "node_id": self.node.node_id(),
+            "root": self.node.is_root(),
+            "listen": self.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "parent": parent,
+            "children": children,
+            "updates": updates,
+            "bad_chunks": stats.bad_chunks,
+            "fetch_timeouts": stats.fetch_timeouts,
+            "refused": self.refused,
+        })
+    }
+}
+
+/// "tenant/category/id version".
+fn module_name(m: &SignedManifest) -> String {
+    let m = &m.manifest;
+    format!("{}/{}/{} {}", m.tenant, m.category, m.id, m.version)
+}
+
+fn frame_kind(f: &ControlFrame) -> &'static str {
+    match f {
+        ControlFrame::Hello { .. } => "Hello",
+        ControlFrame::Welcome { .. } => "Welcome",
+        ControlFrame::Refused { .. } => "Refused",
+        ControlFrame::Offer { .. } => "Offer",
+        ControlFrame::Have { .. } => "Have",
+    }
+}

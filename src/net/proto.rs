@@ -1,0 +1,260 @@
+//! The tree protocol on the wire: protocol ids, message types, framing and limits.
+//!
+//! Three libp2p stream protocols (specified in protocol/PROTOCOL.md §10–§13):
+//! - [`JOIN`]: a new node redeems a join token for its certificate chain;
+//! - [`CONTROL`]: one long-lived stream per parent/child connection: the child proves
+//!   its membership, then the parent offers manifests and announces held chunks;
+//! - [`CHUNKS`]: persistent request streams: a request names a span of chunks of an
+//!   update, the answer streams their bytes. The receiver checks each chunk's length
+//!   before reading it and its hash after.
+//!
+//! Every frame is a big-endian u32 length and a canonical CBOR message. Lengths are
+//! checked against the limit of the message kind before anything is allocated.
+
+use crate::content::Hash;
+use crate::content::manifest::{MAX_CHUNK_LEN, MAX_MANIFEST_BYTES};
+use crate::trust::{Envelope, PublicKey};
+use crate::wire::{self, WireError, fixed};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+pub const JOIN: StreamProtocol = StreamProtocol::new("/arbor/join/1");
+pub const CONTROL: StreamProtocol = StreamProtocol::new("/arbor/control/1");
+pub const CHUNKS: StreamProtocol = StreamProtocol::new("/arbor/chunks/1");
+
+/// Largest join frame.
+pub const MAX_JOIN_FRAME: usize = 128 * 1024;
+/// Largest control frame: an offer carries a whole signed manifest.
+pub const MAX_CONTROL_FRAME: usize = MAX_MANIFEST_BYTES + 128 * 1024;
+/// Largest chunk request frame.
+pub const MAX_REQUEST_FRAME: usize = 256;
+/// Most chunks one request may ask for.
+pub const MAX_SPAN: u32 = 64;
+/// Most ranges one `Have` may carry.
+pub const MAX_RANGES: usize = 1 << 16;
+
+/// A joining node's request. Fields in canonical key order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    #[serde(with = "fixed")]
+    pub secret: [u8; 32],
+}
+
+/// The parent's answer to a [`JoinRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinReply {
+    /// The root key and the new member's certificate chain.
+    Accepted {
+        root: PublicKey,
+        chain: Vec<Envelope>,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// Messages on the control stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlFrame {
+    /// First frame from the child: its certificate chain.
+    Hello { chain: Vec<Envelope> },
+    /// The parent's answer to a good `Hello`: the child's renewed chain.
+    Welcome { chain: Vec<Envelope> },
+    /// The connection is refused, and why. The sender closes the stream.
+    Refused { reason: String },
+    /// A signed manifest the parent makes available (canonical envelope bytes).
+    Offer {
+        #[serde(with = "serde_bytes")]
+        manifest: Vec<u8>,
+    },
+    /// The parent holds these chunks of an update: ranges `[start, end)` of its
+    /// distinct-chunk list.
+    Have {
+        update: Hash,
+        ranges: Vec<(u32, u32)>,
+    },
+}
+
+/// A request on a chunk stream. Fields in canonical key order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRequest {
+    pub count: u32,
+    pub first: u32,
+    pub update: Hash,
+}
+
+/// How each chunk of a span is answered: this byte, a u32 length, then the bytes.
+pub const CHUNK_DATA: u8 = 0;
+/// The server does not hold this chunk (length 0 follows).
+pub const CHUNK_MISSING: u8 = 1;
+/// The peer may not fetch from this node; the server closes the stream after it
+/// (length and a UTF-8 reason follow).
+pub const CHUNK_REFUSED: u8 = 2;
+
+/// Why a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer sent a frame of {len} bytes, over the limit of {limit}")]
+    TooLarge { len: usize, limit: usize },
+    #[error("the peer sent a bad message: {0}")]
+    Wire(#[from] WireError),
+    #[error("the peer broke the protocol: {0}")]
+    Violation(String),
+}
+
+/// Writes one frame.
+pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), ProtoError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let bytes = wire::encode(msg);
+    let len = u32::try_from(bytes.len()).map_err(|_| ProtoError::TooLarge {
+        len: bytes.len(),
+        limit: u32::MAX as usize,
+    })?;
+    w.write_all(&len.to_be_bytes()).await?;
+    w.write_all(&bytes).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame of at most `limit` bytes. `Ok(None)` on a clean end of stream.
+pub async fn read_frame<R, T>(
+    r: &mut R,
+    limit: usize,
+    what: &'static str,
+) -> Result<Option<T>, ProtoError>
+where
+    R: AsyncRead + Unpin,
+    T: Serialize + DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > limit {
+        return Err(ProtoError::TooLarge { len, limit });
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    Ok(Some(wire::decode_canonical(&buf, limit, what)?))
+}
+
+/// Writes the header of one chunk answer.
+pub async fn write_chunk_header<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: u8,
+    len: u32,
+) -> Result<(), ProtoError> {
+    let mut h = [0u8; 5];
+    h[0] = kind;
+    h[1..].copy_from_slice(&len.to_be_bytes());
+    w.write_all(&h).await?;
+    Ok(())
+}
+
+/// Reads the header of one chunk answer, checking the kind and the length bound.
+pub async fn read_chunk_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<(u8, u32), ProtoError> {
+    let mut h = [0u8; 5];
+    r.read_exact(&mut h).await?;
+    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+    match h[0] {
+        CHUNK_DATA if len <= MAX_CHUNK_LEN => Ok((CHUNK_DATA, len)),
+        CHUNK_MISSING if len == 0 => Ok((CHUNK_MISSING, 0)),
+        CHUNK_REFUSED if len <= 1024 => Ok((CHUNK_REFUSED, len)),
+        kind => Err(ProtoError::Violation(format!(
+            "chunk answer of kind {kind} with length {len}"
+        ))),
+    }
+}
+
+impl ChunkRequest {
+    /// Checks the request's own bounds (not whether the chunks exist).
+    pub fn check(&self) -> Result<(), ProtoError> {
+        if self.count == 0 || self.count > MAX_SPAN || self.first.checked_add(self.count).is_none()
+        {
+            return Err(ProtoError::Violation(format!(
+                "a request for {} chunks from {}",
+                self.count, self.first
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use proptest::prelude::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let msg = ControlFrame::Have {
+            update: Hash::of(b"u"),
+            ranges: vec![(0, 3), (7, 9)],
+        };
+        let mut buf = Vec::new();
+        block_on(write_frame(&mut buf, &msg)).expect("write");
+        let mut r = futures::io::Cursor::new(buf);
+        let back: Option<ControlFrame> =
+            block_on(read_frame(&mut r, MAX_CONTROL_FRAME, "control frame")).expect("read");
+        assert_eq!(back, Some(msg));
+        let end: Option<ControlFrame> =
+            block_on(read_frame(&mut r, MAX_CONTROL_FRAME, "control frame")).expect("eof");
+        assert_eq!(end, None);
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_reading() {
+        let mut r = futures::io::Cursor::new(vec![0xff, 0xff, 0xff, 0xff]);
+        let err = block_on(read_frame::<_, ChunkRequest>(
+            &mut r,
+            MAX_REQUEST_FRAME,
+            "request",
+        ))
+        .unwrap_err();
+        assert!(matches!(err, ProtoError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn bad_chunk_headers_and_requests_are_refused() {
+        let mut big = vec![CHUNK_DATA];
+        big.extend_from_slice(&(MAX_CHUNK_LEN + 1).to_be_bytes());
+        assert!(block_on(read_chunk_header(&mut futures::io::Cursor::new(big))).is_err());
+        assert!(
+            block_on(read_chunk_header(&mut futures::io::Cursor::new(vec![
+                9, 0, 0, 0, 0
+            ])))
+            .is_err()
+        );
+        let req = |first, count| ChunkRequest {
+            count,
+            first,
+            update: Hash::of(b""),
+        };
+        assert!(req(0, 0).check().is_err());
+        assert!(req(0, MAX_SPAN + 1).check().is_err());
+        assert!(req(u32::MAX, 2).check().is_err());
+        assert!(req(5, MAX_SPAN).check().is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut r = futures::io::Cursor::new(bytes.clone());
+            let _ = block_on(read_frame::<_, ControlFrame>(&mut r, MAX_CONTROL_FRAME, "control frame"));
+            let mut r = futures::io::Cursor::new(bytes.clone());
+            let _ = block_on(read_frame::<_, JoinReply>(&mut r, MAX_JOIN_FRAME, "join reply"));
+            let mut r = futures::io::Cursor::new(bytes);
+            let _ = block_on(read_frame::<_, ChunkRequest>(&mut r, MAX_REQUEST_FRAME, "chunk request"));
+        }
+    }
+}
