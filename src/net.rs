@@ -38,6 +38,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How long a certificate issued to a child is valid. Renewed on every connection.
 pub const CERT_TTL_SECS: u64 = 30 * 24 * 3600;
@@ -93,6 +95,42 @@ pub enum NetError {
 
 type Behaviour = libp2p_stream::Behaviour;
 
+/// Every task a daemon spawns, so that stopping it ends them all before the store is
+/// closed.
+#[derive(Clone, Default)]
+struct Tasks {
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Tasks {
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = fut => {}
+            }
+        });
+    }
+
+    fn spawn_blocking(&self, f: impl FnOnce() + Send + 'static) {
+        self.tracker.spawn_blocking(f);
+    }
+
+    /// Cancels every task and waits for them (blocking ones run to their end).
+    async fn stop(&self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        if timeout(Duration::from_secs(30), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not stop within 30 s");
+        }
+    }
+}
+
 /// Something for the event loop.
 enum Ev {
     Local {
@@ -136,7 +174,7 @@ enum Ev {
     Serve {
         peer: PublicKey,
         req: ChunkRequest,
-        reply: oneshot::Sender<Result<Vec<Option<(Hash, u32)>>, String>>,
+        reply: oneshot::Sender<ServeAnswer>,
     },
     Served {
         peer: PublicKey,
@@ -152,6 +190,10 @@ enum Ev {
         reply: oneshot::Sender<Response>,
     },
 }
+
+/// For each chunk of a request: its hash and length if it may be served; or why the
+/// peer is refused altogether.
+type ServeAnswer = Result<Vec<Option<(Hash, u32)>>, String>;
 
 /// Work for the store writer thread, in order.
 enum WriteJob {
@@ -217,6 +259,7 @@ pub struct Daemon {
     refused: u64,
     waiters: Vec<(Hash, oneshot::Sender<Response>)>,
     socket: PathBuf,
+    tasks: Tasks,
     opts: Options,
 }
 
@@ -369,9 +412,11 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
             .spawn(move || write_loop(&node, writer_rx, &ev))
             .map_err(|e| NetError::Transport(format!("cannot start the writer thread: {e}")))?
     };
+    let tasks = Tasks::default();
     let socket = local::socket_path(&dir);
-    serve_socket(&socket, ev_tx.clone())?;
+    serve_socket(&tasks, &socket, ev_tx.clone())?;
     spawn_acceptors(
+        &tasks,
         control.clone(),
         ev_tx.clone(),
         node.clone(),
@@ -403,6 +448,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         refused: 0,
         waiters: Vec::new(),
         socket,
+        tasks,
         opts,
     })
 }
@@ -433,11 +479,8 @@ async fn join(
         .parse()
         .map_err(|e| fail(format!("not a multiaddr: {e}")))?;
     let parent = peer_of(&token.parent)?;
-    swarm
-        .dial(DialOpts::peer_id(parent).addresses(vec![addr]).build())
-        .map_err(|e| fail(e.to_string()))?;
     tracing::info!(parent = %token.parent.node_id(), addr = %token.addr, "joining");
-    let exchange = async move {
+    let reply = exchange(swarm, addr, parent, async move {
         let mut s = control
             .open_stream(parent, proto::JOIN)
             .await
@@ -455,22 +498,8 @@ async fn join(
                 .await
                 .map_err(|e| e.to_string())?;
         reply.ok_or_else(|| "the parent closed the stream without an answer".to_string())
-    };
-    let reply = timeout(HANDSHAKE_TIMEOUT, async {
-        tokio::pin!(exchange);
-        loop {
-            tokio::select! {
-                r = &mut exchange => return r,
-                ev = swarm.select_next_some() => {
-                    if let SwarmEvent::OutgoingConnectionError { error, .. } = ev {
-                        return Err(format!("cannot reach the parent: {error}"));
-                    }
-                }
-            }
-        }
     })
     .await
-    .map_err(|_| fail("the parent did not answer in time".into()))?
     .map_err(fail)?;
     match reply {
         JoinReply::Refused { reason } => Err(NetError::JoinRefused(reason)),
@@ -495,8 +524,101 @@ async fn join(
     }
 }
 
+/// Dials `peer` at `addr` and runs `talk` while driving the swarm, within the
+/// handshake timeout: the one-shot exchanges made before a node runs (joining, probes).
+async fn exchange<T>(
+    swarm: &mut Swarm<Behaviour>,
+    addr: Multiaddr,
+    peer: Libp2pPeerId,
+    talk: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    swarm
+        .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build())
+        .map_err(|e| e.to_string())?;
+    let driven = async {
+        tokio::pin!(talk);
+        loop {
+            tokio::select! {
+                r = &mut talk => return r,
+                ev = swarm.select_next_some() => {
+                    if let SwarmEvent::OutgoingConnectionError { error, .. } = ev {
+                        return Err(format!("cannot reach the peer: {error}"));
+                    }
+                }
+            }
+        }
+    };
+    timeout(HANDSHAKE_TIMEOUT, driven)
+        .await
+        .map_err(|_| "the peer did not answer in time".to_string())?
+}
+
+/// A minimal client of the tree protocols, for the tests and for troubleshooting a
+/// refusal: connects to `node` at `addr` as `key` and makes one request.
+#[doc(hidden)]
+pub mod probe {
+    use super::*;
+
+    /// Presents `chain` on the control stream; returns the node's first answer.
+    pub async fn hello(
+        key: &SecretKey,
+        addr: Multiaddr,
+        node: PublicKey,
+        chain: Vec<Envelope>,
+    ) -> Result<ControlFrame, String> {
+        let mut swarm = build_swarm(key).map_err(|e| e.to_string())?;
+        let mut control = swarm.behaviour().new_control();
+        let peer = node.peer_id().ok_or("bad node key")?;
+        exchange(&mut swarm, addr, peer, async move {
+            let mut s = control
+                .open_stream(peer, proto::CONTROL)
+                .await
+                .map_err(|e| e.to_string())?;
+            proto::write_frame(&mut s, &ControlFrame::Hello { chain })
+                .await
+                .map_err(|e| e.to_string())?;
+            proto::read_frame(&mut s, proto::MAX_CONTROL_FRAME, "control frame")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "no answer".to_string())
+        })
+        .await
+    }
+
+    /// Sends one chunk request; returns the kind of the first answer and its payload.
+    pub async fn chunks(
+        key: &SecretKey,
+        addr: Multiaddr,
+        node: PublicKey,
+        req: ChunkRequest,
+    ) -> Result<(u8, Vec<u8>), String> {
+        let mut swarm = build_swarm(key).map_err(|e| e.to_string())?;
+        let mut control = swarm.behaviour().new_control();
+        let peer = node.peer_id().ok_or("bad node key")?;
+        exchange(&mut swarm, addr, peer, async move {
+            let mut s = control
+                .open_stream(peer, proto::CHUNKS)
+                .await
+                .map_err(|e| e.to_string())?;
+            proto::write_frame(&mut s, &req)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (kind, len) = proto::read_chunk_header(&mut s)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut payload = vec![0u8; len as usize];
+            s.read_exact(&mut payload)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((kind, payload))
+        })
+        .await
+    }
+}
+
 /// Accepts the three stream protocols and hands each stream to its task.
 fn spawn_acceptors(
+    tasks: &Tasks,
     mut control: libp2p_stream::Control,
     ev: mpsc::UnboundedSender<Ev>,
     node: Arc<Node>,
@@ -506,27 +628,28 @@ fn spawn_acceptors(
     let mut joins = control.accept(proto::JOIN).map_err(taken)?;
     let mut controls = control.accept(proto::CONTROL).map_err(taken)?;
     let mut chunks = control.accept(proto::CHUNKS).map_err(taken)?;
-    let e = ev.clone();
-    tokio::spawn(async move {
+    let (e, t) = (ev.clone(), tasks.clone());
+    tasks.spawn(async move {
         while let Some((peer, stream)) = joins.next().await {
             if let Some(peer) = PublicKey::from_peer_id(&peer) {
-                tokio::spawn(serve_join(peer, stream, e.clone()));
+                t.spawn(serve_join(peer, stream, e.clone()));
             }
         }
     });
-    let e = ev.clone();
-    tokio::spawn(async move {
+    let (e, t) = (ev.clone(), tasks.clone());
+    tasks.spawn(async move {
         while let Some((peer, stream)) = controls.next().await {
             if let Some(peer) = PublicKey::from_peer_id(&peer) {
-                tokio::spawn(accept_control(peer, stream, e.clone()));
+                t.spawn(accept_control(peer, stream, e.clone()));
             }
         }
     });
     let corrupt = Arc::new(AtomicU32::new(corrupt_first));
-    tokio::spawn(async move {
+    let t = tasks.clone();
+    tasks.spawn(async move {
         while let Some((peer, stream)) = chunks.next().await {
             if let Some(peer) = PublicKey::from_peer_id(&peer) {
-                tokio::spawn(serve_chunks(
+                t.spawn(serve_chunks(
                     peer,
                     stream,
                     ev.clone(),
@@ -830,28 +953,43 @@ async fn fetch_worker(
     loop {
         let job = { jobs.lock().await.recv().await };
         let Some(job) = job else { return };
-        if stream.is_none() {
-            match timeout(
-                HANDSHAKE_TIMEOUT,
-                control.open_stream(parent, proto::CHUNKS),
-            )
-            .await
-            {
-                Ok(Ok(s)) => stream = Some(s),
-                Ok(Err(e)) => tracing::warn!("cannot open a chunk stream: {e}"),
-                Err(_) => tracing::warn!("opening a chunk stream timed out"),
+        // A peer drops inbound streams it cannot accept fast enough (libp2p-stream's
+        // accept queue holds one), so a stream that fails before its first answer is
+        // opened again, a few times, before the fetch is given up.
+        for attempt in 0..3 {
+            let fresh = stream.is_none();
+            if fresh {
+                match timeout(
+                    HANDSHAKE_TIMEOUT,
+                    control.open_stream(parent, proto::CHUNKS),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => stream = Some(s),
+                    Ok(Err(e)) => tracing::warn!("cannot open a chunk stream: {e}"),
+                    Err(_) => tracing::warn!("opening a chunk stream timed out"),
+                }
             }
-        }
-        if let Some(s) = stream.as_mut() {
-            match timeout(fetch_timeout, fetch_span(s, &job, &writer)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(update = %job.update, "fetch of chunks {}+{} failed: {e}", job.first, job.expected.len());
+            let Some(s) = stream.as_mut() else { break };
+            let outcome = timeout(fetch_timeout, fetch_span(s, &job, &writer)).await;
+            let (span, n) = (job.first, job.expected.len());
+            match outcome {
+                Ok(Ok(())) => break,
+                Ok(Err(proto::ProtoError::Io(e))) if fresh && attempt < 2 => {
+                    tracing::debug!(
+                        "a new chunk stream failed before answering ({e}); opening another"
+                    );
                     stream = None;
                 }
-                Err(_) => {
-                    tracing::warn!(update = %job.update, "fetch of chunks {}+{} timed out", job.first, job.expected.len());
+                Ok(Err(e)) => {
+                    tracing::warn!(update = %job.update, "fetch of chunks {span}+{n} failed: {e}");
                     stream = None;
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(update = %job.update, "fetch of chunks {span}+{n} timed out");
+                    stream = None;
+                    break;
                 }
             }
         }
@@ -1020,7 +1158,7 @@ fn write_loop(node: &Node, mut rx: mpsc::Receiver<WriteJob>, ev: &mpsc::Unbounde
 }
 
 /// Binds the management socket and answers each connection through the event loop.
-fn serve_socket(path: &Path, ev: mpsc::UnboundedSender<Ev>) -> Result<(), NetError> {
+fn serve_socket(tasks: &Tasks, path: &Path, ev: mpsc::UnboundedSender<Ev>) -> Result<(), NetError> {
     let err = |source| NetError::Socket {
         path: path.display().to_string(),
         source,
@@ -1034,13 +1172,14 @@ fn serve_socket(path: &Path, ev: mpsc::UnboundedSender<Ev>) -> Result<(), NetErr
     let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(err)?;
-    tokio::spawn(async move {
+    let t = tasks.clone();
+    tasks.spawn(async move {
         loop {
             let Ok((conn, _)) = listener.accept().await else {
                 continue;
             };
             let ev = ev.clone();
-            tokio::spawn(async move {
+            t.spawn(async move {
                 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt as _};
                 let (r, mut w) = conn.into_split();
                 let mut line = Vec::new();
@@ -1120,9 +1259,12 @@ impl Daemon {
             swarm,
             fetch_tx,
             sessions,
+            tasks,
             ..
         } = self;
-        drop((writer_tx, fetch_tx, sessions, swarm));
+        drop((fetch_tx, sessions, swarm));
+        tasks.stop().await;
+        drop(writer_tx);
         if let Some(w) = writer {
             // The writer commits what it holds once every sender is gone.
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
@@ -1181,7 +1323,7 @@ impl Daemon {
     }
 
     fn open_parent_session(&self, parent: PublicKey) {
-        tokio::spawn(open_control(
+        self.tasks.spawn(open_control(
             self.control.clone(),
             parent,
             self.node.node_key.public(),
@@ -1339,7 +1481,7 @@ impl Daemon {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..self.opts.engine.window {
-            tokio::spawn(fetch_worker(
+            self.tasks.spawn(fetch_worker(
                 self.control.clone(),
                 pid,
                 rx.clone(),
@@ -1406,7 +1548,7 @@ impl Daemon {
                     {
                         // The queue is full of chunks: wait for room off the event loop.
                         let tx = self.writer_tx.clone();
-                        tokio::spawn(async move {
+                        self.tasks.spawn(async move {
                             let _ = tx.send(WriteJob::Manifest { manifest }).await;
                         });
                     }
@@ -1601,7 +1743,7 @@ impl Daemon {
                 };
                 let node = self.node.clone();
                 let ev = self.ev_tx.clone();
-                tokio::task::spawn_blocking(move || {
+                self.tasks.spawn_blocking(move || {
                     let result = publish::publish(&node, &req, now_secs(), &|_| {})
                         .map_err(|e| e.to_string());
                     let _ = ev.send(Ev::Published { result, reply });
@@ -1649,14 +1791,12 @@ impl Daemon {
         if groups.len() > member::MAX_GROUPS {
             return Response::Error(format!("at most {} groups", member::MAX_GROUPS));
         }
-        if self.node.is_root() || !self.chain.is_empty() {
-            if let Ok(ms) = verify_chain(&self.chain, &self.node.root_key, now_secs())
-                && ms.last().is_some_and(|m| m.client)
-            {
-                return Response::Error(
-                    "this node joined as a client; clients have no children".into(),
-                );
-            }
+        if let Ok(ms) = verify_chain(&self.chain, &self.node.root_key, now_secs())
+            && ms.last().is_some_and(|m| m.client)
+        {
+            return Response::Error(
+                "this node joined as a client; clients have no children".into(),
+            );
         }
         let addr = match addr {
             Some(a) => match a.parse::<Multiaddr>() {
@@ -1778,7 +1918,7 @@ impl Daemon {
                 let name = self
                     .engine
                     .manifest(&p.update)
-                    .map(|m| module_name(m))
+                    .map(module_name)
                     .unwrap_or_default();
                 serde_json::json!({
                     "update_id": p.update,

@@ -458,14 +458,18 @@ fn a_damaged_pack_is_reported_and_blocks_publishing() {
 }
 
 #[test]
-fn demo_runs_end_to_end() {
+fn demo_runs_a_seven_node_tree_end_to_end() {
     let out = arbor_ok(&["demo"]);
     for step in [
-        "1. created root node",
-        "3. published 1.0.0 again",
-        "5. verified 2 updates",
-        "byte-identical",
+        "1. started a tree of 7 nodes",
+        "every node holds 1.0.0",
+        "every node holds 1.1.0",
+        "branch-2  -> leaf-2b   32.00 MiB",
+        "all byte-identical",
     ] {
         assert!(out.contains(step), "{out}");
     }
+    // The second version sent only its changed chunks over each link.
+    let v2 = out.split("every node holds 1.1.0").nth(1).expect("step 3");
+    assert!(!v2.contains("32.00 MiB"), "{out}");
 }

@@ -1,0 +1,512 @@
+//! The tree over real libp2p on loopback: nodes join with tokens, updates flow down any
+//! depth with every chunk verified, bad parents and strangers are refused, and a
+//! killed node resumes. In-process daemons (one tokio runtime) except where a process
+//! must be killed.
+
+mod common;
+
+use arbor::content::Hash;
+use arbor::net::local::Request;
+use arbor::net::proto::{CHUNK_REFUSED, ChunkRequest, ControlFrame};
+use arbor::net::{self, Handle, Options, probe};
+use arbor::node::Node;
+use arbor::trust::member::JoinToken;
+use arbor::trust::{PublicKey, SecretKey};
+use common::{arbor_json, arbor_ok, noise};
+use libp2p::Multiaddr;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Bound on anything a test waits for: generous, only there to catch a hang.
+const HANG: Duration = Duration::from_secs(120);
+
+/// One running in-process node.
+struct TestNode {
+    dir: PathBuf,
+    handle: Handle,
+    addr: Multiaddr,
+    key: PublicKey,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), net::NetError>>,
+}
+
+impl TestNode {
+    async fn call(&self, req: Request) -> serde_json::Value {
+        tokio::time::timeout(HANG, self.handle.call(req))
+            .await
+            .expect("the node answers in time")
+            .expect("the node accepts the request")
+    }
+
+    async fn token(&self, client: bool, ttl_secs: u64) -> String {
+        let v = self
+            .call(Request::Token {
+                groups: vec![],
+                client,
+                ttl_secs,
+                addr: None,
+            })
+            .await;
+        v["token"].as_str().expect("a token").to_string()
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        self.call(Request::Status).await
+    }
+
+    async fn wait(&self, update: &Hash) {
+        self.call(Request::Wait {
+            update: update.to_hex(),
+        })
+        .await;
+    }
+
+    async fn stop(self) -> PathBuf {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(HANG, self.task)
+            .await
+            .expect("the node stops in time")
+            .expect("the node task ends")
+            .expect("the node stops cleanly");
+        self.dir
+    }
+}
+
+async fn start_with(opts: Options) -> Result<TestNode, net::NetError> {
+    let dir = opts.dir.clone();
+    let daemon = tokio::time::timeout(HANG, net::start(opts))
+        .await
+        .expect("start does not hang")?;
+    let handle = daemon.handle();
+    let addr = daemon.listen_addrs()[0].clone();
+    let key = SecretKey::read(&dir.join("node.key"))
+        .expect("node key")
+        .public();
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(daemon.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    Ok(TestNode {
+        dir,
+        handle,
+        addr,
+        key,
+        stop,
+        task,
+    })
+}
+
+fn options(dir: &Path) -> Options {
+    Options::new(
+        dir,
+        vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
+    )
+}
+
+async fn root(dir: &Path) -> TestNode {
+    Node::init_root(dir).expect("init root");
+    start_with(options(dir)).await.expect("root starts")
+}
+
+/// Joins a new node under `parent` and starts it.
+async fn child(parent: &TestNode, dir: &Path, client: bool) -> TestNode {
+    let token = parent.token(client, 600).await;
+    Node::init_join(dir, &JoinToken::parse(&token).expect("token")).expect("init join");
+    start_with(options(dir))
+        .await
+        .expect("child joins and starts")
+}
+
+async fn publish(root: &TestNode, input: &Path, version: &str) -> Hash {
+    let v = root
+        .call(Request::Publish {
+            tenant: "acme".into(),
+            category: "plugins".into(),
+            id: "viewer".into(),
+            version: version.into(),
+            description: None,
+            path: input.to_path_buf(),
+            follow_symlinks: false,
+        })
+        .await;
+    serde_json::from_value(v["update_id"].clone()).expect("update id")
+}
+
+/// Writes `mib` MiB of pseudo-random bytes in two files under `dir`.
+fn input(dir: &Path, mib: usize, seed: u64) -> PathBuf {
+    std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+    std::fs::write(dir.join("bin/engine"), noise(mib << 20, seed)).expect("write");
+    std::fs::write(dir.join("README"), b"sample\n").expect("write");
+    dir.to_path_buf()
+}
+
+/// Exports `update` from the (stopped) node in `dir` and checks every byte.
+fn assert_identical_export(dir: &Path, update: &Hash, input: &Path, out: &Path) {
+    let node = Node::open(dir).expect("open node");
+    arbor::export::export(&node, update, out, 0).expect("export");
+    for rel in ["bin/engine", "README"] {
+        assert!(
+            std::fs::read(input.join(rel)).expect("input")
+                == std::fs::read(out.join(rel)).expect("output"),
+            "{} differs in the export of {}",
+            rel,
+            dir.display()
+        );
+    }
+}
+
+fn bytes_held(status: &serde_json::Value, update: &Hash) -> u64 {
+    status["updates"]
+        .as_array()
+        .and_then(|us| us.iter().find(|u| u["update_id"] == update.to_hex()))
+        .and_then(|u| u["bytes_held"].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seven_nodes_on_two_levels_all_get_identical_copies() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let data = input(&base.join("input"), 64, 1);
+    let root = root(&base.join("root")).await;
+    let mut nodes = Vec::new();
+    for b in 0..2 {
+        let branch = child(&root, &base.join(format!("branch{b}")), false).await;
+        for l in 0..2 {
+            nodes.push(child(&branch, &base.join(format!("leaf{b}{l}")), true).await);
+        }
+        nodes.push(branch);
+    }
+    let update = publish(&root, &data, "1.0").await;
+    for n in &nodes {
+        n.wait(&update).await;
+    }
+    // Each node got each byte once: the parents sent exactly the update's chunk bytes.
+    let total = bytes_held(&root.status().await, &update);
+    assert!(total >= 64 << 20);
+    for n in nodes.iter().filter(|n| {
+        n.dir
+            .file_name()
+            .is_some_and(|f| f.to_string_lossy().starts_with("branch"))
+    }) {
+        let s = n.status().await;
+        for c in s["children"].as_array().expect("children") {
+            assert_eq!(
+                c["bytes_sent"].as_u64(),
+                Some(total),
+                "bytes to {}",
+                c["node_id"]
+            );
+        }
+        assert_eq!(s["parent"]["connected"], true);
+    }
+    let mut dirs = Vec::new();
+    for n in nodes {
+        dirs.push(n.stop().await);
+    }
+    root.stop().await;
+    for (i, d) in dirs.iter().enumerate() {
+        assert_identical_export(d, &update, &data, &base.join(format!("out{i}")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupting_parent_is_caught_and_nothing_bad_is_stored_or_forwarded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let data = input(&base.join("input"), 8, 2);
+    Node::init_root(&base.join("root")).expect("init");
+    let mut opts = options(&base.join("root"));
+    opts.corrupt_first_chunks = 5;
+    let root = start_with(opts).await.expect("root starts");
+    let branch = child(&root, &base.join("branch"), false).await;
+    let leaf = child(&branch, &base.join("leaf"), true).await;
+    let update = publish(&root, &data, "1.0").await;
+    branch.wait(&update).await;
+    leaf.wait(&update).await;
+    // The five bad copies were each caught, counted, and fetched again.
+    assert_eq!(branch.status().await["bad_chunks"], 5);
+    assert_eq!(
+        leaf.status().await["bad_chunks"],
+        0,
+        "a bad chunk was forwarded"
+    );
+    let (b, l) = (branch.stop().await, leaf.stop().await);
+    root.stop().await;
+    assert_identical_export(&b, &update, &data, &base.join("out-branch"));
+    assert_identical_export(&l, &update, &data, &base.join("out-leaf"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_reused_and_expired_tokens_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let root = root(&base.join("root")).await;
+    let refusal = |r: Result<TestNode, net::NetError>| match r {
+        Ok(_) => panic!("the join was accepted"),
+        Err(e) => e.to_string(),
+    };
+
+    let mut wrong = JoinToken::parse(&root.token(false, 600).await).expect("token");
+    wrong.secret[0] ^= 1;
+    Node::init_join(&base.join("wrong"), &wrong).expect("init");
+    let e = refusal(start_with(options(&base.join("wrong"))).await);
+    assert!(e.contains("not one this parent issued"), "{e}");
+
+    let token = JoinToken::parse(&root.token(false, 600).await).expect("token");
+    Node::init_join(&base.join("first"), &token).expect("init");
+    let first = start_with(options(&base.join("first")))
+        .await
+        .expect("first use joins");
+    Node::init_join(&base.join("second"), &token).expect("init");
+    let e = refusal(start_with(options(&base.join("second"))).await);
+    assert!(e.contains("already used"), "{e}");
+
+    let expired = JoinToken::parse(&root.token(false, 0).await).expect("token");
+    Node::init_join(&base.join("late"), &expired).expect("init");
+    let e = refusal(start_with(options(&base.join("late"))).await);
+    assert!(e.contains("expired"), "{e}");
+
+    // A refused node stays un-joined: nothing was pinned.
+    let err = Node::open(&base.join("late")).err().expect("not joined");
+    assert!(err.to_string().contains("not joined"), "{err}");
+    assert_eq!(root.status().await["refused"], 3);
+    first.stop().await;
+    root.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_other_trees_and_revoked_children_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let root = root(&base.join("root")).await;
+    let member = child(&root, &base.join("member"), false).await;
+    let other_root = self::root(&base.join("other-root")).await;
+    let foreign = child(&other_root, &base.join("foreign"), false).await;
+    let data = input(&base.join("input"), 1, 3);
+    let update = publish(&root, &data, "1.0").await;
+    member.wait(&update).await;
+
+    // A stranger with no chain.
+    let stranger = SecretKey::from_seed([42; 32]);
+    let answer = probe::hello(&stranger, root.addr.clone(), root.key, vec![])
+        .await
+        .expect("an answer");
+    assert!(
+        matches!(&answer, ControlFrame::Refused { reason } if reason.contains("chain is refused")),
+        "{answer:?}"
+    );
+    // A stranger asking for chunks directly.
+    let req = ChunkRequest {
+        count: 1,
+        first: 0,
+        update,
+    };
+    let (kind, reason) = probe::chunks(&stranger, root.addr.clone(), root.key, req)
+        .await
+        .expect("an answer");
+    assert_eq!(kind, CHUNK_REFUSED);
+    assert!(String::from_utf8_lossy(&reason).contains("own connected children"));
+
+    // A member of another tree, with its valid chain under the other root.
+    let foreign_dir = foreign.stop().await;
+    let (foreign_key, foreign_chain) = {
+        let n = Node::open(&foreign_dir).expect("open");
+        (
+            SecretKey::read(&foreign_dir.join("node.key")).expect("key"),
+            n.chain().expect("chain"),
+        )
+    };
+    let answer = probe::hello(&foreign_key, root.addr.clone(), root.key, foreign_chain)
+        .await
+        .expect("an answer");
+    assert!(
+        matches!(&answer, ControlFrame::Refused { reason } if reason.contains("another tree")),
+        "{answer:?}"
+    );
+
+    // A revoked child: disconnected at once, and refused when it comes back.
+    let member_id = member.key.node_id();
+    root.call(Request::Revoke {
+        node: member_id.clone(),
+    })
+    .await;
+    let member_dir = member.stop().await;
+    let (member_key, member_chain) = {
+        let n = Node::open(&member_dir).expect("open");
+        (
+            SecretKey::read(&member_dir.join("node.key")).expect("key"),
+            n.chain().expect("chain"),
+        )
+    };
+    let answer = probe::hello(&member_key, root.addr.clone(), root.key, member_chain)
+        .await
+        .expect("an answer");
+    assert!(
+        matches!(&answer, ControlFrame::Refused { reason } if reason.contains("revoked")),
+        "{answer:?}"
+    );
+    let s = root.status().await;
+    let c = s["children"]
+        .as_array()
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c["node_id"] == member_id.as_str())
+                .cloned()
+        })
+        .expect("the child is listed");
+    assert_eq!(c["revoked"], true);
+    assert_eq!(c["connected"], false);
+    assert!(s["refused"].as_u64() >= Some(4), "{s}");
+    other_root.stop().await;
+    root.stop().await;
+}
+
+/// A running `arbor run` process.
+struct Process {
+    child: Child,
+}
+
+impl Process {
+    /// Starts `arbor run` on `data` and waits for its "listening" log line.
+    fn start(data: &str) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["run", "--data", data, "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .env("RUST_LOG", "warn,arbor=info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("arbor run starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(HANG).expect("the node comes up");
+        Process { child }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    fn terminate(mut self) {
+        // SIGTERM: the node stops cleanly.
+        let pid = self.child.id() as libc::pid_t;
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = self.child.wait().expect("reaped");
+        assert!(status.success(), "arbor run exited with {status}");
+    }
+}
+
+#[test]
+fn a_killed_node_resumes_without_fetching_again_what_it_has() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let data = input(&base.join("input"), 320, 4);
+    let root = common::root_node(base);
+    let input_path = data.to_str().expect("utf-8").to_string();
+    let update = arbor_ok(&common::publish_args(&root, "1.0", &input_path))
+        .trim()
+        .to_string();
+    let root_proc = Process::start(&root);
+    let token = arbor_ok(&["token", "--data", &root]).trim().to_string();
+    let leaf = base.join("leaf").to_str().expect("utf-8").to_string();
+    arbor_ok(&["init", "--data", &leaf, "--join", &token]);
+    let leaf_proc = Process::start(&leaf);
+
+    // Kill it once it holds over 70 MiB: its first 64 MiB batch is committed by then.
+    let deadline = Instant::now() + HANG;
+    let held = loop {
+        let s = arbor_json(&["status", "--data", &leaf]);
+        let held = s["updates"][0]["bytes_held"].as_u64().unwrap_or(0);
+        if held > 70 << 20 {
+            break held;
+        }
+        assert!(Instant::now() < deadline, "the transfer did not progress");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    leaf_proc.kill();
+    assert!(
+        held < 320 << 20,
+        "the transfer finished before the kill; the test proves nothing"
+    );
+
+    let leaf_proc = Process::start(&leaf);
+    arbor_ok(&["wait", "--data", &leaf, "--timeout", "2m", &update]);
+    let s = arbor_json(&["status", "--data", &leaf]);
+    let fetched_after_restart = s["parent"]["bytes_received"].as_u64().expect("counter");
+    assert!(
+        fetched_after_restart <= (320 - 64) << 20,
+        "fetched {fetched_after_restart} bytes again after the restart"
+    );
+    leaf_proc.terminate();
+    root_proc.terminate();
+    let out = base.join("out");
+    arbor_ok(&[
+        "export",
+        "--data",
+        &leaf,
+        &update,
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        std::fs::read(data.join("bin/engine")).expect("in")
+            == std::fs::read(out.join("bin/engine")).expect("out")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_its_parent_keeps_serving_and_carries_on_when_it_returns() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let quick_retry = |dir: &Path| {
+        let mut o = options(dir);
+        o.engine.retry_min = 50;
+        o.engine.retry_max = 500;
+        o
+    };
+    Node::init_root(&base.join("root")).expect("init");
+    let root = start_with(quick_retry(&base.join("root")))
+        .await
+        .expect("root");
+    let root_addr = root.addr.clone();
+    let token = root.token(false, 600).await;
+    Node::init_join(
+        &base.join("branch"),
+        &JoinToken::parse(&token).expect("token"),
+    )
+    .expect("init");
+    let branch = start_with(quick_retry(&base.join("branch")))
+        .await
+        .expect("branch");
+    let v1 = publish(&root, &input(&base.join("v1"), 4, 5), "1.0").await;
+    branch.wait(&v1).await;
+
+    // The root goes away: the branch still serves a new leaf what it holds.
+    let root_dir = root.stop().await;
+    let leaf = child(&branch, &base.join("leaf"), true).await;
+    leaf.wait(&v1).await;
+    assert_eq!(branch.status().await["parent"]["connected"], false);
+
+    // The root comes back on the same address: the branch reconnects by itself, and the
+    // next update flows down to the leaf.
+    let mut opts = quick_retry(&root_dir);
+    opts.listen = vec![root_addr];
+    let root = start_with(opts).await.expect("root restarts");
+    let v2 = publish(&root, &input(&base.join("v2"), 4, 6), "2.0").await;
+    branch.wait(&v2).await;
+    leaf.wait(&v2).await;
+    assert_eq!(branch.status().await["parent"]["connected"], true);
+    leaf.stop().await;
+    branch.stop().await;
+    root.stop().await;
+}
