@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --quiet
 ARBOR=$PWD/target/release/arbor
 WORK=$(mktemp -d /var/tmp/arbor-bench.XXXXXX)
+chmod 755 "$WORK" # nginx's workers run as an unprivileged user
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -118,11 +119,13 @@ http {
 EOF
     nginx -c "$conf" -p "$WORK" &
     local pid=$!
-    for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.05; done
+    for _ in $(seq 200); do curl -sf -o /dev/null -r 0-0 "http://127.0.0.1:$port/payload.bin" && break; sleep 0.05; done
     t0=$(now)
-    curl -s -o "$WORK/curl.out" "http://127.0.0.1:$port/payload.bin"
-    sync -f "$WORK/curl.out" 2>/dev/null || true
+    curl -sf -o "$WORK/curl.out" "http://127.0.0.1:$port/payload.bin"
+    # arbor commits what it receives durably; so does this side.
+    sync -f "$WORK/curl.out"
     t1=$(now)
+    [ "$(stat -c %s "$WORK/curl.out")" = "$BYTES" ] || { echo "curl fetched a short file" >&2; exit 1; }
     kill "$pid"; wait "$pid" 2>/dev/null || true
     rm -f "$WORK/curl.out"
     calc "$t1 - $t0"

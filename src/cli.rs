@@ -401,15 +401,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn publish_via_daemon(data: &Path, req: &PublishRequest) -> Result<Option<PublishOutcome>> {
     let path = std::path::absolute(&req.path)
         .with_context(|| format!("cannot resolve {}", req.path.display()))?;
-    let request = crate::net::local::Request::Publish {
-        tenant: req.tenant.clone(),
-        category: req.category.clone(),
-        id: req.id.clone(),
-        version: req.version.clone(),
-        description: req.description.clone(),
+    let request = crate::net::local::Request::Publish(PublishRequest {
         path,
-        follow_symlinks: req.follow_symlinks,
-    };
+        ..req.clone()
+    });
     match crate::net::local::call(data, &request, std::time::Duration::from_secs(24 * 3600)) {
         Ok(v) => Ok(Some(
             serde_json::from_value(v).context("the daemon sent an unreadable publish result")?,

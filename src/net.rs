@@ -21,7 +21,7 @@ pub mod proto;
 use crate::content::Hash;
 use crate::engine::{self, ChunkVerdict, Control, Engine, Event, FetchId, Output, Role};
 use crate::node::{Node, NodeError};
-use crate::publish::{self, PublishRequest};
+use crate::publish;
 use crate::store::{ChildRecord, ModuleVersion, Store, StoreError, TokenRecord};
 use crate::trust::member::{self, JoinToken, root_fingerprint, verify_chain};
 use crate::trust::{Envelope, PublicKey, SecretKey, SignedManifest};
@@ -559,6 +559,31 @@ async fn exchange<T>(
 pub mod probe {
     use super::*;
 
+    /// Connects as `key` to `node` at `addr`, opens one stream of `protocol` and runs
+    /// `talk` on it.
+    async fn one_stream<T, Fut>(
+        key: &SecretKey,
+        addr: Multiaddr,
+        node: PublicKey,
+        protocol: libp2p::StreamProtocol,
+        talk: impl FnOnce(Stream) -> Fut,
+    ) -> Result<T, String>
+    where
+        Fut: std::future::Future<Output = Result<T, proto::ProtoError>>,
+    {
+        let mut swarm = build_swarm(key).map_err(|e| e.to_string())?;
+        let mut control = swarm.behaviour().new_control();
+        let peer = node.peer_id().ok_or("bad node key")?;
+        exchange(&mut swarm, addr, peer, async move {
+            let s = control
+                .open_stream(peer, protocol)
+                .await
+                .map_err(|e| e.to_string())?;
+            talk(s).await.map_err(|e| e.to_string())
+        })
+        .await
+    }
+
     /// Presents `chain` on the control stream; returns the node's first answer.
     pub async fn hello(
         key: &SecretKey,
@@ -566,21 +591,11 @@ pub mod probe {
         node: PublicKey,
         chain: Vec<Envelope>,
     ) -> Result<ControlFrame, String> {
-        let mut swarm = build_swarm(key).map_err(|e| e.to_string())?;
-        let mut control = swarm.behaviour().new_control();
-        let peer = node.peer_id().ok_or("bad node key")?;
-        exchange(&mut swarm, addr, peer, async move {
-            let mut s = control
-                .open_stream(peer, proto::CONTROL)
-                .await
-                .map_err(|e| e.to_string())?;
-            proto::write_frame(&mut s, &ControlFrame::Hello { chain })
-                .await
-                .map_err(|e| e.to_string())?;
+        one_stream(key, addr, node, proto::CONTROL, |mut s| async move {
+            proto::write_frame(&mut s, &ControlFrame::Hello { chain }).await?;
             proto::read_frame(&mut s, proto::MAX_CONTROL_FRAME, "control frame")
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "no answer".to_string())
+                .await?
+                .ok_or_else(|| proto::ProtoError::Violation("no answer".into()))
         })
         .await
     }
@@ -592,24 +607,11 @@ pub mod probe {
         node: PublicKey,
         req: ChunkRequest,
     ) -> Result<(u8, Vec<u8>), String> {
-        let mut swarm = build_swarm(key).map_err(|e| e.to_string())?;
-        let mut control = swarm.behaviour().new_control();
-        let peer = node.peer_id().ok_or("bad node key")?;
-        exchange(&mut swarm, addr, peer, async move {
-            let mut s = control
-                .open_stream(peer, proto::CHUNKS)
-                .await
-                .map_err(|e| e.to_string())?;
-            proto::write_frame(&mut s, &req)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (kind, len) = proto::read_chunk_header(&mut s)
-                .await
-                .map_err(|e| e.to_string())?;
+        one_stream(key, addr, node, proto::CHUNKS, |mut s| async move {
+            proto::write_frame(&mut s, &req).await?;
+            let (kind, len) = proto::read_chunk_header(&mut s).await?;
             let mut payload = vec![0u8; len as usize];
-            s.read_exact(&mut payload)
-                .await
-                .map_err(|e| e.to_string())?;
+            s.read_exact(&mut payload).await?;
             Ok((kind, payload))
         })
         .await
@@ -1723,24 +1725,7 @@ impl Daemon {
                 }
                 Err(e) => Response::Error(e),
             },
-            Request::Publish {
-                tenant,
-                category,
-                id,
-                version,
-                description,
-                path,
-                follow_symlinks,
-            } => {
-                let req = PublishRequest {
-                    tenant,
-                    category,
-                    id,
-                    version,
-                    description,
-                    path,
-                    follow_symlinks,
-                };
+            Request::Publish(req) => {
                 let node = self.node.clone();
                 let ev = self.ev_tx.clone();
                 self.tasks.spawn_blocking(move || {

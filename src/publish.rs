@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::SystemTime;
 
 /// What to publish.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PublishRequest {
     pub tenant: String,
     pub category: String,

@@ -481,14 +481,7 @@ impl Store {
         name: &ModuleVersion,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        txn.open_table(MANIFESTS)
-            .map_err(db_err)?
-            .insert(&id.0, bytes)
-            .map_err(db_err)?;
-        txn.open_table(NAMES)
-            .map_err(db_err)?
-            .insert(name.key().as_str(), &id.0)
-            .map_err(db_err)?;
+        insert_manifest(&txn, id, bytes, name)?;
         txn.commit().map_err(db_err)
     }
 
@@ -654,6 +647,24 @@ impl ModuleVersion<'_> {
             self.tenant, self.category, self.id, self.version
         )
     }
+}
+
+/// Indexes a signed manifest by id and by module name.
+fn insert_manifest(
+    txn: &redb::WriteTransaction,
+    id: &Hash,
+    bytes: &[u8],
+    name: &ModuleVersion,
+) -> Result<(), StoreError> {
+    txn.open_table(MANIFESTS)
+        .map_err(db_err)?
+        .insert(&id.0, bytes)
+        .map_err(db_err)?;
+    txn.open_table(NAMES)
+        .map_err(db_err)?
+        .insert(name.key().as_str(), &id.0)
+        .map_err(db_err)?;
+    Ok(())
 }
 
 fn pack_path(dir: &Path, pack: u32) -> PathBuf {
@@ -960,14 +971,7 @@ impl ChunkWriter<'_> {
         seq: u64,
     ) -> Result<(), StoreError> {
         self.commit(|txn| {
-            txn.open_table(MANIFESTS)
-                .map_err(db_err)?
-                .insert(&id.0, bytes)
-                .map_err(db_err)?;
-            txn.open_table(NAMES)
-                .map_err(db_err)?
-                .insert(name.key().as_str(), &id.0)
-                .map_err(db_err)?;
+            insert_manifest(txn, id, bytes, name)?;
             txn.open_table(META)
                 .map_err(db_err)?
                 .insert(META_PUBLISH_SEQ, seq.to_le_bytes().as_slice())

@@ -10,6 +10,7 @@ use arbor::net::local::Request;
 use arbor::net::proto::{CHUNK_REFUSED, ChunkRequest, ControlFrame};
 use arbor::net::{self, Handle, Options, probe};
 use arbor::node::Node;
+use arbor::publish::PublishRequest;
 use arbor::trust::member::JoinToken;
 use arbor::trust::{PublicKey, SecretKey};
 use common::{arbor_json, arbor_ok, noise};
@@ -122,7 +123,7 @@ async fn child(parent: &TestNode, dir: &Path, client: bool) -> TestNode {
 
 async fn publish(root: &TestNode, input: &Path, version: &str) -> Hash {
     let v = root
-        .call(Request::Publish {
+        .call(Request::Publish(PublishRequest {
             tenant: "acme".into(),
             category: "plugins".into(),
             id: "viewer".into(),
@@ -130,7 +131,7 @@ async fn publish(root: &TestNode, input: &Path, version: &str) -> Hash {
             description: None,
             path: input.to_path_buf(),
             follow_symlinks: false,
-        })
+        }))
         .await;
     serde_json::from_value(v["update_id"].clone()).expect("update id")
 }

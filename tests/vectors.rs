@@ -139,3 +139,118 @@ fn check_sorted(v: &cbor4ii::core::Value) {
         _ => {}
     }
 }
+
+const TREE_VECTORS: &str = "protocol/vectors/tree-v1.json";
+
+fn seed_key(first: u8) -> SecretKey {
+    let mut seed = [0u8; 32];
+    for (i, b) in seed.iter_mut().enumerate() {
+        *b = first.wrapping_add(i as u8);
+    }
+    SecretKey::from_seed(seed)
+}
+
+/// The tree protocol's messages (PROTOCOL.md §10–§13), built from fixed keys and times.
+fn tree_expected() -> Value {
+    use arbor::net::proto::{ChunkRequest, ControlFrame, JoinReply, JoinRequest};
+    use arbor::trust::member::{self, JoinToken};
+    let (root, root_node, child) = (test_root_key(), seed_key(0x20), seed_key(0x40));
+    let chain = vec![
+        member::issue(
+            &root,
+            root_node.public(),
+            false,
+            vec![],
+            1_767_225_600,
+            1_769_817_600,
+        ),
+        member::issue(
+            &root_node,
+            child.public(),
+            true,
+            vec!["lab".into()],
+            1_767_225_600,
+            1_769_817_600,
+        ),
+    ];
+    let token = JoinToken {
+        addr: "/ip4/192.0.2.1/tcp/4040".into(),
+        root: member::root_fingerprint(&root.public()),
+        parent: root_node.public(),
+        secret: [7; 32],
+    };
+    let cbor = |v: &dyn erased::Encode| hex::encode(v.encode());
+    json!({
+        "about": "Tree protocol messages. Keys: root seed 00..1f, root node seed 20..3f, child seed 40..5f. Every *_cbor field is the hex of a canonical CBOR encoding; see protocol/PROTOCOL.md §10-§13.",
+        "root_key": root.public().to_string(),
+        "root_node_key": root_node.public().to_string(),
+        "child_key": child.public().to_string(),
+        "child_node_id": child.public().node_id(),
+        "membership_cbor": hex::encode(&chain[1].body),
+        "chain_cbor": cbor(&chain),
+        "join_token_text": token.to_text(),
+        "join_request_cbor": cbor(&JoinRequest { secret: [7; 32] }),
+        "join_accepted_cbor": cbor(&JoinReply::Accepted { root: root.public(), chain: chain.clone() }),
+        "join_refused_cbor": cbor(&JoinReply::Refused { reason: "the join token was already used".into() }),
+        "hello_cbor": cbor(&ControlFrame::Hello { chain }),
+        "have_cbor": cbor(&ControlFrame::Have { update: Hash::of(b"update"), ranges: vec![(0, 16), (32, 40)] }),
+        "chunk_request_cbor": cbor(&ChunkRequest { count: 16, first: 32, update: Hash::of(b"update") }),
+    })
+}
+
+/// Lets the vector table above encode values of different types.
+mod erased {
+    pub trait Encode {
+        fn encode(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Encode for T {
+        fn encode(&self) -> Vec<u8> {
+            arbor::wire::encode(self)
+        }
+    }
+}
+
+#[test]
+fn tree_vectors_match_and_decode() {
+    use arbor::net::proto::{ChunkRequest, ControlFrame, JoinReply};
+    use arbor::trust::member::{JoinToken, verify_chain};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(TREE_VECTORS);
+    let want = tree_expected();
+    if std::env::var_os("ARBOR_WRITE_VECTORS").is_some() {
+        let text = serde_json::to_string_pretty(&want).expect("json") + "\n";
+        std::fs::write(&path, text).expect("write vectors");
+    }
+    let text = std::fs::read_to_string(&path).expect("tree vectors are readable");
+    let have: Value = serde_json::from_str(&text).expect("vector file is JSON");
+    let obj = want.as_object().expect("object");
+    for (key, value) in obj.iter().filter(|(k, _)| *k != "about") {
+        assert_eq!(
+            &have[key], value,
+            "vector field {key} differs from the code"
+        );
+    }
+    let bytes = |k: &str| hex::decode(have[k].as_str().expect("hex")).expect("hex");
+    // The stored bytes decode canonically and the chain verifies under the stored root.
+    let chain: Vec<Envelope> =
+        arbor::wire::decode_canonical(&bytes("chain_cbor"), 1 << 16, "chain").expect("chain");
+    let root = have["root_key"]
+        .as_str()
+        .expect("hex")
+        .parse()
+        .expect("key");
+    let members = verify_chain(&chain, &root, 1_767_225_601).expect("chain verifies");
+    assert_eq!(members[1].groups, vec!["lab".to_string()]);
+    let _: JoinReply =
+        arbor::wire::decode_canonical(&bytes("join_accepted_cbor"), 1 << 16, "reply")
+            .expect("reply");
+    let _: ControlFrame =
+        arbor::wire::decode_canonical(&bytes("have_cbor"), 1 << 16, "have").expect("have");
+    let _: ChunkRequest =
+        arbor::wire::decode_canonical(&bytes("chunk_request_cbor"), 256, "req").expect("req");
+    JoinToken::parse(have["join_token_text"].as_str().expect("text")).expect("token");
+    for key in obj.keys().filter(|k| k.ends_with("_cbor")) {
+        let value: cbor4ii::core::Value =
+            cbor4ii::serde::from_slice(&bytes(key)).expect("generic decode");
+        check_sorted(&value);
+    }
+}

@@ -7,6 +7,7 @@
 //! daemon's (`net`).
 
 use crate::node::CONTROL_SOCKET;
+use crate::publish::PublishRequest;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -32,15 +33,8 @@ pub enum Request {
     Revoke {
         node: String,
     },
-    Publish {
-        tenant: String,
-        category: String,
-        id: String,
-        version: String,
-        description: Option<String>,
-        path: PathBuf,
-        follow_symlinks: bool,
-    },
+    /// Publish on the root; the path must be absolute (the daemon has its own cwd).
+    Publish(PublishRequest),
     /// Answer once the update is complete on this node.
     Wait {
         update: String,

@@ -54,7 +54,7 @@ pub enum JoinReply {
     },
 }
 
-/// Messages on the control stream.
+/// Messages on the control stream. Variant fields are in canonical key order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlFrame {
     /// First frame from the child: its certificate chain.
@@ -71,8 +71,8 @@ pub enum ControlFrame {
     /// The parent holds these chunks of an update: ranges `[start, end)` of its
     /// distinct-chunk list.
     Have {
-        update: Hash,
         ranges: Vec<(u32, u32)>,
+        update: Hash,
     },
 }
 
