@@ -255,7 +255,6 @@ pub struct Daemon {
     fetch_tx: Option<mpsc::UnboundedSender<FetchJob>>,
     transfers: HashMap<Hash, Transfer>,
     sent_to: HashMap<PublicKey, u64>,
-    received: u64,
     refused: u64,
     waiters: Vec<(Hash, oneshot::Sender<Response>)>,
     socket: PathBuf,
@@ -444,7 +443,6 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         fetch_tx: None,
         transfers: HashMap::new(),
         sent_to: HashMap::new(),
-        received: 0,
         refused: 0,
         waiters: Vec::new(),
         socket,
@@ -1409,11 +1407,10 @@ impl Daemon {
                 verdict,
             } => {
                 if verdict == ChunkVerdict::Stored
-                    && let Some(update) = self.fetch_update(fetch)
+                    && let Some(update) = self.engine.fetch_update(fetch)
                 {
                     let len = self.engine.chunk(&update, index).map_or(0, |c| c.1);
                     self.transfers.entry(update).or_default().bytes_in += u64::from(len);
-                    self.received += u64::from(len);
                 }
                 self.engine.handle_chunk(fetch, index, verdict, now);
             }
@@ -1457,11 +1454,6 @@ impl Daemon {
                 let _ = reply.send(response);
             }
         }
-    }
-
-    /// The update a fetch is for (the engine knows; we keep no copy).
-    fn fetch_update(&self, fetch: FetchId) -> Option<Hash> {
-        self.engine.fetch_update(fetch)
     }
 
     fn add_published(&mut self, id: &Hash, now: u64) -> Result<(), String> {
@@ -1695,11 +1687,8 @@ impl Daemon {
         let record = self
             .node
             .store
-            .children()
+            .child(&peer.0)
             .map_err(|e| e.to_string())?
-            .into_iter()
-            .find(|(k, _)| k == &peer.0)
-            .map(|(_, r)| r)
             .ok_or("this node has no record of it as a child")?;
         if record.revoked {
             return Err("its membership was revoked".into());
@@ -1922,7 +1911,7 @@ impl Daemon {
                 "node_id": p.node_id(),
                 "addr": self.parent_addr.as_ref().map(|a| a.to_string()),
                 "connected": self.engine.parent_connected() == Some(true),
-                "bytes_received": self.received,
+                "bytes_received": self.engine.stats().bytes_from_parent,
             })
         });
         let stats = self.engine.stats();

@@ -551,6 +551,16 @@ impl Store {
         Ok(out)
     }
 
+    /// The record of one child, if this node certified it.
+    pub fn child(&self, child: &[u8; 32]) -> Result<Option<ChildRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(CHILDREN).map_err(db_err)?;
+        match table.get(child).map_err(db_err)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(decode_record(v.value(), "child record")?)),
+        }
+    }
+
     /// Marks a child revoked. Returns false if it was never a child of this node.
     pub fn revoke_child(&self, child: &[u8; 32]) -> Result<bool, StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;

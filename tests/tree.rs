@@ -159,6 +159,13 @@ fn assert_identical_export(dir: &Path, update: &Hash, input: &Path, out: &Path) 
     }
 }
 
+/// The key and certificate chain of the stopped node in `dir`.
+fn identity(dir: &Path) -> (SecretKey, Vec<arbor::trust::Envelope>) {
+    let node = Node::open(dir).expect("open");
+    let key = SecretKey::read(&dir.join("node.key")).expect("key");
+    (key, node.chain().expect("chain"))
+}
+
 fn bytes_held(status: &serde_json::Value, update: &Hash) -> u64 {
     status["updates"]
         .as_array()
@@ -314,13 +321,7 @@ async fn strangers_other_trees_and_revoked_children_are_refused() {
 
     // A member of another tree, with its valid chain under the other root.
     let foreign_dir = foreign.stop().await;
-    let (foreign_key, foreign_chain) = {
-        let n = Node::open(&foreign_dir).expect("open");
-        (
-            SecretKey::read(&foreign_dir.join("node.key")).expect("key"),
-            n.chain().expect("chain"),
-        )
-    };
+    let (foreign_key, foreign_chain) = identity(&foreign_dir);
     let answer = probe::hello(&foreign_key, root.addr.clone(), root.key, foreign_chain)
         .await
         .expect("an answer");
@@ -336,13 +337,7 @@ async fn strangers_other_trees_and_revoked_children_are_refused() {
     })
     .await;
     let member_dir = member.stop().await;
-    let (member_key, member_chain) = {
-        let n = Node::open(&member_dir).expect("open");
-        (
-            SecretKey::read(&member_dir.join("node.key")).expect("key"),
-            n.chain().expect("chain"),
-        )
-    };
+    let (member_key, member_chain) = identity(&member_dir);
     let answer = probe::hello(&member_key, root.addr.clone(), root.key, member_chain)
         .await
         .expect("an answer");
@@ -509,5 +504,30 @@ async fn a_node_that_loses_its_parent_keeps_serving_and_carries_on_when_it_retur
     assert_eq!(branch.status().await["parent"]["connected"], true);
     leaf.stop().await;
     branch.stop().await;
+    root.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_management_socket_gets_an_error_and_the_node_runs_on() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = root(&tmp.path().join("root")).await;
+    let socket = arbor::net::local::socket_path(&root.dir);
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+        s.set_read_timeout(Some(HANG)).expect("timeout");
+        s.write_all(b"{\"cmd\": \"format_disk\"}\n\xff\xfe\n")
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    })
+    .await
+    .expect("client");
+    assert!(
+        answer.contains("not a request arbor understands"),
+        "{answer}"
+    );
+    assert_eq!(root.status().await["root"], true);
     root.stop().await;
 }
