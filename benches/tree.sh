@@ -26,6 +26,8 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 if ! command -v nginx >/dev/null; then
     echo "installing nginx from Debian's packages..." >&2
@@ -36,24 +38,10 @@ mkdir -p "$WORK/input"
 head -c $((MIB << 20)) /dev/urandom >"$WORK/input/payload.bin"
 BYTES=$((MIB << 20))
 
-calc() { awk "BEGIN { print $1 }"; }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-now() { date +%s.%N; }
+source benches/common.sh
 
-# Starts `arbor run` for node dir $1 in the background; waits for its socket.
-start_node() {
-    local dir=$1
-    "$ARBOR" run --data "$dir" --listen /ip4/127.0.0.1/tcp/0 2>"$dir.log" &
-    PIDS+=($!)
-    LAST_PID=$!
-    for _ in $(seq 600); do
-        [ -S "$dir/arbor.sock" ] && return 0
-        kill -0 "$LAST_PID" 2>/dev/null || { cat "$dir.log" >&2; return 1; }
-        sleep 0.05
-    done
-    echo "node $dir did not start" >&2
-    return 1
-}
+# Starts `arbor run` for node dir $1 on loopback in the background.
+start_node() { start_arbor "$1" /ip4/127.0.0.1/tcp/0; }
 
 stop_all() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -85,7 +73,8 @@ publish() {
     T0=$(now)
 }
 
-# Seconds from publish to the last of a chain of $2 nodes below the root holding it.
+# Sets SECS to the seconds from publish to the last of a chain of $2 nodes below the
+# root holding it. (Not run in a $(...) subshell: cleanup must see the daemons' pids.)
 chain_time() {
     local dir=r$1-$2 parent last t1
     fresh_root "$dir"
@@ -99,9 +88,10 @@ chain_time() {
     t1=$(now)
     stop_all
     rm -rf "${WORK:?}/$dir"
-    calc "$t1 - $T0"
+    SECS=$(calc "$t1 - $T0")
 }
 
+# Sets SECS to the seconds curl takes to fetch the input from nginx and sync it.
 nginx_time() {
     local conf=$WORK/nginx.conf port t0 t1
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -119,6 +109,7 @@ http {
 EOF
     nginx -c "$conf" -p "$WORK" &
     local pid=$!
+    PIDS+=("$pid")
     for _ in $(seq 200); do curl -sf -o /dev/null -r 0-0 "http://127.0.0.1:$port/payload.bin" && break; sleep 0.05; done
     t0=$(now)
     curl -sf -o "$WORK/curl.out" "http://127.0.0.1:$port/payload.bin"
@@ -126,18 +117,21 @@ EOF
     sync -f "$WORK/curl.out"
     t1=$(now)
     [ "$(stat -c %s "$WORK/curl.out")" = "$BYTES" ] || { echo "curl fetched a short file" >&2; exit 1; }
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    stop_all
     rm -f "$WORK/curl.out"
-    calc "$t1 - $t0"
+    SECS=$(calc "$t1 - $t0")
 }
 
 echo "arbor tree benchmarks: ${MIB} MiB update, median of $RUNS runs, $(nproc) cores"
 
 hop=(); curl=(); deep=()
 for run in $(seq "$RUNS"); do
-    curl+=("$(nginx_time)")
-    hop+=("$(chain_time "$run" 1)")
-    deep+=("$(chain_time "$run" 3)")
+    nginx_time
+    curl+=("$SECS")
+    chain_time "$run" 1
+    hop+=("$SECS")
+    chain_time "$run" 3
+    deep+=("$SECS")
 done
 HOP=$(printf '%s\n' "${hop[@]}" | median)
 CURL=$(printf '%s\n' "${curl[@]}" | median)

@@ -66,6 +66,9 @@ enum Command {
         /// Where to listen for peers (repeatable), e.g. /ip4/0.0.0.0/tcp/4040.
         #[arg(long, value_name = "MULTIADDR", required = true)]
         listen: Vec<libp2p::Multiaddr>,
+        /// Where the admin API listens (HTTP; every request needs DIR/admin.token).
+        #[arg(long, value_name = "ADDR", default_value = crate::net::admin::DEFAULT_ADDR)]
+        admin: std::net::SocketAddr,
     },
     /// Issue a one-time join token for a new child (the node must be running).
     Token {
@@ -251,7 +254,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
-        Command::Run { data, listen } => daemon::run(&data, listen)?,
+        Command::Run {
+            data,
+            listen,
+            admin,
+        } => daemon::run(&data, listen, admin)?,
         Command::Token {
             data,
             groups,
@@ -401,15 +408,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn publish_via_daemon(data: &Path, req: &PublishRequest) -> Result<Option<PublishOutcome>> {
     let path = std::path::absolute(&req.path)
         .with_context(|| format!("cannot resolve {}", req.path.display()))?;
-    let request = crate::net::local::Request::Publish(PublishRequest {
+    let request = crate::net::admin::Request::Publish(PublishRequest {
         path,
         ..req.clone()
     });
-    match crate::net::local::call(data, &request, std::time::Duration::from_secs(24 * 3600)) {
+    match crate::net::admin::call(data, &request, std::time::Duration::from_secs(24 * 3600)) {
         Ok(v) => Ok(Some(
             serde_json::from_value(v).context("the daemon sent an unreadable publish result")?,
         )),
-        Err(crate::net::local::LocalError::NotRunning(_)) => Ok(None),
+        Err(crate::net::admin::AdminError::NotRunning(_)) => Ok(None),
         Err(e) => Err(e).context("publish failed"),
     }
 }

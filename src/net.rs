@@ -1,8 +1,8 @@
 //! The daemon: drives one node's [`Engine`] over libp2p in real time.
 //!
 //! Owns the swarm (TCP + noise + yamux), the clock, the tasks that run the stream
-//! protocols of [`proto`], the store writer thread, and the local management socket
-//! ([`local`]). The engine decides; this module moves bytes, checks certificates and
+//! protocols of [`proto`], the store writer thread, and the admin API
+//! ([`admin`]). The engine decides; this module moves bytes, checks certificates and
 //! hashes, and reports back:
 //!
 //! - one event loop owns the swarm and the engine; every task talks to it through one
@@ -15,7 +15,7 @@
 //! - a parent serves chunk streams only to children whose control stream came up with a
 //!   certificate chain it accepted, and only chunks it holds.
 
-pub mod local;
+pub mod admin;
 pub mod proto;
 
 use crate::content::Hash;
@@ -25,11 +25,11 @@ use crate::publish;
 use crate::store::{ChildRecord, ModuleVersion, Store, StoreError, TokenRecord};
 use crate::trust::member::{self, JoinToken, root_fingerprint, verify_chain};
 use crate::trust::{Envelope, PublicKey, SecretKey, SignedManifest};
+use admin::{Answer, Refusal, RefusalKind, Request};
 use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
 use libp2p::{Multiaddr, PeerId as Libp2pPeerId, Stream, Swarm, noise, tcp, yamux};
-use local::{Request, Response};
 use proto::{ChunkRequest, ControlFrame, JoinReply, JoinRequest};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,6 +53,8 @@ const WRITE_QUEUE: usize = 64;
 pub struct Options {
     pub dir: PathBuf,
     pub listen: Vec<Multiaddr>,
+    /// Where the admin API listens.
+    pub admin: std::net::SocketAddr,
     pub engine: engine::Config,
     /// Test-only fault: corrupt this many of the first chunks served (one byte each).
     #[doc(hidden)]
@@ -64,6 +66,7 @@ impl Options {
         Options {
             dir: dir.to_path_buf(),
             listen,
+            admin: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
             engine: engine::Config::default(),
             corrupt_first_chunks: 0,
         }
@@ -85,12 +88,8 @@ pub enum NetError {
     Join { addr: String, why: String },
     #[error("the parent refused to let this node join: {0}")]
     JoinRefused(String),
-    #[error("cannot use the management socket {path}: {source}")]
-    Socket {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
 }
 
 type Behaviour = libp2p_stream::Behaviour;
@@ -135,7 +134,7 @@ impl Tasks {
 enum Ev {
     Local {
         req: Request,
-        reply: oneshot::Sender<Response>,
+        reply: oneshot::Sender<Answer>,
     },
     Join {
         peer: PublicKey,
@@ -186,8 +185,8 @@ enum Ev {
         have: Vec<bool>,
     },
     Published {
-        result: Result<publish::PublishOutcome, String>,
-        reply: oneshot::Sender<Response>,
+        result: Result<publish::PublishOutcome, Refusal>,
+        reply: oneshot::Sender<Answer>,
     },
 }
 
@@ -256,8 +255,8 @@ pub struct Daemon {
     transfers: HashMap<Hash, Transfer>,
     sent_to: HashMap<PublicKey, u64>,
     refused: u64,
-    waiters: Vec<(Hash, oneshot::Sender<Response>)>,
-    socket: PathBuf,
+    waiters: Vec<(Hash, oneshot::Sender<Answer>)>,
+    admin_url: String,
     tasks: Tasks,
     opts: Options,
 }
@@ -269,17 +268,14 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Asks the daemon what `arbor <command>` would; `Err` carries its refusal.
-    pub async fn call(&self, req: Request) -> Result<serde_json::Value, String> {
+    /// Asks the daemon what the admin API would.
+    pub async fn call(&self, req: Request) -> Answer {
+        let stopping = || Refusal::new(RefusalKind::Unavailable, "the daemon is stopping");
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Ev::Local { req, reply })
-            .map_err(|_| "the daemon has stopped".to_string())?;
-        match rx.await {
-            Ok(Response::Ok(v)) => Ok(v),
-            Ok(Response::Error(e)) => Err(e),
-            Err(_) => Err("the daemon has stopped".into()),
-        }
+            .map_err(|_| stopping())?;
+        rx.await.unwrap_or_else(|_| Err(stopping()))
     }
 }
 
@@ -412,8 +408,17 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
             .map_err(|e| NetError::Transport(format!("cannot start the writer thread: {e}")))?
     };
     let tasks = Tasks::default();
-    let socket = local::socket_path(&dir);
-    serve_socket(&tasks, &socket, ev_tx.clone())?;
+    let admin = admin::Server::bind(&dir, opts.admin).await?;
+    let admin_url = admin.url().to_string();
+    {
+        let handle = Handle { tx: ev_tx.clone() };
+        let stop = tasks.cancel.clone();
+        tasks.tracker.spawn(async move {
+            if let Err(e) = admin.serve(handle, stop).await {
+                tracing::error!("the admin API stopped: {e}");
+            }
+        });
+    }
     spawn_acceptors(
         &tasks,
         control.clone(),
@@ -424,6 +429,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
     tracing::info!(
         node = %node.node_id(),
         root = node.is_root(),
+        admin = %admin_url,
         "listening on {}",
         listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
     );
@@ -445,7 +451,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         sent_to: HashMap::new(),
         refused: 0,
         waiters: Vec::new(),
-        socket,
+        admin_url,
         tasks,
         opts,
     })
@@ -1157,59 +1163,6 @@ fn write_loop(node: &Node, mut rx: mpsc::Receiver<WriteJob>, ev: &mpsc::Unbounde
     }
 }
 
-/// Binds the management socket and answers each connection through the event loop.
-fn serve_socket(tasks: &Tasks, path: &Path, ev: mpsc::UnboundedSender<Ev>) -> Result<(), NetError> {
-    let err = |source| NetError::Socket {
-        path: path.display().to_string(),
-        source,
-    };
-    // The store lock is held, so a socket file left here is from a process that died.
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(err)?;
-    let t = tasks.clone();
-    tasks.spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                continue;
-            };
-            let ev = ev.clone();
-            t.spawn(async move {
-                use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt as _};
-                let (r, mut w) = conn.into_split();
-                let mut line = Vec::new();
-                let mut r = tokio::io::BufReader::new(r).take(local::MAX_REQUEST as u64 + 1);
-                let read = timeout(HANDSHAKE_TIMEOUT, r.read_until(b'\n', &mut line)).await;
-                let response = match read {
-                    Ok(Ok(_)) => match local::parse_request(line.trim_ascii()) {
-                        Ok(req) => {
-                            let (reply, rx) = oneshot::channel();
-                            if ev.send(Ev::Local { req, reply }).is_err() {
-                                return;
-                            }
-                            match rx.await {
-                                Ok(r) => r,
-                                Err(_) => Response::Error("the daemon is stopping".into()),
-                            }
-                        }
-                        Err(e) => Response::Error(e),
-                    },
-                    _ => return,
-                };
-                let mut out = serde_json::to_vec(&response).unwrap_or_default();
-                out.push(b'\n');
-                let _ = w.write_all(&out).await;
-            });
-        }
-    });
-    Ok(())
-}
-
 impl Daemon {
     pub fn listen_addrs(&self) -> &[Multiaddr] {
         &self.listen_addrs
@@ -1217,6 +1170,11 @@ impl Daemon {
 
     pub fn node_id(&self) -> String {
         self.node.node_id()
+    }
+
+    /// The URL of this node's admin API.
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
     }
 
     /// A handle for in-process management requests.
@@ -1252,7 +1210,8 @@ impl Daemon {
             self.drain(now_ms());
         }
         tracing::info!(node = %self.node.node_id(), "stopping");
-        let _ = std::fs::remove_file(&self.socket);
+        // Answer pending waits now: the admin API stops once its requests are done.
+        self.waiters.clear();
         let Daemon {
             writer,
             writer_tx,
@@ -1280,6 +1239,8 @@ impl Daemon {
             t.last_out = t.bytes_out;
         }
         let _ = self.writer_tx.try_send(WriteJob::Tick);
+        // Waits whose caller gave up (an admin API timeout) need no answer.
+        self.waiters.retain(|(_, reply)| !reply.is_closed());
     }
 
     fn on_swarm(&mut self, ev: SwarmEvent<()>) {
@@ -1447,9 +1408,9 @@ impl Daemon {
                         if let Err(e) = self.add_published(&outcome.update_id, now) {
                             tracing::error!("published update cannot be offered: {e}");
                         }
-                        Response::Ok(serde_json::to_value(&outcome).unwrap_or_default())
+                        Ok(serde_json::to_value(&outcome).unwrap_or_default())
                     }
-                    Err(e) => Response::Error(e),
+                    Err(e) => Err(e),
                 };
                 let _ = reply.send(response);
             }
@@ -1611,9 +1572,7 @@ impl Daemon {
             .partition(|(u, _)| self.engine.is_complete(u));
         self.waiters = waiting;
         for (u, reply) in done {
-            let _ = reply.send(Response::Ok(
-                serde_json::json!({ "update_id": u, "complete": true }),
-            ));
+            let _ = reply.send(Ok(serde_json::json!({ "update_id": u, "complete": true })));
         }
     }
 
@@ -1696,15 +1655,10 @@ impl Daemon {
         Ok(self.child_chain(peer, &record))
     }
 
-    fn on_local(&mut self, req: Request, reply: oneshot::Sender<Response>) {
+    fn on_local(&mut self, req: Request, reply: oneshot::Sender<Answer>) {
         let response = match req {
-            Request::Status => Response::Ok(self.status()),
-            Request::Token {
-                groups,
-                client,
-                ttl_secs,
-                addr,
-            } => self.issue_token(groups, client, ttl_secs, addr),
+            Request::Status => Ok(self.status()),
+            Request::Token(t) => self.issue_token(t),
             Request::Revoke { node } => self.revoke(&node),
             Request::Wait { update } => match self.resolve(&update) {
                 Ok(u) => {
@@ -1712,14 +1666,21 @@ impl Daemon {
                     self.answer_waiters();
                     return;
                 }
-                Err(e) => Response::Error(e),
+                Err(e) => Err(e),
             },
             Request::Publish(req) => {
                 let node = self.node.clone();
                 let ev = self.ev_tx.clone();
                 self.tasks.spawn_blocking(move || {
-                    let result = publish::publish(&node, &req, now_secs(), &|_| {})
-                        .map_err(|e| e.to_string());
+                    let result = publish::publish(&node, &req, now_secs(), &|_| {}).map_err(|e| {
+                        use publish::PublishError as P;
+                        let kind = match e {
+                            P::Conflict { .. } | P::Node(_) => RefusalKind::Conflict,
+                            P::Store(_) | P::Trust(_) => RefusalKind::Internal,
+                            _ => RefusalKind::BadRequest,
+                        };
+                        Refusal::new(kind, e.to_string())
+                    });
                     let _ = ev.send(Ev::Published { result, reply });
                 });
                 return;
@@ -1728,7 +1689,7 @@ impl Daemon {
         let _ = reply.send(response);
     }
 
-    fn resolve(&self, update: &str) -> Result<Hash, String> {
+    fn resolve(&self, update: &str) -> Result<Hash, Refusal> {
         // A whole id may name an update that has not been offered yet.
         if let Ok(id) = update.parse::<Hash>() {
             return Ok(id);
@@ -1743,52 +1704,65 @@ impl Daemon {
             .collect();
         match found.as_slice() {
             [one] => Ok(*one),
-            [] => Err(format!("no update {update:?} is known to this node yet")),
-            _ => Err(format!(
-                "{update:?} matches several updates; give more digits"
+            [] => Err(Refusal::new(
+                RefusalKind::NotFound,
+                format!("no update {update:?} is known to this node yet"),
             )),
+            _ => Err(Refusal::bad(format!(
+                "{update:?} matches several updates; give more digits"
+            ))),
         }
     }
 
-    fn issue_token(
-        &mut self,
-        groups: Vec<String>,
-        client: bool,
-        ttl_secs: u64,
-        addr: Option<String>,
-    ) -> Response {
+    fn issue_token(&mut self, req: admin::TokenRequest) -> Answer {
+        let admin::TokenRequest {
+            groups,
+            client,
+            ttl_secs,
+            addr,
+        } = req;
         for g in &groups {
             if let Err(e) = crate::content::names::check_name("group", g) {
-                return Response::Error(e.to_string());
+                return Err(Refusal::bad(e.to_string()));
             }
         }
         if groups.len() > member::MAX_GROUPS {
-            return Response::Error(format!("at most {} groups", member::MAX_GROUPS));
+            return Err(Refusal::bad(format!(
+                "at most {} groups",
+                member::MAX_GROUPS
+            )));
         }
         if let Ok(ms) = verify_chain(&self.chain, &self.node.root_key, now_secs())
             && ms.last().is_some_and(|m| m.client)
         {
-            return Response::Error(
-                "this node joined as a client; clients have no children".into(),
-            );
+            return Err(Refusal::new(
+                RefusalKind::Conflict,
+                "this node joined as a client; clients have no children",
+            ));
         }
         let addr = match addr {
             Some(a) => match a.parse::<Multiaddr>() {
                 Ok(m) => m,
-                Err(e) => return Response::Error(format!("--addr {a:?} is not a multiaddr: {e}")),
+                Err(e) => {
+                    return Err(Refusal::bad(format!(
+                        "the address {a:?} is not a multiaddr: {e}"
+                    )));
+                }
             },
             None => match self.advertised_addr() {
                 Some(a) => a,
                 None => {
-                    return Response::Error(
-                        "this node has no address to put in the token; pass --addr".into(),
-                    );
+                    return Err(Refusal::bad(
+                        "this node has no address to put in the token; give one (--addr)",
+                    ));
                 }
             },
         };
         let mut secret = [0u8; 32];
         if let Err(e) = getrandom::fill(&mut secret) {
-            return Response::Error(format!("the system random source failed: {e}"));
+            return Err(Refusal::internal(format!(
+                "the system random source failed: {e}"
+            )));
         }
         let expires = now_secs().saturating_add(ttl_secs);
         let record = TokenRecord {
@@ -1802,7 +1776,7 @@ impl Daemon {
             .store
             .add_token(&JoinToken::secret_hash(&secret), &record)
         {
-            return Response::Error(e.to_string());
+            return Err(Refusal::internal(e.to_string()));
         }
         let token = JoinToken {
             addr: addr.to_string(),
@@ -1811,7 +1785,7 @@ impl Daemon {
             secret,
         };
         tracing::info!(expires, client, "issued a join token");
-        Response::Ok(serde_json::json!({
+        Ok(serde_json::json!({
             "token": token.to_text(),
             "addr": addr.to_string(),
             "expires": expires,
@@ -1840,13 +1814,15 @@ impl Daemon {
             .map(|a| (*a).clone())
     }
 
-    fn revoke(&mut self, node: &str) -> Response {
+    fn revoke(&mut self, node: &str) -> Answer {
         let Some(key) = node
             .parse::<Libp2pPeerId>()
             .ok()
             .and_then(|p| PublicKey::from_peer_id(&p))
         else {
-            return Response::Error(format!("{node:?} is not a node id (12D3KooW...)"));
+            return Err(Refusal::bad(format!(
+                "{node:?} is not a node id (12D3KooW...)"
+            )));
         };
         match self.node.store.revoke_child(&key.0) {
             Ok(true) => {
@@ -1854,10 +1830,13 @@ impl Daemon {
                 self.engine.remove_child(&key);
                 self.sessions.remove(&key);
                 self.disconnect(key);
-                Response::Ok(serde_json::json!({ "revoked": node }))
+                Ok(serde_json::json!({ "revoked": node }))
             }
-            Ok(false) => Response::Error(format!("{node} is not a child of this node")),
-            Err(e) => Response::Error(e.to_string()),
+            Ok(false) => Err(Refusal::new(
+                RefusalKind::NotFound,
+                format!("{node} is not a child of this node"),
+            )),
+            Err(e) => Err(Refusal::internal(e.to_string())),
         }
     }
 
@@ -1919,6 +1898,7 @@ impl Daemon {
             "node_id": self.node.node_id(),
             "root": self.node.is_root(),
             "listen": self.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "admin": self.admin_url,
             "parent": parent,
             "children": children,
             "updates": updates,

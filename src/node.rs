@@ -5,7 +5,8 @@
 //! DIR/root.key     the root (trust anchor) key, on the root node only, mode 0600
 //! DIR/store.redb   metadata: chunk index, manifests, pinned root key (see `store`)
 //! DIR/packs/       chunk bytes
-//! DIR/arbor.sock   the running daemon's control socket (see `net::control`)
+//! DIR/admin.token the admin API's bearer token, mode 0600 (see `net::admin`)
+//! DIR/admin.addr  where the running daemon's admin API answers
 //! ```
 //!
 //! A node directory is created whole or not at all: it is built under a temporary name
@@ -22,7 +23,6 @@ use std::path::{Path, PathBuf};
 
 pub const NODE_KEY_FILE: &str = "node.key";
 pub const ROOT_KEY_FILE: &str = "root.key";
-pub const CONTROL_SOCKET: &str = "arbor.sock";
 
 /// Store metadata keys owned by this module.
 const META_JOIN_TOKEN: &str = "join_token";

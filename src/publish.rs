@@ -21,6 +21,7 @@ use std::time::SystemTime;
 
 /// What to publish.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     pub tenant: String,
     pub category: String,
@@ -30,6 +31,7 @@ pub struct PublishRequest {
     /// A file or a directory.
     pub path: PathBuf,
     /// Store what symlinks inside `path` point to, instead of refusing them.
+    #[serde(default)]
     pub follow_symlinks: bool,
 }
 

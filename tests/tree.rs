@@ -6,7 +6,7 @@
 mod common;
 
 use arbor::content::Hash;
-use arbor::net::local::Request;
+use arbor::net::admin::{Request, TokenRequest};
 use arbor::net::proto::{CHUNK_REFUSED, ChunkRequest, ControlFrame};
 use arbor::net::{self, Handle, Options, probe};
 use arbor::node::Node;
@@ -44,12 +44,12 @@ impl TestNode {
 
     async fn token(&self, client: bool, ttl_secs: u64) -> String {
         let v = self
-            .call(Request::Token {
+            .call(Request::Token(TokenRequest {
                 groups: vec![],
                 client,
                 ttl_secs,
                 addr: None,
-            })
+            }))
             .await;
         v["token"].as_str().expect("a token").to_string()
     }
@@ -402,6 +402,16 @@ impl Process {
     }
 }
 
+impl Drop for Process {
+    /// A test that fails half-way leaves no daemon behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[test]
 fn a_killed_node_resumes_without_fetching_again_what_it_has() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -507,27 +517,187 @@ async fn a_node_that_loses_its_parent_keeps_serving_and_carries_on_when_it_retur
     root.stop().await;
 }
 
+/// One request to the admin API and what must come back.
+type AdminCase<'a> = (
+    &'a str,
+    String,
+    Option<&'a str>,
+    Option<&'a [u8]>,
+    u16,
+    &'a str,
+);
+
+/// Sends one HTTP request to a node's admin API; answers the status and the body.
+fn admin_http(
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> (u16, String) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(HANG))
+        .build()
+        .new_agent();
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("{url}{path}"))
+        .header("Content-Type", "application/json");
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let req = req
+        .body(body.unwrap_or_default().to_vec())
+        .expect("request");
+    let mut resp = agent.run(req).expect("the admin API answers");
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap_or_default())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_on_the_management_socket_gets_an_error_and_the_node_runs_on() {
+async fn bad_admin_api_input_gets_a_clear_4xx_and_changes_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = root(&tmp.path().join("root")).await;
-    let socket = arbor::net::local::socket_path(&root.dir);
-    let answer = tokio::task::spawn_blocking(move || {
+    let before = root.status().await;
+    let url = before["admin"].as_str().expect("admin url").to_string();
+    let token = std::fs::read_to_string(root.dir.join(arbor::net::admin::TOKEN_FILE))
+        .expect("the token file")
+        .trim()
+        .to_string();
+    let stranger = SecretKey::generate().expect("key").public().node_id();
+    let checks = tokio::task::spawn_blocking(move || {
+        let t = Some(token.as_str());
+        let wrong = Some("0123456789abcdef0123456789abcdef");
+        let big = vec![b' '; arbor::net::admin::MAX_BODY + 1];
+        let publish_relative =
+            br#"{"path":"relative","tenant":"t","category":"c","id":"i","version":"1"}"#;
+        // (method, path, token, body, expected status, words the answer must hold)
+        let cases: Vec<AdminCase> = vec![
+            ("GET", "/api/status".into(), None, None, 401, "admin token"),
+            ("GET", "/api/status".into(), wrong, None, 401, "admin token"),
+            ("POST", "/api/tokens".into(), t, Some(b"{"), 400, "EOF"),
+            (
+                "POST",
+                "/api/tokens".into(),
+                t,
+                Some(b"\xff\xfe"),
+                400,
+                "JSON",
+            ),
+            (
+                "POST",
+                "/api/tokens".into(),
+                t,
+                Some(br#"{"ttl_secs":"soon"}"#),
+                422,
+                "ttl_secs",
+            ),
+            (
+                "POST",
+                "/api/tokens".into(),
+                t,
+                Some(br#"{"format_disk":1}"#),
+                422,
+                "format_disk",
+            ),
+            (
+                "POST",
+                "/api/tokens".into(),
+                t,
+                Some(br#"{"groups":["../etc"]}"#),
+                400,
+                "group",
+            ),
+            (
+                "POST",
+                "/api/tokens".into(),
+                t,
+                Some(br#"{"addr":"nowhere"}"#),
+                400,
+                "multiaddr",
+            ),
+            ("POST", "/api/tokens".into(), t, Some(&big), 413, ""),
+            (
+                "POST",
+                "/api/children/garbage/revoke".into(),
+                t,
+                None,
+                400,
+                "not a node id",
+            ),
+            (
+                "POST",
+                format!("/api/children/{stranger}/revoke"),
+                t,
+                None,
+                404,
+                "not a child",
+            ),
+            (
+                "POST",
+                "/api/publish".into(),
+                t,
+                Some(publish_relative),
+                400,
+                "absolute",
+            ),
+            (
+                "GET",
+                "/api/updates/zz/wait?timeout_secs=x".into(),
+                t,
+                None,
+                400,
+                "timeout_secs",
+            ),
+            (
+                "GET",
+                "/api/updates/abcd/wait?timeout_secs=1".into(),
+                t,
+                None,
+                404,
+                "no update",
+            ),
+            (
+                "GET",
+                "/api/format_disk".into(),
+                t,
+                None,
+                404,
+                "no such endpoint",
+            ),
+        ];
+        let mut failed = Vec::new();
+        for (method, path, token, body, want, says) in cases {
+            let (status, text) = admin_http(&url, method, &path, token, body);
+            if status != want || !text.contains(says) {
+                failed.push(format!("{method} {path}: {status} {text}"));
+            }
+        }
+        // Not HTTP at all.
         use std::io::{Read, Write};
-        let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+        let addr = url.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(HANG)).expect("timeout");
-        s.write_all(b"{\"cmd\": \"format_disk\"}\n\xff\xfe\n")
-            .expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
+        s.write_all(b"\xff\xfe\x00garbage\r\n\r\n").expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        if !out.starts_with(b"HTTP/1.1 400") && !out.is_empty() {
+            failed.push(format!("raw garbage: {}", String::from_utf8_lossy(&out)));
+        }
+        failed
     })
     .await
     .expect("client");
     assert!(
-        answer.contains("not a request arbor understands"),
-        "{answer}"
+        checks.is_empty(),
+        "unexpected answers:\n{}",
+        checks.join("\n")
     );
-    assert_eq!(root.status().await["root"], true);
+    // Nothing changed, and the node still answers.
+    let after = root.status().await;
+    assert_eq!(after["children"], before["children"]);
+    assert_eq!(after["updates"], before["updates"]);
     root.stop().await;
 }

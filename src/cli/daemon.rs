@@ -1,8 +1,9 @@
 //! The commands of a running node: `run` starts the daemon; `token`, `revoke`,
-//! `status` and `wait` talk to it through its management socket in the node directory.
+//! `status` and `wait` talk to it through its admin API, which they find through the
+//! node directory.
 
 use super::print_json;
-use crate::net::local::{self, Request};
+use crate::net::admin::{self, Request, TokenRequest};
 use crate::net::{self, Options};
 use anyhow::{Context, Result, bail};
 use indicatif::HumanBytes;
@@ -14,16 +15,19 @@ use std::time::Duration;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `arbor run`: runs the node until SIGINT or SIGTERM.
-pub fn run(data: &Path, listen: Vec<Multiaddr>) -> Result<()> {
+pub fn run(data: &Path, listen: Vec<Multiaddr>, admin: std::net::SocketAddr) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("arbor")
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let daemon = net::start(Options::new(data, listen))
-            .await
-            .with_context(|| format!("cannot start the node in {}", data.display()))?;
+        let daemon = net::start(Options {
+            admin,
+            ..Options::new(data, listen)
+        })
+        .await
+        .with_context(|| format!("cannot start the node in {}", data.display()))?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot watch for SIGTERM")?;
         let shutdown = async move {
@@ -38,7 +42,7 @@ pub fn run(data: &Path, listen: Vec<Multiaddr>) -> Result<()> {
 }
 
 fn call(data: &Path, req: &Request, wait: Duration) -> Result<serde_json::Value> {
-    Ok(local::call(data, req, wait)?)
+    Ok(admin::call(data, req, wait)?)
 }
 
 pub fn token(
@@ -51,12 +55,12 @@ pub fn token(
 ) -> Result<()> {
     let v = call(
         data,
-        &Request::Token {
+        &Request::Token(TokenRequest {
             groups,
             client,
             ttl_secs: ttl.as_secs().max(1),
             addr,
-        },
+        }),
         ANSWER_TIMEOUT,
     )?;
     if json {
@@ -88,25 +92,19 @@ pub fn wait(data: &Path, update: &str, limit: Duration, json: bool) -> Result<()
             update: update.into(),
         },
         limit,
-    )
-    .map_err(|e| match e.downcast_ref::<local::LocalError>() {
-        Some(local::LocalError::Io { source, .. })
-            if matches!(
-                source.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            anyhow::anyhow!(
-                "update {update} was not complete after {}",
-                humantime::format_duration(limit)
-            )
-        }
-        _ => e,
-    })?;
+    )?;
     if json {
-        return print_json(&v);
+        print_json(&v)?;
     }
-    println!("complete: {}", v["update_id"].as_str().unwrap_or(update));
+    if v["complete"].as_bool() != Some(true) {
+        bail!(
+            "update {update} was not complete after {}",
+            humantime::format_duration(limit)
+        );
+    }
+    if !json {
+        println!("complete: {}", v["update_id"].as_str().unwrap_or(update));
+    }
     Ok(())
 }
 
@@ -124,6 +122,7 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
             println!("listen   {}", a.as_str().unwrap_or("?"));
         }
     }
+    println!("admin    {}", v["admin"].as_str().unwrap_or("?"));
     if let Some(p) = v["parent"].as_object() {
         let state = if p["connected"].as_bool() == Some(true) {
             "connected"

@@ -8,7 +8,7 @@
 //! each link, stops the nodes, exports the update from every node and checks it is
 //! byte-identical to the input. Any step that does not hold fails the demo.
 
-use crate::net::local::Request;
+use crate::net::admin::{Request, TokenRequest};
 use crate::net::{self, Handle, Options};
 use crate::node::Node;
 use crate::publish::PublishRequest;
@@ -147,14 +147,14 @@ async fn join(
 ) -> Result<usize> {
     let answer = nodes[parent]
         .handle
-        .call(Request::Token {
+        .call(Request::Token(TokenRequest {
             groups: vec![],
             client,
             ttl_secs: 600,
             addr: None,
-        })
+        }))
         .await
-        .map_err(anyhow::Error::msg)?;
+        .map_err(anyhow::Error::new)?;
     let text = answer["token"].as_str().context("no token in the answer")?;
     Node::init_join(&base.join(name), &JoinToken::parse(text)?)?;
     nodes.push(start(base, name, Some(parent), stop).await?);
@@ -182,7 +182,7 @@ async fn flow(
             follow_symlinks: false,
         }))
         .await
-        .map_err(anyhow::Error::msg)?;
+        .map_err(anyhow::Error::new)?;
     let update: crate::content::Hash = serde_json::from_value(published["update_id"].clone())
         .context("the root sent no update id")?;
     let total = published["bytes"].as_u64().unwrap_or(0);
@@ -245,7 +245,7 @@ async fn flow(
     }
     for (bar, _, wait) in waits {
         bar.finish();
-        wait.await?.map_err(anyhow::Error::msg)?;
+        wait.await?.map_err(anyhow::Error::new)?;
     }
     let elapsed = started.elapsed();
     let after = link_bytes(nodes).await?;
@@ -275,7 +275,7 @@ async fn link_bytes(nodes: &[DemoNode]) -> Result<std::collections::HashMap<(usi
             .handle
             .call(Request::Status)
             .await
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::new)?;
         ids.push(s["node_id"].as_str().unwrap_or_default().to_string());
     }
     let mut out = std::collections::HashMap::new();
@@ -284,7 +284,7 @@ async fn link_bytes(nodes: &[DemoNode]) -> Result<std::collections::HashMap<(usi
             .handle
             .call(Request::Status)
             .await
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::new)?;
         for c in s["children"].as_array().cloned().unwrap_or_default() {
             if let Some(child) = ids.iter().position(|id| c["node_id"] == id.as_str()) {
                 out.insert((p, child), c["bytes_sent"].as_u64().unwrap_or(0));

@@ -1,0 +1,24 @@
+# Shared by the tree benchmark scripts (sourced): arithmetic, medians, timestamps, and
+# starting a daemon. Expects ARBOR (the binary) and the array PIDS.
+
+calc() { awk "BEGIN { print $1 }"; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+now() { date +%s.%N; }
+
+# Starts `arbor run` for node dir $1 listening on $2 in the background, behind the
+# command prefix in the remaining arguments (e.g. ip netns exec NS); waits until its
+# admin API is up. Sets LAST_PID.
+start_arbor() {
+    local dir=$1 listen=$2
+    shift 2
+    "$@" "$ARBOR" run --data "$dir" --listen "$listen" 2>"$dir.log" &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    for _ in $(seq 600); do
+        [ -s "$dir/admin.addr" ] && return 0
+        kill -0 "$LAST_PID" 2>/dev/null || { cat "$dir.log" >&2; return 1; }
+        sleep 0.05
+    done
+    echo "node $dir did not start" >&2
+    return 1
+}
