@@ -603,8 +603,13 @@ impl Engine {
             if u.unannounced.count() == 0 {
                 continue;
             }
+            if children.is_empty() {
+                // Nobody to tell; a child that connects later is greeted with `have`.
+                u.unannounced.clear_all();
+                continue;
+            }
             let ranges = u.unannounced.ranges();
-            u.unannounced = Bitmap::new(u.unannounced.len());
+            u.unannounced.clear_all();
             for child in &children {
                 self.out.push_back(Output::Send {
                     to: *child,

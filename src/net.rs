@@ -214,6 +214,10 @@ enum WriteJob {
     },
     /// Once a second: commit and release the store if no chunk came since the last tick.
     Tick,
+    /// Commit what was stored so far, then answer.
+    Sync {
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// A chunk span to fetch, with what each chunk must hash to.
@@ -856,7 +860,10 @@ async fn serve_chunks(
     node: Arc<Node>,
     corrupt: Arc<AtomicU32>,
 ) {
+    // One chunk answer, header then bytes, is one write: the header does not go out
+    // as a frame of its own.
     let mut buf = Vec::new();
+    const H: usize = proto::CHUNK_HEADER_LEN;
     loop {
         let req: ChunkRequest =
             match proto::read_frame(&mut stream, proto::MAX_REQUEST_FRAME, "chunk request").await {
@@ -905,13 +912,15 @@ async fn serve_chunks(
                             continue;
                         };
                         // A page-cache read of one chunk: short enough to do in place.
+                        // Every byte after the header is overwritten by the read.
+                        buf.resize(H + len as usize, 0);
                         let read = node
                             .store
                             .chunk_loc(&hash)
                             .ok()
                             .flatten()
                             .filter(|loc| loc.len == len)
-                            .is_some_and(|loc| node.store.read_at(loc, &mut buf).is_ok());
+                            .is_some_and(|loc| node.store.read_into(loc, &mut buf[H..]).is_ok());
                         if !read {
                             tracing::error!(chunk = %hash, "a chunk this node holds cannot be read; run arbor verify");
                             proto::write_chunk_header(&mut stream, proto::CHUNK_MISSING, 0).await?;
@@ -920,11 +929,11 @@ async fn serve_chunks(
                         if corrupt
                             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                             .is_ok()
-                            && let Some(b) = buf.first_mut()
+                            && let Some(b) = buf.get_mut(H)
                         {
                             *b ^= 0xff;
                         }
-                        proto::write_chunk_header(&mut stream, proto::CHUNK_DATA, len).await?;
+                        buf[..H].copy_from_slice(&proto::chunk_header(proto::CHUNK_DATA, len));
                         stream.write_all(&buf).await?;
                         sent += u64::from(len);
                     }
@@ -1144,6 +1153,13 @@ fn write_loop(node: &Node, mut rx: mpsc::Receiver<WriteJob>, ev: &mpsc::Unbounde
                         tracing::error!(update = %manifest.id, "cannot store a manifest: {e}")
                     }
                 }
+            }
+            WriteJob::Sync { done } => {
+                let synced = match writer.as_mut() {
+                    Some(w) => w.flush().map_err(|e| e.to_string()),
+                    None => Ok(()),
+                };
+                let _ = done.send(synced);
             }
             WriteJob::Tick => {
                 if !wrote && let Some(mut w) = writer.take() {
@@ -1572,7 +1588,22 @@ impl Daemon {
             .partition(|(u, _)| self.engine.is_complete(u));
         self.waiters = waiting;
         for (u, reply) in done {
-            let _ = reply.send(Ok(serde_json::json!({ "update_id": u, "complete": true })));
+            // Complete means durable: the writer commits what it holds first.
+            let writer = self.writer_tx.clone();
+            self.tasks.spawn(async move {
+                let stopping = || "the daemon is stopping".to_string();
+                let (done, synced) = oneshot::channel();
+                let answer = match writer.send(WriteJob::Sync { done }).await {
+                    Err(_) => Err(stopping()),
+                    Ok(()) => synced.await.unwrap_or_else(|_| Err(stopping())),
+                };
+                let _ = reply.send(match answer {
+                    Ok(()) => Ok(serde_json::json!({ "update_id": u, "complete": true })),
+                    Err(e) => Err(Refusal::internal(format!(
+                        "the update is here but could not be committed: {e}"
+                    ))),
+                });
+            });
         }
     }
 

@@ -373,10 +373,18 @@ impl Store {
         if loc.len > MAX_CHUNK_LEN + RECORD_HEADER as u32 {
             return Err(StoreError::BadIndex { len: loc.len });
         }
-        buf.clear();
+        // Every byte is overwritten by the read: only a longer buffer is zero-filled.
         buf.resize(loc.len as usize, 0);
+        self.read_into(loc, buf)
+    }
+
+    /// Reads the bytes at `loc` into `out`, which must be exactly `loc.len` long.
+    pub fn read_into(&self, loc: Loc, out: &mut [u8]) -> Result<(), StoreError> {
+        if out.len() != loc.len as usize {
+            return Err(StoreError::BadIndex { len: loc.len });
+        }
         let f = self.reader(loc.pack)?;
-        f.read_exact_at(buf, loc.offset)
+        f.read_exact_at(out, loc.offset)
             .map_err(io("read", &self.pack_path(loc.pack)))
     }
 

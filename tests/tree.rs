@@ -453,7 +453,8 @@ fn a_killed_node_resumes_without_fetching_again_what_it_has() {
         fetched_after_restart <= (320 - 64) << 20,
         "fetched {fetched_after_restart} bytes again after the restart"
     );
-    leaf_proc.terminate();
+    // Complete means durable: killed at once, the leaf still holds all of it.
+    leaf_proc.kill();
     root_proc.terminate();
     let out = base.join("out");
     arbor_ok(&[

@@ -80,20 +80,38 @@ impl Bitmap {
         None
     }
 
+    /// Clears every index.
+    pub fn clear_all(&mut self) {
+        self.words.fill(0);
+        self.ones = 0;
+    }
+
+    /// The first index at or after `from` whose bit is `value`, or `len` if none.
+    /// Bits past `len` are always clear, so a search for a clear bit stops at `len`.
+    fn next(&self, from: u32, value: bool) -> u32 {
+        let mut w = (from / 64) as usize;
+        let mut mask = u64::MAX << (from % 64);
+        while w < self.words.len() {
+            let word = if value { self.words[w] } else { !self.words[w] };
+            let bits = word & mask;
+            if bits != 0 {
+                return (w as u32 * 64 + bits.trailing_zeros()).min(self.len);
+            }
+            w += 1;
+            mask = u64::MAX;
+        }
+        self.len
+    }
+
     /// The set indexes as inclusive-exclusive ranges `[start, end)`, in order.
+    /// Scans a word at a time: a 1 GiB update's bitmap is 256 words.
     pub fn ranges(&self) -> Vec<(u32, u32)> {
         let mut out = Vec::new();
-        let mut i = 0;
-        while i < self.len {
-            if self.get(i) {
-                let start = i;
-                while i < self.len && self.get(i) {
-                    i += 1;
-                }
-                out.push((start, i));
-            } else {
-                i += 1;
-            }
+        let mut start = self.next(0, true);
+        while start < self.len {
+            let end = self.next(start, false);
+            out.push((start, end));
+            start = self.next(end, true);
         }
         out
     }
@@ -112,6 +130,46 @@ mod tests {
         assert_eq!(b.count(), 3);
         assert!(b.clear(64) && !b.clear(64));
         assert_eq!(b.ranges(), vec![(0, 1), (129, 130)]);
+    }
+
+    #[test]
+    fn ranges_match_a_bit_by_bit_scan() {
+        for len in [0u32, 1, 63, 64, 65, 128, 200] {
+            for seed in 0u64..50 {
+                let mut b = Bitmap::new(len);
+                let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                for i in 0..len {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Long runs as well as single bits.
+                    if (x >> (seed % 4)) & 3 != 0 {
+                        b.set(i);
+                    }
+                }
+                let mut want = Vec::new();
+                let mut i = 0;
+                while i < len {
+                    if b.get(i) {
+                        let s = i;
+                        while i < len && b.get(i) {
+                            i += 1;
+                        }
+                        want.push((s, i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                assert_eq!(b.ranges(), want, "len {len} seed {seed}");
+            }
+        }
+        let mut full = Bitmap::new(128);
+        (0..128).for_each(|i| {
+            full.set(i);
+        });
+        assert_eq!(full.ranges(), vec![(0, 128)]);
+        full.clear_all();
+        assert_eq!((full.count(), full.ranges()), (0, vec![]));
     }
 
     #[test]

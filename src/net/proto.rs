@@ -147,22 +147,30 @@ where
     Ok(Some(wire::decode_canonical(&buf, limit, what)?))
 }
 
+/// Bytes in the header of one chunk answer.
+pub const CHUNK_HEADER_LEN: usize = 5;
+
+/// The header of one chunk answer.
+pub fn chunk_header(kind: u8, len: u32) -> [u8; CHUNK_HEADER_LEN] {
+    let mut h = [0u8; CHUNK_HEADER_LEN];
+    h[0] = kind;
+    h[1..].copy_from_slice(&len.to_be_bytes());
+    h
+}
+
 /// Writes the header of one chunk answer.
 pub async fn write_chunk_header<W: AsyncWrite + Unpin>(
     w: &mut W,
     kind: u8,
     len: u32,
 ) -> Result<(), ProtoError> {
-    let mut h = [0u8; 5];
-    h[0] = kind;
-    h[1..].copy_from_slice(&len.to_be_bytes());
-    w.write_all(&h).await?;
+    w.write_all(&chunk_header(kind, len)).await?;
     Ok(())
 }
 
 /// Reads the header of one chunk answer, checking the kind and the length bound.
 pub async fn read_chunk_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<(u8, u32), ProtoError> {
-    let mut h = [0u8; 5];
+    let mut h = [0u8; CHUNK_HEADER_LEN];
     r.read_exact(&mut h).await?;
     let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
     match h[0] {
