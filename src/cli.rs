@@ -94,6 +94,11 @@ enum Command {
         /// The child's node id (12D3KooW...).
         node: String,
     },
+    /// Manage the groups of this node's children (the node must be running).
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
+    },
     /// Show the running node: parent, children, updates and transfer rates.
     Status {
         #[arg(long)]
@@ -156,6 +161,44 @@ enum Command {
         /// Keep the demo's directory instead of removing it at the end.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+/// `arbor group ...`: the built-in group `all` holds every child and cannot be changed.
+#[derive(Subcommand, Debug)]
+enum GroupAction {
+    /// List the groups and their members.
+    List {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Create a group.
+    Create {
+        #[arg(long)]
+        data: PathBuf,
+        name: String,
+    },
+    /// Delete a group; its members leave it.
+    Delete {
+        #[arg(long)]
+        data: PathBuf,
+        name: String,
+    },
+    /// Put a child into a group (a child may be in several).
+    Assign {
+        #[arg(long)]
+        data: PathBuf,
+        group: String,
+        /// The child's node id (12D3KooW...).
+        node: String,
+    },
+    /// Take a child out of a group.
+    Unassign {
+        #[arg(long)]
+        data: PathBuf,
+        group: String,
+        /// The child's node id (12D3KooW...).
+        node: String,
     },
 }
 
@@ -267,6 +310,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             addr,
         } => daemon::token(&data, groups, client, ttl, addr, json)?,
         Command::Revoke { data, node } => daemon::revoke(&data, &node, json)?,
+        Command::Group { action } => {
+            use crate::net::admin::GroupRequest as G;
+            let (data, req) = match action {
+                GroupAction::List { data } => (data, G::List),
+                GroupAction::Create { data, name } => (data, G::Create { name }),
+                GroupAction::Delete { data, name } => (data, G::Delete { name }),
+                GroupAction::Assign { data, group, node } => (data, G::Assign { group, node }),
+                GroupAction::Unassign { data, group, node } => (data, G::Unassign { group, node }),
+            };
+            daemon::group(&data, req, json)?
+        }
         Command::Status { data } => daemon::status(&data, json)?,
         Command::Wait {
             data,

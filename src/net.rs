@@ -290,6 +290,14 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Reads a node id given by an operator.
+fn parse_node(node: &str) -> Result<PublicKey, Refusal> {
+    node.parse::<Libp2pPeerId>()
+        .ok()
+        .and_then(|p| PublicKey::from_peer_id(&p))
+        .ok_or_else(|| Refusal::bad(format!("{node:?} is not a node id (12D3KooW...)")))
+}
+
 fn now_secs() -> u64 {
     now_ms() / 1000
 }
@@ -1691,6 +1699,7 @@ impl Daemon {
             Request::Status => Ok(self.status()),
             Request::Token(t) => self.issue_token(t),
             Request::Revoke { node } => self.revoke(&node),
+            Request::Group(g) => self.group(g),
             Request::Wait { update } => match self.resolve(&update) {
                 Ok(u) => {
                     self.waiters.push((u, reply));
@@ -1747,14 +1756,28 @@ impl Daemon {
 
     fn issue_token(&mut self, req: admin::TokenRequest) -> Answer {
         let admin::TokenRequest {
-            groups,
+            mut groups,
             client,
             ttl_secs,
             addr,
         } = req;
+        // Every child is in the built-in group; the others must exist.
+        groups.retain(|g| g != crate::store::ALL);
+        groups.sort();
+        groups.dedup();
         for g in &groups {
             if let Err(e) = crate::content::names::check_name("group", g) {
                 return Err(Refusal::bad(e.to_string()));
+            }
+            match self.node.store.has_group(g) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(Refusal::new(
+                        RefusalKind::NotFound,
+                        format!("there is no group {g:?}; create it first (arbor group create)"),
+                    ));
+                }
+                Err(e) => return Err(Refusal::internal(e.to_string())),
             }
         }
         if groups.len() > member::MAX_GROUPS {
@@ -1846,15 +1869,7 @@ impl Daemon {
     }
 
     fn revoke(&mut self, node: &str) -> Answer {
-        let Some(key) = node
-            .parse::<Libp2pPeerId>()
-            .ok()
-            .and_then(|p| PublicKey::from_peer_id(&p))
-        else {
-            return Err(Refusal::bad(format!(
-                "{node:?} is not a node id (12D3KooW...)"
-            )));
-        };
+        let key = parse_node(node)?;
         match self.node.store.revoke_child(&key.0) {
             Ok(true) => {
                 tracing::warn!(child = %node, "membership revoked");
@@ -1869,6 +1884,97 @@ impl Daemon {
             )),
             Err(e) => Err(Refusal::internal(e.to_string())),
         }
+    }
+
+    fn group(&mut self, req: admin::GroupRequest) -> Answer {
+        use crate::store::{ALL, MemberChange};
+        use admin::GroupRequest as G;
+        let store = &self.node.store;
+        let failed = |e: StoreError| Refusal::internal(e.to_string());
+        let not_found = |m: String| Refusal::new(RefusalKind::NotFound, m);
+        let built_in = |what: &str| {
+            Refusal::new(
+                RefusalKind::Conflict,
+                format!("`{ALL}` is built in and holds every child; it cannot be {what}"),
+            )
+        };
+        let (group, node, member) = match req {
+            G::List => return self.list_groups(),
+            G::Create { name } => {
+                crate::content::names::check_name("group", &name)
+                    .map_err(|e| Refusal::bad(e.to_string()))?;
+                if name == ALL {
+                    return Err(built_in("created"));
+                }
+                if !store.create_group(&name, now_secs()).map_err(failed)? {
+                    return Err(Refusal::new(
+                        RefusalKind::Conflict,
+                        format!("group {name:?} already exists"),
+                    ));
+                }
+                tracing::info!(group = %name, "group created");
+                return Ok(serde_json::json!({ "created": name }));
+            }
+            G::Delete { name } => {
+                if name == ALL {
+                    return Err(built_in("deleted"));
+                }
+                if !store.delete_group(&name).map_err(failed)? {
+                    return Err(not_found(format!("there is no group {name:?}")));
+                }
+                tracing::info!(group = %name, "group deleted");
+                return Ok(serde_json::json!({ "deleted": name }));
+            }
+            G::Assign { group, node } => (group, node, true),
+            G::Unassign { group, node } => (group, node, false),
+        };
+        if group == ALL {
+            return Err(built_in("changed"));
+        }
+        let key = parse_node(&node)?;
+        match store.set_member(&group, &key.0, member).map_err(failed)? {
+            MemberChange::Changed(changed) => {
+                if changed {
+                    tracing::info!(group = %group, child = %node, member, "group membership changed");
+                }
+                Ok(serde_json::json!({
+                    "group": group, "node_id": node, "member": member, "changed": changed,
+                }))
+            }
+            MemberChange::NoSuchGroup => Err(not_found(format!("there is no group {group:?}"))),
+            MemberChange::NoSuchChild => {
+                Err(not_found(format!("{node} is not a child of this node")))
+            }
+            MemberChange::Revoked => Err(Refusal::new(
+                RefusalKind::Conflict,
+                format!("{node} was revoked"),
+            )),
+        }
+    }
+
+    /// The groups of this node's children, the built-in one first, with their members.
+    fn list_groups(&self) -> Answer {
+        use crate::store::ALL;
+        let store = &self.node.store;
+        let failed = |e: StoreError| Refusal::internal(e.to_string());
+        let children = store.children().map_err(failed)?;
+        let members = |g: &str| -> Vec<String> {
+            children
+                .iter()
+                .filter(|(_, r)| !r.revoked && (g == ALL || r.groups.iter().any(|x| x == g)))
+                .map(|(k, _)| PublicKey(*k).node_id())
+                .collect()
+        };
+        let mut groups = vec![serde_json::json!({
+            "name": ALL, "built_in": true, "members": members(ALL),
+        })];
+        for (name, record) in store.groups().map_err(failed)? {
+            groups.push(serde_json::json!({
+                "name": name, "built_in": false, "created": record.created,
+                "members": members(&name),
+            }));
+        }
+        Ok(serde_json::json!({ "groups": groups }))
     }
 
     fn status(&self) -> serde_json::Value {

@@ -16,6 +16,10 @@
 //! This module stores what it is given: hashing and signature checks happen before
 //! (`publish`, `trust`), and re-checks after (`verify`).
 
+mod groups;
+
+pub use groups::{ALL, GroupRecord, MemberChange};
+
 use crate::content::Hash;
 use crate::content::manifest::MAX_CHUNK_LEN;
 use crate::wire;
@@ -527,9 +531,18 @@ impl Store {
                     tokens
                         .insert(&secret_hash.0, wire::encode(&t).as_slice())
                         .map_err(db_err)?;
+                    // A group deleted since the token was issued is not joined.
+                    let existing = txn.open_table(groups::GROUPS).map_err(db_err)?;
+                    let mut joined_groups = Vec::new();
+                    for g in t.groups {
+                        if existing.get(g.as_str()).map_err(db_err)?.is_some() {
+                            joined_groups.push(g);
+                        }
+                    }
+                    drop(existing);
                     let child_record = ChildRecord {
                         client: t.client,
-                        groups: t.groups,
+                        groups: joined_groups,
                         joined: now,
                         revoked: false,
                     };

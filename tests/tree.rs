@@ -6,14 +6,14 @@
 mod common;
 
 use arbor::content::Hash;
-use arbor::net::admin::{Request, TokenRequest};
+use arbor::net::admin::{GroupRequest, Request, TokenRequest};
 use arbor::net::proto::{CHUNK_REFUSED, ChunkRequest, ControlFrame};
 use arbor::net::{self, Handle, Options, probe};
 use arbor::node::Node;
 use arbor::publish::PublishRequest;
 use arbor::trust::member::JoinToken;
 use arbor::trust::{PublicKey, SecretKey};
-use common::{arbor_json, arbor_ok, noise};
+use common::{arbor_err, arbor_json, arbor_ok, noise};
 use libp2p::Multiaddr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -669,8 +669,66 @@ async fn bad_admin_api_input_gets_a_clear_4xx_and_changes_nothing() {
                 "no such endpoint",
             ),
         ];
+        let groups: Vec<AdminCase> = vec![
+            (
+                "POST",
+                "/api/groups".into(),
+                t,
+                Some(br#"{"name":5}"#),
+                422,
+                "name",
+            ),
+            (
+                "POST",
+                "/api/groups".into(),
+                t,
+                Some(br#"{"name":"a/b"}"#),
+                400,
+                "group",
+            ),
+            (
+                "POST",
+                "/api/groups".into(),
+                t,
+                Some(br#"{"name":"all"}"#),
+                409,
+                "built in",
+            ),
+            (
+                "DELETE",
+                "/api/groups/nope".into(),
+                t,
+                None,
+                404,
+                "no group",
+            ),
+            (
+                "PUT",
+                "/api/groups/all/members/x".into(),
+                t,
+                None,
+                409,
+                "built in",
+            ),
+            (
+                "PUT",
+                "/api/groups/g/members/x".into(),
+                t,
+                None,
+                400,
+                "not a node id",
+            ),
+            (
+                "PUT",
+                format!("/api/groups/nope/members/{stranger}"),
+                t,
+                None,
+                404,
+                "no group",
+            ),
+        ];
         let mut failed = Vec::new();
-        for (method, path, token, body, want, says) in cases {
+        for (method, path, token, body, want, says) in cases.into_iter().chain(groups) {
             let (status, text) = admin_http(&url, method, &path, token, body);
             if status != want || !text.contains(says) {
                 failed.push(format!("{method} {path}: {status} {text}"));
@@ -700,5 +758,92 @@ async fn bad_admin_api_input_gets_a_clear_4xx_and_changes_nothing() {
     let after = root.status().await;
     assert_eq!(after["children"], before["children"]);
     assert_eq!(after["updates"], before["updates"]);
+    let groups = root.call(Request::Group(GroupRequest::List)).await;
+    assert_eq!(
+        groups["groups"].as_array().map(Vec::len),
+        Some(1),
+        "{groups}"
+    );
+    root.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_are_managed_through_the_cli_and_carried_by_tokens() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = root(&tmp.path().join("root")).await;
+    let first = child(&root, &tmp.path().join("first"), false).await;
+    let first_id = first.key.node_id();
+    let data = root.dir.to_str().expect("utf-8").to_string();
+    let token = tokio::task::spawn_blocking({
+        let (data, first_id) = (data.clone(), first_id.clone());
+        move || {
+            let d = data.as_str();
+            arbor_ok(&["group", "create", "--data", d, "pilot"]);
+            let again = arbor_err(&["group", "create", "--data", d, "pilot"]);
+            assert!(again.contains("already exists"), "{again}");
+            let all = arbor_err(&["group", "delete", "--data", d, "all"]);
+            assert!(all.contains("built in"), "{all}");
+            let bad = arbor_err(&["group", "create", "--data", d, "a/b"]);
+            assert!(bad.contains("group"), "{bad}");
+            let unknown = arbor_err(&["token", "--data", d, "--group", "nope"]);
+            assert!(unknown.contains("no group \"nope\""), "{unknown}");
+            let stranger = arbor_err(&["group", "assign", "--data", d, "pilot", "12D3KooWgarbage"]);
+            assert!(stranger.contains("not a node id"), "{stranger}");
+
+            arbor_ok(&["group", "assign", "--data", d, "pilot", &first_id]);
+            let list = arbor_json(&["group", "list", "--data", d]);
+            let members = |name: &str| {
+                list["groups"]
+                    .as_array()
+                    .expect("groups")
+                    .iter()
+                    .find(|g| g["name"] == name)
+                    .map(|g| g["members"].clone())
+                    .expect("listed")
+            };
+            assert_eq!(members("pilot"), serde_json::json!([first_id]));
+            assert_eq!(members("all"), serde_json::json!([first_id]));
+            arbor_ok(&["token", "--data", d, "--group", "pilot"])
+                .trim()
+                .to_string()
+        }
+    })
+    .await
+    .expect("cli");
+
+    // The token's group is the new child's.
+    let second_dir = tmp.path().join("second");
+    Node::init_join(&second_dir, &JoinToken::parse(&token).expect("token")).expect("init");
+    let second = start_with(options(&second_dir))
+        .await
+        .expect("second starts");
+    let groups_of = |status: &serde_json::Value, id: &str| {
+        status["children"]
+            .as_array()
+            .expect("children")
+            .iter()
+            .find(|c| c["node_id"] == id)
+            .map(|c| c["groups"].clone())
+            .expect("a child")
+    };
+    let status = root.status().await;
+    assert_eq!(
+        groups_of(&status, &second.key.node_id()),
+        serde_json::json!(["pilot"])
+    );
+
+    // Deleting the group takes everyone out of it.
+    let d = data.clone();
+    tokio::task::spawn_blocking(move || arbor_ok(&["group", "delete", "--data", &d, "pilot"]))
+        .await
+        .expect("cli");
+    let status = root.status().await;
+    assert_eq!(groups_of(&status, &first_id), serde_json::json!([]));
+    assert_eq!(
+        groups_of(&status, &second.key.node_id()),
+        serde_json::json!([])
+    );
+    second.stop().await;
+    first.stop().await;
     root.stop().await;
 }

@@ -3,7 +3,7 @@
 //! node directory.
 
 use super::print_json;
-use crate::net::admin::{self, Request, TokenRequest};
+use crate::net::admin::{self, GroupRequest, Request, TokenRequest};
 use crate::net::{self, Options};
 use anyhow::{Context, Result, bail};
 use indicatif::HumanBytes;
@@ -82,6 +82,45 @@ pub fn revoke(data: &Path, node: &str, json: bool) -> Result<()> {
         return print_json(&v);
     }
     println!("revoked {node}: it is disconnected and refused from now on");
+    Ok(())
+}
+
+pub fn group(data: &Path, req: GroupRequest, json: bool) -> Result<()> {
+    let listing = matches!(req, GroupRequest::List);
+    let v = call(data, &Request::Group(req.clone()), ANSWER_TIMEOUT)?;
+    if json {
+        return print_json(&v);
+    }
+    if listing {
+        for g in v["groups"].as_array().cloned().unwrap_or_default() {
+            let members = g["members"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{:<24} {} member{}{}",
+                g["name"].as_str().unwrap_or("?"),
+                members.len(),
+                if members.len() == 1 { "" } else { "s" },
+                if g["built_in"].as_bool() == Some(true) {
+                    " (built in: every child)"
+                } else {
+                    ""
+                }
+            );
+            for m in members {
+                println!("  {}", m.as_str().unwrap_or("?"));
+            }
+        }
+        return Ok(());
+    }
+    let changed = v["changed"].as_bool() != Some(false);
+    match req {
+        GroupRequest::List => {}
+        GroupRequest::Create { name } => println!("created group {name}"),
+        GroupRequest::Delete { name } => println!("deleted group {name}; its members left it"),
+        GroupRequest::Assign { group, node } if changed => println!("{node} is now in {group}"),
+        GroupRequest::Assign { group, node } => println!("{node} already was in {group}"),
+        GroupRequest::Unassign { group, node } if changed => println!("{node} left {group}"),
+        GroupRequest::Unassign { group, node } => println!("{node} was not in {group}"),
+    }
     Ok(())
 }
 

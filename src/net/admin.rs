@@ -37,7 +37,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_ADDR: &str = "127.0.0.1:0";
 
 /// What an operator asks of the daemon, whether through HTTP or in-process.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub enum Request {
     Status,
     /// Issue a one-time join token.
@@ -51,6 +51,24 @@ pub enum Request {
     Wait {
         update: String,
     },
+    Group(GroupRequest),
+}
+
+/// Managing the groups of this node's children.
+#[derive(Clone, Debug)]
+pub enum GroupRequest {
+    List,
+    Create { name: String },
+    Delete { name: String },
+    Assign { group: String, node: String },
+    Unassign { group: String, node: String },
+}
+
+/// The body of `POST /api/groups`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGroup {
+    name: String,
 }
 
 /// The body of `POST /api/tokens`.
@@ -304,6 +322,12 @@ fn router(handle: Handle, token: &str) -> Router {
         .route("/api/children/{node}/revoke", post(revoke))
         .route("/api/publish", post(publish))
         .route("/api/updates/{update}/wait", get(wait))
+        .route("/api/groups", get(list_groups).post(create_group))
+        .route("/api/groups/{group}", axum::routing::delete(delete_group))
+        .route(
+            "/api/groups/{group}/members/{node}",
+            axum::routing::put(assign).delete(unassign),
+        )
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(app.clone(), authorise))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -377,6 +401,40 @@ async fn publish(
         Ok(Json(p)) => answer(&app, Request::Publish(p)).await,
         Err(e) => error_response(e.status(), &e.body_text()),
     }
+}
+
+async fn list_groups(State(app): State<App>) -> Response {
+    answer(&app, Request::Group(GroupRequest::List)).await
+}
+
+async fn create_group(
+    State(app): State<App>,
+    parsed: Result<Json<NewGroup>, JsonRejection>,
+) -> Response {
+    match parsed {
+        Ok(Json(NewGroup { name })) => {
+            answer(&app, Request::Group(GroupRequest::Create { name })).await
+        }
+        Err(e) => error_response(e.status(), &e.body_text()),
+    }
+}
+
+async fn delete_group(State(app): State<App>, UrlPath(name): UrlPath<String>) -> Response {
+    answer(&app, Request::Group(GroupRequest::Delete { name })).await
+}
+
+async fn assign(
+    State(app): State<App>,
+    UrlPath((group, node)): UrlPath<(String, String)>,
+) -> Response {
+    answer(&app, Request::Group(GroupRequest::Assign { group, node })).await
+}
+
+async fn unassign(
+    State(app): State<App>,
+    UrlPath((group, node)): UrlPath<(String, String)>,
+) -> Response {
+    answer(&app, Request::Group(GroupRequest::Unassign { group, node })).await
 }
 
 #[derive(Deserialize)]
@@ -458,35 +516,70 @@ impl Client {
 
     /// Sends one request and waits up to `limit` for the answer.
     pub fn call(&self, req: &Request, limit: Duration) -> Result<serde_json::Value, AdminError> {
-        let auth = format!("Bearer {}", self.token);
-        // A wait is answered by the daemon at its own timeout; leave it room to.
-        let slack = Duration::from_secs(30);
-        let config = |timeout| Some(timeout + slack);
-        let sent = match req {
-            Request::Status => self
-                .agent
-                .get(format!("{}/api/status", self.url))
-                .header("Authorization", &auth)
-                .config()
-                .timeout_global(config(limit))
-                .build()
-                .call(),
-            Request::Wait { update } => self
-                .agent
-                .get(format!("{}/api/updates/{update}/wait", self.url))
-                .query("timeout_secs", limit.as_secs().to_string())
-                .header("Authorization", &auth)
-                .config()
-                .timeout_global(config(limit))
-                .build()
-                .call(),
-            Request::Token(t) => self.post("/api/tokens", &auth, t, limit),
-            Request::Revoke { node } => {
-                self.post(&format!("/api/children/{node}/revoke"), &auth, &(), limit)
-            }
-            Request::Publish(p) => self.post("/api/publish", &auth, p, limit),
+        let json = |v: serde_json::Result<serde_json::Value>| {
+            v.map(Some)
+                .map_err(|e| AdminError::BadAnswer(format!("cannot encode the request: {e}")))
         };
-        let mut resp = sent.map_err(|e| match e {
+        let (method, path, body) = match req {
+            Request::Status => ("GET", "/api/status".to_string(), None),
+            Request::Wait { update } => (
+                "GET",
+                format!(
+                    "/api/updates/{}/wait?timeout_secs={}",
+                    segment(update),
+                    limit.as_secs()
+                ),
+                None,
+            ),
+            Request::Token(t) => ("POST", "/api/tokens".into(), json(serde_json::to_value(t))?),
+            Request::Revoke { node } => (
+                "POST",
+                format!("/api/children/{}/revoke", segment(node)),
+                None,
+            ),
+            Request::Publish(p) => (
+                "POST",
+                "/api/publish".into(),
+                json(serde_json::to_value(p))?,
+            ),
+            Request::Group(GroupRequest::List) => ("GET", "/api/groups".into(), None),
+            Request::Group(GroupRequest::Create { name }) => (
+                "POST",
+                "/api/groups".into(),
+                Some(serde_json::json!({ "name": name })),
+            ),
+            Request::Group(GroupRequest::Delete { name }) => {
+                ("DELETE", format!("/api/groups/{}", segment(name)), None)
+            }
+            Request::Group(GroupRequest::Assign { group, node }) => (
+                "PUT",
+                format!("/api/groups/{}/members/{}", segment(group), segment(node)),
+                None,
+            ),
+            Request::Group(GroupRequest::Unassign { group, node }) => (
+                "DELETE",
+                format!("/api/groups/{}/members/{}", segment(group), segment(node)),
+                None,
+            ),
+        };
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Content-Type", "application/json")
+            .body(bytes)
+            .map_err(|e| AdminError::Transport {
+                url: self.url.clone(),
+                why: e.to_string(),
+            })?;
+        // A wait is answered by the daemon at its own timeout; leave it room to.
+        let request = self
+            .agent
+            .configure_request(request)
+            .timeout_global(Some(limit + Duration::from_secs(30)))
+            .build();
+        let mut resp = self.agent.run(request).map_err(|e| match e {
             ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
                 AdminError::NotRunning(self.dir.clone())
             }
@@ -510,22 +603,19 @@ impl Client {
             .map_or_else(|| format!("the daemon answered {status}"), str::to_string);
         Err(AdminError::Refused(message))
     }
+}
 
-    fn post(
-        &self,
-        path: &str,
-        auth: &str,
-        body: &impl Serialize,
-        limit: Duration,
-    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-        self.agent
-            .post(format!("{}{path}", self.url))
-            .header("Authorization", auth)
-            .config()
-            .timeout_global(Some(limit))
-            .build()
-            .send_json(body)
+/// Percent-encodes one URL path segment.
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
     }
+    out
 }
 
 /// Sends one request to the daemon of node directory `dir`.

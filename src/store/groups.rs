@@ -1,0 +1,223 @@
+//! A node's groups of its own children: which groups exist, and who is in each.
+//!
+//! Membership lives in each child's [`ChildRecord`] (one place, so revoking or deleting
+//! never leaves a dangling list); this table holds the groups themselves. The built-in
+//! group [`ALL`] holds every child that is not revoked and is never stored.
+
+use super::{CHILDREN, ChildRecord, Store, StoreError, db_err, decode_record};
+use crate::wire;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// Group name → CBOR [`GroupRecord`].
+pub(super) const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
+
+/// The built-in group of every child.
+pub const ALL: &str = "all";
+
+/// A group this node's admin created. Fields in canonical key order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// What a change to a group's members found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Done; `false` when the child already was (or was not) in the group.
+    Changed(bool),
+    NoSuchGroup,
+    NoSuchChild,
+    Revoked,
+}
+
+impl Store {
+    /// Every group this node's admin created, by name.
+    pub fn groups(&self) -> Result<Vec<(String, GroupRecord)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = match txn.open_table(GROUPS) {
+            Ok(t) => t,
+            // A store made before groups existed has no table until the first group.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            out.push((
+                k.value().to_string(),
+                decode_record(v.value(), "group record")?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Whether group `name` exists (the built-in [`ALL`] always does).
+    pub fn has_group(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(name == ALL || self.groups()?.iter().any(|(g, _)| g == name))
+    }
+
+    /// Creates a group; false if it already exists. The caller checks the name.
+    pub fn create_group(&self, name: &str, now: u64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let created = {
+            let mut table = txn.open_table(GROUPS).map_err(db_err)?;
+            if name == ALL || table.get(name).map_err(db_err)?.is_some() {
+                false
+            } else {
+                let record = GroupRecord { created: now };
+                table
+                    .insert(name, wire::encode(&record).as_slice())
+                    .map_err(db_err)?;
+                true
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(created)
+    }
+
+    /// Deletes a group and takes every child out of it, in one transaction; false if
+    /// there was no such group.
+    pub fn delete_group(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let found = {
+            let mut groups = txn.open_table(GROUPS).map_err(db_err)?;
+            let found = groups.remove(name).map_err(db_err)?.is_some();
+            if found {
+                let mut children = txn.open_table(CHILDREN).map_err(db_err)?;
+                let mut changed = Vec::new();
+                for entry in children.iter().map_err(db_err)? {
+                    let (k, v) = entry.map_err(db_err)?;
+                    let mut r: ChildRecord = decode_record(v.value(), "child record")?;
+                    if r.groups.iter().any(|g| g == name) {
+                        r.groups.retain(|g| g != name);
+                        changed.push((*k.value(), r));
+                    }
+                }
+                for (k, r) in changed {
+                    children
+                        .insert(&k, wire::encode(&r).as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            found
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(found)
+    }
+
+    /// Puts a child into a group (`member`) or takes it out.
+    pub fn set_member(
+        &self,
+        group: &str,
+        child: &[u8; 32],
+        member: bool,
+    ) -> Result<MemberChange, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let outcome = {
+            let exists = txn
+                .open_table(GROUPS)
+                .map_err(db_err)?
+                .get(group)
+                .map_err(db_err)?
+                .is_some();
+            let mut children = txn.open_table(CHILDREN).map_err(db_err)?;
+            let record: Option<ChildRecord> = match children.get(child).map_err(db_err)? {
+                None => None,
+                Some(v) => Some(decode_record(v.value(), "child record")?),
+            };
+            match record {
+                _ if !exists => MemberChange::NoSuchGroup,
+                None => MemberChange::NoSuchChild,
+                Some(r) if r.revoked => MemberChange::Revoked,
+                Some(mut r) => {
+                    let was = r.groups.iter().any(|g| g == group);
+                    if was != member {
+                        if member {
+                            r.groups.push(group.to_string());
+                            r.groups.sort();
+                        } else {
+                            r.groups.retain(|g| g != group);
+                        }
+                        children
+                            .insert(child, wire::encode(&r).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    MemberChange::Changed(was != member)
+                }
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TokenRecord;
+
+    fn store_with_child(dir: &std::path::Path, child: [u8; 32]) -> Store {
+        let store = Store::create(dir).expect("store");
+        let token = TokenRecord {
+            used: false,
+            client: false,
+            groups: vec![],
+            expires: u64::MAX,
+        };
+        let secret = crate::content::Hash([7; 32]);
+        store.add_token(&secret, &token).expect("token");
+        store
+            .redeem_token(&secret, &child, 1)
+            .expect("store")
+            .expect("redeemed");
+        store
+    }
+
+    #[test]
+    fn groups_are_created_assigned_and_deleted_without_leaving_members_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = [1u8; 32];
+        let store = store_with_child(dir.path(), child);
+        assert!(store.groups().expect("groups").is_empty());
+        assert!(store.create_group("pilot", 10).expect("create"));
+        assert!(
+            !store.create_group("pilot", 11).expect("again"),
+            "no duplicate"
+        );
+        assert!(
+            !store.create_group(ALL, 11).expect("all"),
+            "all is built in"
+        );
+        assert!(store.has_group(ALL).expect("all"));
+
+        let set = |g, m| store.set_member(g, &child, m).expect("set");
+        assert_eq!(set("pilot", true), MemberChange::Changed(true));
+        assert_eq!(set("pilot", true), MemberChange::Changed(false));
+        assert_eq!(set("nope", true), MemberChange::NoSuchGroup);
+        assert_eq!(
+            store.set_member("pilot", &[2; 32], true).expect("set"),
+            MemberChange::NoSuchChild
+        );
+        assert_eq!(
+            store.child(&child).expect("get").expect("child").groups,
+            ["pilot"]
+        );
+
+        assert!(store.delete_group("pilot").expect("delete"));
+        assert!(!store.delete_group("pilot").expect("again"));
+        assert!(
+            store
+                .child(&child)
+                .expect("get")
+                .expect("child")
+                .groups
+                .is_empty()
+        );
+
+        store.create_group("pilot", 12).expect("create");
+        store.revoke_child(&child).expect("revoke");
+        assert_eq!(set("pilot", true), MemberChange::Revoked);
+    }
+}
