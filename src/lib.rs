@@ -11,7 +11,7 @@
 //! |---|---|
 //! | [`cli`] | the command line: parse, call, print |
 //! | [`publish`], [`verify`], [`export`] | the root's ingest, store checks, reassembly |
-//! | [`net`] | the daemon: libp2p transport, stream protocols, management socket |
+//! | [`net`] | the daemon: libp2p transport, stream protocols, admin API |
 //! | [`engine`] | one node's logic, sans-IO: tree relations, chunk state, fetch scheduling |
 //! | [`node`] | a node directory: layout, keys, opening |
 //! | [`store`] | pack files and the redb index |

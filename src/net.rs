@@ -328,8 +328,7 @@ fn build_swarm(key: &SecretKey) -> Result<Swarm<Behaviour>, NetError> {
 }
 
 /// Opens the node in `opts.dir`, redeems its join token if it has not joined yet,
-/// listens, and binds the management socket. The node runs once [`Daemon::run`] is
-/// awaited.
+/// listens, and binds the admin API. The node runs once [`Daemon::run`] is awaited.
 pub async fn start(opts: Options) -> Result<Daemon, NetError> {
     let dir = opts.dir.clone();
     let key = SecretKey::read(&dir.join(crate::node::NODE_KEY_FILE)).map_err(NodeError::from)?;
@@ -1209,7 +1208,7 @@ impl Daemon {
     }
 
     /// Runs the node until `shutdown` completes, then stops cleanly: received chunks
-    /// are committed and the management socket removed.
+    /// are committed and the admin API closed.
     pub async fn run(
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
