@@ -1163,8 +1163,8 @@ fn write_loop(node: &Node, mut rx: mpsc::Receiver<WriteJob>, ev: &mpsc::Unbounde
             }
             WriteJob::Sync { done } => {
                 let synced = match writer.as_mut() {
-                    Some(w) => w.flush().map_err(|e| e.to_string()),
-                    None => Ok(()),
+                    Some(w) if w.has_pending() => w.flush().map_err(|e| e.to_string()),
+                    _ => Ok(()),
                 };
                 let _ = done.send(synced);
             }

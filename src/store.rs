@@ -575,11 +575,7 @@ impl Store {
     /// The record of one child, if this node certified it.
     pub fn child(&self, child: &[u8; 32]) -> Result<Option<ChildRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(CHILDREN).map_err(db_err)?;
-        match table.get(child).map_err(db_err)? {
-            None => Ok(None),
-            Some(v) => Ok(Some(decode_record(v.value(), "child record")?)),
-        }
+        read_child(&txn.open_table(CHILDREN).map_err(db_err)?, child)
     }
 
     /// Marks a child revoked. Returns false if it was never a child of this node.
@@ -587,11 +583,7 @@ impl Store {
         let txn = self.db.begin_write().map_err(db_err)?;
         let found = {
             let mut table = txn.open_table(CHILDREN).map_err(db_err)?;
-            let record: Option<ChildRecord> = match table.get(child).map_err(db_err)? {
-                None => None,
-                Some(v) => Some(decode_record(v.value(), "child record")?),
-            };
-            match record {
+            match read_child(&table, child)? {
                 None => false,
                 Some(mut r) => {
                     r.revoked = true;
@@ -653,6 +645,17 @@ pub enum TokenRefusal {
     Used,
     #[error("the join token expired at {at} (Unix seconds); ask the parent's admin for a new one")]
     Expired { at: u64 },
+}
+
+/// One child's record from the CHILDREN table of a read or write transaction.
+fn read_child(
+    table: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+    child: &[u8; 32],
+) -> Result<Option<ChildRecord>, StoreError> {
+    match table.get(child).map_err(db_err)? {
+        None => Ok(None),
+        Some(v) => Ok(Some(decode_record(v.value(), "child record")?)),
+    }
 }
 
 fn decode_record<T: Serialize + serde::de::DeserializeOwned>(

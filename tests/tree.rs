@@ -160,10 +160,14 @@ fn assert_identical_export(dir: &Path, update: &Hash, input: &Path, out: &Path) 
 }
 
 /// The key and certificate chain of the stopped node in `dir`.
-fn identity(dir: &Path) -> (SecretKey, Vec<arbor::trust::Envelope>) {
-    let node = Node::open(dir).expect("open");
+/// Presents the key and certificate chain of the (stopped) node in `dir` to `root`;
+/// answers the root's reply to that hello.
+async fn hello_as(dir: &Path, root: &TestNode) -> ControlFrame {
     let key = SecretKey::read(&dir.join("node.key")).expect("key");
-    (key, node.chain().expect("chain"))
+    let chain = Node::open(dir).expect("open").chain().expect("chain");
+    probe::hello(&key, root.addr.clone(), root.key, chain)
+        .await
+        .expect("an answer")
 }
 
 fn bytes_held(status: &serde_json::Value, update: &Hash) -> u64 {
@@ -320,11 +324,7 @@ async fn strangers_other_trees_and_revoked_children_are_refused() {
     assert!(String::from_utf8_lossy(&reason).contains("own connected children"));
 
     // A member of another tree, with its valid chain under the other root.
-    let foreign_dir = foreign.stop().await;
-    let (foreign_key, foreign_chain) = identity(&foreign_dir);
-    let answer = probe::hello(&foreign_key, root.addr.clone(), root.key, foreign_chain)
-        .await
-        .expect("an answer");
+    let answer = hello_as(&foreign.stop().await, &root).await;
     assert!(
         matches!(&answer, ControlFrame::Refused { reason } if reason.contains("another tree")),
         "{answer:?}"
@@ -336,11 +336,7 @@ async fn strangers_other_trees_and_revoked_children_are_refused() {
         node: member_id.clone(),
     })
     .await;
-    let member_dir = member.stop().await;
-    let (member_key, member_chain) = identity(&member_dir);
-    let answer = probe::hello(&member_key, root.addr.clone(), root.key, member_chain)
-        .await
-        .expect("an answer");
+    let answer = hello_as(&member.stop().await, &root).await;
     assert!(
         matches!(&answer, ControlFrame::Refused { reason } if reason.contains("revoked")),
         "{answer:?}"

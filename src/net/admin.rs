@@ -190,12 +190,13 @@ fn file_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
 /// Reads the node's admin token, making one (mode 0600) if there is none yet.
 pub fn load_or_make_token(dir: &Path) -> Result<String, AdminError> {
     let path = dir.join(TOKEN_FILE);
+    if path.exists() {
+        return read_token(&path);
+    }
     let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).map_err(|e| AdminError::File {
-        what: "cannot make the admin token",
-        path: path.display().to_string(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    getrandom::fill(&mut secret)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .map_err(file_error("cannot make the admin token", &path))?;
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -4,7 +4,7 @@
 //! never leaves a dangling list); this table holds the groups themselves. The built-in
 //! group [`ALL`] holds every child that is not revoked and is never stored.
 
-use super::{CHILDREN, ChildRecord, Store, StoreError, db_err, decode_record};
+use super::{CHILDREN, ChildRecord, Store, StoreError, db_err, decode_record, read_child};
 use crate::wire;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -55,7 +55,15 @@ impl Store {
 
     /// Whether group `name` exists (the built-in [`ALL`] always does).
     pub fn has_group(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(name == ALL || self.groups()?.iter().any(|(g, _)| g == name))
+        if name == ALL {
+            return Ok(true);
+        }
+        let txn = self.db.begin_read().map_err(db_err)?;
+        match txn.open_table(GROUPS) {
+            Ok(t) => Ok(t.get(name).map_err(db_err)?.is_some()),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(db_err(e)),
+        }
     }
 
     /// Creates a group; false if it already exists. The caller checks the name.
@@ -123,11 +131,7 @@ impl Store {
                 .map_err(db_err)?
                 .is_some();
             let mut children = txn.open_table(CHILDREN).map_err(db_err)?;
-            let record: Option<ChildRecord> = match children.get(child).map_err(db_err)? {
-                None => None,
-                Some(v) => Some(decode_record(v.value(), "child record")?),
-            };
-            match record {
+            match read_child(&children, child)? {
                 _ if !exists => MemberChange::NoSuchGroup,
                 None => MemberChange::NoSuchChild,
                 Some(r) if r.revoked => MemberChange::Revoked,
