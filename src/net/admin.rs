@@ -636,6 +636,18 @@ mod tests {
     }
 
     #[test]
+    fn a_garbage_address_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        load_or_make_token(dir.path()).expect("token");
+        std::fs::write(dir.path().join(ADDR_FILE), b"\xff\x00garbage").expect("write");
+        let err = call(dir.path(), &Request::Status, Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains(ADDR_FILE), "{err}");
+        std::fs::write(dir.path().join(ADDR_FILE), "ftp://nowhere\n").expect("write");
+        let err = call(dir.path(), &Request::Status, Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("does not hold a URL"), "{err}");
+    }
+
+    #[test]
     fn the_token_is_made_once_private_and_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = load_or_make_token(dir.path()).expect("made");
