@@ -13,6 +13,7 @@
 //! | [`publish`], [`verify`], [`export`] | the root's ingest, store checks, reassembly |
 //! | [`net`] | the daemon: libp2p transport, stream protocols, admin API |
 //! | [`engine`] | one node's logic, sans-IO: tree relations, chunk state, fetch scheduling |
+//! | [`rules`] | rule sets, sans-IO: groups, approvals, waves, halts; availability and its subset proof |
 //! | [`node`] | a node directory: layout, keys, opening |
 //! | [`store`] | pack files and the redb index |
 //! | [`trust`] | keys, the signed envelope, signed manifests |
@@ -29,6 +30,7 @@ pub mod export;
 pub mod net;
 pub mod node;
 pub mod publish;
+pub mod rules;
 pub mod store;
 pub mod trust;
 pub mod verify;
