@@ -14,7 +14,8 @@
 # holds the update against one hop root -> n1. With cut-through forwarding (a node
 # serves each chunk to its children as soon as it has verified it) depth should add
 # little. Every run starts from empty node directories, with the nodes connected; the
-# clock starts when the root has published. Each figure is the median of the runs.
+# clock starts when the root has published the update and approved it for the tree.
+# Each figure is the median of the runs.
 # The namespaces, links and daemons are torn down on exit, Ctrl-C or kill.
 #
 #   ARBOR_LINK_RATE=200mbit  rate of every link, each way (tc units: kbit, mbit, gbit)
@@ -176,6 +177,7 @@ chain_time() {
     done
     update=$(arbor_in "${NS[0]}" publish --data "$root" --tenant bench --category data \
         --id payload --version 1 "$WORK/input" 2>/dev/null)
+    arbor_in "${NS[0]}" approve --data "$root" "$update" --group all --subtree >/dev/null
     t0=$(now)
     for i in $(seq "$2"); do
         (

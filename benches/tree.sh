@@ -65,11 +65,12 @@ add_child() {
     start_node "$2"
 }
 
-# Publishes the input on the running root; sets UPDATE and T0 (when the root has it
-# and offers it to its children).
+# Publishes the input on the running root and approves it for the whole tree; sets
+# UPDATE and T0 (when the root has it and offers it to its children).
 publish() {
     UPDATE=$("$ARBOR" publish --data "$ROOT" --tenant bench --category data --id payload \
         --version 1 "$WORK/input" 2>/dev/null)
+    "$ARBOR" approve --data "$ROOT" "$UPDATE" --group all --subtree >/dev/null
     T0=$(now)
 }
 

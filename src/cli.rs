@@ -99,6 +99,47 @@ enum Command {
         #[command(subcommand)]
         action: GroupAction,
     },
+    /// Approve an update for a group of this node's children, or change the terms of
+    /// an approval (the node must be running).
+    Approve {
+        #[arg(long)]
+        data: PathBuf,
+        /// The update id, or a unique prefix of at least 4 hex digits.
+        update: String,
+        /// The group of children it is for (`all`: every child).
+        #[arg(long)]
+        group: String,
+        /// Open it to this share of the group first (e.g. 10, 12.5%); default 100.
+        #[arg(long, value_name = "PERCENT")]
+        wave: Option<String>,
+        /// From then on the whole group: Unix seconds, RFC 3339 or +DURATION (+2d).
+        #[arg(long, value_name = "TIME")]
+        deadline: Option<String>,
+        /// Approve it for every node below the group's members too (replica mode);
+        /// without it each child's own admin decides for its children.
+        #[arg(long)]
+        subtree: bool,
+        /// Halt the rollout once this many nodes report it failed.
+        #[arg(long, value_name = "N")]
+        halt_failures: Option<u64>,
+        /// Halt the rollout once this share of the nodes reporting it failed.
+        #[arg(long, value_name = "PERCENT")]
+        halt_fraction: Option<String>,
+    },
+    /// Withdraw the approval of an update for a group (the node must be running).
+    Decline {
+        #[arg(long)]
+        data: PathBuf,
+        /// The update id, or a unique prefix of at least 4 hex digits.
+        update: String,
+        #[arg(long)]
+        group: String,
+    },
+    /// List this node's approvals and how far each has reached.
+    Approvals {
+        #[arg(long)]
+        data: PathBuf,
+    },
     /// Show the running node: parent, children, updates and transfer rates.
     Status {
         #[arg(long)]
@@ -321,6 +362,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             daemon::group(&data, req, json)?
         }
+        Command::Approve {
+            data,
+            update,
+            group,
+            wave,
+            deadline,
+            subtree,
+            halt_failures,
+            halt_fraction,
+        } => {
+            use crate::net::admin::{ApproveRequest, Percent, When};
+            let req = ApproveRequest {
+                update,
+                group,
+                wave: wave.map(Percent::Text),
+                deadline: deadline.map(When::Text),
+                subtree,
+                halt_failures,
+                halt_fraction: halt_fraction.map(Percent::Text),
+            };
+            daemon::approve(&data, req, json)?
+        }
+        Command::Decline {
+            data,
+            update,
+            group,
+        } => daemon::decline(&data, &update, &group, json)?,
+        Command::Approvals { data } => daemon::approvals(&data, json)?,
         Command::Status { data } => daemon::status(&data, json)?,
         Command::Wait {
             data,

@@ -13,13 +13,20 @@
 //! from peer P" ([`Output::Fetch`]); the driver moves and hashes the bytes, stores good
 //! chunks and reports each chunk's verdict ([`Engine::handle_chunk`]) and the end of the
 //! request ([`Engine::handle_fetch_end`]). The control plane (offers of signed manifests,
-//! announcements of held chunks) is the engine's: [`Control`] messages in both
-//! directions. A node announces each chunk to its children as soon as it is stored,
-//! so transfers cut through the tree instead of waiting for whole updates.
+//! announcements of held chunks, rule sets) is the engine's: [`Control`] messages in
+//! both directions. A node announces each chunk to its children as soon as it is
+//! stored, so transfers cut through the tree instead of waiting for whole updates.
+//!
+//! Rules gate all of it (PROTOCOL.md §14): the engine holds the [`RuleBook`] of its
+//! path, computes what is available to itself and to each child, offers a child only
+//! what is available to that child, takes up an offer only of what is available to
+//! itself by its own computation, serves chunks only of those, and fetches only what
+//! it may have and someone will use: itself if it is a leaf, else one of its children.
 
 pub mod bitmap;
 
 use crate::content::Hash;
+use crate::rules::{Availability, RuleBook, RulesError, SignedRules};
 use crate::trust::{PublicKey, SignedManifest};
 use bitmap::Bitmap;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -64,6 +71,13 @@ impl Default for Config {
     }
 }
 
+/// Most rule sets one `Rules` message may carry: one per node of the longest path.
+pub const MAX_RULE_SETS: usize = 32;
+
+/// Most offers of updates not available to this node that it keeps, waiting for rules
+/// that make them available; past it, further such offers are dropped.
+pub const MAX_WITHHELD: usize = 64;
+
 /// Control-plane messages between a parent and its children.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Control {
@@ -74,6 +88,9 @@ pub enum Control {
         update: Hash,
         ranges: Vec<(u32, u32)>,
     },
+    /// The live rule sets of the sender's path, root node's first, its own last: the
+    /// subset proof (PROTOCOL.md §14.6). Canonical envelope bytes.
+    Rules { sets: Vec<Arc<[u8]>> },
 }
 
 /// How the driver judged one chunk of a fetch.
@@ -114,6 +131,12 @@ pub enum Output {
         peer: PeerId,
         reason: String,
     },
+    /// A newer rule set of an ancestor, verified: persist it (before acting on what it
+    /// allows, so that after a restart older versions are still refused).
+    StoreRules {
+        issuer: PublicKey,
+        rules: Arc<[u8]>,
+    },
     Event(Event),
 }
 
@@ -137,6 +160,19 @@ pub enum Event {
     /// A peer that is neither this node's parent nor one of its children.
     Refused {
         peer: PeerId,
+    },
+    /// A rule set from the parent was refused; the one held from its issuer stays.
+    RulesRefused {
+        peer: PeerId,
+        reason: String,
+    },
+    /// Rules changed what is available to this node or its children.
+    RulesApplied,
+    /// The parent offered an update that is not available to this node by its own
+    /// computation: it is kept aside (not stored, not fetched, not offered on).
+    OfferWithheld {
+        peer: PeerId,
+        update: Hash,
     },
     ParentLost,
     ParentConnected,
@@ -192,6 +228,9 @@ struct Update {
     resting: Vec<(u32, Millis)>,
     /// [`Event::UpdateComplete`] was reported.
     completed: bool,
+    /// Taken up: [`Output::StoreManifest`] was asked for. An offer of an update that is
+    /// not available to this node waits here unstored until it becomes available.
+    stored: bool,
 }
 
 impl Update {
@@ -213,6 +252,7 @@ impl Update {
             awaiting_local,
             resting: Vec::new(),
             completed: false,
+            stored: !awaiting_local,
         }
     }
 
@@ -236,6 +276,8 @@ struct Fetch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpdateProgress {
     pub update: Hash,
+    /// Available to this node by its rules (PROTOCOL.md §14.4).
+    pub available: bool,
     pub chunks: u32,
     pub chunks_held: u32,
     pub bytes: u64,
@@ -257,12 +299,37 @@ pub struct Engine {
     out: VecDeque<Output>,
     stats: Stats,
     rng: SplitMix64,
+    /// This node's certificate path, root node first, itself last.
+    path: Vec<PublicKey>,
+    /// The newest rule set of each node on the path, this node's own included.
+    book: RuleBook,
+    /// What this node may have, and what each certified child may, as of the last
+    /// [`Engine::refresh`].
+    avail: Availability,
+    child_avail: BTreeMap<PeerId, Availability>,
+    /// When availability changes by itself next (a deadline, an expiry).
+    next_change: Option<Millis>,
+    /// The time of the last evaluation of rules, in Unix seconds.
+    now_secs: u64,
 }
 
 impl Engine {
-    /// A node with no updates yet. `seed` drives the engine's only randomness
-    /// (backoff jitter); `root_key` is the pinned trust anchor.
-    pub fn new(role: Role, root_key: PublicKey, config: Config, seed: u64) -> Engine {
+    /// A node with no updates or rules yet. `path` is its certificate path (the node
+    /// keys of its verified chain, root node first, itself last; the root node's own
+    /// key alone on the root). `seed` drives the engine's only randomness (backoff
+    /// jitter); `root_key` is the pinned trust anchor.
+    pub fn new(
+        role: Role,
+        root_key: PublicKey,
+        path: Vec<PublicKey>,
+        config: Config,
+        seed: u64,
+    ) -> Engine {
+        let avail = if path.len() == 1 {
+            Availability::everything()
+        } else {
+            Availability::none()
+        };
         Engine {
             config,
             root_key,
@@ -284,16 +351,27 @@ impl Engine {
             out: VecDeque::new(),
             stats: Stats::default(),
             rng: SplitMix64(seed),
+            path,
+            book: RuleBook::new(),
+            avail,
+            child_avail: BTreeMap::new(),
+            next_change: None,
+            now_secs: 0,
         }
     }
 
     /// Declares a certified child (from the membership records), not yet connected.
     pub fn add_child(&mut self, child: PeerId) {
         self.children.entry(child).or_insert(false);
+        let avail = self
+            .book
+            .child_availability(&self.path, &child, self.now_secs);
+        self.child_avail.entry(child).or_insert(avail);
     }
 
     /// Forgets a child (revoked): it is disconnected and refused from now on.
     pub fn remove_child(&mut self, child: &PeerId) {
+        self.child_avail.remove(child);
         if self.children.remove(child) == Some(true) {
             self.out.push_back(Output::Disconnect {
                 peer: *child,
@@ -309,19 +387,163 @@ impl Engine {
         let id = manifest.id;
         if !self.updates.contains_key(&id) {
             self.order.push(id);
-            self.updates
-                .insert(id, Update::new(manifest.clone(), false));
-            let bytes: Arc<[u8]> = manifest.bytes.clone().into();
-            for (&child, _) in self.children.iter().filter(|(_, c)| **c) {
-                self.out.push_back(Output::Send {
-                    to: child,
-                    msg: Control::Offer {
-                        manifest: bytes.clone(),
-                    },
+            self.updates.insert(id, Update::new(manifest, false));
+            self.offer_to_children(id);
+        }
+        self.handle_local_have(id, have, now);
+    }
+
+    /// Offers a taken-up update to every connected child it is available to.
+    fn offer_to_children(&mut self, id: Hash) {
+        let children: Vec<PeerId> = self
+            .children
+            .iter()
+            .filter(|(c, connected)| **connected && self.is_available_to(c, &id))
+            .map(|(c, _)| *c)
+            .collect();
+        for child in children {
+            self.offer(child, id);
+        }
+    }
+
+    /// Sends `child` the offer of `id` and the chunks held of it.
+    fn offer(&mut self, child: PeerId, id: Hash) {
+        let Some(u) = self.updates.get(&id) else {
+            return;
+        };
+        self.out.push_back(Output::Send {
+            to: child,
+            msg: Control::Offer {
+                manifest: u.manifest.bytes.clone().into(),
+            },
+        });
+        let ranges = u.have.ranges();
+        if !ranges.is_empty() {
+            self.out.push_back(Output::Send {
+                to: child,
+                msg: Control::Have { update: id, ranges },
+            });
+        }
+    }
+
+    /// Whether `child` may be offered and served `update`: taken up here, and
+    /// available to the child.
+    fn is_available_to(&self, child: &PeerId, update: &Hash) -> bool {
+        self.updates.get(update).is_some_and(|u| u.stored)
+            && self
+                .child_avail
+                .get(child)
+                .is_some_and(|a| a.is_available(update))
+    }
+
+    /// Whether this node fetches `update`: it may have it, and it will use it itself
+    /// (a node without children) or one of its children may have it.
+    fn is_wanted(&self, update: &Hash) -> bool {
+        self.avail.is_available(update)
+            && (self.children.is_empty()
+                || self.child_avail.values().any(|a| a.is_available(update)))
+    }
+
+    /// This node's own rule set, signed by the driver for the admin: applied, sent to
+    /// the children, and acted on. The driver persists it first.
+    pub fn set_own_rules(&mut self, rules: SignedRules, now: Millis) -> Result<(), RulesError> {
+        if self.path.last() != Some(&rules.issuer()) {
+            return Err(RulesError::WrongSigner {
+                signer: rules.issuer(),
+            });
+        }
+        if self.book.apply(rules)? {
+            self.send_rules_to_children(now);
+            self.refresh(now);
+        }
+        Ok(())
+    }
+
+    /// Reloads a rule set the driver stored earlier (an ancestor's or this node's own),
+    /// at start-up. An expired one still holds its issuer's version.
+    pub fn restore_rules(&mut self, bytes: &[u8], now: Millis) -> Result<(), RulesError> {
+        self.book.restore(bytes, &self.path)?;
+        self.refresh(now);
+        Ok(())
+    }
+
+    /// Sends every connected child the live rule sets of this node's path.
+    fn send_rules_to_children(&mut self, now: Millis) {
+        let children: Vec<PeerId> = self
+            .children
+            .iter()
+            .filter(|(_, c)| **c)
+            .map(|(p, _)| *p)
+            .collect();
+        for child in children {
+            self.send_rules(child, now);
+        }
+    }
+
+    fn send_rules(&mut self, child: PeerId, now: Millis) {
+        let sets: Vec<Arc<[u8]>> = self
+            .book
+            .forward(&self.path, now / 1000)
+            .into_iter()
+            .map(|r| Arc::from(r.bytes.as_slice()))
+            .collect();
+        if !sets.is_empty() {
+            self.out.push_back(Output::Send {
+                to: child,
+                msg: Control::Rules { sets },
+            });
+        }
+    }
+
+    /// Re-evaluates what is available to this node and its children at `now`, and acts
+    /// on what changed: takes up offers that became available, offers children what
+    /// became available to them, and fetches accordingly.
+    fn refresh(&mut self, now: Millis) {
+        let secs = now / 1000;
+        self.now_secs = secs;
+        self.avail = self.book.availability(&self.path, secs);
+        let ready: Vec<Hash> = self
+            .order
+            .iter()
+            .filter(|id| {
+                self.updates.get(*id).is_some_and(|u| !u.stored) && self.avail.is_available(id)
+            })
+            .copied()
+            .collect();
+        for id in &ready {
+            if let Some(u) = self.updates.get_mut(id) {
+                u.stored = true;
+                self.out.push_back(Output::StoreManifest {
+                    manifest: u.manifest.clone(),
                 });
             }
         }
-        self.handle_local_have(id, have, now);
+        let children: Vec<PeerId> = self.children.keys().copied().collect();
+        for child in children {
+            let new = self.book.child_availability(&self.path, &child, secs);
+            let old = self.child_avail.insert(child, new);
+            if self.children.get(&child) != Some(&true) {
+                continue;
+            }
+            let gained: Vec<Hash> = self
+                .order
+                .iter()
+                .filter(|id| {
+                    self.is_available_to(&child, id)
+                        && !old.as_ref().is_some_and(|o| o.is_available(id))
+                })
+                .copied()
+                .collect();
+            for id in gained {
+                self.offer(child, id);
+            }
+        }
+        self.next_change = self
+            .book
+            .next_change(&self.path, secs)
+            .map(|s| s.saturating_mul(1000));
+        self.out.push_back(Output::Event(Event::RulesApplied));
+        self.schedule(now);
     }
 
     /// The driver reports which chunks of `update` its store holds (after
@@ -353,7 +575,7 @@ impl Engine {
         match self.children.get_mut(&peer) {
             Some(connected) => {
                 *connected = true;
-                self.greet_child(peer);
+                self.greet_child(peer, now);
             }
             None => {
                 self.out.push_back(Output::Event(Event::Refused { peer }));
@@ -365,28 +587,18 @@ impl Engine {
         }
     }
 
-    /// Tells a newly connected child everything this node makes available.
-    fn greet_child(&mut self, child: PeerId) {
-        for id in &self.order {
-            let Some(u) = self.updates.get(id) else {
-                continue;
-            };
-            self.out.push_back(Output::Send {
-                to: child,
-                msg: Control::Offer {
-                    manifest: u.manifest.bytes.clone().into(),
-                },
-            });
-            let ranges = u.have.ranges();
-            if !ranges.is_empty() {
-                self.out.push_back(Output::Send {
-                    to: child,
-                    msg: Control::Have {
-                        update: *id,
-                        ranges,
-                    },
-                });
-            }
+    /// Tells a newly connected child the rules of this node's path, then everything
+    /// available to it.
+    fn greet_child(&mut self, child: PeerId, now: Millis) {
+        self.send_rules(child, now);
+        let available: Vec<Hash> = self
+            .order
+            .iter()
+            .filter(|id| self.is_available_to(&child, id))
+            .copied()
+            .collect();
+        for id in available {
+            self.offer(child, id);
         }
     }
 
@@ -439,6 +651,7 @@ impl Engine {
         }
         match msg {
             Control::Offer { manifest } => self.handle_offer(peer, manifest, now),
+            Control::Rules { sets } => self.handle_rules(peer, &sets, now),
             Control::Have { update, ranges } => {
                 let Some(u) = self.updates.get_mut(&update) else {
                     self.misbehaved(peer, "announced chunks of an update it never offered");
@@ -466,18 +679,59 @@ impl Engine {
         if self.updates.contains_key(&id) {
             return;
         }
+        let available = self.avail.is_available(&id);
+        if !available {
+            let withheld = self.updates.values().filter(|u| !u.stored).count();
+            if withheld >= MAX_WITHHELD {
+                self.misbehaved(peer, "offered too many updates not available to this node");
+                return;
+            }
+            self.out
+                .push_back(Output::Event(Event::OfferWithheld { peer, update: id }));
+        }
         let signed = Arc::new(signed);
         self.order.push(id);
-        self.updates.insert(id, Update::new(signed.clone(), true));
-        self.out
-            .push_back(Output::StoreManifest { manifest: signed });
-        for (&child, _) in self.children.iter().filter(|(_, c)| **c) {
-            self.out.push_back(Output::Send {
-                to: child,
-                msg: Control::Offer {
-                    manifest: bytes.clone(),
-                },
+        let mut update = Update::new(signed.clone(), true);
+        update.stored = available;
+        self.updates.insert(id, update);
+        if available {
+            self.out
+                .push_back(Output::StoreManifest { manifest: signed });
+            self.offer_to_children(id);
+        }
+    }
+
+    /// Rule sets from the parent: each checked on its own (PROTOCOL.md §14.3); a refused
+    /// one is reported and the others still applied.
+    fn handle_rules(&mut self, peer: PeerId, sets: &[Arc<[u8]>], now: Millis) {
+        if sets.len() > MAX_RULE_SETS {
+            self.misbehaved(peer, "sent more rule sets than any path has nodes");
+            return;
+        }
+        let mut changed = false;
+        for bytes in sets {
+            let applied = SignedRules::open(bytes, &self.path, now / 1000).and_then(|r| {
+                let issuer = r.issuer();
+                self.book.apply(r).map(|new| new.then_some(issuer))
             });
+            match applied {
+                Ok(Some(issuer)) => {
+                    changed = true;
+                    self.out.push_back(Output::StoreRules {
+                        issuer,
+                        rules: bytes.clone(),
+                    });
+                }
+                Ok(None) => {}
+                Err(error) => self.out.push_back(Output::Event(Event::RulesRefused {
+                    peer,
+                    reason: error.to_string(),
+                })),
+            }
+        }
+        if changed {
+            self.send_rules_to_children(now);
+            self.refresh(now);
         }
     }
 
@@ -562,7 +816,13 @@ impl Engine {
                 u.busy.clear(i);
             }
         }
-        self.schedule(now);
+        if self.next_change.is_some_and(|t| t <= now) {
+            // A deadline passed or a rule set expired; children are told by their own
+            // clocks, and offered what they gained by this one.
+            self.refresh(now);
+        } else {
+            self.schedule(now);
+        }
     }
 
     /// When [`Engine::handle_timeout`] should be called next.
@@ -577,7 +837,10 @@ impl Engine {
             .values()
             .flat_map(|u| u.resting.iter().map(|(_, at)| *at))
             .min();
-        [dial, fetch, rest].into_iter().flatten().min()
+        [dial, fetch, rest, self.next_change]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next thing to do, or `None` when idle. Drain it after every input.
@@ -628,12 +891,18 @@ impl Engine {
             return;
         };
         let mut in_flight = self.fetches.values().filter(|f| f.from == parent).count();
+        let wanted: Vec<Hash> = self
+            .order
+            .iter()
+            .filter(|id| self.is_wanted(id))
+            .copied()
+            .collect();
         'outer: while in_flight < self.config.window {
-            for id in &self.order {
+            for id in &wanted {
                 let Some(u) = self.updates.get_mut(id) else {
                     continue;
                 };
-                if u.awaiting_local || u.have.is_full() {
+                if u.awaiting_local || !u.stored || u.have.is_full() {
                     continue;
                 }
                 let Some(first) = u.parent_has.first_set_not_in(0, &[&u.have, &u.busy]) else {
@@ -700,10 +969,12 @@ impl Engine {
         matches!(&self.parent, Some((p, _)) if p == peer)
     }
 
-    /// Whether `peer` may be served chunk `index` of `update`: it is a connected child
-    /// and this node holds the chunk. The driver asks before sending any bytes.
+    /// Whether `peer` may be served chunk `index` of `update`: it is a connected child,
+    /// the update is available to it, and this node holds the chunk. The driver asks
+    /// before sending any bytes.
     pub fn may_serve(&self, peer: &PeerId, update: &Hash, index: u32) -> bool {
         self.children.get(peer) == Some(&true)
+            && self.is_available_to(peer, update)
             && self.updates.get(update).is_some_and(|u| u.have.get(index))
     }
 
@@ -721,8 +992,10 @@ impl Engine {
         self.order
             .iter()
             .filter_map(|id| self.updates.get(id).map(|u| (id, u)))
+            .filter(|(_, u)| u.stored)
             .map(|(id, u)| UpdateProgress {
                 update: *id,
+                available: self.avail.is_available(id),
                 chunks: u.have.len(),
                 chunks_held: u.have.count(),
                 bytes: u.chunks.iter().map(|c| u64::from(c.1)).sum(),
@@ -765,6 +1038,26 @@ impl Engine {
     /// The signed manifest of a known update.
     pub fn manifest(&self, update: &Hash) -> Option<&SignedManifest> {
         self.updates.get(update).map(|u| &*u.manifest)
+    }
+
+    /// The rule sets this node holds: its ancestors' and its own.
+    pub fn rules(&self) -> &RuleBook {
+        &self.book
+    }
+
+    /// This node's certificate path, root node first, itself last.
+    pub fn path(&self) -> &[PublicKey] {
+        &self.path
+    }
+
+    /// What is available to this node, as of the last evaluation.
+    pub fn availability(&self) -> &Availability {
+        &self.avail
+    }
+
+    /// What is available to a certified child, as of the last evaluation.
+    pub fn child_availability(&self, child: &PeerId) -> Option<&Availability> {
+        self.child_avail.get(child)
     }
 
     /// Whether the parent link is up (`None` on the root).

@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod proto;
+mod rules;
 
 use crate::content::Hash;
 use crate::engine::{self, ChunkVerdict, Control, Engine, Event, FetchId, Output, Role};
@@ -259,6 +260,8 @@ pub struct Daemon {
     transfers: HashMap<Hash, Transfer>,
     sent_to: HashMap<PublicKey, u64>,
     refused: u64,
+    /// Rule sets from the parent that were refused.
+    rules_refused: u64,
     waiters: Vec<(Hash, oneshot::Sender<Answer>)>,
     admin_url: String,
     tasks: Tasks,
@@ -379,7 +382,23 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         None => Role::Root,
     };
     let seed = u64::from_le_bytes(key.public().0[..8].try_into().unwrap_or([0; 8])) ^ now;
-    let mut engine = Engine::new(role, node.root_key, opts.engine.clone(), seed);
+    let chain = if node.is_root() {
+        Vec::new()
+    } else {
+        node.chain()?
+    };
+    // The path is read off the chain whatever its expiry: rules only need its keys,
+    // and the parent renews an expired chain when it takes the node back.
+    let path = if node.is_root() {
+        vec![key.public()]
+    } else {
+        crate::rules::path(
+            &crate::trust::member::verify_chain(&chain, &node.root_key, 0).map_err(|e| {
+                NetError::Transport(format!("this node's certificate chain is unusable: {e}"))
+            })?,
+        )
+    };
+    let mut engine = Engine::new(role, node.root_key, path, opts.engine.clone(), seed);
     for (child, record) in node.store.children()? {
         if !record.revoked {
             engine.add_child(PublicKey(child));
@@ -396,11 +415,6 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
             }
         }
     }
-    let chain = if node.is_root() {
-        Vec::new()
-    } else {
-        node.chain()?
-    };
     let parent_addr = match parent {
         Some((_, addr)) => Some(addr.parse::<Multiaddr>().map_err(|e| NetError::Join {
             addr: addr.clone(),
@@ -444,7 +458,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         "listening on {}",
         listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
     );
-    Ok(Daemon {
+    let mut daemon = Daemon {
         node,
         engine,
         swarm,
@@ -461,11 +475,14 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         transfers: HashMap::new(),
         sent_to: HashMap::new(),
         refused: 0,
+        rules_refused: 0,
         waiters: Vec::new(),
         admin_url,
         tasks,
         opts,
-    })
+    };
+    daemon.restore_rules();
+    Ok(daemon)
 }
 
 /// Which distinct chunks of `m` the store holds, in distinct-chunk order.
@@ -1264,6 +1281,7 @@ impl Daemon {
         let _ = self.writer_tx.try_send(WriteJob::Tick);
         // Waits whose caller gave up (an admin API timeout) need no answer.
         self.waiters.retain(|(_, reply)| !reply.is_closed());
+        self.renew_rules();
     }
 
     fn on_swarm(&mut self, ev: SwarmEvent<()>) {
@@ -1370,6 +1388,9 @@ impl Daemon {
                     ControlFrame::Have { update, ranges } if ranges.len() <= proto::MAX_RANGES => {
                         Control::Have { update, ranges }
                     }
+                    ControlFrame::Rules { sets } => Control::Rules {
+                        sets: sets.into_iter().map(|b| b.into_vec().into()).collect(),
+                    },
                     other => {
                         tracing::warn!(peer = %peer.node_id(), "unexpected control frame {:?}; closing", frame_kind(&other));
                         self.disconnect(peer);
@@ -1486,6 +1507,12 @@ impl Daemon {
                             manifest: manifest.to_vec(),
                         },
                         Control::Have { update, ranges } => ControlFrame::Have { update, ranges },
+                        Control::Rules { sets } => ControlFrame::Rules {
+                            sets: sets
+                                .iter()
+                                .map(|b| serde_bytes::ByteBuf::from(b.to_vec()))
+                                .collect(),
+                        },
                     };
                     if let Some(tx) = self.sessions.get(&to) {
                         let _ = tx.send(frame);
@@ -1555,6 +1582,7 @@ impl Daemon {
                     self.sessions.remove(&peer);
                     self.disconnect(peer);
                 }
+                Output::StoreRules { issuer, rules } => self.keep_rules(&issuer, &rules),
                 Output::Event(e) => self.log_event(e),
             }
         }
@@ -1583,6 +1611,15 @@ impl Daemon {
                 "lost the parent; serving children what this node has, retrying with backoff"
             ),
             Event::ParentConnected => tracing::info!("connected to the parent"),
+            Event::RulesRefused { peer, reason } => {
+                self.rules_refused += 1;
+                tracing::warn!(peer = %peer.node_id(), "rule set refused: {reason}")
+            }
+            Event::RulesApplied => tracing::debug!("availability re-evaluated"),
+            Event::OfferWithheld { peer, update } => tracing::warn!(
+                peer = %peer.node_id(), update = %update,
+                "the parent offered an update not available to this node by its rules; kept aside"
+            ),
         }
     }
 
@@ -1623,6 +1660,9 @@ impl Daemon {
             Ok(Ok(record)) => {
                 tracing::info!(child = %peer.node_id(), client = record.client, "a new child joined");
                 self.engine.add_child(peer);
+                if !record.groups.is_empty() {
+                    self.resign_rules();
+                }
                 JoinReply::Accepted {
                     root: self.node.root_key,
                     chain: self.child_chain(&peer, &record),
@@ -1698,7 +1738,16 @@ impl Daemon {
             Request::Status => Ok(self.status()),
             Request::Token(t) => self.issue_token(t),
             Request::Revoke { node } => self.revoke(&node),
-            Request::Group(g) => self.group(g),
+            Request::Group(g) => {
+                let answer = self.group(g);
+                if answer.is_ok() {
+                    self.resign_rules();
+                }
+                answer
+            }
+            Request::Approve(a) => self.approve(a),
+            Request::Decline { update, group } => self.decline(&update, &group),
+            Request::Approvals => self.approvals(),
             Request::Wait { update } => match self.resolve(&update) {
                 Ok(u) => {
                     self.waiters.push((u, reply));
@@ -1873,6 +1922,7 @@ impl Daemon {
             Ok(true) => {
                 tracing::warn!(child = %node, "membership revoked");
                 self.engine.remove_child(&key);
+                self.resign_rules();
                 self.sessions.remove(&key);
                 self.disconnect(key);
                 Ok(serde_json::json!({ "revoked": node }))
@@ -2011,6 +2061,7 @@ impl Daemon {
                     .unwrap_or_default();
                 serde_json::json!({
                     "update_id": p.update,
+                    "available": p.available,
                     "module": name,
                     "bytes": p.bytes,
                     "bytes_held": p.bytes_held,
@@ -2030,6 +2081,23 @@ impl Daemon {
             })
         });
         let stats = self.engine.stats();
+        let me = self.node.node_key.public();
+        let rules: Vec<serde_json::Value> = self
+            .engine
+            .path()
+            .iter()
+            .filter_map(|n| self.engine.rules().get(n))
+            .map(|r| {
+                serde_json::json!({
+                    "issuer": r.issuer().node_id(),
+                    "own": r.issuer() == me,
+                    "version": r.version,
+                    "issued": r.rules.issued,
+                    "expires": r.expires,
+                    "approvals": r.rules.approvals.len(),
+                })
+            })
+            .collect();
         serde_json::json!({
             "node_id": self.node.node_id(),
             "root": self.node.is_root(),
@@ -2041,6 +2109,8 @@ impl Daemon {
             "bad_chunks": stats.bad_chunks,
             "fetch_timeouts": stats.fetch_timeouts,
             "refused": self.refused,
+            "rules": rules,
+            "rules_refused": self.rules_refused,
         })
     }
 }
@@ -2058,5 +2128,6 @@ fn frame_kind(f: &ControlFrame) -> &'static str {
         ControlFrame::Refused { .. } => "Refused",
         ControlFrame::Offer { .. } => "Offer",
         ControlFrame::Have { .. } => "Have",
+        ControlFrame::Rules { .. } => "Rules",
     }
 }

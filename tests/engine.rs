@@ -2,13 +2,17 @@
 //! in-process event queue with virtual time and modelled links, no sockets. Each test
 //! drives a small tree and checks what a user relies on: everything arrives, bad bytes
 //! are never kept, depth costs chunk times rather than file times, a lost parent is
-//! survived, a restart resumes.
+//! survived, a restart resumes; and rules decide what moves: they propagate down every
+//! level (to a node that was offline too), forged ones are refused, a child cannot
+//! widen what its parent approved, waves pick the same members every time, and a
+//! branch fetches only what its children may have.
 
 use arbor::content::Hash;
 use arbor::content::manifest::{ChunkRef, FileEntry, Manifest};
 use arbor::engine::{
     ChunkVerdict, Config, Control, Engine, Event, FetchId, Millis, Output, PeerId, Role,
 };
+use arbor::rules::{ALL, Approval, FULL_WAVE, Rules, SignedRules};
 use arbor::trust::{SecretKey, SignedManifest};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
@@ -24,10 +28,22 @@ fn root_secret() -> SecretKey {
     SecretKey::from_seed([200; 32])
 }
 
-/// A signed update of `chunks` distinct chunks of 64 KiB in one file.
+/// The node key behind `key(i)`.
+fn secret_of(id: PeerId) -> SecretKey {
+    (0..=u8::MAX)
+        .map(|i| SecretKey::from_seed([i; 32]))
+        .find(|s| s.public() == id)
+        .expect("a node of the harness")
+}
+
+/// Rules expire long after any test's virtual time (Unix seconds).
+const RULES_EXPIRE: u64 = 4_000_000_000;
+
+/// A signed update of `chunks` distinct chunks of 64 KiB in one file. Updates of
+/// different sizes share no chunk.
 fn update(chunks: u32, root: &SecretKey) -> Arc<SignedManifest> {
     let refs: Vec<ChunkRef> = (0..chunks)
-        .map(|i| ChunkRef(Hash::of(&i.to_le_bytes()), CHUNK))
+        .map(|i| ChunkRef(Hash::of(&[chunks, i].map(u32::to_le_bytes).concat()), CHUNK))
         .collect();
     let size = u64::from(chunks) * u64::from(CHUNK);
     let m = Manifest {
@@ -103,6 +119,8 @@ struct Node {
     chunks_requested: u64,
     /// Good chunks delivered to this node, in total.
     chunks_received: u64,
+    /// The issuers of the rule sets the engine asked to persist, in order.
+    rules_stored: Vec<PeerId>,
 }
 
 struct Harness {
@@ -145,7 +163,15 @@ impl Harness {
     }
 
     fn add(&mut self, id: PeerId, role: Role, seed: u64) {
-        let engine = Engine::new(role, root_secret().public(), Config::default(), seed);
+        let path = match &role {
+            Role::Root => vec![id],
+            Role::Member { parent } => {
+                let mut path = self.nodes[parent].engine.path().to_vec();
+                path.push(id);
+                path
+            }
+        };
+        let engine = Engine::new(role, root_secret().public(), path, Config::default(), seed);
         self.nodes.insert(
             id,
             Node {
@@ -156,6 +182,7 @@ impl Harness {
                 events: Vec::new(),
                 chunks_requested: 0,
                 chunks_received: 0,
+                rules_stored: Vec::new(),
             },
         );
     }
@@ -235,6 +262,7 @@ impl Harness {
                 }
             }
             Output::Disconnect { peer, .. } => self.disconnect(id, peer),
+            Output::StoreRules { issuer, .. } => self.node(id).rules_stored.push(issuer),
             Output::Event(e) => {
                 if matches!(e, Event::UpdateComplete { .. }) {
                     self.node(id).completed_at = Some(now);
@@ -383,8 +411,19 @@ impl Harness {
         }
     }
 
-    /// The root publishes `manifest`: its store holds every chunk.
+    /// The root publishes `manifest` (its store holds every chunk) and approves it for
+    /// its whole tree.
     fn publish_at_root(&mut self, root: PeerId, manifest: &Arc<SignedManifest>) {
+        self.publish_only(root, manifest);
+        let mut rules = self.own_rules(root);
+        rules
+            .approve(manifest.id, ALL, subtree(FULL_WAVE))
+            .expect("valid approval");
+        self.set_rules(root, rules);
+    }
+
+    /// The root publishes `manifest` without approving it.
+    fn publish_only(&mut self, root: PeerId, manifest: &Arc<SignedManifest>) {
         let all = vec![true; manifest.manifest.distinct_chunks().0];
         for c in manifest.manifest.chunk_refs() {
             self.node(root).store.insert(c.hash());
@@ -393,8 +432,46 @@ impl Harness {
         self.with(root, |e, now| e.add_local_update(m, &all, now));
     }
 
+    /// The rules `node` holds for its children, or empty ones.
+    fn own_rules(&self, node: PeerId) -> Rules {
+        self.nodes[&node]
+            .engine
+            .rules()
+            .get(&node)
+            .map_or_else(|| Rules::new(node, 0), |r| r.rules.clone())
+    }
+
+    /// `node`'s admin sets `rules`: signed as its next version and handed to its engine.
+    fn set_rules(&mut self, node: PeerId, rules: Rules) -> SignedRules {
+        let version = self.nodes[&node].engine.rules().next_version(&node);
+        let signed =
+            SignedRules::sign(&secret_of(node), version, RULES_EXPIRE, rules).expect("signed");
+        let own = signed.clone();
+        self.with(node, |e, now| {
+            e.set_own_rules(own, now).expect("a node's own rules")
+        });
+        signed
+    }
+
+    /// `node` approves `update` for every child, in autonomous mode.
+    fn approve_for_children(&mut self, node: PeerId, update: Hash) {
+        let mut rules = self.own_rules(node);
+        rules
+            .approve(update, ALL, Approval::wave(FULL_WAVE))
+            .expect("valid approval");
+        self.set_rules(node, rules);
+    }
+
     fn completed(&self, id: PeerId) -> Option<Millis> {
         self.nodes[&id].completed_at
+    }
+}
+
+/// An approval for a whole group and everything below its members.
+fn subtree(wave: u16) -> Approval {
+    Approval {
+        subtree: true,
+        ..Approval::wave(wave)
     }
 }
 
@@ -648,4 +725,279 @@ fn a_revoked_child_is_disconnected_and_no_longer_served() {
     h.with(a, |e, now| e.handle_timeout(now + 60_000));
     h.run(200_000);
     assert!(h.nodes[&root].events.contains(&Event::Refused { peer: a }));
+}
+
+/// The updates available to `node` by its own rules, among `updates`.
+fn available(h: &Harness, node: PeerId, updates: &[Hash]) -> Vec<Hash> {
+    updates
+        .iter()
+        .filter(|u| h.nodes[&node].engine.availability().is_available(u))
+        .copied()
+        .collect()
+}
+
+fn holds_all(h: &Harness, node: PeerId, m: &SignedManifest) -> bool {
+    m.manifest
+        .chunk_refs()
+        .all(|c| h.nodes[&node].store.contains(&c.hash()))
+}
+
+#[test]
+fn rules_propagate_through_three_levels_and_an_offline_node_catches_up() {
+    let mut h = Harness::new(1, 2);
+    let [root, a, b, c] = chain(&mut h);
+    h.run(100);
+    let (u1, u2) = (update(8, &root_secret()), update(9, &root_secret()));
+    h.publish_only(root, &u1);
+    h.publish_only(root, &u2);
+    // Autonomous mode: each level's admin passes u1 on to its own children.
+    for node in [root, a, b] {
+        h.approve_for_children(node, u1.id);
+        h.run(h.now + 1_000);
+    }
+    let ids = [u1.id, u2.id];
+    for node in [a, b, c] {
+        assert_eq!(available(&h, node, &ids), vec![u1.id]);
+    }
+    assert!(
+        holds_all(&h, c, &u1),
+        "the leaf did not get the approved update"
+    );
+    assert!(
+        h.nodes[&c].store.len() == 8,
+        "the leaf fetched an unapproved update"
+    );
+
+    // c goes offline; meanwhile every level changes its rules twice.
+    h.cut.insert(pair(b, c));
+    h.disconnect(b, c);
+    for node in [root, a, b] {
+        h.approve_for_children(node, u2.id);
+        h.run(h.now + 500);
+        let mut rules = h.own_rules(node);
+        assert!(rules.decline(&u1.id, ALL));
+        h.set_rules(node, rules);
+        h.run(h.now + 500);
+    }
+    assert_eq!(available(&h, b, &ids), vec![u2.id]);
+    assert_eq!(available(&h, c, &ids), vec![u1.id], "c heard while offline");
+    let stored_before = h.nodes[&c].rules_stored.len();
+
+    h.cut.clear();
+    h.run(h.now + 120_000);
+    // c holds the newest version of each issuer, took each once, and acts on it.
+    for issuer in [root, a, b] {
+        assert_eq!(
+            h.nodes[&c].engine.rules().version(&issuer),
+            h.nodes[&b].engine.rules().version(&issuer),
+        );
+    }
+    assert_eq!(
+        h.nodes[&c].rules_stored.len() - stored_before,
+        3,
+        "catching up took some rule set more or less than once"
+    );
+    assert_eq!(available(&h, c, &ids), vec![u2.id]);
+    assert!(holds_all(&h, c, &u2));
+}
+
+#[test]
+fn forged_expired_and_replayed_rules_are_refused_and_change_nothing() {
+    let mut h = Harness::new(1, 2);
+    let [root, a, b] = chain(&mut h);
+    let m = update(4, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(10_000);
+    let held = h.nodes[&b]
+        .engine
+        .rules()
+        .get(&root)
+        .cloned()
+        .expect("held");
+    let old = held.clone();
+    // A newer version at the root, so that `old` is a replay.
+    let mut rules = h.own_rules(root);
+    rules.issued = 1;
+    h.set_rules(root, rules.clone());
+    h.run(h.now + 1_000);
+    let current = h.nodes[&b]
+        .engine
+        .rules()
+        .get(&root)
+        .cloned()
+        .expect("held");
+    assert!(current.version > old.version);
+
+    let mut bad_signature = current.bytes.clone();
+    let last = bad_signature.len() - 1;
+    // The signature is the envelope's last field: flipping its last byte breaks it.
+    bad_signature[last] ^= 1;
+    let wrong_signer = SignedRules::sign(
+        &secret_of(a),
+        99,
+        RULES_EXPIRE,
+        Rules {
+            issuer: a,
+            ..Rules::new(a, 0)
+        },
+    )
+    .expect("signed");
+    // Signed by a stranger who claims to be the root.
+    let stranger = SignedRules::sign(&secret_of(key(9)), 99, RULES_EXPIRE, Rules::new(key(9), 0))
+        .expect("signed");
+    let expired = SignedRules::sign(&secret_of(root), 500, 2, Rules::new(root, 1)).expect("signed");
+    // Past the expired set's expiry (the harness clock stops when nothing happens).
+    h.now = h.now.max(10_000);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("signature", bad_signature),
+        ("not an ancestor", stranger.bytes),
+        ("rollback", old.bytes.clone()),
+        ("expired", expired.bytes),
+        ("not valid CBOR", b"\xa1garbage".to_vec()),
+    ];
+    for (what, bytes) in cases {
+        let before = h.nodes[&b].events.len();
+        let sets: Vec<Arc<[u8]>> = vec![bytes.into()];
+        h.with(b, |e, now| {
+            e.handle_message(a, Control::Rules { sets }, now)
+        });
+        let refusals: Vec<String> = h.nodes[&b].events[before..]
+            .iter()
+            .filter_map(|e| match e {
+                Event::RulesRefused { peer, reason } if *peer == a => Some(reason.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refusals.len(), 1, "{what}: {refusals:?}");
+        assert!(
+            refusals[0].contains(what),
+            "{what}: refused for another reason: {}",
+            refusals[0]
+        );
+        assert_eq!(
+            h.nodes[&b].engine.rules().get(&root),
+            Some(&current),
+            "{what}: changed what b holds"
+        );
+    }
+    // A rule set of b's own parent that b's grandparent never signed is fine on its
+    // own (a signs for a), but a set signed by a that claims to be the root's is not.
+    let before = h.nodes[&b].events.len();
+    let sets: Vec<Arc<[u8]>> = vec![wrong_signer.bytes.into()];
+    h.with(b, |e, now| {
+        e.handle_message(a, Control::Rules { sets }, now)
+    });
+    assert!(
+        !h.nodes[&b].events[before..]
+            .iter()
+            .any(|e| matches!(e, Event::RulesRefused { .. })),
+        "a's own rules were refused"
+    );
+    assert!(available(&h, b, &[m.id]).contains(&m.id));
+}
+
+#[test]
+fn a_child_cannot_widen_what_its_parent_approved() {
+    let mut h = Harness::new(1, 2);
+    let [root, a, b] = chain(&mut h);
+    let (allowed, other) = (update(4, &root_secret()), update(5, &root_secret()));
+    h.publish_only(root, &allowed);
+    h.publish_only(root, &other);
+    h.approve_for_children(root, allowed.id);
+    h.run(10_000);
+    // a approves for b both what it has and what it was never given.
+    let mut rules = h.own_rules(a);
+    for u in [allowed.id, other.id] {
+        rules.approve(u, ALL, subtree(FULL_WAVE)).expect("valid");
+    }
+    h.set_rules(a, rules);
+    // And offers the other one directly, as a rogue parent would.
+    let offer: Arc<[u8]> = other.bytes.clone().into();
+    h.with(b, |e, now| {
+        e.handle_message(a, Control::Offer { manifest: offer }, now)
+    });
+    h.run(h.now + 10_000);
+    assert_eq!(available(&h, b, &[allowed.id, other.id]), vec![allowed.id]);
+    assert!(holds_all(&h, b, &allowed));
+    assert_eq!(
+        h.nodes[&b].store.len(),
+        4,
+        "b fetched what a could not give"
+    );
+    assert!(h.nodes[&b].events.contains(&Event::OfferWithheld {
+        peer: a,
+        update: other.id
+    }));
+    assert!(!h.nodes[&a].engine.may_serve(&b, &other.id, 0));
+}
+
+#[test]
+fn wave_membership_is_deterministic_and_grows_with_the_wave() {
+    let reached = |wave: u16| -> BTreeSet<PeerId> {
+        let mut h = Harness::new(1, 2);
+        let root = key(1);
+        h.add(root, Role::Root, 1);
+        let children: Vec<PeerId> = (10..50).map(key).collect();
+        for (i, c) in children.iter().enumerate() {
+            h.add(*c, Role::Member { parent: root }, 100 + i as u64);
+            h.attach(root, *c);
+        }
+        let m = update(2, &root_secret());
+        h.publish_only(root, &m);
+        let mut rules = h.own_rules(root);
+        rules
+            .approve(m.id, ALL, Approval::wave(wave))
+            .expect("valid");
+        h.set_rules(root, rules);
+        h.run(30_000);
+        let got: BTreeSet<PeerId> = children
+            .iter()
+            .filter(|c| holds_all(&h, **c, &m))
+            .copied()
+            .collect();
+        // Exactly the members whose bucket is under the wave (PROTOCOL.md §14.5).
+        let expected: BTreeSet<PeerId> = children
+            .iter()
+            .filter(|c| arbor::rules::in_wave(&m.id, c, wave))
+            .copied()
+            .collect();
+        assert_eq!(got, expected, "wave {wave}");
+        got
+    };
+    let (w25, w25_again, w60) = (reached(2_500), reached(2_500), reached(6_000));
+    assert_eq!(w25, w25_again);
+    assert!(w25.is_subset(&w60));
+    assert!(!w25.is_empty() && w25.len() < w60.len() && w60.len() < 40);
+}
+
+#[test]
+fn a_branch_fetches_only_what_its_children_may_have() {
+    let mut h = Harness::new(1, 2);
+    let ids = seven_node_tree(&mut h);
+    let [root, a, b, a1, ..] = ids;
+    h.run(100);
+    let (u, v) = (update(6, &root_secret()), update(7, &root_secret()));
+    h.publish_only(root, &u);
+    h.publish_only(root, &v);
+    // The root gives both branches both updates, for them to decide.
+    h.approve_for_children(root, u.id);
+    h.approve_for_children(root, v.id);
+    // a passes u on; b passes nothing on yet.
+    h.approve_for_children(a, u.id);
+    h.run(h.now + 20_000);
+    assert!(holds_all(&h, a, &u) && holds_all(&h, a1, &u));
+    assert_eq!(
+        h.nodes[&a].store.len(),
+        6,
+        "a prefetched what no child may have"
+    );
+    assert!(
+        h.nodes[&b].store.is_empty(),
+        "b prefetched what no child may have"
+    );
+    // Once b's admin approves v, b fetches it and its children get it.
+    h.approve_for_children(b, v.id);
+    h.run(h.now + 20_000);
+    assert!(holds_all(&h, b, &v));
+    assert!(!holds_all(&h, b, &u));
 }

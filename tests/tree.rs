@@ -6,7 +6,7 @@
 mod common;
 
 use arbor::content::Hash;
-use arbor::net::admin::{GroupRequest, Request, TokenRequest};
+use arbor::net::admin::{ApproveRequest, GroupRequest, Request, TokenRequest};
 use arbor::net::proto::{CHUNK_REFUSED, ChunkRequest, ControlFrame};
 use arbor::net::{self, Handle, Options, probe};
 use arbor::node::Node;
@@ -133,7 +133,23 @@ async fn publish(root: &TestNode, input: &Path, version: &str) -> Hash {
             follow_symlinks: false,
         }))
         .await;
-    serde_json::from_value(v["update_id"].clone()).expect("update id")
+    let update: Hash = serde_json::from_value(v["update_id"].clone()).expect("update id");
+    approve_everywhere(root, &update).await;
+    update
+}
+
+/// The root approves `update` for its whole tree.
+async fn approve_everywhere(root: &TestNode, update: &Hash) {
+    root.call(Request::Approve(ApproveRequest {
+        update: update.to_hex(),
+        group: "all".into(),
+        wave: None,
+        deadline: None,
+        subtree: true,
+        halt_failures: None,
+        halt_fraction: None,
+    }))
+    .await;
 }
 
 /// Writes `mib` MiB of pseudo-random bytes in two files under `dir`.
@@ -419,6 +435,15 @@ fn a_killed_node_resumes_without_fetching_again_what_it_has() {
         .trim()
         .to_string();
     let root_proc = Process::start(&root);
+    arbor_ok(&[
+        "approve",
+        "--data",
+        &root,
+        &update,
+        "--group",
+        "all",
+        "--subtree",
+    ]);
     let token = arbor_ok(&["token", "--data", &root]).trim().to_string();
     let leaf = base.join("leaf").to_str().expect("utf-8").to_string();
     arbor_ok(&["init", "--data", &leaf, "--join", &token]);

@@ -1,9 +1,9 @@
 //! The commands of a running node: `run` starts the daemon; `token`, `revoke`,
-//! `status` and `wait` talk to it through its admin API, which they find through the
-//! node directory.
+//! `group`, `approve`, `decline`, `approvals`, `status` and `wait` talk to it through
+//! its admin API, which they find through the node directory.
 
 use super::print_json;
-use crate::net::admin::{self, GroupRequest, Request, TokenRequest};
+use crate::net::admin::{self, ApproveRequest, GroupRequest, Request, TokenRequest};
 use crate::net::{self, Options};
 use anyhow::{Context, Result, bail};
 use indicatif::HumanBytes;
@@ -122,6 +122,97 @@ pub fn group(data: &Path, req: GroupRequest, json: bool) -> Result<()> {
         GroupRequest::Unassign { group, node } => println!("{node} was not in {group}"),
     }
     Ok(())
+}
+
+pub fn approve(data: &Path, req: ApproveRequest, json: bool) -> Result<()> {
+    let v = call(data, &Request::Approve(req), ANSWER_TIMEOUT)?;
+    if json {
+        return print_json(&v);
+    }
+    println!(
+        "approved {} for {} ({}% of the group{}{}); rules version {}",
+        v["update_id"].as_str().unwrap_or("?"),
+        v["group"].as_str().unwrap_or("?"),
+        v["wave_percent"],
+        if v["subtree"].as_bool() == Some(true) {
+            ", and everything below it"
+        } else {
+            ""
+        },
+        v["deadline"]
+            .as_u64()
+            .map(|d| format!(", all of it from {}", show_time(d)))
+            .unwrap_or_default(),
+        v["rules_version"]
+    );
+    Ok(())
+}
+
+pub fn decline(data: &Path, update: &str, group: &str, json: bool) -> Result<()> {
+    let v = call(
+        data,
+        &Request::Decline {
+            update: update.into(),
+            group: group.into(),
+        },
+        ANSWER_TIMEOUT,
+    )?;
+    if json {
+        return print_json(&v);
+    }
+    println!(
+        "withdrew the approval of {} for {group}; rules version {}",
+        v["update_id"].as_str().unwrap_or("?"),
+        v["rules_version"]
+    );
+    Ok(())
+}
+
+pub fn approvals(data: &Path, json: bool) -> Result<()> {
+    let v = call(data, &Request::Approvals, ANSWER_TIMEOUT)?;
+    if json {
+        return print_json(&v);
+    }
+    let list = v["approvals"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no approvals: no update is available to this node's children");
+        return Ok(());
+    }
+    println!("rules version {}", v["rules_version"]);
+    for a in &list {
+        let id = a["update_id"].as_str().unwrap_or("?");
+        println!(
+            "{} {:<32} group {:<16} wave {}%{}{} reaches {}/{}",
+            &id[..id.len().min(12)],
+            a["module"].as_str().unwrap_or("?"),
+            a["group"].as_str().unwrap_or("?"),
+            a["effective_wave_percent"],
+            if a["subtree"].as_bool() == Some(true) {
+                " subtree"
+            } else {
+                ""
+            },
+            a["deadline"]
+                .as_u64()
+                .map(|d| format!(" deadline {}", show_time(d)))
+                .unwrap_or_default(),
+            a["reached"],
+            a["members"],
+        );
+        if let Some(h) = a["halted"].as_object() {
+            println!(
+                "  HALTED at {}: {}",
+                h["at"].as_u64().map(show_time).unwrap_or_default(),
+                h["reason"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Unix seconds as RFC 3339, for people.
+fn show_time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 pub fn wait(data: &Path, update: &str, limit: Duration, json: bool) -> Result<()> {

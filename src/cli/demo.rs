@@ -8,7 +8,7 @@
 //! each link, stops the nodes, exports the update from every node and checks it is
 //! byte-identical to the input. Any step that does not hold fails the demo.
 
-use crate::net::admin::{Request, TokenRequest};
+use crate::net::admin::{ApproveRequest, Request, TokenRequest};
 use crate::net::{self, Handle, Options};
 use crate::node::Node;
 use crate::publish::PublishRequest;
@@ -186,8 +186,22 @@ async fn flow(
     let update: crate::content::Hash = serde_json::from_value(published["update_id"].clone())
         .context("the root sent no update id")?;
     let total = published["bytes"].as_u64().unwrap_or(0);
+    nodes[0]
+        .handle
+        .call(Request::Approve(ApproveRequest {
+            update: update.to_hex(),
+            group: crate::rules::ALL.into(),
+            wave: None,
+            deadline: None,
+            subtree: true,
+            halt_failures: None,
+            halt_fraction: None,
+        }))
+        .await
+        .map_err(anyhow::Error::new)?;
     println!(
-        "{step}. published acme/plugins/report-viewer {version} ({}) as update {}",
+        "{step}. published acme/plugins/report-viewer {version} ({}) as update {}, \
+         approved for the whole tree",
         HumanBytes(total),
         update.short()
     );

@@ -52,6 +52,96 @@ pub enum Request {
         update: String,
     },
     Group(GroupRequest),
+    /// Approve an update for a group of this node's children (or change the terms).
+    Approve(ApproveRequest),
+    /// Withdraw an approval.
+    Decline {
+        update: String,
+        group: String,
+    },
+    /// This node's approvals, with how far each has reached.
+    Approvals,
+}
+
+/// A percentage as people and programs give it: `12.5`, `"12.5"` or `"12.5%"`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Percent {
+    Number(f64),
+    Text(String),
+}
+
+impl Percent {
+    /// Basis points (PROTOCOL.md §14.5), at most two decimals.
+    pub fn basis_points(&self) -> Result<u16, crate::rules::BadWave> {
+        match self {
+            Percent::Number(n) => crate::rules::parse_wave(&n.to_string()),
+            Percent::Text(t) => crate::rules::parse_wave(t),
+        }
+    }
+}
+
+/// A time as given: Unix seconds, RFC 3339 (`2026-12-01T18:00:00Z`), or `+DURATION`
+/// from now (`+90m`, `+2h`, `+7d`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum When {
+    Unix(u64),
+    Text(String),
+}
+
+impl When {
+    /// Unix seconds, or why the text is not a time.
+    pub fn unix_secs(&self, now: u64) -> Result<u64, String> {
+        let text = match self {
+            When::Unix(t) => return Ok(*t),
+            When::Text(t) => t.trim(),
+        };
+        if let Ok(t) = text.parse::<u64>() {
+            return Ok(t);
+        }
+        if let Some(rest) = text.strip_prefix('+') {
+            return humantime::parse_duration(rest)
+                .map(|d| now.saturating_add(d.as_secs()))
+                .map_err(|e| format!("{text:?} is not a duration after +: {e}"));
+        }
+        humantime::parse_rfc3339_weak(text)
+            .map_err(|_| {
+                format!(
+                    "{text:?} is not a time: give Unix seconds, RFC 3339 \
+                     (2026-12-01T18:00:00Z) or +DURATION (+2h)"
+                )
+            })
+            .and_then(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .map_err(|_| format!("{text:?} is before 1970"))
+            })
+    }
+}
+
+/// The body of `POST /api/approvals`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {
+    /// Update id (or a prefix of at least 4 hex digits).
+    pub update: String,
+    pub group: String,
+    /// The share of the group it reaches; default 100%.
+    #[serde(default)]
+    pub wave: Option<Percent>,
+    /// From then on the whole group.
+    #[serde(default)]
+    pub deadline: Option<When>,
+    /// Applies to every node below the group's members too.
+    #[serde(default)]
+    pub subtree: bool,
+    /// Halt once this many nodes failed.
+    #[serde(default)]
+    pub halt_failures: Option<u64>,
+    /// Halt once this share of the nodes reported failed.
+    #[serde(default)]
+    pub halt_fraction: Option<Percent>,
 }
 
 /// Managing the groups of this node's children.
@@ -329,6 +419,11 @@ fn router(handle: Handle, token: &str) -> Router {
             "/api/groups/{group}/members/{node}",
             axum::routing::put(assign).delete(unassign),
         )
+        .route("/api/approvals", get(list_approvals).post(approve))
+        .route(
+            "/api/approvals/{update}/{group}",
+            axum::routing::delete(decline),
+        )
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(app.clone(), authorise))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -402,6 +497,27 @@ async fn publish(
         Ok(Json(p)) => answer(&app, Request::Publish(p)).await,
         Err(e) => error_response(e.status(), &e.body_text()),
     }
+}
+
+async fn list_approvals(State(app): State<App>) -> Response {
+    answer(&app, Request::Approvals).await
+}
+
+async fn approve(
+    State(app): State<App>,
+    parsed: Result<Json<ApproveRequest>, JsonRejection>,
+) -> Response {
+    match parsed {
+        Ok(Json(a)) => answer(&app, Request::Approve(a)).await,
+        Err(e) => error_response(e.status(), &e.body_text()),
+    }
+}
+
+async fn decline(
+    State(app): State<App>,
+    UrlPath((update, group)): UrlPath<(String, String)>,
+) -> Response {
+    answer(&app, Request::Decline { update, group }).await
 }
 
 async fn list_groups(State(app): State<App>) -> Response {
@@ -562,6 +678,17 @@ impl Client {
                 format!("/api/groups/{}/members/{}", segment(group), segment(node)),
                 None,
             ),
+            Request::Approve(a) => (
+                "POST",
+                "/api/approvals".into(),
+                json(serde_json::to_value(a))?,
+            ),
+            Request::Decline { update, group } => (
+                "DELETE",
+                format!("/api/approvals/{}/{}", segment(update), segment(group)),
+                None,
+            ),
+            Request::Approvals => ("GET", "/api/approvals".into(), None),
         };
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         let request = ureq::http::Request::builder()

@@ -74,6 +74,9 @@ pub enum ControlFrame {
         ranges: Vec<(u32, u32)>,
         update: Hash,
     },
+    /// The live rule sets of the parent's path, root node's first, the parent's own
+    /// last (PROTOCOL.md §14.6): canonical envelope bytes, at most one per issuer.
+    Rules { sets: Vec<serde_bytes::ByteBuf> },
 }
 
 /// A request on a chunk stream. Fields in canonical key order.

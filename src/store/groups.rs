@@ -5,15 +5,16 @@
 //! group [`ALL`] holds every child that is not revoked and is never stored.
 
 use super::{CHILDREN, ChildRecord, Store, StoreError, db_err, decode_record, read_child};
+use crate::trust::PublicKey;
 use crate::wire;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Group name → CBOR [`GroupRecord`].
 pub(super) const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 
-/// The built-in group of every child.
-pub const ALL: &str = "all";
+pub use crate::rules::ALL;
 
 /// A group this node's admin created. Fields in canonical key order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +50,27 @@ impl Store {
                 k.value().to_string(),
                 decode_record(v.value(), "group record")?,
             ));
+        }
+        Ok(out)
+    }
+
+    /// Every group this node's admin created, each with its members that are not
+    /// revoked: the `groups` of this node's rule set (PROTOCOL.md §14.2).
+    pub fn group_members(&self) -> Result<BTreeMap<String, BTreeSet<PublicKey>>, StoreError> {
+        let mut out: BTreeMap<String, BTreeSet<PublicKey>> = self
+            .groups()?
+            .into_iter()
+            .map(|(name, _)| (name, BTreeSet::new()))
+            .collect();
+        for (child, record) in self.children()? {
+            if record.revoked {
+                continue;
+            }
+            for g in &record.groups {
+                if let Some(members) = out.get_mut(g) {
+                    members.insert(PublicKey(child));
+                }
+            }
         }
         Ok(out)
     }
