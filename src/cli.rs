@@ -140,10 +140,14 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
-    /// Show the running node: parent, children, updates and transfer rates.
+    /// Show the running node: parent, children, updates and transfer rates; with
+    /// --tree, its whole subtree with every node's state per update.
     Status {
         #[arg(long)]
         data: PathBuf,
+        /// Show the subtree as the reports that came up the tree have it.
+        #[arg(long)]
+        tree: bool,
     },
     /// Wait until the running node holds every chunk of an update.
     Wait {
@@ -390,7 +394,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             group,
         } => daemon::decline(&data, &update, &group, json)?,
         Command::Approvals { data } => daemon::approvals(&data, json)?,
-        Command::Status { data } => daemon::status(&data, json)?,
+        Command::Status { data, tree: false } => daemon::status(&data, json)?,
+        Command::Status { data, tree: true } => daemon::status_tree(&data, json)?,
         Command::Wait {
             data,
             update,

@@ -22,12 +22,21 @@
 //! what is available to that child, takes up an offer only of what is available to
 //! itself by its own computation, serves chunks only of those, and fetches only what
 //! it may have and someone will use: itself if it is a leaf, else one of its children.
+//!
+//! Reports go the other way (PROTOCOL.md §15): the engine keeps its children's newest
+//! reports, sends its parent a signed snapshot of its own state and its subtree's
+//! roll-up shortly after anything changes (and after every reconnect, so that nothing
+//! is lost while the parent is away and nothing is counted twice), and halts its own
+//! approvals whose failure threshold the roll-up passes.
 
 pub mod bitmap;
 
 use crate::content::Hash;
-use crate::rules::{Availability, RuleBook, RulesError, SignedRules};
-use crate::trust::{PublicKey, SignedManifest};
+use crate::report::{
+    self, NodeDetail, Received, Report, Rollup, RuleRefusal, SignedReport, State, UpdateState,
+};
+use crate::rules::{ApprovalKey, Availability, RuleBook, RulesError, SignedRules};
+use crate::trust::{PublicKey, SecretKey, SignedManifest};
 use bitmap::Bitmap;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -56,6 +65,9 @@ pub struct Config {
     pub retry_max: Millis,
     /// How long a chunk that arrived bad waits before it is asked again.
     pub bad_chunk_delay: Millis,
+    /// How long after a change the parent is sent a report, so that a burst of changes
+    /// makes one report. Reports carrying much detail are spaced further apart.
+    pub report_delay: Millis,
 }
 
 impl Default for Config {
@@ -67,6 +79,7 @@ impl Default for Config {
             retry_min: 500,
             retry_max: 30_000,
             bad_chunk_delay: 1_000,
+            report_delay: 100,
         }
     }
 }
@@ -91,6 +104,8 @@ pub enum Control {
     /// The live rule sets of the sender's path, root node's first, its own last: the
     /// subset proof (PROTOCOL.md §14.6). Canonical envelope bytes.
     Rules { sets: Vec<Arc<[u8]>> },
+    /// From a child: its newest signed report (PROTOCOL.md §15).
+    Report { report: Arc<[u8]> },
 }
 
 /// How the driver judged one chunk of a fetch.
@@ -131,11 +146,18 @@ pub enum Output {
         peer: PeerId,
         reason: String,
     },
-    /// A newer rule set of an ancestor, verified: persist it (before acting on what it
-    /// allows, so that after a restart older versions are still refused).
+    /// A newer rule set, verified (an ancestor's), or signed here (a halt): persist it
+    /// before acting on what it allows, so that after a restart older versions are
+    /// still refused.
     StoreRules {
         issuer: PublicKey,
         rules: Arc<[u8]>,
+    },
+    /// A child's newer report: keep it, so that a restarted parent still counts a child
+    /// that is offline.
+    StoreReport {
+        child: PeerId,
+        report: Arc<[u8]>,
     },
     Event(Event),
 }
@@ -174,6 +196,12 @@ pub enum Event {
         peer: PeerId,
         update: Hash,
     },
+    /// The roll-up passed an approval's failure threshold: this node halted it.
+    Halted {
+        update: Hash,
+        group: String,
+        reason: String,
+    },
     ParentLost,
     ParentConnected,
 }
@@ -185,6 +213,8 @@ pub struct Stats {
     pub bytes_from_parent: u64,
     pub bad_chunks: u64,
     pub fetch_timeouts: u64,
+    /// Reports sent to the parent.
+    pub reports_sent: u64,
 }
 
 /// Where this node sits in the tree.
@@ -231,6 +261,10 @@ struct Update {
     /// Taken up: [`Output::StoreManifest`] was asked for. An offer of an update that is
     /// not available to this node waits here unstored until it becomes available.
     stored: bool,
+    /// Bytes of it received from the parent.
+    from_parent: u64,
+    /// Installed or failed, as the installer said (a client's); else what the chunks say.
+    outcome: Option<UpdateState>,
 }
 
 impl Update {
@@ -253,6 +287,8 @@ impl Update {
             resting: Vec::new(),
             completed: false,
             stored: !awaiting_local,
+            from_parent: 0,
+            outcome: None,
         }
     }
 
@@ -311,16 +347,31 @@ pub struct Engine {
     next_change: Option<Millis>,
     /// The time of the last evaluation of rules, in Unix seconds.
     now_secs: u64,
+    /// This node's key: it signs the node's reports and its halts.
+    key: SecretKey,
+    /// The newest report of each child.
+    rollup: Rollup,
+    /// When to send the parent a report (only while it is connected).
+    report_due: Option<Millis>,
+    /// Something changed since the last report.
+    report_dirty: bool,
+    /// The sequence number of the last report sent.
+    report_seq: u64,
+    /// Rule sets this node refused, newest first (at most [`report::MAX_REFUSALS`]).
+    refusals: Vec<RuleRefusal>,
+    /// Approvals this node halted and has not seen set again since.
+    halted: std::collections::BTreeSet<ApprovalKey>,
 }
 
 impl Engine {
-    /// A node with no updates or rules yet. `path` is its certificate path (the node
-    /// keys of its verified chain, root node first, itself last; the root node's own
-    /// key alone on the root). `seed` drives the engine's only randomness (backoff
+    /// A node with no updates or rules yet. `key` is its node key; `path` its
+    /// certificate path (the node keys of its verified chain, root node first, itself
+    /// last; the root node's own key alone on the root). `seed` drives the engine's only randomness (backoff
     /// jitter); `root_key` is the pinned trust anchor.
     pub fn new(
         role: Role,
         root_key: PublicKey,
+        key: SecretKey,
         path: Vec<PublicKey>,
         config: Config,
         seed: u64,
@@ -357,6 +408,13 @@ impl Engine {
             child_avail: BTreeMap::new(),
             next_change: None,
             now_secs: 0,
+            key,
+            rollup: Rollup::new(),
+            report_due: None,
+            report_dirty: true,
+            report_seq: 0,
+            refusals: Vec::new(),
+            halted: std::collections::BTreeSet::new(),
         }
     }
 
@@ -372,6 +430,9 @@ impl Engine {
     /// Forgets a child (revoked): it is disconnected and refused from now on.
     pub fn remove_child(&mut self, child: &PeerId) {
         self.child_avail.remove(child);
+        if self.rollup.remove(child) {
+            self.report_dirty = true;
+        }
         if self.children.remove(child) == Some(true) {
             self.out.push_back(Output::Disconnect {
                 peer: *child,
@@ -453,10 +514,212 @@ impl Engine {
             });
         }
         if self.book.apply(rules)? {
+            // An approval set again (resumed, or changed) may be halted again.
+            let own = self.book.get(&self.me()).map(|r| &r.rules.approvals);
+            self.halted.retain(|k| {
+                own.and_then(|a| a.get(k))
+                    .is_some_and(|a| a.halted.is_some())
+            });
+            self.send_rules_to_children(now);
+            self.refresh(now);
+            self.check_halts(now);
+        }
+        Ok(())
+    }
+
+    /// This node's key.
+    fn me(&self) -> PublicKey {
+        self.key.public()
+    }
+
+    /// Something a report shows changed: the parent hears of it shortly.
+    fn changed(&mut self, now: Millis) {
+        self.report_dirty = true;
+        if self.report_due.is_none() && self.parent_connected() == Some(true) {
+            // Reports with much detail are spaced further apart, so that a big subtree
+            // does not flood the link up with snapshots.
+            let detail = self
+                .rollup
+                .children()
+                .filter_map(|c| self.rollup.get(c))
+                .map(|r| r.report.nodes.len() + 1)
+                .sum::<usize>();
+            let spacing = (detail / 64).max(1) as u64;
+            self.report_due = Some(now + self.config.report_delay * spacing);
+        }
+    }
+
+    /// What this node would report now: its own state and its subtree's roll-up. On the
+    /// root, the whole fleet.
+    pub fn report(&self, now: Millis) -> Report {
+        let me = NodeDetail {
+            node: self.me(),
+            depth: self.path.len().saturating_sub(1) as u32,
+            issued: now / 1000,
+            parent: self.parent().copied(),
+            updates: self.own_states(),
+        };
+        let groups = self
+            .book
+            .get(&self.me())
+            .map(|r| r.rules.groups.clone())
+            .unwrap_or_default();
+        self.rollup.report(me, &groups, &self.refusals)
+    }
+
+    /// This node's state for every update it took up.
+    fn own_states(&self) -> Vec<UpdateState> {
+        self.order
+            .iter()
+            .filter_map(|id| self.updates.get(id).map(|u| (id, u)))
+            .filter(|(_, u)| u.stored)
+            .take(report::MAX_UPDATES)
+            .map(|(id, u)| {
+                let done = u.bytes_held();
+                let total: u64 = u.chunks.iter().map(|c| u64::from(c.1)).sum();
+                let mut state = match &u.outcome {
+                    Some(outcome) => outcome.clone(),
+                    None => {
+                        let state = if !u.awaiting_local && u.have.is_full() {
+                            State::Downloaded
+                        } else if done > 0 || u.busy.count() > 0 {
+                            State::Downloading
+                        } else {
+                            State::Available
+                        };
+                        UpdateState::new(*id, state, done, total)
+                    }
+                };
+                state.bytes_done = done.min(total);
+                state.bytes_total = total;
+                state.from_parent = u.from_parent;
+                state
+            })
+            .collect()
+    }
+
+    /// The installer's word on an update: installed, or failed and why. Reported up.
+    pub fn set_outcome(&mut self, update: &Hash, outcome: Result<(), String>, now: Millis) {
+        let Some(u) = self.updates.get_mut(update) else {
+            return;
+        };
+        let total: u64 = u.chunks.iter().map(|c| u64::from(c.1)).sum();
+        u.outcome = Some(match outcome {
+            Ok(()) => UpdateState::new(*update, State::Installed, 0, total),
+            Err(reason) => UpdateState::failed(*update, &reason, 0, total),
+        });
+        self.changed(now);
+    }
+
+    /// The newest report of each child.
+    pub fn rollup(&self) -> &Rollup {
+        &self.rollup
+    }
+
+    /// Reloads a child's report the driver kept, at start-up. A report that no longer
+    /// opens is refused and dropped.
+    pub fn restore_report(
+        &mut self,
+        child: &PeerId,
+        bytes: &[u8],
+    ) -> Result<(), report::ReportError> {
+        if !self.children.contains_key(child) {
+            return Ok(());
+        }
+        self.rollup.receive(child, bytes)?;
+        Ok(())
+    }
+
+    fn handle_report(&mut self, child: PeerId, bytes: Arc<[u8]>, now: Millis) {
+        match self.rollup.receive(&child, &bytes) {
+            Ok(Received::Applied) => {
+                self.out.push_back(Output::StoreReport {
+                    child,
+                    report: bytes,
+                });
+                self.changed(now);
+                self.check_halts(now);
+            }
+            Ok(Received::Duplicate | Received::Stale { .. }) => {}
+            Err(e) => self.misbehaved(child, &format!("sent a report that is refused: {e}")),
+        }
+    }
+
+    /// Halts this node's own approvals whose failure threshold the children's reports
+    /// pass (PROTOCOL.md §14.7): a new version of its rules, signed here, kept by the
+    /// driver and sent down like any other.
+    fn check_halts(&mut self, now: Millis) {
+        let me = self.me();
+        let Some(own) = self.book.get(&me) else {
+            return;
+        };
+        let halts: Vec<(ApprovalKey, String)> = self
+            .rollup
+            .due_halts(&own.rules)
+            .into_iter()
+            .filter(|(key, _)| !self.halted.contains(key))
+            .map(|(key, reason)| (key, reason.to_string()))
+            .collect();
+        if halts.is_empty() {
+            return;
+        }
+        let mut rules = own.rules.clone();
+        let (version, expires) = (own.version + 1, own.expires);
+        let secs = (now / 1000).max(rules.issued);
+        for (key, reason) in &halts {
+            // The reason comes from a fixed message with numbers: always valid.
+            let _ = rules.halt(&key.update, &key.group, secs, reason);
+        }
+        rules.issued = secs;
+        let signed = match SignedRules::sign(&self.key, version, expires.max(secs + 1), rules) {
+            Ok(signed) => signed,
+            Err(e) => {
+                self.misbehaved(me, &format!("cannot sign a halt: {e}"));
+                return;
+            }
+        };
+        self.out.push_back(Output::StoreRules {
+            issuer: me,
+            rules: signed.bytes.clone().into(),
+        });
+        for (key, reason) in halts {
+            self.out.push_back(Output::Event(Event::Halted {
+                update: key.update,
+                group: key.group.clone(),
+                reason,
+            }));
+            self.halted.insert(key);
+        }
+        if self.book.apply(signed).is_ok() {
             self.send_rules_to_children(now);
             self.refresh(now);
         }
-        Ok(())
+    }
+
+    /// Sends the parent a signed snapshot, if it is connected.
+    fn send_report(&mut self, now: Millis) {
+        self.report_due = None;
+        let Some(parent) = self.parent().copied() else {
+            return;
+        };
+        if self.parent_connected() != Some(true) {
+            return;
+        }
+        let seq = now.max(self.report_seq + 1);
+        match SignedReport::sign(&self.key, seq, self.report(now)) {
+            Ok(signed) => {
+                self.report_seq = seq;
+                self.report_dirty = false;
+                self.stats.reports_sent += 1;
+                self.out.push_back(Output::Send {
+                    to: parent,
+                    msg: Control::Report {
+                        report: signed.bytes.into(),
+                    },
+                });
+            }
+            Err(e) => self.misbehaved(self.me(), &format!("cannot sign this node's report: {e}")),
+        }
     }
 
     /// Reloads a rule set the driver stored earlier (an ancestor's or this node's own),
@@ -543,6 +806,7 @@ impl Engine {
             .next_change(&self.path, secs)
             .map(|s| s.saturating_mul(1000));
         self.out.push_back(Output::Event(Event::RulesApplied));
+        self.changed(now);
         self.schedule(now);
     }
 
@@ -559,6 +823,7 @@ impl Engine {
             }
         }
         self.check_complete(update);
+        self.changed(now);
         self.schedule(now);
     }
 
@@ -569,6 +834,9 @@ impl Engine {
         {
             *link = ParentLink::Connected;
             self.out.push_back(Output::Event(Event::ParentConnected));
+            // The parent may have missed anything while away: a fresh snapshot at once.
+            self.report_dirty = true;
+            self.report_due = Some(now);
             self.schedule(now);
             return;
         }
@@ -620,6 +888,7 @@ impl Engine {
         if let Some((parent, link)) = &mut self.parent
             && *parent == peer
         {
+            self.report_due = None;
             let attempts = match link {
                 ParentLink::Connected => {
                     self.out.push_back(Output::Event(Event::ParentLost));
@@ -641,17 +910,25 @@ impl Engine {
 
     /// A control message from a connected peer.
     pub fn handle_message(&mut self, peer: PeerId, msg: Control, now: Millis) {
+        if let Control::Report { report } = msg {
+            if self.is_connected_child(&peer) {
+                self.handle_report(peer, report, now);
+            } else {
+                self.misbehaved(peer, "a report from a peer that is not a connected child");
+            }
+            return;
+        }
         if !self.is_parent(&peer) {
-            // Children send no control messages yet (reports come with the rules layer).
             self.misbehaved(
                 peer,
-                "a control message from a peer that is not this node's parent",
+                "a control message only a parent sends, from a peer that is not this node's parent",
             );
             return;
         }
         match msg {
             Control::Offer { manifest } => self.handle_offer(peer, manifest, now),
             Control::Rules { sets } => self.handle_rules(peer, &sets, now),
+            Control::Report { .. } => {}
             Control::Have { update, ranges } => {
                 let Some(u) = self.updates.get_mut(&update) else {
                     self.misbehaved(peer, "announced chunks of an update it never offered");
@@ -723,10 +1000,21 @@ impl Engine {
                     });
                 }
                 Ok(None) => {}
-                Err(error) => self.out.push_back(Output::Event(Event::RulesRefused {
-                    peer,
-                    reason: error.to_string(),
-                })),
+                Err(error) => {
+                    let issuer = match &error {
+                        RulesError::WrongSigner { signer } => Some(*signer),
+                        _ => None,
+                    };
+                    let refusal =
+                        RuleRefusal::new(self.me(), issuer, &error.to_string(), now / 1000);
+                    self.refusals.insert(0, refusal);
+                    self.refusals.truncate(report::MAX_REFUSALS);
+                    self.changed(now);
+                    self.out.push_back(Output::Event(Event::RulesRefused {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
             }
         }
         if changed {
@@ -752,10 +1040,13 @@ impl Engine {
                 u.busy.clear(index);
                 if u.have.set(index) {
                     u.unannounced.set(index);
+                    let len = u64::from(u.chunks[index as usize].1);
+                    u.from_parent += len;
                     self.stats.chunks_from_parent += 1;
-                    self.stats.bytes_from_parent += u64::from(u.chunks[index as usize].1);
+                    self.stats.bytes_from_parent += len;
                 }
                 self.check_complete(update);
+                self.changed(now);
             }
             ChunkVerdict::Bad => {
                 // Keep it busy for a while, so a bad source is not hammered.
@@ -816,6 +1107,9 @@ impl Engine {
                 u.busy.clear(i);
             }
         }
+        if self.report_due.is_some_and(|t| t <= now) {
+            self.send_report(now);
+        }
         if self.next_change.is_some_and(|t| t <= now) {
             // A deadline passed or a rule set expired; children are told by their own
             // clocks, and offered what they gained by this one.
@@ -837,7 +1131,7 @@ impl Engine {
             .values()
             .flat_map(|u| u.resting.iter().map(|(_, at)| *at))
             .min();
-        [dial, fetch, rest, self.next_change]
+        [dial, fetch, rest, self.next_change, self.report_due]
             .into_iter()
             .flatten()
             .min()

@@ -14,6 +14,7 @@
 //! | [`net`] | the daemon: libp2p transport, stream protocols, admin API |
 //! | [`engine`] | one node's logic, sans-IO: tree relations, chunk state, fetch scheduling |
 //! | [`rules`] | rule sets, sans-IO: groups, approvals, waves, halts; availability and its subset proof |
+//! | [`report`] | reports, sans-IO: each node's state per update, roll-ups per state, update and group |
 //! | [`node`] | a node directory: layout, keys, opening |
 //! | [`store`] | pack files and the redb index |
 //! | [`trust`] | keys, the signed envelope, signed manifests |
@@ -30,6 +31,7 @@ pub mod export;
 pub mod net;
 pub mod node;
 pub mod publish;
+pub mod report;
 pub mod rules;
 pub mod store;
 pub mod trust;

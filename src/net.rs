@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod proto;
+mod reports;
 mod rules;
 
 use crate::content::Hash;
@@ -262,6 +263,8 @@ pub struct Daemon {
     refused: u64,
     /// Rule sets from the parent that were refused.
     rules_refused: u64,
+    /// Children's newer reports, kept in the store on the next tick (in one commit).
+    reports_to_keep: HashMap<PublicKey, Arc<[u8]>>,
     waiters: Vec<(Hash, oneshot::Sender<Answer>)>,
     admin_url: String,
     tasks: Tasks,
@@ -398,7 +401,14 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
             })?,
         )
     };
-    let mut engine = Engine::new(role, node.root_key, path, opts.engine.clone(), seed);
+    let mut engine = Engine::new(
+        role,
+        node.root_key,
+        key.clone(),
+        path,
+        opts.engine.clone(),
+        seed,
+    );
     for (child, record) in node.store.children()? {
         if !record.revoked {
             engine.add_child(PublicKey(child));
@@ -476,12 +486,14 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         sent_to: HashMap::new(),
         refused: 0,
         rules_refused: 0,
+        reports_to_keep: HashMap::new(),
         waiters: Vec::new(),
         admin_url,
         tasks,
         opts,
     };
     daemon.restore_rules();
+    daemon.restore_reports();
     Ok(daemon)
 }
 
@@ -1282,6 +1294,7 @@ impl Daemon {
         // Waits whose caller gave up (an admin API timeout) need no answer.
         self.waiters.retain(|(_, reply)| !reply.is_closed());
         self.renew_rules();
+        self.keep_reports();
     }
 
     fn on_swarm(&mut self, ev: SwarmEvent<()>) {
@@ -1390,6 +1403,9 @@ impl Daemon {
                     }
                     ControlFrame::Rules { sets } => Control::Rules {
                         sets: sets.into_iter().map(|b| b.into_vec().into()).collect(),
+                    },
+                    ControlFrame::Report { report } => Control::Report {
+                        report: report.into_vec().into(),
                     },
                     other => {
                         tracing::warn!(peer = %peer.node_id(), "unexpected control frame {:?}; closing", frame_kind(&other));
@@ -1513,6 +1529,9 @@ impl Daemon {
                                 .map(|b| serde_bytes::ByteBuf::from(b.to_vec()))
                                 .collect(),
                         },
+                        Control::Report { report } => ControlFrame::Report {
+                            report: serde_bytes::ByteBuf::from(report.to_vec()),
+                        },
                     };
                     if let Some(tx) = self.sessions.get(&to) {
                         let _ = tx.send(frame);
@@ -1583,6 +1602,9 @@ impl Daemon {
                     self.disconnect(peer);
                 }
                 Output::StoreRules { issuer, rules } => self.keep_rules(&issuer, &rules),
+                Output::StoreReport { child, report } => {
+                    self.reports_to_keep.insert(child, report);
+                }
                 Output::Event(e) => self.log_event(e),
             }
         }
@@ -1616,6 +1638,11 @@ impl Daemon {
                 tracing::warn!(peer = %peer.node_id(), "rule set refused: {reason}")
             }
             Event::RulesApplied => tracing::debug!("availability re-evaluated"),
+            Event::Halted {
+                update,
+                group,
+                reason,
+            } => tracing::warn!(update = %update, group = %group, "rollout halted: {reason}"),
             Event::OfferWithheld { peer, update } => tracing::warn!(
                 peer = %peer.node_id(), update = %update,
                 "the parent offered an update not available to this node by its rules; kept aside"
@@ -1748,6 +1775,10 @@ impl Daemon {
             Request::Approve(a) => self.approve(a),
             Request::Decline { update, group } => self.decline(&update, &group),
             Request::Approvals => self.approvals(),
+            Request::Reports => self.reports_view(),
+            Request::Tree => self.tree_view(),
+            Request::Updates => self.updates_view(),
+            Request::Metrics => Ok(serde_json::Value::String(self.metrics())),
             Request::Wait { update } => match self.resolve(&update) {
                 Ok(u) => {
                     self.waiters.push((u, reply));
@@ -1922,6 +1953,10 @@ impl Daemon {
             Ok(true) => {
                 tracing::warn!(child = %node, "membership revoked");
                 self.engine.remove_child(&key);
+                self.reports_to_keep.remove(&key);
+                if let Err(e) = self.node.store.remove_report(&key.0) {
+                    tracing::error!("cannot forget the revoked child's report: {e}");
+                }
                 self.resign_rules();
                 self.sessions.remove(&key);
                 self.disconnect(key);
@@ -2129,5 +2164,6 @@ fn frame_kind(f: &ControlFrame) -> &'static str {
         ControlFrame::Offer { .. } => "Offer",
         ControlFrame::Have { .. } => "Have",
         ControlFrame::Rules { .. } => "Rules",
+        ControlFrame::Report { .. } => "Report",
     }
 }

@@ -17,6 +17,7 @@
 //! (`publish`, `trust`), and re-checks after (`verify`).
 
 mod groups;
+mod reports;
 mod rules;
 
 pub use groups::{ALL, GroupRecord, MemberChange};

@@ -134,7 +134,9 @@ pub enum KeyFileError {
 
 const KEY_FILE_PREFIX: &str = "ed25519:";
 
-/// An ed25519 signing key.
+/// An ed25519 signing key. (Cloned only to hand the node key to the engine, which
+/// signs the node's reports and halts.)
+#[derive(Clone)]
 pub struct SecretKey(SigningKey);
 
 impl SecretKey {

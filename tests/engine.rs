@@ -171,7 +171,14 @@ impl Harness {
                 path
             }
         };
-        let engine = Engine::new(role, root_secret().public(), path, Config::default(), seed);
+        let engine = Engine::new(
+            role,
+            root_secret().public(),
+            secret_of(id),
+            path,
+            Config::default(),
+            seed,
+        );
         self.nodes.insert(
             id,
             Node {
@@ -263,6 +270,7 @@ impl Harness {
             }
             Output::Disconnect { peer, .. } => self.disconnect(id, peer),
             Output::StoreRules { issuer, .. } => self.node(id).rules_stored.push(issuer),
+            Output::StoreReport { .. } => {}
             Output::Event(e) => {
                 if matches!(e, Event::UpdateComplete { .. }) {
                     self.node(id).completed_at = Some(now);
@@ -1000,4 +1008,240 @@ fn a_branch_fetches_only_what_its_children_may_have() {
     h.run(h.now + 20_000);
     assert!(holds_all(&h, b, &v));
     assert!(!holds_all(&h, b, &u));
+}
+
+/// Each node's own state per update, counted straight from the engines: what a roll-up
+/// must add up to.
+fn leaf_counts(h: &Harness, nodes: &[PeerId]) -> BTreeMap<Hash, arbor::report::Counts> {
+    let mut sum: BTreeMap<Hash, arbor::report::Counts> = BTreeMap::new();
+    for n in nodes {
+        for s in h.nodes[n].engine.report(h.now).own {
+            sum.entry(s.update).or_default().count(s.state);
+        }
+    }
+    sum
+}
+
+#[test]
+fn the_roll_up_at_the_root_is_the_sum_of_every_nodes_state() {
+    let mut h = Harness::new(1, 2);
+    let ids = seven_node_tree(&mut h);
+    let [root, a, b, a1, a2, b1, _b2] = ids;
+    let (u, v) = (update(6, &root_secret()), update(7, &root_secret()));
+    h.publish_at_root(root, &u);
+    h.publish_only(root, &v);
+    // v only to a's side, and a passes it on to a1 only, through a group.
+    let mut rules = h.own_rules(root);
+    rules.create_group("east").expect("group");
+    rules.assign("east", a).expect("assign");
+    rules
+        .approve(v.id, "east", Approval::wave(FULL_WAVE))
+        .expect("approve");
+    h.set_rules(root, rules);
+    let mut rules = h.own_rules(a);
+    rules.create_group("pilot").expect("group");
+    rules.assign("pilot", a1).expect("assign");
+    rules
+        .approve(v.id, "pilot", Approval::wave(FULL_WAVE))
+        .expect("approve");
+    h.set_rules(a, rules);
+    h.run(h.now + 30_000);
+    // Installers have their say on two leaves.
+    h.with(a2, |e, now| {
+        e.set_outcome(&u.id, Err("disk full".into()), now)
+    });
+    h.with(b1, |e, now| e.set_outcome(&u.id, Ok(()), now));
+    h.run(h.now + 30_000);
+
+    let report = h.nodes[&root].engine.report(h.now);
+    assert_eq!(report.subtree, leaf_counts(&h, &ids));
+    let counts = report.subtree_counts(&u.id);
+    assert_eq!(
+        (
+            counts.total(),
+            counts.failed(),
+            counts.get(arbor::report::State::Installed)
+        ),
+        (7, 1, 1)
+    );
+    assert_eq!(
+        report.subtree_counts(&v.id).total(),
+        3,
+        "root, a and a1 hold v"
+    );
+    assert_eq!(report.group_counts(ALL, &u.id).total(), 6);
+    assert_eq!(
+        report.group_counts("east", &v.id),
+        leaf_counts(&h, &[a, a1])[&v.id]
+    );
+    assert_eq!(
+        report.group_counts("east", &u.id),
+        leaf_counts(&h, &[a, a1, a2])[&u.id]
+    );
+    // Every node is in the detail once, with its parent.
+    assert_eq!(report.nodes.len(), 6);
+    let failed = report
+        .nodes
+        .iter()
+        .find(|d| d.node == a2)
+        .and_then(|d| d.updates.iter().find(|s| s.update == u.id))
+        .expect("a2's state");
+    assert_eq!(failed.reason.as_deref(), Some("disk full"));
+    assert!(report.nodes.iter().all(|d| d.parent.is_some()));
+    let _ = b;
+}
+
+#[test]
+fn reports_made_while_the_parent_is_away_arrive_later_and_count_once() {
+    let mut h = Harness::new(1, 2);
+    let [root, a, leaf] = chain(&mut h);
+    let m = update(5, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(h.now + 10_000);
+    h.cut.insert(pair(a, leaf));
+    h.disconnect(a, leaf);
+    h.with(leaf, |e, now| e.set_outcome(&m.id, Ok(()), now));
+    h.run(h.now + 5_000);
+    let before = h.nodes[&root].engine.report(h.now).subtree_counts(&m.id);
+    assert_eq!(before.get(arbor::report::State::Installed), 0);
+    // Back: the leaf sends its snapshot at once.
+    h.cut.clear();
+    h.run(h.now + 120_000);
+    let after = h.nodes[&root].engine.report(h.now).subtree_counts(&m.id);
+    assert_eq!(after.get(arbor::report::State::Installed), 1);
+    assert_eq!(after.total(), 3, "a node was counted twice or not at all");
+    // Delivering the same report again changes nothing.
+    let held = h.nodes[&a]
+        .engine
+        .rollup()
+        .get(&leaf)
+        .cloned()
+        .expect("held");
+    let again: Arc<[u8]> = held.bytes.clone().into();
+    h.with(a, |e, now| {
+        e.handle_message(leaf, Control::Report { report: again }, now)
+    });
+    h.run(h.now + 5_000);
+    assert_eq!(
+        h.nodes[&root].engine.report(h.now).subtree_counts(&m.id),
+        after
+    );
+}
+
+#[test]
+fn garbage_and_forged_reports_are_refused_and_change_nothing() {
+    let mut h = Harness::new(1, 2);
+    let [root, a, b] = chain(&mut h);
+    let m = update(3, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(h.now + 10_000);
+    let before = h.nodes[&a].engine.rollup().clone();
+    let b_report = before.get(&b).expect("b reported").clone();
+    // b's report, claimed by... a stranger signing it as itself; and plain garbage.
+    let forged = arbor::report::SignedReport::sign(
+        &secret_of(key(9)),
+        u64::MAX,
+        arbor::report::Report {
+            node: key(9),
+            ..b_report.report.clone()
+        },
+    )
+    .expect("signed");
+    let mut flipped = b_report.bytes.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    for bytes in [
+        forged.bytes,
+        flipped,
+        b"\x00\xff garbage".to_vec(),
+        Vec::new(),
+    ] {
+        let report: Arc<[u8]> = bytes.into();
+        h.with(a, |e, now| {
+            e.handle_message(b, Control::Report { report }, now)
+        });
+    }
+    assert_eq!(h.nodes[&a].engine.rollup(), &before);
+    let refused = h.nodes[&a]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Misbehaved { peer, reason } if *peer == b && reason.contains("report")))
+        .count();
+    assert_eq!(refused, 4);
+    // A report from a peer that is not a child is refused too.
+    let report: Arc<[u8]> = b_report.bytes.clone().into();
+    h.with(root, |e, now| {
+        e.handle_message(b, Control::Report { report }, now)
+    });
+    assert!(h.nodes[&root].engine.rollup().get(&b).is_none());
+}
+
+#[test]
+fn failures_past_the_threshold_halt_the_rollout_and_everyone_sees_why() {
+    let mut h = Harness::new(1, 2);
+    let root = key(1);
+    h.add(root, Role::Root, 1);
+    let children: Vec<PeerId> = (10..14).map(key).collect();
+    for (i, c) in children.iter().enumerate() {
+        h.add(*c, Role::Member { parent: root }, 100 + i as u64);
+        h.attach(root, *c);
+    }
+    let m = update(3, &root_secret());
+    h.publish_only(root, &m);
+    let mut rules = h.own_rules(root);
+    rules
+        .approve(
+            m.id,
+            ALL,
+            Approval {
+                halt: Some(arbor::rules::Halt {
+                    failures: Some(2),
+                    fraction: None,
+                }),
+                ..Approval::wave(FULL_WAVE)
+            },
+        )
+        .expect("approve");
+    let version = h.set_rules(root, rules).version;
+    h.run(h.now + 10_000);
+    h.with(children[0], |e, now| {
+        e.set_outcome(&m.id, Err("hook exited 1".into()), now)
+    });
+    h.run(h.now + 10_000);
+    assert!(
+        !h.nodes[&root]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Halted { .. })),
+        "halted below the threshold"
+    );
+    h.with(children[1], |e, now| {
+        e.set_outcome(&m.id, Err("hook exited 1".into()), now)
+    });
+    h.run(h.now + 10_000);
+    let halts: Vec<&Event> = h.nodes[&root]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Halted { .. }))
+        .collect();
+    assert_eq!(halts.len(), 1, "{halts:?}");
+    let held = h.nodes[&root].engine.rules().get(&root).expect("own rules");
+    assert_eq!(held.version, version + 1);
+    let halted = held
+        .rules
+        .approvals
+        .values()
+        .next()
+        .and_then(|a| a.halted.clone());
+    assert!(halted.is_some_and(|h| h.reason.contains("2 nodes failed")));
+    assert_eq!(
+        h.nodes[&root].rules_stored.last(),
+        Some(&root),
+        "the halt was not kept"
+    );
+    // Every child holds the halted rules, and the update is no longer available to them.
+    for c in &children {
+        assert_eq!(h.nodes[c].engine.rules().version(&root), Some(version + 1));
+        assert!(available(&h, *c, &[m.id]).is_empty());
+    }
 }

@@ -122,6 +122,13 @@ async fn child(parent: &TestNode, dir: &Path, client: bool) -> TestNode {
 }
 
 async fn publish(root: &TestNode, input: &Path, version: &str) -> Hash {
+    let update = publish_unapproved(root, input, version).await;
+    approve_everywhere(root, &update).await;
+    update
+}
+
+/// Publishes on the root without approving it for anyone.
+async fn publish_unapproved(root: &TestNode, input: &Path, version: &str) -> Hash {
     let v = root
         .call(Request::Publish(PublishRequest {
             tenant: "acme".into(),
@@ -133,9 +140,7 @@ async fn publish(root: &TestNode, input: &Path, version: &str) -> Hash {
             follow_symlinks: false,
         }))
         .await;
-    let update: Hash = serde_json::from_value(v["update_id"].clone()).expect("update id");
-    approve_everywhere(root, &update).await;
-    update
+    serde_json::from_value(v["update_id"].clone()).expect("update id")
 }
 
 /// The root approves `update` for its whole tree.
@@ -748,11 +753,133 @@ async fn bad_admin_api_input_gets_a_clear_4xx_and_changes_nothing() {
                 "no group",
             ),
         ];
+        let zeros = "0".repeat(64);
+        let unknown = format!(r#"{{"update":"{zeros}","group":"all"}}"#);
+        let approvals: Vec<AdminCase> = vec![
+            (
+                "POST",
+                "/api/approvals".into(),
+                t,
+                Some(br#"{"update":"abcd","group":"all"}"#),
+                404,
+                "no update",
+            ),
+            (
+                "POST",
+                "/api/approvals".into(),
+                t,
+                Some(unknown.as_bytes()),
+                404,
+                "no update",
+            ),
+            (
+                "POST",
+                "/api/approvals".into(),
+                t,
+                Some(br#"{"group":"all"}"#),
+                422,
+                "update",
+            ),
+            (
+                "POST",
+                "/api/approvals".into(),
+                t,
+                Some(br#"{"update":"abcd","group":"all","wave":"150"}"#),
+                400,
+                "wave",
+            ),
+            (
+                "POST",
+                "/api/approvals".into(),
+                t,
+                Some(br#"{"update":"abcd","group":"all","wave":12.345}"#),
+                400,
+                "two decimals",
+            ),
+            (
+                "POST",
+                "/api/approvals".into(),
+                t,
+                Some(br#"{"update":"abcd","group":"all","deadline":"tomorrow"}"#),
+                400,
+                "deadline",
+            ),
+            (
+                "POST",
+                "/api/approvals".into(),
+                t,
+                Some(br#"{"update":"abcd","group":"all","halt_fraction":"-1"}"#),
+                400,
+                "halt fraction",
+            ),
+            (
+                "POST",
+                "/api/approvals".into(),
+                t,
+                Some(br#"{"update":"abcd","group":"all","everyone":true}"#),
+                422,
+                "everyone",
+            ),
+            (
+                "DELETE",
+                "/api/approvals/abcd/all".into(),
+                t,
+                None,
+                404,
+                "no update",
+            ),
+            (
+                "DELETE",
+                format!("/api/approvals/{zeros}/all"),
+                t,
+                None,
+                404,
+                "not approved",
+            ),
+            ("GET", "/api/tree".into(), None, None, 401, "admin token"),
+            (
+                "GET",
+                "/api/reports".into(),
+                wrong,
+                None,
+                401,
+                "admin token",
+            ),
+            ("GET", "/metrics".into(), None, None, 401, "admin token"),
+        ];
         let mut failed = Vec::new();
-        for (method, path, token, body, want, says) in cases.into_iter().chain(groups) {
+        for (method, path, token, body, want, says) in
+            cases.into_iter().chain(groups).chain(approvals)
+        {
             let (status, text) = admin_http(&url, method, &path, token, body);
             if status != want || !text.contains(says) {
                 failed.push(format!("{method} {path}: {status} {text}"));
+            }
+        }
+        // Every endpoint the OpenAPI description names exists (the UI and the
+        // description itself answer without the token).
+        let (status, text) = admin_http(&url, "GET", "/api/openapi.json", None, None);
+        let doc: serde_json::Value = serde_json::from_str(&text).expect("OpenAPI is JSON");
+        if status != 200 || doc["openapi"] != "3.1.0" {
+            failed.push(format!("openapi.json: {status}"));
+        }
+        for (path, methods) in doc["paths"].as_object().expect("paths") {
+            let concrete = path
+                .replace("{node}", "x")
+                .replace("{update}", "abcd")
+                .replace("{group}", "nope");
+            for method in methods.as_object().expect("methods").keys() {
+                let method = method.to_uppercase();
+                let (status, text) = admin_http(&url, &method, &concrete, t, Some(b"{}"));
+                if status == 404 && text.contains("no such endpoint") || status == 405 {
+                    failed.push(format!("described but missing: {method} {path}: {status}"));
+                }
+            }
+        }
+        for page in ["/", "/app.js", "/style.css"] {
+            let (status, text) = admin_http(&url, "GET", page, None, None);
+            if status != 200 || text.is_empty() {
+                failed.push(format!("UI {page}: {status}"));
             }
         }
         // Not HTTP at all.
@@ -785,6 +912,9 @@ async fn bad_admin_api_input_gets_a_clear_4xx_and_changes_nothing() {
         Some(1),
         "{groups}"
     );
+    let approvals = root.call(Request::Approvals).await;
+    assert_eq!(approvals["approvals"], serde_json::json!([]));
+    assert_eq!(after["rules"], before["rules"]);
     root.stop().await;
 }
 
@@ -866,5 +996,197 @@ async fn groups_are_managed_through_the_cli_and_carried_by_tokens() {
     );
     second.stop().await;
     first.stop().await;
+    root.stop().await;
+}
+
+/// Polls `check` on `node`'s answer to `req` until it holds, or fails after [`HANG`].
+async fn until(
+    node: &TestNode,
+    req: Request,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + HANG;
+    loop {
+        let v = node.call(req.clone()).await;
+        if check(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} never happened: {v:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The states of `update` per node id in a `/api/tree` answer.
+fn tree_states(tree: &serde_json::Value, update: &Hash, out: &mut Vec<(String, String)>) {
+    let state = tree["updates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|u| u["update_id"] == update.to_hex())
+        .and_then(|u| u["state"].as_str())
+        .unwrap_or("-");
+    out.push((
+        tree["node_id"].as_str().unwrap_or("?").to_string(),
+        state.to_string(),
+    ));
+    for c in tree["children"].as_array().into_iter().flatten() {
+        tree_states(c, update, out);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_go_down_three_levels_and_reports_come_back_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let root = root(&base.join("root")).await;
+    root.call(Request::Group(GroupRequest::Create {
+        name: "east".into(),
+    }))
+    .await;
+    let token = root
+        .call(Request::Token(TokenRequest {
+            groups: vec!["east".into()],
+            client: false,
+            ttl_secs: 600,
+            addr: None,
+        }))
+        .await["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    Node::init_join(
+        &base.join("branch"),
+        &JoinToken::parse(&token).expect("token"),
+    )
+    .expect("init");
+    let branch = start_with(options(&base.join("branch")))
+        .await
+        .expect("branch");
+    let west = child(&root, &base.join("west"), false).await;
+    let leaf = child(&branch, &base.join("leaf"), true).await;
+    let u1 = publish_unapproved(&root, &input(&base.join("v1"), 1, 11), "1.0").await;
+
+    // Approved for `east` and everything below it, through the CLI.
+    let data = root.dir.to_str().expect("utf-8").to_string();
+    let (d, u) = (data.clone(), u1.to_hex());
+    tokio::task::spawn_blocking(move || {
+        arbor_ok(&["approve", "--data", &d, &u, "--group", "east", "--subtree"]);
+        let list = arbor_json(&["approvals", "--data", &d]);
+        assert_eq!(list["approvals"][0]["group"], "east");
+        assert_eq!(list["approvals"][0]["reached"], 1);
+    })
+    .await
+    .expect("cli");
+    tokio::time::timeout(HANG, leaf.wait(&u1))
+        .await
+        .expect("leaf gets u1");
+
+    // The root sees every node's state, through the tree, within the hang bound.
+    let (d, u) = (data.clone(), u1);
+    let tree = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + HANG;
+        loop {
+            let tree = arbor_json(&["status", "--data", &d, "--tree"]);
+            let mut states = Vec::new();
+            tree_states(&tree["tree"], &u, &mut states);
+            if states.iter().filter(|(_, s)| s == "downloaded").count() == 3 {
+                return tree;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the roll-up never showed it: {tree:#}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .expect("cli");
+    let mut states = Vec::new();
+    tree_states(&tree["tree"], &u1, &mut states);
+    states.sort();
+    let mut want = vec![
+        (root.key.node_id(), "downloaded".to_string()),
+        (branch.key.node_id(), "downloaded".to_string()),
+        (leaf.key.node_id(), "downloaded".to_string()),
+        (west.key.node_id(), "-".to_string()),
+    ];
+    want.sort();
+    assert_eq!(states, want, "west is not in east and must not have it");
+    let west_status = west.status().await;
+    assert_eq!(west_status["updates"], serde_json::json!([]));
+
+    // The rollout per group, and the metrics, say the same.
+    let updates = root.call(Request::Updates).await;
+    let rollout = updates["updates"][0]["rollout"]
+        .as_array()
+        .expect("rollout")
+        .clone();
+    let east = rollout.iter().find(|r| r["group"] == "east").expect("east");
+    assert_eq!(
+        (east["downloaded"].as_u64(), east["done_percent"].as_u64()),
+        (Some(2), Some(100))
+    );
+    let dir = root.dir.clone();
+    let metrics = tokio::task::spawn_blocking(move || {
+        arbor::net::admin::call(&dir, &Request::Metrics, Duration::from_secs(30))
+    })
+    .await
+    .expect("client")
+    .expect("metrics");
+    let text = metrics.as_str().expect("text");
+    let line = format!(
+        "arbor_update_nodes{{state=\"downloaded\",update=\"{}\"}} 3",
+        u1.to_hex()
+    );
+    assert!(text.contains(&line), "{text}");
+    assert!(text.contains("# TYPE arbor_bytes_total counter"), "{text}");
+
+    // The leaf goes offline; meanwhile the root withdraws u1 and approves u2.
+    let leaf_dir = leaf.stop().await;
+    let u2 = publish_unapproved(&root, &input(&base.join("v2"), 1, 12), "2.0").await;
+    let (d, a, b) = (data.clone(), u1.to_hex(), u2.to_hex());
+    tokio::task::spawn_blocking(move || {
+        arbor_ok(&["approve", "--data", &d, &b, "--group", "east", "--subtree"]);
+        arbor_ok(&["decline", "--data", &d, &a, "--group", "east"]);
+    })
+    .await
+    .expect("cli");
+    let root_version = root.status().await["rules"][0]["version"].clone();
+    // A node keeps the newest rules across a restart (west: its parent's address stays).
+    until(&west, Request::Status, "west hearing of it", |s| {
+        s["rules"][0]["version"] == root_version
+    })
+    .await;
+    let west_dir = west.stop().await;
+    let west = start_with(options(&west_dir)).await.expect("west restarts");
+    assert_eq!(west.status().await["rules"][0]["version"], root_version);
+    // Back, the leaf catches up: the newest rules, u2, and u1 no longer available.
+    let leaf = start_with(options(&leaf_dir)).await.expect("leaf restarts");
+    tokio::time::timeout(HANG, leaf.wait(&u2))
+        .await
+        .expect("leaf gets u2");
+    let status = until(&leaf, Request::Status, "catching up", |s| {
+        s["rules"][0]["version"] == root_version
+    })
+    .await;
+    let available: Vec<(String, bool)> = status["updates"]
+        .as_array()
+        .expect("updates")
+        .iter()
+        .map(|u| {
+            (
+                u["update_id"].as_str().unwrap_or("").to_string(),
+                u["available"] == true,
+            )
+        })
+        .collect();
+    assert!(available.contains(&(u1.to_hex(), false)), "{available:?}");
+    assert!(available.contains(&(u2.to_hex(), true)), "{available:?}");
+    assert_eq!(status["rules_refused"], 0);
+
+    leaf.stop().await;
+    branch.stop().await;
+    west.stop().await;
     root.stop().await;
 }

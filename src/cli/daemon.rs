@@ -309,6 +309,57 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `arbor status --tree`: the subtree, one node a line, indented by depth, each with
+/// its state per update.
+pub fn status_tree(data: &Path, json: bool) -> Result<()> {
+    let v = call(data, &Request::Tree, ANSWER_TIMEOUT)?;
+    if json {
+        return print_json(&v);
+    }
+    print_node(&v["tree"], 0);
+    if v["truncated"].as_bool() == Some(true) {
+        println!("(the subtree is larger than reports carry in detail: some nodes are left out)");
+    }
+    Ok(())
+}
+
+fn print_node(node: &serde_json::Value, indent: usize) {
+    let states: Vec<String> = node["updates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|u| {
+            let id = u["update_id"].as_str().unwrap_or("?");
+            let state = u["state"].as_str().unwrap_or("?");
+            let detail = match state {
+                "downloading" => {
+                    let (done, total) = (
+                        u["bytes_done"].as_u64().unwrap_or(0),
+                        u["bytes_total"].as_u64().unwrap_or(0).max(1),
+                    );
+                    format!(" {}%", done * 100 / total)
+                }
+                "failed" => format!(": {}", u["reason"].as_str().unwrap_or("?")),
+                _ => String::new(),
+            };
+            format!("{} {state}{detail}", &id[..id.len().min(12)])
+        })
+        .collect();
+    println!(
+        "{:indent$}{}  {}",
+        "",
+        node["node_id"].as_str().unwrap_or("?"),
+        if states.is_empty() {
+            "no updates".to_string()
+        } else {
+            states.join(", ")
+        },
+    );
+    for child in node["children"].as_array().into_iter().flatten() {
+        print_node(child, indent + 2);
+    }
+}
+
 /// Parses `--ttl` values such as `30m`, `2h`, `7d`.
 pub fn parse_ttl(s: &str) -> Result<Duration> {
     let d = humantime::parse_duration(s)

@@ -61,6 +61,14 @@ pub enum Request {
     },
     /// This node's approvals, with how far each has reached.
     Approvals,
+    /// This node's roll-up of its subtree, and its children's reports.
+    Reports,
+    /// This node's subtree, each node with its state per update.
+    Tree,
+    /// The updates this node took up, with their rollout per group.
+    Updates,
+    /// Prometheus text (a JSON string).
+    Metrics,
 }
 
 /// A percentage as people and programs give it: `12.5`, `"12.5"` or `"12.5%"`.
@@ -407,7 +415,7 @@ fn router(handle: Handle, token: &str) -> Router {
         handle,
         token: Arc::new(blake3::hash(token.as_bytes())),
     };
-    Router::new()
+    let api = Router::new()
         .route("/api/status", get(status))
         .route("/api/tokens", post(issue_token))
         .route("/api/children/{node}/revoke", post(revoke))
@@ -419,6 +427,10 @@ fn router(handle: Handle, token: &str) -> Router {
             "/api/groups/{group}/members/{node}",
             axum::routing::put(assign).delete(unassign),
         )
+        .route("/api/reports", get(reports))
+        .route("/api/tree", get(tree))
+        .route("/api/updates", get(updates))
+        .route("/metrics", get(metrics))
         .route("/api/approvals", get(list_approvals).post(approve))
         .route(
             "/api/approvals/{update}/{group}",
@@ -427,7 +439,51 @@ fn router(handle: Handle, token: &str) -> Router {
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(app.clone(), authorise))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(app)
+        .with_state(app);
+    // The web UI and the API's description hold no secrets: served without the token,
+    // which the UI asks for and sends with every API call.
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", UI_HTML) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", UI_JS) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset("text/css; charset=utf-8", UI_CSS) }),
+        )
+        .route(
+            "/api/openapi.json",
+            get(|| async { asset("application/json", OPENAPI) }),
+        )
+        .merge(api)
+}
+
+/// The web UI, embedded so that nothing is built or installed beside the binary.
+const UI_HTML: &str = include_str!("ui/index.html");
+const UI_JS: &str = include_str!("ui/app.js");
+const UI_CSS: &str = include_str!("ui/style.css");
+/// The admin API's OpenAPI 3.1 description.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // Only this server's own scripts and styles, never inside another page.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn authorise(
@@ -496,6 +552,33 @@ async fn publish(
         ),
         Ok(Json(p)) => answer(&app, Request::Publish(p)).await,
         Err(e) => error_response(e.status(), &e.body_text()),
+    }
+}
+
+async fn reports(State(app): State<App>) -> Response {
+    answer(&app, Request::Reports).await
+}
+
+async fn tree(State(app): State<App>) -> Response {
+    answer(&app, Request::Tree).await
+}
+
+async fn updates(State(app): State<App>) -> Response {
+    answer(&app, Request::Updates).await
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    match app.handle.call(Request::Metrics).await {
+        Ok(serde_json::Value::String(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(other) => Json(other).into_response(),
+        Err(r) => r.into_response(),
     }
 }
 
@@ -689,6 +772,10 @@ impl Client {
                 None,
             ),
             Request::Approvals => ("GET", "/api/approvals".into(), None),
+            Request::Reports => ("GET", "/api/reports".into(), None),
+            Request::Tree => ("GET", "/api/tree".into(), None),
+            Request::Updates => ("GET", "/api/updates".into(), None),
+            Request::Metrics => ("GET", "/metrics".into(), None),
         };
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         let request = ureq::http::Request::builder()
@@ -717,11 +804,16 @@ impl Client {
             },
         })?;
         let status = resp.status();
-        let value: serde_json::Value = resp
+        let text = resp
             .body_mut()
             .with_config()
             .limit(64 << 20)
-            .read_json()
+            .read_to_string()
+            .map_err(|e| AdminError::BadAnswer(format!("{status}: {e}")))?;
+        if status.is_success() && matches!(req, Request::Metrics) {
+            return Ok(serde_json::Value::String(text));
+        }
+        let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| AdminError::BadAnswer(format!("{status}: {e}")))?;
         if status.is_success() {
             return Ok(value);

@@ -77,6 +77,9 @@ pub enum ControlFrame {
     /// The live rule sets of the parent's path, root node's first, the parent's own
     /// last (PROTOCOL.md §14.6): canonical envelope bytes, at most one per issuer.
     Rules { sets: Vec<serde_bytes::ByteBuf> },
+    /// From the child: its newest signed report (PROTOCOL.md §15), canonical envelope
+    /// bytes.
+    Report { report: serde_bytes::ByteBuf },
 }
 
 /// A request on a chunk stream. Fields in canonical key order.

@@ -108,7 +108,6 @@ impl Daemon {
     }
 
     pub(super) fn approve(&mut self, req: ApproveRequest) -> Answer {
-        let update = self.resolve(&req.update)?;
         let now = now_secs();
         let percent = |p: &crate::net::admin::Percent, what: &str| {
             p.basis_points()
@@ -135,6 +134,13 @@ impl Daemon {
                     .transpose()?,
             }),
         };
+        let update = self.resolve(&req.update)?;
+        if self.engine.manifest(&update).is_none() {
+            return Err(Refusal::new(
+                RefusalKind::NotFound,
+                format!("no update {update} is known to this node"),
+            ));
+        }
         if !self.engine.availability().is_available(&update) {
             return Err(Refusal::new(
                 RefusalKind::Conflict,

@@ -1,0 +1,1157 @@
+//! Reports: what every node tells its parent about the updates it knows, and the
+//! roll-ups that carry the whole subtree's state up to the root. Pure and sans-IO.
+//!
+//! Owns the report a node signs ([`Report`] in a [`SignedReport`], an envelope tagged
+//! [`TAG_REPORT`]): its own state per update ([`UpdateState`]: available, downloading,
+//! downloaded, installed or failed, with bytes by source), node counts per state and
+//! update for its whole subtree and for each of its groups of children ([`Counts`]),
+//! capped per-node detail for drill-down ([`NodeDetail`]), and the recent rule refusals
+//! in the subtree ([`RuleRefusal`]). It owns the checks a parent makes on a child's
+//! report, and the [`Rollup`] a parent keeps: the newest report of each child, from
+//! which it builds its own report (PROTOCOL.md §15) and decides halts (§14.7).
+//!
+//! Reports are state snapshots, not events: each replaces the reporter's previous one,
+//! and the envelope's `seq` orders them, so a report delivered twice counts once.
+//!
+//! Time comes in as an argument; nothing here reads a clock, a store or the network.
+//! Persisting reports and sequence numbers, sending them and debouncing belong to the
+//! store, the daemon and the engine.
+
+use crate::content::Hash;
+use crate::content::names::{NameError, check_name};
+use crate::rules::{ALL, ApprovalKey, HaltReason, MAX_RULE_GROUPS, Outcomes, Rules};
+use crate::trust::member::MAX_CHAIN_LEN;
+use crate::trust::{Envelope, PublicKey, SecretKey, TrustError};
+use crate::wire::{self, WireError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+/// Domain-separation tag of reports.
+pub const TAG_REPORT: &str = "arbor/report/v1";
+/// Largest encoded report body. Large enough for the counts of 257 groups × 256 updates
+/// with room to spare, so that a report built by [`Rollup::report`] always fits (its
+/// detail is cut to the room left).
+pub const MAX_REPORT_BYTES: usize = 8 * 1024 * 1024;
+/// Largest encoded report envelope.
+pub const MAX_REPORT_ENVELOPE_BYTES: usize = MAX_REPORT_BYTES + 256;
+/// Most updates in one node's own list, in one [`NodeDetail`], and in each roll-up map
+/// (`subtree`, and each group's).
+pub const MAX_UPDATES: usize = 256;
+/// Most per-node detail entries (descendants of the reporter) one report carries.
+pub const MAX_DETAIL: usize = 2048;
+/// Most groups one report counts, [`ALL`] included.
+pub const MAX_GROUPS: usize = MAX_RULE_GROUPS + 1;
+/// Most rule refusals one report carries.
+pub const MAX_REFUSALS: usize = 32;
+/// Longest failure or refusal reason, in bytes.
+pub const MAX_REASON_LEN: usize = 1024;
+/// Deepest place in the tree: the root node is at depth 0, and chains are at most
+/// [`MAX_CHAIN_LEN`] certificates long.
+pub const MAX_DEPTH: u32 = MAX_CHAIN_LEN as u32 - 1;
+
+/// Where a node stands with one update. Text on the wire (`"available"`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Known (offered and available to it), not being fetched.
+    Available,
+    /// Being fetched: some of its bytes are here.
+    Downloading,
+    /// Every byte is here and verified.
+    Downloaded,
+    /// Installed (clients).
+    Installed,
+    /// Gave up, with a reason.
+    Failed,
+}
+
+impl State {
+    /// Every state, in the order [`Counts`] holds them on the wire.
+    pub const ALL: [State; 5] = [
+        State::Available,
+        State::Downloading,
+        State::Downloaded,
+        State::Installed,
+        State::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Available => "available",
+            State::Downloading => "downloading",
+            State::Downloaded => "downloaded",
+            State::Installed => "installed",
+            State::Failed => "failed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that is not a [`State`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "not an update state: {0:?} (expected available, downloading, downloaded, installed or failed)"
+)]
+pub struct BadState(pub String);
+
+impl FromStr for State {
+    type Err = BadState;
+    fn from_str(s: &str) -> Result<State, BadState> {
+        State::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| BadState(s.chars().take(40).collect()))
+    }
+}
+
+/// One node's state for one update. Fields in canonical key order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateState {
+    pub state: State,
+    /// Why it failed: set for [`State::Failed`] only, and required then (1 to
+    /// [`MAX_REASON_LEN`] bytes, no control characters).
+    pub reason: Option<String>,
+    /// The update id.
+    pub update: Hash,
+    /// Bytes of the update held here and verified.
+    pub bytes_done: u64,
+    /// Bytes of the update in all (its distinct chunks); at least `bytes_done`.
+    pub bytes_total: u64,
+    /// Bytes of it received from the parent.
+    pub from_parent: u64,
+    /// Bytes of it received from siblings.
+    pub from_siblings: u64,
+}
+
+impl UpdateState {
+    /// A state without failure reason or bytes received.
+    pub fn new(update: Hash, state: State, bytes_done: u64, bytes_total: u64) -> UpdateState {
+        UpdateState {
+            state,
+            reason: None,
+            update,
+            bytes_done,
+            bytes_total,
+            from_parent: 0,
+            from_siblings: 0,
+        }
+    }
+
+    /// A failure, its reason made fit for the wire ([`sanitize_reason`]).
+    pub fn failed(update: Hash, reason: &str, bytes_done: u64, bytes_total: u64) -> UpdateState {
+        UpdateState {
+            reason: Some(sanitize_reason(reason)),
+            ..UpdateState::new(update, State::Failed, bytes_done, bytes_total)
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "update": self.update.to_hex(),
+            "state": self.state.as_str(),
+            "reason": self.reason,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "from_parent": self.from_parent,
+            "from_siblings": self.from_siblings,
+        })
+    }
+}
+
+/// Nodes per state for one update. On the wire an array of five counts, in the order of
+/// [`State::ALL`]. Sums saturate: a count never wraps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "[u64; 5]", into = "[u64; 5]")]
+pub struct Counts {
+    pub available: u64,
+    pub downloading: u64,
+    pub downloaded: u64,
+    pub installed: u64,
+    pub failed: u64,
+}
+
+impl From<[u64; 5]> for Counts {
+    fn from(a: [u64; 5]) -> Counts {
+        let [available, downloading, downloaded, installed, failed] = a;
+        Counts {
+            available,
+            downloading,
+            downloaded,
+            installed,
+            failed,
+        }
+    }
+}
+
+impl From<Counts> for [u64; 5] {
+    fn from(c: Counts) -> [u64; 5] {
+        [
+            c.available,
+            c.downloading,
+            c.downloaded,
+            c.installed,
+            c.failed,
+        ]
+    }
+}
+
+impl From<Counts> for Outcomes {
+    fn from(c: Counts) -> Outcomes {
+        c.outcomes()
+    }
+}
+
+impl Counts {
+    /// Counts of one node in `state`.
+    pub fn one(state: State) -> Counts {
+        let mut c = Counts::default();
+        c.count(state);
+        c
+    }
+
+    /// The nodes in `state`.
+    pub fn get(&self, state: State) -> u64 {
+        <[u64; 5]>::from(*self)[state.index()]
+    }
+
+    /// Counts one more node in `state`.
+    pub fn count(&mut self, state: State) {
+        let mut a = <[u64; 5]>::from(*self);
+        a[state.index()] = a[state.index()].saturating_add(1);
+        *self = a.into();
+    }
+
+    /// Adds `other`, state by state.
+    pub fn add(&mut self, other: &Counts) {
+        let mut a = <[u64; 5]>::from(*self);
+        for (x, y) in a.iter_mut().zip(<[u64; 5]>::from(*other)) {
+            *x = x.saturating_add(y);
+        }
+        *self = a.into();
+    }
+
+    /// The nodes counted, in any state.
+    pub fn total(&self) -> u64 {
+        <[u64; 5]>::from(*self)
+            .into_iter()
+            .fold(0, u64::saturating_add)
+    }
+
+    /// The nodes that failed.
+    pub fn failed(&self) -> u64 {
+        self.failed
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.total() == 0
+    }
+
+    /// What halting (PROTOCOL.md §14.7) looks at: failed and total.
+    pub fn outcomes(&self) -> Outcomes {
+        Outcomes {
+            failed: self.failed,
+            total: self.total(),
+        }
+    }
+
+    /// Whether every count is at most `other`'s.
+    fn within(&self, other: &Counts) -> bool {
+        <[u64; 5]>::from(*self)
+            .into_iter()
+            .zip(<[u64; 5]>::from(*other))
+            .all(|(a, b)| a <= b)
+    }
+
+    fn to_json(self) -> Value {
+        json!({
+            "available": self.available,
+            "downloading": self.downloading,
+            "downloaded": self.downloaded,
+            "installed": self.installed,
+            "failed": self.failed,
+            "total": self.total(),
+        })
+    }
+}
+
+/// One node's own state, as carried up the tree for drill-down. Fields in canonical
+/// key order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDetail {
+    /// The node's key.
+    pub node: PublicKey,
+    /// Its place in the tree: 0 for the root node, its parent's plus 1 below.
+    pub depth: u32,
+    /// Unix seconds when the node made the report this comes from.
+    pub issued: u64,
+    /// Its parent; none only for the root node.
+    pub parent: Option<PublicKey>,
+    /// Its state per update it knows, sorted by update id, at most [`MAX_UPDATES`].
+    pub updates: Vec<UpdateState>,
+}
+
+impl NodeDetail {
+    fn to_json(&self) -> Value {
+        json!({
+            "node_id": self.node.node_id(),
+            "parent": self.parent.map(|p| p.node_id()),
+            "depth": self.depth,
+            "issued": self.issued,
+            "updates": self.updates.iter().map(UpdateState::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// A rule set a node refused (PROTOCOL.md §14.3), reported up so that admins see
+/// forgeries, expiries and rollbacks anywhere below them. Fields in canonical key order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRefusal {
+    /// Unix seconds when it was refused.
+    pub at: u64,
+    /// The node that refused it.
+    pub node: PublicKey,
+    /// The envelope's signer, when it could be read.
+    pub issuer: Option<PublicKey>,
+    /// Why (the refusal's error message): 1 to [`MAX_REASON_LEN`] bytes, no control
+    /// characters.
+    pub reason: String,
+}
+
+impl RuleRefusal {
+    /// A refusal by `node` at `at`, its reason made fit for the wire
+    /// ([`sanitize_reason`]); pass a [`crate::rules::RulesError`]'s message.
+    pub fn new(node: PublicKey, issuer: Option<PublicKey>, reason: &str, at: u64) -> RuleRefusal {
+        RuleRefusal {
+            at,
+            node,
+            issuer,
+            reason: sanitize_reason(reason),
+        }
+    }
+
+    /// The order of refusals on the wire: newest first, then by node, issuer, reason.
+    fn order_key(&self) -> (Reverse<u64>, &PublicKey, &Option<PublicKey>, &str) {
+        (Reverse(self.at), &self.node, &self.issuer, &self.reason)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "at": self.at,
+            "node_id": self.node.node_id(),
+            "issuer": self.issuer.map(|i| i.node_id()),
+            "reason": self.reason,
+        })
+    }
+}
+
+/// Makes a reason fit for the wire: control characters become spaces, it is cut to
+/// [`MAX_REASON_LEN`] bytes at a character boundary, and an empty one says so.
+pub fn sanitize_reason(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len().min(MAX_REASON_LEN));
+    for c in reason.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > MAX_REASON_LEN {
+            break;
+        }
+        out.push(c);
+    }
+    if out.is_empty() {
+        out.push_str("no reason given");
+    }
+    out
+}
+
+/// A node's report to its parent: the body of an `arbor/report/v1` envelope.
+///
+/// Its own state, and roll-ups of its whole subtree. The sequence number is the
+/// envelope's `seq`. On the wire `subtree` and `groups` are arrays sorted by their keys
+/// (PROTOCOL.md §15.2), so that the maps here have exactly one encoding. Fields in
+/// canonical key order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The reporter's own state per update it knows, sorted by update id.
+    pub own: Vec<UpdateState>,
+    /// The reporter: its node key, which must have signed the envelope.
+    pub node: PublicKey,
+    /// The reporter's place in the tree: 0 for the root node.
+    pub depth: u32,
+    /// The reporter's descendants, each with its own state, sorted by (depth, node) and
+    /// cut to at most [`MAX_DETAIL`] (and to what fits the size limit).
+    pub nodes: Vec<NodeDetail>,
+    /// Group name → update → nodes per state in the subtrees of the group's members:
+    /// [`ALL`] (always present: every child) and the reporter's groups of children.
+    #[serde(with = "group_list")]
+    pub groups: BTreeMap<String, BTreeMap<Hash, Counts>>,
+    /// Unix seconds when it was made.
+    pub issued: u64,
+    /// The reporter's parent; none only for the root node.
+    pub parent: Option<PublicKey>,
+    /// Update → nodes per state in the reporter's whole subtree, the reporter included.
+    #[serde(with = "count_list")]
+    pub subtree: BTreeMap<Hash, Counts>,
+    /// Rule refusals in the subtree, newest first, at most [`MAX_REFUSALS`].
+    pub refusals: Vec<RuleRefusal>,
+    /// Something was left out: detail entries (here or further down), or updates past
+    /// [`MAX_UPDATES`] from the roll-ups.
+    pub truncated: bool,
+}
+
+/// A report whose content breaks the rules of §15.2.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvalidReport {
+    #[error("{count} {what}, over the limit of {limit}")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        limit: usize,
+    },
+    #[error("{what} are not sorted, or repeat an entry")]
+    Unsorted { what: &'static str },
+    #[error("update {update} failed without a reason")]
+    MissingReason { update: Hash },
+    #[error("update {update} has a reason but did not fail")]
+    UnexpectedReason { update: Hash },
+    #[error("a reason must be 1 to {MAX_REASON_LEN} bytes without control characters")]
+    Reason,
+    #[error("update {update}: {done} bytes done of {total}")]
+    BytesDone { update: Hash, done: u64, total: u64 },
+    #[error("bad group name: {0}")]
+    GroupName(#[source] NameError),
+    #[error("the built-in group {ALL:?} is missing")]
+    NoAllGroup,
+    #[error("update {update} is counted with no node in any state")]
+    ZeroCounts { update: Hash },
+    #[error("the counts of update {update} do not add up: {why}")]
+    Rollup { update: Hash, why: &'static str },
+    #[error("bad place in the tree: {0}")]
+    Tree(&'static str),
+}
+
+/// Why a report was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReportError {
+    /// Over the size limit, not canonical CBOR, or not the schema: garbage.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("signed object has tag {found:?}, expected {TAG_REPORT:?}")]
+    WrongTag { found: String },
+    #[error("report signed by {signer}, expected one from {expected}")]
+    WrongSigner {
+        signer: PublicKey,
+        expected: PublicKey,
+    },
+    #[error("the report's signature does not verify")]
+    BadSignature,
+    #[error("reports never expire, but this one says it expires at {expires}")]
+    Expires { expires: u64 },
+    #[error("report says it is from {claimed}, but {signer} signed it")]
+    NodeMismatch {
+        claimed: PublicKey,
+        signer: PublicKey,
+    },
+    #[error("invalid report: {0}")]
+    Invalid(#[from] InvalidReport),
+    #[error(transparent)]
+    Trust(TrustError),
+}
+
+impl From<TrustError> for ReportError {
+    fn from(e: TrustError) -> ReportError {
+        match e {
+            TrustError::Wire(w) => ReportError::Wire(w),
+            TrustError::WrongTag { found, .. } => ReportError::WrongTag { found },
+            TrustError::UnknownSigner { signer, trusted } => ReportError::WrongSigner {
+                signer,
+                expected: trusted,
+            },
+            TrustError::BadSignature => ReportError::BadSignature,
+            TrustError::Expired { expires, .. } => ReportError::Expires { expires },
+            other => ReportError::Trust(other),
+        }
+    }
+}
+
+impl Report {
+    /// The report of a node without children (or before any reported): its own state,
+    /// counted once.
+    pub fn leaf(me: NodeDetail, refusals: &[RuleRefusal]) -> Report {
+        Rollup::new().report(me, &BTreeMap::new(), refusals)
+    }
+
+    /// The reporter's own detail, as its parent carries it up.
+    pub fn detail(&self) -> NodeDetail {
+        NodeDetail {
+            node: self.node,
+            depth: self.depth,
+            issued: self.issued,
+            parent: self.parent,
+            updates: self.own.clone(),
+        }
+    }
+
+    /// The reporter's detail, then its descendants'.
+    pub fn details(&self) -> impl Iterator<Item = NodeDetail> + '_ {
+        std::iter::once(self.detail()).chain(self.nodes.iter().cloned())
+    }
+
+    /// Nodes per state for `update` in the whole subtree.
+    pub fn subtree_counts(&self, update: &Hash) -> Counts {
+        self.subtree.get(update).copied().unwrap_or_default()
+    }
+
+    /// Nodes per state for `update` in the subtrees of `group`'s members ([`ALL`]: every
+    /// child's). Zero for a group or update not counted.
+    pub fn group_counts(&self, group: &str, update: &Hash) -> Counts {
+        self.groups
+            .get(group)
+            .and_then(|g| g.get(update))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The outcomes of `update` in the subtrees of `group`'s members: what a subtree
+    /// approval's halt threshold is compared with.
+    pub fn outcomes(&self, update: &Hash, group: &str) -> Outcomes {
+        self.group_counts(group, update).outcomes()
+    }
+
+    /// Checks the invariants of §15.2.
+    pub fn validate(&self) -> Result<(), InvalidReport> {
+        // The reporter's place.
+        if self.depth > MAX_DEPTH {
+            return Err(InvalidReport::Tree("deeper than the longest chain"));
+        }
+        if (self.depth == 0) != self.parent.is_none() {
+            return Err(InvalidReport::Tree(
+                "a parent is given exactly for nodes below the root",
+            ));
+        }
+        if self.parent == Some(self.node) {
+            return Err(InvalidReport::Tree("a node is not its own parent"));
+        }
+        check_updates("own updates", &self.own)?;
+
+        // Detail: descendants only, sorted by (depth, node), each node once.
+        check_limit("detail entries", self.nodes.len(), MAX_DETAIL)?;
+        let mut seen = BTreeSet::from([self.node]);
+        let mut last: Option<(u32, &PublicKey)> = None;
+        for d in &self.nodes {
+            if d.depth <= self.depth || d.depth > MAX_DEPTH {
+                return Err(InvalidReport::Tree(
+                    "a detail entry is not below the reporter",
+                ));
+            }
+            if d.parent.is_none() || d.parent == Some(d.node) {
+                return Err(InvalidReport::Tree("a detail entry has no proper parent"));
+            }
+            let key = (d.depth, &d.node);
+            if last.is_some_and(|l| l >= key) || !seen.insert(d.node) {
+                return Err(InvalidReport::Unsorted {
+                    what: "detail entries",
+                });
+            }
+            last = Some(key);
+            check_updates("a detail entry's updates", &d.updates)?;
+        }
+
+        // Roll-ups: subtree = every child's (`all`) + the reporter's own.
+        check_limit(
+            "updates counted in the subtree",
+            self.subtree.len(),
+            MAX_UPDATES,
+        )?;
+        check_limit("groups", self.groups.len(), MAX_GROUPS)?;
+        let all = self.groups.get(ALL).ok_or(InvalidReport::NoAllGroup)?;
+        for (name, counts) in &self.groups {
+            if name != ALL {
+                check_name("group", name).map_err(InvalidReport::GroupName)?;
+            }
+            check_limit("updates counted in a group", counts.len(), MAX_UPDATES)?;
+            for (update, c) in counts {
+                if c.is_zero() {
+                    return Err(InvalidReport::ZeroCounts { update: *update });
+                }
+                let in_all = all.get(update).copied().unwrap_or_default();
+                if !self.subtree.contains_key(update) || !c.within(&in_all) {
+                    return Err(InvalidReport::Rollup {
+                        update: *update,
+                        why: "a group counts more than the subtree",
+                    });
+                }
+            }
+        }
+        for (update, c) in &self.subtree {
+            let mut expect = all.get(update).copied().unwrap_or_default();
+            if let Ok(i) = self.own.binary_search_by(|s| s.update.cmp(update)) {
+                expect.count(self.own[i].state);
+            }
+            if c.is_zero() {
+                return Err(InvalidReport::ZeroCounts { update: *update });
+            }
+            if *c != expect {
+                return Err(InvalidReport::Rollup {
+                    update: *update,
+                    why: "the subtree is not the children's plus the reporter's own",
+                });
+            }
+        }
+        if !self.truncated
+            && let Some(s) = self
+                .own
+                .iter()
+                .find(|s| !self.subtree.contains_key(&s.update))
+        {
+            return Err(InvalidReport::Rollup {
+                update: s.update,
+                why: "an update of the reporter's own is not counted",
+            });
+        }
+
+        // Refusals: newest first, each once.
+        check_limit("rule refusals", self.refusals.len(), MAX_REFUSALS)?;
+        for r in &self.refusals {
+            check_reason(&r.reason)?;
+        }
+        if self
+            .refusals
+            .windows(2)
+            .any(|w| w[0].order_key() >= w[1].order_key())
+        {
+            return Err(InvalidReport::Unsorted {
+                what: "rule refusals",
+            });
+        }
+        Ok(())
+    }
+
+    /// The report for people and the admin API: ids in their text forms (node ids as
+    /// libp2p PeerIds, update ids in hex), counts by state name with their total, and
+    /// groups with [`ALL`] first.
+    pub fn to_json(&self) -> Value {
+        let counts = |m: &BTreeMap<Hash, Counts>| -> Vec<Value> {
+            m.iter()
+                .map(|(u, c)| {
+                    let mut v = c.to_json();
+                    v["update"] = json!(u.to_hex());
+                    v
+                })
+                .collect()
+        };
+        let groups: Vec<Value> = self
+            .groups
+            .get_key_value(ALL)
+            .into_iter()
+            .chain(self.groups.iter().filter(|(g, _)| *g != ALL))
+            .map(|(name, m)| json!({ "name": name, "counts": counts(m) }))
+            .collect();
+        json!({
+            "node_id": self.node.node_id(),
+            "parent": self.parent.map(|p| p.node_id()),
+            "depth": self.depth,
+            "issued": self.issued,
+            "own": self.own.iter().map(UpdateState::to_json).collect::<Vec<_>>(),
+            "subtree": counts(&self.subtree),
+            "groups": groups,
+            "nodes": self.nodes.iter().map(NodeDetail::to_json).collect::<Vec<_>>(),
+            "truncated": self.truncated,
+            "refusals": self.refusals.iter().map(RuleRefusal::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn check_limit(what: &'static str, count: usize, limit: usize) -> Result<(), InvalidReport> {
+    if count > limit {
+        return Err(InvalidReport::TooMany { what, count, limit });
+    }
+    Ok(())
+}
+
+fn check_reason(reason: &str) -> Result<(), InvalidReport> {
+    if reason.is_empty() || reason.len() > MAX_REASON_LEN || reason.chars().any(char::is_control) {
+        return Err(InvalidReport::Reason);
+    }
+    Ok(())
+}
+
+fn check_updates(what: &'static str, updates: &[UpdateState]) -> Result<(), InvalidReport> {
+    check_limit(what, updates.len(), MAX_UPDATES)?;
+    if updates.windows(2).any(|w| w[0].update >= w[1].update) {
+        return Err(InvalidReport::Unsorted { what });
+    }
+    for s in updates {
+        match (&s.reason, s.state) {
+            (None, State::Failed) => return Err(InvalidReport::MissingReason { update: s.update }),
+            (Some(_), st) if st != State::Failed => {
+                return Err(InvalidReport::UnexpectedReason { update: s.update });
+            }
+            (Some(r), _) => check_reason(r)?,
+            (None, _) => {}
+        }
+        if s.bytes_done > s.bytes_total {
+            return Err(InvalidReport::BytesDone {
+                update: s.update,
+                done: s.bytes_done,
+                total: s.bytes_total,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A report whose signature, tag, signer, encoding and invariants have been checked (or
+/// that this node signed itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedReport {
+    /// The canonical encoding of the envelope: what is stored and sent.
+    pub bytes: Vec<u8>,
+    /// The envelope's `seq`: higher is newer, per reporter.
+    pub seq: u64,
+    pub report: Report,
+}
+
+impl SignedReport {
+    /// Signs `report` with the reporter's node key, as its `seq`th report (higher than
+    /// any it signed before). Reports never expire: the envelope's `expires` is null.
+    pub fn sign(key: &SecretKey, seq: u64, report: Report) -> Result<SignedReport, ReportError> {
+        if report.node != key.public() {
+            return Err(ReportError::NodeMismatch {
+                claimed: report.node,
+                signer: key.public(),
+            });
+        }
+        report.validate()?;
+        let body = wire::encode(&report);
+        // Refuse here what every receiver would refuse.
+        if body.len() > MAX_REPORT_BYTES {
+            return Err(WireError::TooLarge {
+                what: "report",
+                len: body.len(),
+                limit: MAX_REPORT_BYTES,
+            }
+            .into());
+        }
+        let envelope = Envelope::sign(key, TAG_REPORT, seq, None, body);
+        Ok(SignedReport {
+            bytes: wire::encode(&envelope),
+            seq,
+            report,
+        })
+    }
+
+    /// Decodes and checks untrusted bytes that should be a report of `expected_signer`:
+    /// the child the connection they came on is authenticated as. Checks run in the
+    /// order of PROTOCOL.md §15.3; the sequence number is checked by
+    /// [`Rollup::apply`].
+    pub fn open(bytes: &[u8], expected_signer: &PublicKey) -> Result<SignedReport, ReportError> {
+        let envelope: Envelope =
+            wire::decode_canonical(bytes, MAX_REPORT_ENVELOPE_BYTES, "report envelope")?;
+        if envelope.tag != TAG_REPORT {
+            return Err(ReportError::WrongTag {
+                found: envelope.tag.chars().take(64).collect(),
+            });
+        }
+        if envelope.signer != *expected_signer {
+            return Err(ReportError::WrongSigner {
+                signer: envelope.signer,
+                expected: *expected_signer,
+            });
+        }
+        // At time 0 nothing has expired: this checks the signature.
+        envelope.verify(TAG_REPORT, expected_signer, 0)?;
+        if let Some(expires) = envelope.expires {
+            return Err(ReportError::Expires { expires });
+        }
+        let report: Report = wire::decode_canonical(&envelope.body, MAX_REPORT_BYTES, "report")?;
+        if report.node != envelope.signer {
+            return Err(ReportError::NodeMismatch {
+                claimed: report.node,
+                signer: envelope.signer,
+            });
+        }
+        report.validate()?;
+        Ok(SignedReport {
+            bytes: bytes.to_vec(),
+            seq: envelope.seq,
+            report,
+        })
+    }
+
+    /// The node that made the report.
+    pub fn node(&self) -> PublicKey {
+        self.report.node
+    }
+
+    /// [`Report::to_json`] with the sequence number.
+    pub fn to_json(&self) -> Value {
+        let mut v = self.report.to_json();
+        v["seq"] = json!(self.seq);
+        v
+    }
+}
+
+/// What [`Rollup::receive`] did with a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Newer than the one held (or the first): it replaced it.
+    Applied,
+    /// The very report held, delivered again: nothing changed.
+    Duplicate,
+    /// Not newer than the one held (an older `seq`, or another report with the same
+    /// `seq`): ignored, nothing changed. Not an error: a report can arrive late.
+    Stale { held: u64, got: u64 },
+}
+
+/// What a parent keeps of its children's reports: the newest of each, from which it
+/// builds its own report and decides halts.
+///
+/// Reports are snapshots: the newest replaces the one held, so resending it after a
+/// reconnect counts once. A child's report stays until [`Rollup::remove`] (the child
+/// was revoked or moved), also while the child is offline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rollup {
+    held: BTreeMap<PublicKey, SignedReport>,
+}
+
+impl Rollup {
+    pub fn new() -> Rollup {
+        Rollup::default()
+    }
+
+    /// Takes a verified report if it is newer than the one held from its reporter.
+    pub fn apply(&mut self, report: SignedReport) -> Received {
+        if let Some(held) = self.held.get(&report.node()) {
+            if held.bytes == report.bytes {
+                return Received::Duplicate;
+            }
+            if report.seq <= held.seq {
+                return Received::Stale {
+                    held: held.seq,
+                    got: report.seq,
+                };
+            }
+        }
+        self.held.insert(report.node(), report);
+        Received::Applied
+    }
+
+    /// Opens untrusted bytes from `child` ([`SignedReport::open`]) and applies them. A
+    /// refused report changes nothing.
+    pub fn receive(&mut self, child: &PublicKey, bytes: &[u8]) -> Result<Received, ReportError> {
+        Ok(self.apply(SignedReport::open(bytes, child)?))
+    }
+
+    /// Forgets `child`'s report; false if none was held.
+    pub fn remove(&mut self, child: &PublicKey) -> bool {
+        self.held.remove(child).is_some()
+    }
+
+    /// The children with a report held, in key order.
+    pub fn children(&self) -> impl Iterator<Item = &PublicKey> {
+        self.held.keys()
+    }
+
+    /// The report held from `child`.
+    pub fn get(&self, child: &PublicKey) -> Option<&SignedReport> {
+        self.held.get(child)
+    }
+
+    /// The sequence number held from `child`: what the store persists with it.
+    pub fn seq(&self, child: &PublicKey) -> Option<u64> {
+        self.held.get(child).map(|r| r.seq)
+    }
+
+    /// Builds this node's report from its own detail `me` (its key, parent, depth, the
+    /// time and its own states; unsorted states are sorted), its groups of children
+    /// (`Rules.groups` of its own rules; [`ALL`] is added) and the rule refusals it made
+    /// itself (PROTOCOL.md §15.4):
+    ///
+    /// - `subtree`: its own states, each counted once, plus every child's `subtree`;
+    /// - `groups`: for [`ALL`] and each group, the sum of the `subtree`s of the member
+    ///   children that have reported (a child in two groups counts in both);
+    /// - `nodes`: each child's detail and its `nodes`, their depths re-based below this
+    ///   node, sorted by (depth, node), each node once, cut to [`MAX_DETAIL`] and to the
+    ///   room left under [`MAX_REPORT_BYTES`];
+    /// - `refusals`: its own and every child's, newest first, each once, cut to
+    ///   [`MAX_REFUSALS`];
+    /// - `truncated`: detail or updates were cut here, or a child's report was cut.
+    ///
+    /// If more than [`MAX_UPDATES`] updates are counted, the roll-ups keep those with
+    /// the most nodes (then the lowest ids). Given valid `me`, `groups` and refusals the
+    /// result is valid whatever the children reported.
+    pub fn report(
+        &self,
+        mut me: NodeDetail,
+        groups: &BTreeMap<String, BTreeSet<PublicKey>>,
+        own_refusals: &[RuleRefusal],
+    ) -> Report {
+        me.updates.sort_by_key(|s| s.update);
+        let mut truncated = false;
+
+        // `all`, and the caller's groups of children (at most MAX_GROUPS in all).
+        let mut rolled: BTreeMap<String, BTreeMap<Hash, Counts>> = BTreeMap::new();
+        let mut all = BTreeMap::new();
+        for r in self.held.values() {
+            sum_into(&mut all, &r.report.subtree);
+        }
+        for (name, members) in groups
+            .iter()
+            .filter(|(name, _)| *name != ALL)
+            .take(MAX_GROUPS - 1)
+        {
+            let mut sum = BTreeMap::new();
+            for r in members.iter().filter_map(|m| self.held.get(m)) {
+                sum_into(&mut sum, &r.report.subtree);
+            }
+            rolled.insert(name.clone(), sum);
+        }
+        let mut subtree = all.clone();
+        for s in &me.updates {
+            subtree.entry(s.update).or_default().count(s.state);
+        }
+        rolled.insert(ALL.to_string(), all);
+
+        // Too many updates: keep the most counted, and only those.
+        if subtree.len() > MAX_UPDATES {
+            let mut ranked: Vec<(&Hash, u64)> =
+                subtree.iter().map(|(u, c)| (u, c.total())).collect();
+            ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            let keep: BTreeSet<Hash> = ranked
+                .into_iter()
+                .take(MAX_UPDATES)
+                .map(|(u, _)| *u)
+                .collect();
+            subtree.retain(|u, _| keep.contains(u));
+            for g in rolled.values_mut() {
+                g.retain(|u, _| keep.contains(u));
+            }
+            truncated = true;
+        }
+
+        let mut refusals: Vec<&RuleRefusal> = own_refusals
+            .iter()
+            .chain(self.held.values().flat_map(|r| &r.report.refusals))
+            .collect();
+        refusals.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        refusals.dedup();
+        truncated |= self.held.values().any(|r| r.report.truncated);
+
+        let mut report = Report {
+            own: me.updates,
+            node: me.node,
+            depth: me.depth,
+            nodes: Vec::new(),
+            groups: rolled,
+            issued: me.issued,
+            parent: me.parent,
+            subtree,
+            refusals: refusals.into_iter().take(MAX_REFUSALS).cloned().collect(),
+            truncated,
+        };
+        let (nodes, cut) = self.detail(&report);
+        report.nodes = nodes;
+        report.truncated |= cut;
+        report
+    }
+
+    /// The detail of this node's descendants for `base` (the report without detail),
+    /// and whether any was cut.
+    fn detail(&self, base: &Report) -> (Vec<NodeDetail>, bool) {
+        let below = base.depth.saturating_add(1);
+        if below > MAX_DEPTH {
+            // No valid tree goes deeper: counted, but not detailed.
+            return (Vec::new(), !self.held.is_empty());
+        }
+        // Every candidate as (depth, node, its report, the entry in that report's detail
+        // or none for the reporter itself), depths re-based below this node: a child's
+        // claimed depth does not matter, only how far below it each entry is.
+        let mut all: Vec<(u32, &PublicKey, &Report, Option<&NodeDetail>)> = Vec::new();
+        for r in self.held.values().map(|r| &r.report) {
+            all.push((below, &r.node, r, None));
+            all.extend(r.nodes.iter().filter_map(|d| {
+                let depth = i64::from(d.depth) - i64::from(r.depth) + i64::from(below);
+                u32::try_from(depth)
+                    .ok()
+                    .filter(|depth| (below + 1..=MAX_DEPTH).contains(depth))
+                    .map(|depth| (depth, &d.node, r, Some(d)))
+            }));
+        }
+        all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+
+        let room = MAX_REPORT_BYTES.saturating_sub(wire::encode(base).len() + 16);
+        let mut used = 0usize;
+        let mut seen = BTreeSet::from([base.node]);
+        let mut out = Vec::new();
+        for (depth, node, r, entry) in all {
+            if !seen.insert(*node) {
+                continue;
+            }
+            let detail = match entry {
+                None => NodeDetail {
+                    parent: Some(base.node),
+                    depth,
+                    ..r.detail()
+                },
+                Some(d) => NodeDetail { depth, ..d.clone() },
+            };
+            let len = wire::encode(&detail).len();
+            if out.len() == MAX_DETAIL || used + len > room {
+                return (out, true);
+            }
+            used += len;
+            out.push(detail);
+        }
+        (out, false)
+    }
+
+    /// The outcomes of `update` among `group`'s members ([`ALL`]: every child), as
+    /// halting counts them (PROTOCOL.md §14.7): for a `subtree` approval the members'
+    /// whole subtrees, otherwise the members' own states only. `groups` are this node's
+    /// groups of children.
+    pub fn outcomes(
+        &self,
+        groups: &BTreeMap<String, BTreeSet<PublicKey>>,
+        update: &Hash,
+        group: &str,
+        subtree: bool,
+    ) -> Outcomes {
+        let members: Vec<&SignedReport> = if group == ALL {
+            self.held.values().collect()
+        } else {
+            groups
+                .get(group)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| self.held.get(c))
+                .collect()
+        };
+        let mut counts = Counts::default();
+        for r in members {
+            if subtree {
+                counts.add(&r.report.subtree_counts(update));
+            } else if let Ok(i) = r.report.own.binary_search_by(|s| s.update.cmp(update)) {
+                counts.count(r.report.own[i].state);
+            }
+        }
+        counts.outcomes()
+    }
+
+    /// The approvals of `rules` (this node's own) that the children's reports say should
+    /// halt now, with why: those with a threshold, not halted yet, past it.
+    pub fn due_halts(&self, rules: &Rules) -> Vec<(ApprovalKey, HaltReason)> {
+        rules
+            .approvals
+            .iter()
+            .filter_map(|(key, approval)| {
+                let outcomes =
+                    self.outcomes(&rules.groups, &key.update, &key.group, approval.subtree);
+                approval
+                    .should_halt(outcomes)
+                    .map(|reason| (key.clone(), reason))
+            })
+            .collect()
+    }
+}
+
+fn sum_into(into: &mut BTreeMap<Hash, Counts>, from: &BTreeMap<Hash, Counts>) {
+    for (u, c) in from {
+        into.entry(*u).or_default().add(c);
+    }
+}
+
+/// Counts per update on the wire: an array of `{counts, update}` sorted by update.
+/// Duplicates or disorder re-encode differently and are refused as non-canonical.
+mod count_list {
+    use super::Counts;
+    use crate::content::Hash;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    /// Fields in canonical key order.
+    #[derive(Serialize, Deserialize)]
+    struct Entry {
+        counts: Counts,
+        update: Hash,
+    }
+
+    pub fn serialize<S: Serializer>(
+        counts: &BTreeMap<Hash, Counts>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let list: Vec<Entry> = counts
+            .iter()
+            .map(|(update, counts)| Entry {
+                counts: *counts,
+                update: *update,
+            })
+            .collect();
+        list.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Hash, Counts>, D::Error> {
+        let list = Vec::<Entry>::deserialize(d)?;
+        Ok(list.into_iter().map(|e| (e.update, e.counts)).collect())
+    }
+}
+
+/// Group counts on the wire: an array of `{name, counts}` sorted by name, each `counts`
+/// as in `count_list`.
+mod group_list {
+    use super::Counts;
+    use crate::content::Hash;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    #[derive(Serialize)]
+    struct Out<'a> {
+        name: &'a str,
+        #[serde(serialize_with = "counts_ref")]
+        counts: &'a BTreeMap<Hash, Counts>,
+    }
+
+    fn counts_ref<S: Serializer>(c: &&BTreeMap<Hash, Counts>, s: S) -> Result<S::Ok, S::Error> {
+        super::count_list::serialize(c, s)
+    }
+
+    #[derive(Deserialize)]
+    struct In {
+        name: String,
+        #[serde(with = "super::count_list")]
+        counts: BTreeMap<Hash, Counts>,
+    }
+
+    pub fn serialize<S: Serializer>(
+        groups: &BTreeMap<String, BTreeMap<Hash, Counts>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let list: Vec<Out> = groups
+            .iter()
+            .map(|(name, counts)| Out { name, counts })
+            .collect();
+        list.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, BTreeMap<Hash, Counts>>, D::Error> {
+        let list = Vec::<In>::deserialize(d)?;
+        Ok(list.into_iter().map(|g| (g.name, g.counts)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;
