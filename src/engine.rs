@@ -732,13 +732,7 @@ impl Engine {
 
     /// Sends every connected child the live rule sets of this node's path.
     fn send_rules_to_children(&mut self, now: Millis) {
-        let children: Vec<PeerId> = self
-            .children
-            .iter()
-            .filter(|(_, c)| **c)
-            .map(|(p, _)| *p)
-            .collect();
-        for child in children {
+        for child in self.connected_children() {
             self.send_rules(child, now);
         }
     }
@@ -1147,12 +1141,7 @@ impl Engine {
 
     /// Tells connected children about chunks stored since they were last told.
     fn announce(&mut self) {
-        let children: Vec<PeerId> = self
-            .children
-            .iter()
-            .filter(|(_, c)| **c)
-            .map(|(p, _)| *p)
-            .collect();
+        let children = self.connected_children();
         for id in &self.order {
             let Some(u) = self.updates.get_mut(id) else {
                 continue;
@@ -1300,6 +1289,14 @@ impl Engine {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    fn connected_children(&self) -> Vec<PeerId> {
+        self.children
+            .iter()
+            .filter(|(_, c)| **c)
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// Whether `peer` is a certified child with a live connection.

@@ -17,8 +17,7 @@
 //! (`publish`, `trust`), and re-checks after (`verify`).
 
 mod groups;
-mod reports;
-mod rules;
+mod kept;
 
 pub use groups::{ALL, GroupRecord, MemberChange};
 

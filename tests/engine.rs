@@ -888,6 +888,12 @@ fn forged_expired_and_replayed_rules_are_refused_and_change_nothing() {
             "{what}: changed what b holds"
         );
     }
+    // The refusals go up: the root's roll-up names b and each reason.
+    h.run(h.now + 10_000);
+    let refusals = h.nodes[&root].engine.report(h.now).refusals;
+    assert_eq!(refusals.len(), 5, "{refusals:?}");
+    assert!(refusals.iter().all(|r| r.node == b));
+    assert!(refusals.iter().any(|r| r.reason.contains("rollback")));
     // A rule set of b's own parent that b's grandparent never signed is fine on its
     // own (a signs for a), but a set signed by a that claims to be the root's is not.
     let before = h.nodes[&b].events.len();

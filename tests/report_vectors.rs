@@ -4,6 +4,8 @@
 //! After a deliberate wire change, regenerate them with
 //! `ARBOR_WRITE_VECTORS=1 cargo test --test report_vectors` and update PROTOCOL.md to match.
 
+mod common;
+
 use arbor::content::Hash;
 use arbor::report::{
     NodeDetail, Received, Report, Rollup, RuleRefusal, SignedReport, State, TAG_REPORT, UpdateState,
@@ -206,41 +208,17 @@ fn report_vector_matches() {
 /// Every CBOR map in the vector file must have its keys in RFC 8949 deterministic order.
 #[test]
 fn report_vector_maps_are_in_canonical_key_order() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(VECTORS);
-    let text = std::fs::read_to_string(&path).expect("vector file is readable");
-    let have: Value = serde_json::from_str(&text).expect("vector file is JSON");
-    for key in [
-        "envelope_cbor",
-        "report_cbor",
-        "signed_bytes_cbor",
-        "leaf_envelope_cbor",
-    ] {
-        let bytes = hex::decode(have[key].as_str().expect("hex string")).expect("hex");
-        let value: cbor4ii::core::Value =
-            cbor4ii::serde::from_slice(&bytes).expect("generic decode");
-        check_sorted(&value);
-    }
+    let have = common::assert_vector_maps_canonical(
+        VECTORS,
+        &[
+            "envelope_cbor",
+            "report_cbor",
+            "signed_bytes_cbor",
+            "leaf_envelope_cbor",
+        ],
+    );
     // The body nested in the leaf's envelope too.
     let leaf = hex::decode(have["leaf_envelope_cbor"].as_str().expect("hex")).expect("hex");
     let envelope: Envelope = cbor4ii::serde::from_slice(&leaf).expect("envelope");
-    let value: cbor4ii::core::Value = cbor4ii::serde::from_slice(&envelope.body).expect("body");
-    check_sorted(&value);
-}
-
-fn check_sorted(v: &cbor4ii::core::Value) {
-    use cbor4ii::core::Value as V;
-    match v {
-        V::Map(entries) => {
-            let keys: Vec<Vec<u8>> = entries
-                .iter()
-                .map(|(k, _)| cbor4ii::serde::to_vec(Vec::new(), k).expect("encode"))
-                .collect();
-            let mut sorted = keys.clone();
-            sorted.sort();
-            assert_eq!(keys, sorted, "map keys out of canonical order");
-            entries.iter().for_each(|(_, v)| check_sorted(v));
-        }
-        V::Array(items) => items.iter().for_each(check_sorted),
-        _ => {}
-    }
+    common::assert_maps_canonical(&envelope.body);
 }

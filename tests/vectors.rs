@@ -4,6 +4,8 @@
 //! After a deliberate wire change, regenerate them with
 //! `ARBOR_WRITE_VECTORS=1 cargo test --test vectors` and update PROTOCOL.md to match.
 
+mod common;
+
 use arbor::content::Hash;
 use arbor::content::manifest::{ChunkRef, FileEntry, Manifest};
 use arbor::trust::{Envelope, SecretKey, SignedManifest};
@@ -111,33 +113,10 @@ fn manifest_vector_matches() {
 /// Every CBOR map in the vector file must have its keys in RFC 8949 deterministic order.
 #[test]
 fn vector_maps_are_in_canonical_key_order() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(VECTORS);
-    let text = std::fs::read_to_string(&path).expect("vector file is readable");
-    let have: Value = serde_json::from_str(&text).expect("vector file is JSON");
-    for key in ["envelope_cbor", "manifest_cbor", "signed_bytes_cbor"] {
-        let bytes = hex::decode(have[key].as_str().expect("hex string")).expect("hex");
-        let value: cbor4ii::core::Value =
-            cbor4ii::serde::from_slice(&bytes).expect("generic decode");
-        check_sorted(&value);
-    }
-}
-
-fn check_sorted(v: &cbor4ii::core::Value) {
-    use cbor4ii::core::Value as V;
-    match v {
-        V::Map(entries) => {
-            let keys: Vec<Vec<u8>> = entries
-                .iter()
-                .map(|(k, _)| cbor4ii::serde::to_vec(Vec::new(), k).expect("encode"))
-                .collect();
-            let mut sorted = keys.clone();
-            sorted.sort();
-            assert_eq!(keys, sorted, "map keys out of canonical order");
-            entries.iter().for_each(|(_, v)| check_sorted(v));
-        }
-        V::Array(items) => items.iter().for_each(check_sorted),
-        _ => {}
-    }
+    common::assert_vector_maps_canonical(
+        VECTORS,
+        &["envelope_cbor", "manifest_cbor", "signed_bytes_cbor"],
+    );
 }
 
 const TREE_VECTORS: &str = "protocol/vectors/tree-v1.json";
@@ -249,8 +228,6 @@ fn tree_vectors_match_and_decode() {
         arbor::wire::decode_canonical(&bytes("chunk_request_cbor"), 256, "req").expect("req");
     JoinToken::parse(have["join_token_text"].as_str().expect("text")).expect("token");
     for key in obj.keys().filter(|k| k.ends_with("_cbor")) {
-        let value: cbor4ii::core::Value =
-            cbor4ii::serde::from_slice(&bytes(key)).expect("generic decode");
-        check_sorted(&value);
+        common::assert_maps_canonical(&bytes(key));
     }
 }

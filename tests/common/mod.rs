@@ -103,3 +103,41 @@ pub fn update_id(published: &serde_json::Value) -> String {
         .expect("update_id is a string")
         .to_string()
 }
+
+/// Reads the vector file `file` (relative to the crate) and asserts that every CBOR map
+/// in each of its hex fields `keys` has its keys in RFC 8949 deterministic order.
+/// Returns the file, for more checks.
+pub fn assert_vector_maps_canonical(file: &str, keys: &[&str]) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let text = std::fs::read_to_string(&path).expect("vector file is readable");
+    let have: serde_json::Value = serde_json::from_str(&text).expect("vector file is JSON");
+    for key in keys {
+        let bytes = hex::decode(have[*key].as_str().expect("hex string")).expect("hex");
+        assert_maps_canonical(&bytes);
+    }
+    have
+}
+
+/// Asserts that every CBOR map in `bytes` has its keys in canonical order.
+pub fn assert_maps_canonical(bytes: &[u8]) {
+    let value: cbor4ii::core::Value = cbor4ii::serde::from_slice(bytes).expect("generic decode");
+    check_sorted(&value);
+}
+
+fn check_sorted(v: &cbor4ii::core::Value) {
+    use cbor4ii::core::Value as V;
+    match v {
+        V::Map(entries) => {
+            let keys: Vec<Vec<u8>> = entries
+                .iter()
+                .map(|(k, _)| cbor4ii::serde::to_vec(Vec::new(), k).expect("encode"))
+                .collect();
+            let mut sorted = keys.clone();
+            sorted.sort();
+            assert_eq!(keys, sorted, "map keys out of canonical order");
+            entries.iter().for_each(|(_, v)| check_sorted(v));
+        }
+        V::Array(items) => items.iter().for_each(check_sorted),
+        _ => {}
+    }
+}

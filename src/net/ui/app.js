@@ -323,13 +323,16 @@ function renderTree(t) {
 function rolloutRow(u, r) {
   const done = (r.downloaded || 0) + (r.installed || 0);
   const pct = Math.max(0, Math.min(100, Math.round(Number(r.done_percent) || 0)));
+  // Through the CSSOM: the page's Content-Security-Policy forbids style attributes.
+  const fill = el('div', { class: 'fill' });
+  fill.style.width = `${pct}%`;
   return el('div', { class: 'rollout-row' },
     el('span', { class: 'group-name' }, r.group),
     el('div', {
       class: 'rollout-bar', role: 'progressbar', 'aria-valuemin': 0, 'aria-valuemax': 100,
       'aria-valuenow': pct, 'aria-label': `${r.group}: ${pct}% done`,
       'data-update': u.update_id, 'data-group': r.group, 'data-percent': pct,
-    }, el('div', { class: 'fill', style: `width: ${pct}%` })),
+    }, fill),
     el('span', { class: 'rollout-text' }, `${r.group}: ${done}/${r.total ?? 0} (${pct}%)`,
       r.downloading ? `, ${r.downloading} downloading` : '',
       typeof r.members === 'number' ? el('span', { class: 'muted' }, `, ${r.members} members`) : '',
