@@ -455,6 +455,8 @@ fn router(handle: Handle, token: &str) -> Router {
             "/style.css",
             get(|| async { asset("text/css; charset=utf-8", UI_CSS) }),
         )
+        // Browsers ask for it on their own; the UI has none.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route(
             "/api/openapi.json",
             get(|| async { asset("application/json", OPENAPI) }),
