@@ -2145,6 +2145,7 @@ impl Daemon {
             "fetch_timeouts": stats.fetch_timeouts,
             "refused": self.refused,
             "rules": rules,
+            "halted": self.halted_approvals(),
             "rules_refused": self.rules_refused,
         })
     }

@@ -301,6 +301,15 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
             HumanBytes(u["rate_out"].as_u64().unwrap_or(0)),
         );
     }
+    for h in v["halted"].as_array().into_iter().flatten() {
+        let id = h["update_id"].as_str().unwrap_or("?");
+        println!(
+            "HALTED   {} for {}: {}",
+            &id[..id.len().min(12)],
+            h["group"].as_str().unwrap_or("?"),
+            h["reason"].as_str().unwrap_or("?")
+        );
+    }
     let bad = v["bad_chunks"].as_u64().unwrap_or(0);
     let refused = v["refused"].as_u64().unwrap_or(0);
     if bad > 0 || refused > 0 {

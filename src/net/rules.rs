@@ -208,6 +208,24 @@ impl Daemon {
         }))
     }
 
+    /// This node's halted approvals, and why: for the status.
+    pub(super) fn halted_approvals(&self) -> Vec<serde_json::Value> {
+        let me = self.node.node_key.public();
+        self.engine
+            .rules()
+            .get(&me)
+            .into_iter()
+            .flat_map(|r| &r.rules.approvals)
+            .filter_map(|(k, a)| {
+                a.halted.as_ref().map(|h| {
+                    serde_json::json!({
+                        "update_id": k.update, "group": k.group, "at": h.at, "reason": h.reason,
+                    })
+                })
+            })
+            .collect()
+    }
+
     /// This node's approvals, each with the members of its group and how many of them
     /// it reaches now.
     pub(super) fn approvals(&self) -> Answer {
