@@ -66,8 +66,13 @@ pub struct Config {
     /// How long a chunk that arrived bad waits before it is asked again.
     pub bad_chunk_delay: Millis,
     /// How long after a change the parent is sent a report, so that a burst of changes
-    /// makes one report. Reports carrying much detail are spaced further apart.
+    /// makes one report.
     pub report_delay: Millis,
+    /// The least time between two reports, however busy the node is.
+    pub report_interval: Millis,
+    /// Bytes per second of reports a node may send up on average: reports carrying
+    /// much detail are spaced further apart, so that they never crowd a slow link.
+    pub report_rate: u64,
 }
 
 impl Default for Config {
@@ -80,6 +85,8 @@ impl Default for Config {
             retry_max: 30_000,
             bad_chunk_delay: 1_000,
             report_delay: 100,
+            report_interval: 500,
+            report_rate: 16 * 1024,
         }
     }
 }
@@ -353,8 +360,11 @@ pub struct Engine {
     rollup: Rollup,
     /// When to send the parent a report (only while it is connected).
     report_due: Option<Millis>,
-    /// Something changed since the last report.
-    report_dirty: bool,
+    /// The last report sent (its time cleared): an unchanged snapshot is not sent again.
+    last_report: Option<Report>,
+    /// When the last report was sent, and its size.
+    last_report_at: Millis,
+    last_report_len: usize,
     /// The sequence number of the last report sent.
     report_seq: u64,
     /// Rule sets this node refused, newest first (at most [`report::MAX_REFUSALS`]).
@@ -411,7 +421,9 @@ impl Engine {
             key,
             rollup: Rollup::new(),
             report_due: None,
-            report_dirty: true,
+            last_report: None,
+            last_report_at: 0,
+            last_report_len: 0,
             report_seq: 0,
             refusals: Vec::new(),
             halted: std::collections::BTreeSet::new(),
@@ -428,10 +440,10 @@ impl Engine {
     }
 
     /// Forgets a child (revoked): it is disconnected and refused from now on.
-    pub fn remove_child(&mut self, child: &PeerId) {
+    pub fn remove_child(&mut self, child: &PeerId, now: Millis) {
         self.child_avail.remove(child);
         if self.rollup.remove(child) {
-            self.report_dirty = true;
+            self.changed(now);
         }
         if self.children.remove(child) == Some(true) {
             self.out.push_back(Output::Disconnect {
@@ -532,21 +544,29 @@ impl Engine {
         self.key.public()
     }
 
-    /// Something a report shows changed: the parent hears of it shortly.
+    /// Something a report shows may have changed: the parent hears of it shortly, but
+    /// no sooner than the report interval and the report byte rate allow.
     fn changed(&mut self, now: Millis) {
-        self.report_dirty = true;
         if self.report_due.is_none() && self.parent_connected() == Some(true) {
-            // Reports with much detail are spaced further apart, so that a big subtree
-            // does not flood the link up with snapshots.
-            let detail = self
-                .rollup
-                .children()
-                .filter_map(|c| self.rollup.get(c))
-                .map(|r| r.report.nodes.len() + 1)
-                .sum::<usize>();
-            let spacing = (detail / 64).max(1) as u64;
-            self.report_due = Some(now + self.config.report_delay * spacing);
+            let spacing = (self.last_report_len as u64)
+                .saturating_mul(1000)
+                .checked_div(self.config.report_rate)
+                .unwrap_or(0)
+                .max(self.config.report_interval);
+            let due = (now + self.config.report_delay).max(self.last_report_at + spacing);
+            self.report_due = Some(due);
         }
+    }
+
+    /// The sequence number of the last report sent: the driver keeps it, so that the
+    /// next run continues above it (PROTOCOL.md §15.1) whatever the clock does.
+    pub fn report_seq(&self) -> u64 {
+        self.report_seq
+    }
+
+    /// Continues report sequence numbers above `seq` (kept by an earlier run).
+    pub fn set_report_seq(&mut self, seq: u64) {
+        self.report_seq = self.report_seq.max(seq);
     }
 
     /// What this node would report now: its own state and its subtree's roll-up. On the
@@ -622,11 +642,14 @@ impl Engine {
         &mut self,
         child: &PeerId,
         bytes: &[u8],
+        now: Millis,
     ) -> Result<(), report::ReportError> {
         if !self.children.contains_key(child) {
             return Ok(());
         }
         self.rollup.receive(child, bytes)?;
+        // A threshold crossed just before a restart still halts.
+        self.check_halts(now);
         Ok(())
     }
 
@@ -664,7 +687,9 @@ impl Engine {
             return;
         }
         let mut rules = own.rules.clone();
-        let (version, expires) = (own.version + 1, own.expires);
+        // Versions follow the clock where it is ahead, so that a version whose write
+        // was lost is never signed again with other content (PROTOCOL.md §14.1).
+        let (version, expires) = ((own.version + 1).max(now / 1000), own.expires);
         let secs = (now / 1000).max(rules.issued);
         for (key, reason) in &halts {
             // The reason comes from a fixed message with numbers: always valid.
@@ -705,11 +730,21 @@ impl Engine {
         if self.parent_connected() != Some(true) {
             return;
         }
+        let report = self.report(now);
+        let unchanged = Report {
+            issued: 0,
+            ..report.clone()
+        };
+        if self.last_report.as_ref() == Some(&unchanged) {
+            return;
+        }
         let seq = now.max(self.report_seq + 1);
-        match SignedReport::sign(&self.key, seq, self.report(now)) {
+        match SignedReport::sign(&self.key, seq, report) {
             Ok(signed) => {
                 self.report_seq = seq;
-                self.report_dirty = false;
+                self.last_report = Some(unchanged);
+                self.last_report_at = now;
+                self.last_report_len = signed.bytes.len();
                 self.stats.reports_sent += 1;
                 self.out.push_back(Output::Send {
                     to: parent,
@@ -727,6 +762,7 @@ impl Engine {
     pub fn restore_rules(&mut self, bytes: &[u8], now: Millis) -> Result<(), RulesError> {
         self.book.restore(bytes, &self.path)?;
         self.refresh(now);
+        self.check_halts(now);
         Ok(())
     }
 
@@ -829,7 +865,7 @@ impl Engine {
             *link = ParentLink::Connected;
             self.out.push_back(Output::Event(Event::ParentConnected));
             // The parent may have missed anything while away: a fresh snapshot at once.
-            self.report_dirty = true;
+            self.last_report = None;
             self.report_due = Some(now);
             self.schedule(now);
             return;
@@ -1142,25 +1178,32 @@ impl Engine {
     /// Tells connected children about chunks stored since they were last told.
     fn announce(&mut self) {
         let children = self.connected_children();
-        for id in &self.order {
-            let Some(u) = self.updates.get_mut(id) else {
+        for i in 0..self.order.len() {
+            let id = self.order[i];
+            if self
+                .updates
+                .get(&id)
+                .is_none_or(|u| u.unannounced.count() == 0)
+            {
+                continue;
+            }
+            // Only children it is available to: the others were never offered it, and
+            // one that gains it later is offered it with every range held then.
+            let to: Vec<PeerId> = children
+                .iter()
+                .filter(|c| self.is_available_to(c, &id))
+                .copied()
+                .collect();
+            let Some(u) = self.updates.get_mut(&id) else {
                 continue;
             };
-            if u.unannounced.count() == 0 {
-                continue;
-            }
-            if children.is_empty() {
-                // Nobody to tell; a child that connects later is greeted with `have`.
-                u.unannounced.clear_all();
-                continue;
-            }
             let ranges = u.unannounced.ranges();
             u.unannounced.clear_all();
-            for child in &children {
+            for child in &to {
                 self.out.push_back(Output::Send {
                     to: *child,
                     msg: Control::Have {
-                        update: *id,
+                        update: id,
                         ranges: ranges.clone(),
                     },
                 });

@@ -263,6 +263,8 @@ pub struct Daemon {
     refused: u64,
     /// Rule sets from the parent that were refused.
     rules_refused: u64,
+    /// The report sequence number last kept in the store.
+    kept_report_seq: u64,
     /// Children's newer reports, kept in the store on the next tick (in one commit).
     reports_to_keep: HashMap<PublicKey, Arc<[u8]>>,
     waiters: Vec<(Hash, oneshot::Sender<Answer>)>,
@@ -487,6 +489,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         refused: 0,
         rules_refused: 0,
         reports_to_keep: HashMap::new(),
+        kept_report_seq: 0,
         waiters: Vec::new(),
         admin_url,
         tasks,
@@ -494,6 +497,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
     };
     daemon.restore_rules();
     daemon.restore_reports();
+    daemon.restore_report_seq();
     Ok(daemon)
 }
 
@@ -1295,6 +1299,7 @@ impl Daemon {
         self.waiters.retain(|(_, reply)| !reply.is_closed());
         self.renew_rules();
         self.keep_reports();
+        self.keep_report_seq();
     }
 
     fn on_swarm(&mut self, ev: SwarmEvent<()>) {
@@ -1952,7 +1957,7 @@ impl Daemon {
         match self.node.store.revoke_child(&key.0) {
             Ok(true) => {
                 tracing::warn!(child = %node, "membership revoked");
-                self.engine.remove_child(&key);
+                self.engine.remove_child(&key, now_ms());
                 self.reports_to_keep.remove(&key);
                 if let Err(e) = self.node.store.remove_report(&key.0) {
                     tracing::error!("cannot forget the revoked child's report: {e}");

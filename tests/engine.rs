@@ -723,7 +723,7 @@ fn a_revoked_child_is_disconnected_and_no_longer_served() {
     h.publish_at_root(root, &m);
     h.run(10_000);
     assert!(h.nodes[&root].engine.may_serve(&a, &m.id, 0));
-    h.with(root, |e, _| e.remove_child(&a));
+    h.with(root, |e, now| e.remove_child(&a, now));
     assert!(
         !h.links.contains_key(&pair(root, a)),
         "the revoked child is still connected"
@@ -976,6 +976,15 @@ fn wave_membership_is_deterministic_and_grows_with_the_wave() {
             .copied()
             .collect();
         assert_eq!(got, expected, "wave {wave}");
+        // Those outside the wave are not even told of its chunks.
+        for c in &children {
+            let complaints: Vec<&Event> = h.nodes[c]
+                .events
+                .iter()
+                .filter(|e| matches!(e, Event::Misbehaved { .. }))
+                .collect();
+            assert!(complaints.is_empty(), "wave {wave}: {complaints:?}");
+        }
         got
     };
     let (w25, w25_again, w60) = (reached(2_500), reached(2_500), reached(6_000));
@@ -1250,4 +1259,47 @@ fn failures_past_the_threshold_halt_the_rollout_and_everyone_sees_why() {
         assert_eq!(h.nodes[c].engine.rules().version(&root), Some(version + 1));
         assert!(available(&h, *c, &[m.id]).is_empty());
     }
+}
+
+#[test]
+fn a_revoked_childs_subtree_leaves_the_roll_up_above() {
+    let mut h = Harness::new(1, 2);
+    let [root, a, leaf] = chain(&mut h);
+    let m = update(3, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(h.now + 10_000);
+    assert_eq!(
+        h.nodes[&root]
+            .engine
+            .report(h.now)
+            .subtree_counts(&m.id)
+            .total(),
+        3
+    );
+    h.with(a, |e, now| e.remove_child(&leaf, now));
+    h.run(h.now + 10_000);
+    let report = h.nodes[&root].engine.report(h.now);
+    assert_eq!(report.subtree_counts(&m.id).total(), 2);
+    assert!(report.nodes.iter().all(|d| d.node != leaf));
+}
+
+#[test]
+fn reports_during_a_download_are_few() {
+    // 300 chunks at 10 ms: a 3 s download below a branch.
+    let mut h = Harness::new(1, 10);
+    let [root, a, leaf] = chain(&mut h);
+    let m = update(300, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(h.now + 60_000);
+    assert!(holds_all(&h, leaf, &m));
+    for n in [a, leaf] {
+        let sent = h.nodes[&n].engine.stats().reports_sent;
+        // At most one per 500 ms of the download, and a few around it.
+        assert!(sent <= 12, "{sent} reports for a 3 s download");
+    }
+    // Quiet now: nothing more is sent while nothing changes.
+    let before = h.nodes[&leaf].engine.stats().reports_sent;
+    h.with(leaf, |e, now| e.handle_timeout(now + 10_000));
+    h.run(h.now + 60_000);
+    assert_eq!(h.nodes[&leaf].engine.stats().reports_sent, before);
 }

@@ -346,7 +346,7 @@ fn print_node(node: &serde_json::Value, indent: usize) {
                         u["bytes_done"].as_u64().unwrap_or(0),
                         u["bytes_total"].as_u64().unwrap_or(0).max(1),
                     );
-                    format!(" {}%", done * 100 / total)
+                    format!(" {}%", u128::from(done) * 100 / u128::from(total))
                 }
                 "failed" => format!(": {}", u["reason"].as_str().unwrap_or("?")),
                 _ => String::new(),

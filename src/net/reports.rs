@@ -13,6 +13,12 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+/// Where the last report sequence number sent is kept, in the store's metadata.
+const META_REPORT_SEQ: &str = "report_seq";
+/// How far past the kept sequence number a new run starts: more reports than a node
+/// sends in the second between two keeps.
+const SEQ_SKIP: u64 = 1000;
+
 impl Daemon {
     /// Loads the children's reports kept in the store into the engine, at start-up.
     pub(super) fn restore_reports(&mut self) {
@@ -24,12 +30,48 @@ impl Daemon {
             }
         };
         for (child, bytes) in kept {
-            if let Err(e) = self.engine.restore_report(&PublicKey(child), &bytes) {
+            if let Err(e) = self
+                .engine
+                .restore_report(&PublicKey(child), &bytes, now_ms())
+            {
                 tracing::warn!(
                     child = %PublicKey(child).node_id(),
                     "a kept report is refused and dropped: {e}"
                 );
             }
+        }
+    }
+
+    /// Continues this node's report sequence numbers above the last run's. The number
+    /// is kept once a second, so the last second's may not be: skip well past them.
+    pub(super) fn restore_report_seq(&mut self) {
+        match self.node.store.meta(META_REPORT_SEQ) {
+            Ok(Some(bytes)) => match <[u8; 8]>::try_from(bytes.as_slice()) {
+                Ok(b) => {
+                    self.kept_report_seq = u64::from_le_bytes(b);
+                    self.engine
+                        .set_report_seq(self.kept_report_seq.saturating_add(SEQ_SKIP));
+                }
+                Err(_) => tracing::warn!("the kept report sequence number is damaged; ignored"),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::error!("cannot read the report sequence number: {e}"),
+        }
+    }
+
+    /// Keeps the report sequence number, if it moved (on the tick).
+    pub(super) fn keep_report_seq(&mut self) {
+        let seq = self.engine.report_seq();
+        if seq == self.kept_report_seq {
+            return;
+        }
+        match self
+            .node
+            .store
+            .update_meta(&[(META_REPORT_SEQ, &seq.to_le_bytes())], &[])
+        {
+            Ok(()) => self.kept_report_seq = seq,
+            Err(e) => tracing::error!("cannot keep the report sequence number: {e}"),
         }
     }
 
@@ -91,13 +133,18 @@ impl Daemon {
                             .filter(|c| g == ALL || own.is_some_and(|r| r.is_member(g, c)))
                             .count();
                         let counts = report.group_counts(g, &p.update);
-                        let done = counts.get(State::Downloaded) + counts.get(State::Installed);
+                        // Counts come from children: never trusted not to overflow.
+                        let done = counts
+                            .get(State::Downloaded)
+                            .saturating_add(counts.get(State::Installed));
                         let total = counts.total();
                         let mut v = json!({
                             "group": g,
                             "members": members,
                             "total": total,
-                            "done_percent": (done * 100).checked_div(total).unwrap_or(0),
+                            "done_percent": (u128::from(done) * 100)
+                                .checked_div(u128::from(total))
+                                .unwrap_or(0),
                         });
                         for state in State::ALL {
                             v[state.as_str()] = json!(counts.get(state));

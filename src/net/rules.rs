@@ -64,7 +64,9 @@ impl Daemon {
         change(&mut rules)?;
         // Issued times only go forward, whatever the clock did.
         rules.issued = now.max(rules.issued);
-        let version = self.engine.rules().next_version(&me);
+        // Versions follow the clock where it is ahead, so that a version whose write
+        // was lost is never signed again with other content (PROTOCOL.md §14.1).
+        let version = self.engine.rules().next_version(&me).max(rules.issued);
         let signed = SignedRules::sign(
             &self.node.node_key,
             version,
