@@ -68,7 +68,9 @@ pub struct Config {
     /// How long after a change the parent is sent a report, so that a burst of changes
     /// makes one report.
     pub report_delay: Millis,
-    /// The least time between two reports, however busy the node is.
+    /// The least time between two reports that only carry progress (bytes so far);
+    /// a change of state (an update started, done, installed or failed anywhere below,
+    /// a rule refused, a child gone) is sent after `report_delay` alone.
     pub report_interval: Millis,
     /// Bytes per second of reports a node may send up on average: reports carrying
     /// much detail are spaced further apart, so that they never crowd a slow link.
@@ -85,8 +87,8 @@ impl Default for Config {
             retry_max: 30_000,
             bad_chunk_delay: 1_000,
             report_delay: 100,
-            report_interval: 500,
-            report_rate: 16 * 1024,
+            report_interval: 1_000,
+            report_rate: 64 * 1024,
         }
     }
 }
@@ -443,7 +445,7 @@ impl Engine {
     pub fn remove_child(&mut self, child: &PeerId, now: Millis) {
         self.child_avail.remove(child);
         if self.rollup.remove(child) {
-            self.changed(now);
+            self.changed(now, true);
         }
         if self.children.remove(child) == Some(true) {
             self.out.push_back(Output::Disconnect {
@@ -544,18 +546,24 @@ impl Engine {
         self.key.public()
     }
 
-    /// Something a report shows may have changed: the parent hears of it shortly, but
-    /// no sooner than the report interval and the report byte rate allow.
-    fn changed(&mut self, now: Millis) {
-        if self.report_due.is_none() && self.parent_connected() == Some(true) {
-            let spacing = (self.last_report_len as u64)
-                .saturating_mul(1000)
-                .checked_div(self.config.report_rate)
-                .unwrap_or(0)
-                .max(self.config.report_interval);
-            let due = (now + self.config.report_delay).max(self.last_report_at + spacing);
-            self.report_due = Some(due);
+    /// Something a report shows may have changed: the parent hears of it shortly, never
+    /// faster than the report byte rate allows, and, for mere progress (`state` false),
+    /// no sooner than the report interval.
+    fn changed(&mut self, now: Millis, state: bool) {
+        if self.parent_connected() != Some(true) {
+            return;
         }
+        let by_rate = (self.last_report_len as u64)
+            .saturating_mul(1000)
+            .checked_div(self.config.report_rate)
+            .unwrap_or(0);
+        let spacing = if state {
+            by_rate
+        } else {
+            by_rate.max(self.config.report_interval)
+        };
+        let due = (now + self.config.report_delay).max(self.last_report_at + spacing);
+        self.report_due = Some(self.report_due.map_or(due, |d| d.min(due)));
     }
 
     /// The sequence number of the last report sent: the driver keeps it, so that the
@@ -628,7 +636,7 @@ impl Engine {
             Ok(()) => UpdateState::new(*update, State::Installed, 0, total),
             Err(reason) => UpdateState::failed(*update, &reason, 0, total),
         });
-        self.changed(now);
+        self.changed(now, true);
     }
 
     /// The newest report of each child.
@@ -654,13 +662,23 @@ impl Engine {
     }
 
     fn handle_report(&mut self, child: PeerId, bytes: Arc<[u8]>, now: Millis) {
+        let before = self
+            .rollup
+            .get(&child)
+            .map(|r| (r.report.subtree.clone(), r.report.refusals.clone()));
         match self.rollup.receive(&child, &bytes) {
             Ok(Received::Applied) => {
                 self.out.push_back(Output::StoreReport {
                     child,
                     report: bytes,
                 });
-                self.changed(now);
+                // New counts or refusals below are news; only new bytes so far are not.
+                let state = self
+                    .rollup
+                    .get(&child)
+                    .map(|r| (r.report.subtree.clone(), r.report.refusals.clone()))
+                    != before;
+                self.changed(now, state);
                 self.check_halts(now);
             }
             Ok(Received::Duplicate | Received::Stale { .. }) => {}
@@ -836,7 +854,7 @@ impl Engine {
             .next_change(&self.path, secs)
             .map(|s| s.saturating_mul(1000));
         self.out.push_back(Output::Event(Event::RulesApplied));
-        self.changed(now);
+        self.changed(now, true);
         self.schedule(now);
     }
 
@@ -853,7 +871,7 @@ impl Engine {
             }
         }
         self.check_complete(update);
-        self.changed(now);
+        self.changed(now, true);
         self.schedule(now);
     }
 
@@ -1039,7 +1057,7 @@ impl Engine {
                         RuleRefusal::new(self.me(), issuer, &error.to_string(), now / 1000);
                     self.refusals.insert(0, refusal);
                     self.refusals.truncate(report::MAX_REFUSALS);
-                    self.changed(now);
+                    self.changed(now, true);
                     self.out.push_back(Output::Event(Event::RulesRefused {
                         peer,
                         reason: error.to_string(),
@@ -1068,6 +1086,8 @@ impl Engine {
         match verdict {
             ChunkVerdict::Stored => {
                 u.busy.clear(index);
+                // The first chunk makes it downloading; the last, downloaded.
+                let started = u.have.count() == 0;
                 if u.have.set(index) {
                     u.unannounced.set(index);
                     let len = u64::from(u.chunks[index as usize].1);
@@ -1075,8 +1095,8 @@ impl Engine {
                     self.stats.chunks_from_parent += 1;
                     self.stats.bytes_from_parent += len;
                 }
-                self.check_complete(update);
-                self.changed(now);
+                let done = self.check_complete(update);
+                self.changed(now, started || done);
             }
             ChunkVerdict::Bad => {
                 // Keep it busy for a while, so a bad source is not hammered.
@@ -1272,7 +1292,7 @@ impl Engine {
     }
 
     /// Reports an update complete, once, when its last chunk is held.
-    fn check_complete(&mut self, update: Hash) {
+    fn check_complete(&mut self, update: Hash) -> bool {
         if let Some(u) = self.updates.get_mut(&update)
             && !u.awaiting_local
             && !u.completed
@@ -1281,7 +1301,9 @@ impl Engine {
             u.completed = true;
             self.out
                 .push_back(Output::Event(Event::UpdateComplete { update }));
+            return true;
         }
+        false
     }
 
     fn misbehaved(&mut self, peer: PeerId, reason: &str) {
