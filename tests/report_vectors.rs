@@ -14,7 +14,6 @@ use arbor::rules::RulesError;
 use arbor::trust::{Envelope, PublicKey, SecretKey};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 const VECTORS: &str = "protocol/vectors/report-v1.json";
 /// 2026-01-01T00:00:00Z.
@@ -172,21 +171,7 @@ fn expected() -> Value {
 
 #[test]
 fn report_vector_matches() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(VECTORS);
-    let want = expected();
-    if std::env::var_os("ARBOR_WRITE_VECTORS").is_some() {
-        let text = serde_json::to_string_pretty(&want).expect("json") + "\n";
-        std::fs::write(&path, text).expect("write vectors");
-    }
-    let text = std::fs::read_to_string(&path).expect("protocol/vectors/report-v1.json is readable");
-    let have: Value = serde_json::from_str(&text).expect("vector file is JSON");
-    let obj = want.as_object().expect("object");
-    for (key, value) in obj.iter().filter(|(k, _)| *k != "about") {
-        assert_eq!(
-            &have[key], value,
-            "vector field {key} differs from what the code produces"
-        );
-    }
+    let have = common::assert_vector_file(VECTORS, &expected());
     // The stored bytes open as the child's and the grandchild's reports, and roll up at
     // the root node to the stored counts.
     let bytes = |k: &str| hex::decode(have[k].as_str().expect("hex string")).expect("hex");

@@ -10,7 +10,6 @@ use arbor::content::Hash;
 use arbor::content::manifest::{ChunkRef, FileEntry, Manifest};
 use arbor::trust::{Envelope, SecretKey, SignedManifest};
 use serde_json::{Value, json};
-use std::path::Path;
 
 const VECTORS: &str = "protocol/vectors/manifest-v1.json";
 
@@ -72,29 +71,7 @@ fn expected() -> Value {
 
 #[test]
 fn manifest_vector_matches() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(VECTORS);
-    let want = expected();
-    if std::env::var_os("ARBOR_WRITE_VECTORS").is_some() {
-        let text = serde_json::to_string_pretty(&want).expect("json") + "\n";
-        std::fs::write(&path, text).expect("write vectors");
-    }
-    let text =
-        std::fs::read_to_string(&path).expect("protocol/vectors/manifest-v1.json is readable");
-    let have: Value = serde_json::from_str(&text).expect("vector file is JSON");
-    for key in [
-        "root_key",
-        "manifest",
-        "manifest_cbor",
-        "signed_bytes_cbor",
-        "signature",
-        "envelope_cbor",
-        "update_id",
-    ] {
-        assert_eq!(
-            have[key], want[key],
-            "vector field {key} differs from what the code produces"
-        );
-    }
+    let have = common::assert_vector_file(VECTORS, &expected());
     // The stored bytes open under the stored key and give the stored id.
     let bytes = hex::decode(have["envelope_cbor"].as_str().expect("hex string")).expect("hex");
     let key = have["root_key"]
@@ -193,21 +170,8 @@ mod erased {
 fn tree_vectors_match_and_decode() {
     use arbor::net::proto::{ChunkRequest, ControlFrame, JoinReply};
     use arbor::trust::member::{JoinToken, verify_chain};
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(TREE_VECTORS);
-    let want = tree_expected();
-    if std::env::var_os("ARBOR_WRITE_VECTORS").is_some() {
-        let text = serde_json::to_string_pretty(&want).expect("json") + "\n";
-        std::fs::write(&path, text).expect("write vectors");
-    }
-    let text = std::fs::read_to_string(&path).expect("tree vectors are readable");
-    let have: Value = serde_json::from_str(&text).expect("vector file is JSON");
-    let obj = want.as_object().expect("object");
-    for (key, value) in obj.iter().filter(|(k, _)| *k != "about") {
-        assert_eq!(
-            &have[key], value,
-            "vector field {key} differs from the code"
-        );
-    }
+    let have = common::assert_vector_file(TREE_VECTORS, &tree_expected());
+    let obj = have.as_object().expect("object");
     let bytes = |k: &str| hex::decode(have[k].as_str().expect("hex")).expect("hex");
     // The stored bytes decode canonically and the chain verifies under the stored root.
     let chain: Vec<Envelope> =

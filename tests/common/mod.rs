@@ -104,6 +104,27 @@ pub fn update_id(published: &serde_json::Value) -> String {
         .to_string()
 }
 
+/// Compares the vector file `file` (relative to the crate) with `want`, what the code
+/// produces now: every field but `about` must be equal. With `ARBOR_WRITE_VECTORS` set,
+/// writes `want` to the file first. Returns the file, for more checks.
+pub fn assert_vector_file(file: &str, want: &serde_json::Value) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    if std::env::var_os("ARBOR_WRITE_VECTORS").is_some() {
+        let text = serde_json::to_string_pretty(want).expect("json") + "\n";
+        std::fs::write(&path, text).expect("write vectors");
+    }
+    let text = std::fs::read_to_string(&path).expect("the vector file is readable");
+    let have: serde_json::Value = serde_json::from_str(&text).expect("vector file is JSON");
+    let fields = want.as_object().expect("vectors are an object");
+    for (key, value) in fields.iter().filter(|(k, _)| *k != "about") {
+        assert_eq!(
+            &have[key], value,
+            "{file}: field {key} differs from what the code produces"
+        );
+    }
+    have
+}
+
 /// Reads the vector file `file` (relative to the crate) and asserts that every CBOR map
 /// in each of its hex fields `keys` has its keys in RFC 8949 deterministic order.
 /// Returns the file, for more checks.
