@@ -65,6 +65,9 @@
 //! before it forwards it). The exit code is 0 whatever the verdicts, and non-zero only
 //! on an error; every wait is bounded by 60 s.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use arbor::content::Hash;
 use arbor::net::admin::{ApproveRequest, GroupRequest, Request, TokenRequest};
@@ -330,24 +333,11 @@ async fn build_tree(base: &Path, cfg: &Config) -> Result<Tree> {
     })
 }
 
-/// Deterministic pseudo-random bytes (xorshift64).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Writes `len` pseudo-random bytes to `dir/payload` and publishes it on the root.
 async fn publish(root: &BenchNode, dir: &Path, len: usize, seed: u64, id: &str) -> Result<Hash> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::write(dir.join("payload"), noise(len, seed)).context("cannot write an input")?;
+    std::fs::write(dir.join("payload"), common::noise(len, seed))
+        .context("cannot write an input")?;
     let v = root
         .call(Request::Publish(PublishRequest {
             tenant: "bench".into(),
@@ -939,7 +929,7 @@ async fn run(cfg: &Config, base: &Path, mut events: mpsc::UnboundedReceiver<Seen
 fn rules_commit_cost(dir: &Path) -> Result<Vec<Duration>> {
     std::fs::create_dir_all(dir)?;
     let store = arbor::store::Store::create(dir).context("cannot create a scratch store")?;
-    let bytes = noise(2048, 7);
+    let bytes = common::noise(2048, 7);
     let mut times = Vec::new();
     for i in 0..21u8 {
         let t = Instant::now();
