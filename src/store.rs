@@ -102,6 +102,19 @@ pub enum StoreError {
     Damaged(String),
 }
 
+/// Opens a table that stores made before it existed do not have until it is first
+/// written: `None` then, as if it were empty.
+fn open_optional<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(db_err(e)),
+    }
+}
+
 fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
     match e.into() {
         redb::Error::DatabaseAlreadyOpen => StoreError::Busy(DB_FILE.to_string()),

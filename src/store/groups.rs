@@ -4,7 +4,9 @@
 //! never leaves a dangling list); this table holds the groups themselves. The built-in
 //! group [`ALL`] holds every child that is not revoked and is never stored.
 
-use super::{CHILDREN, ChildRecord, Store, StoreError, db_err, decode_record, read_child};
+use super::{
+    CHILDREN, ChildRecord, Store, StoreError, db_err, decode_record, open_optional, read_child,
+};
 use crate::trust::PublicKey;
 use crate::wire;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -37,11 +39,8 @@ impl Store {
     /// Every group this node's admin created, by name.
     pub fn groups(&self) -> Result<Vec<(String, GroupRecord)>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let table = match txn.open_table(GROUPS) {
-            Ok(t) => t,
-            // A store made before groups existed has no table until the first group.
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(db_err(e)),
+        let Some(table) = open_optional(&txn, GROUPS)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for entry in table.iter().map_err(db_err)? {
@@ -81,10 +80,9 @@ impl Store {
             return Ok(true);
         }
         let txn = self.db.begin_read().map_err(db_err)?;
-        match txn.open_table(GROUPS) {
-            Ok(t) => Ok(t.get(name).map_err(db_err)?.is_some()),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
-            Err(e) => Err(db_err(e)),
+        match open_optional(&txn, GROUPS)? {
+            Some(t) => Ok(t.get(name).map_err(db_err)?.is_some()),
+            None => Ok(false),
         }
     }
 

@@ -6,7 +6,7 @@
 //! child). They are untrusted when read back: the store file is the operator's, so
 //! callers check them again.
 
-use super::{Store, StoreError, db_err};
+use super::{Store, StoreError, db_err, open_optional};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 /// Node key → canonical bytes.
@@ -73,11 +73,8 @@ impl Store {
 
     fn kept(&self, table: Kept) -> Result<Vec<KeptBytes>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let table = match txn.open_table(table) {
-            Ok(t) => t,
-            // A store made before these existed has no table until the first is kept.
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(db_err(e)),
+        let Some(table) = open_optional(&txn, table)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for entry in table.iter().map_err(db_err)? {
