@@ -352,6 +352,8 @@ pub struct Engine {
     /// [`Engine::refresh`].
     avail: Availability,
     child_avail: BTreeMap<PeerId, Availability>,
+    /// The union of `child_avail`: what some child may have, asked on every schedule.
+    children_avail: Availability,
     /// When availability changes by itself next (a deadline, an expiry).
     next_change: Option<Millis>,
     /// The time of the last evaluation of rules, in Unix seconds.
@@ -418,6 +420,7 @@ impl Engine {
             book: RuleBook::new(),
             avail,
             child_avail: BTreeMap::new(),
+            children_avail: Availability::none(),
             next_change: None,
             now_secs: 0,
             key,
@@ -439,11 +442,22 @@ impl Engine {
             .book
             .child_availability(&self.path, &child, self.now_secs);
         self.child_avail.entry(child).or_insert(avail);
+        self.unite_children_avail();
+    }
+
+    /// Recomputes what some child may have, after `child_avail` changed.
+    fn unite_children_avail(&mut self) {
+        let mut union = Availability::none();
+        for a in self.child_avail.values() {
+            union.union(a);
+        }
+        self.children_avail = union;
     }
 
     /// Forgets a child (revoked): it is disconnected and refused from now on.
     pub fn remove_child(&mut self, child: &PeerId, now: Millis) {
         self.child_avail.remove(child);
+        self.unite_children_avail();
         if self.rollup.remove(child) {
             self.changed(now, true);
         }
@@ -515,8 +529,7 @@ impl Engine {
     /// (a node without children) or one of its children may have it.
     fn is_wanted(&self, update: &Hash) -> bool {
         self.avail.is_available(update)
-            && (self.children.is_empty()
-                || self.child_avail.values().any(|a| a.is_available(update)))
+            && (self.children.is_empty() || self.children_avail.is_available(update))
     }
 
     /// This node's own rule set, signed by the driver for the admin: applied, sent to
@@ -849,6 +862,7 @@ impl Engine {
                 self.offer(child, id);
             }
         }
+        self.unite_children_avail();
         self.next_change = self
             .book
             .next_change(&self.path, secs)
