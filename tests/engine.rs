@@ -1303,3 +1303,43 @@ fn reports_during_a_download_are_few() {
     h.run(h.now + 60_000);
     assert_eq!(h.nodes[&leaf].engine.stats().reports_sent, before);
 }
+
+#[test]
+fn damaged_kept_rule_sets_and_reports_are_refused_at_restart_and_change_nothing() {
+    let mut h = Harness::new(1, 2);
+    let [root, a, b] = chain(&mut h);
+    let m = update(3, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(h.now + 10_000);
+    let rules = h.nodes[&a].engine.rules().clone();
+    let rollup = h.nodes[&a].engine.rollup().clone();
+    let kept_rules = rules.get(&root).expect("held").bytes.clone();
+    let kept_report = rollup.get(&b).expect("held").bytes.clone();
+    let mut flipped_rules = kept_rules.clone();
+    let mut flipped_report = kept_report.clone();
+    let (r, p) = (flipped_rules.len() - 1, flipped_report.len() - 1);
+    flipped_rules[r] ^= 1;
+    flipped_report[p] ^= 1;
+    for garbage in [
+        Vec::new(),
+        b"\xa1garbage".to_vec(),
+        flipped_rules,
+        kept_report.clone(),
+    ] {
+        let now = h.now;
+        let e = &mut h.node(a).engine;
+        assert!(e.restore_rules(&garbage, now).is_err(), "{garbage:?}");
+    }
+    for garbage in [
+        Vec::new(),
+        b"\xa1garbage".to_vec(),
+        flipped_report,
+        kept_rules,
+    ] {
+        let now = h.now;
+        let e = &mut h.node(a).engine;
+        assert!(e.restore_report(&b, &garbage, now).is_err(), "{garbage:?}");
+    }
+    assert_eq!(h.nodes[&a].engine.rules(), &rules);
+    assert_eq!(h.nodes[&a].engine.rollup(), &rollup);
+}

@@ -1071,6 +1071,24 @@ async fn rules_go_down_three_levels_and_reports_come_back_up() {
     let data = root.dir.to_str().expect("utf-8").to_string();
     let (d, u) = (data.clone(), u1.to_hex());
     tokio::task::spawn_blocking(move || {
+        // Garbage in the flags gets one clear line and changes nothing.
+        for (flag, value, says) in [
+            ("--wave", "150", "wave"),
+            ("--deadline", "soonish", "deadline"),
+            ("--halt-fraction", "x", "halt fraction"),
+            ("--group", "nope", "no group"),
+        ] {
+            let mut args = vec!["approve", "--data", &d, &u, flag, value];
+            if flag != "--group" {
+                args.extend(["--group", "east"]);
+            }
+            let err = arbor_err(&args);
+            assert!(err.contains(says), "{flag} {value}: {err}");
+        }
+        assert_eq!(
+            arbor_json(&["approvals", "--data", &d])["approvals"],
+            serde_json::json!([])
+        );
         arbor_ok(&["approve", "--data", &d, &u, "--group", "east", "--subtree"]);
         let list = arbor_json(&["approvals", "--data", &d]);
         assert_eq!(list["approvals"][0]["group"], "east");
