@@ -52,10 +52,11 @@
 //!    serve it), so it has just sent a report of its own when the leaf's arrives: the
 //!    case of a rollout reaching one leaf, where the branch's report spacing counts.
 //!
-//! Between rounds the bench pauses for `report_delay + report_interval + 100 ms` (700 ms
+//! Between rounds the bench pauses for `report_delay + report_interval + 100 ms` (1.2 s
 //! by default): not as synchronisation (every round ends on an observed state), but so
 //! that every node's report clock is clear (a node reports at least `report_delay` after
-//! a change and at most once per `report_interval`, or less often for big reports) when
+//! a change, progress at most once per `report_interval`, and less often for big
+//! reports) when
 //! the next round starts, and the rounds are alike. Measurement 2 also rotates over the
 //! branches, so a branch's last report is several rounds old.
 //!
