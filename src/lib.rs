@@ -11,6 +11,7 @@
 //! |---|---|
 //! | [`cli`] | the command line: parse, call, print |
 //! | [`publish`], [`verify`], [`export`] | the root's ingest, store checks, reassembly |
+//! | [`install`] | a leaf's install directory: atomic version switch, previous kept, rollback, check and repair |
 //! | [`net`] | the daemon: libp2p transport, stream protocols, admin API |
 //! | [`engine`] | one node's logic, sans-IO: tree relations, chunk state, fetch scheduling |
 //! | [`rules`] | rule sets, sans-IO: groups, approvals, waves, halts; availability and its subset proof |
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod content;
 pub mod engine;
 pub mod export;
+pub mod install;
 pub mod net;
 pub mod node;
 pub mod publish;

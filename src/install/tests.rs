@@ -1,0 +1,611 @@
+use super::*;
+use crate::content::manifest::{ChunkRef, Manifest};
+use crate::trust::SecretKey;
+use std::collections::HashMap;
+use tempfile::TempDir;
+
+type Chunks = HashMap<Hash, Vec<u8>>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("chunk not available")]
+struct Gone;
+
+/// A signed update of acme/plugins/viewer with these (sorted) files, cut into 4-byte
+/// chunks, and its chunks.
+fn update(version: &str, files: &[(&str, u32, &[u8])]) -> (SignedManifest, Chunks) {
+    let mut chunks = Chunks::new();
+    let mut entries = Vec::new();
+    for (path, mode, content) in files {
+        let refs = content
+            .chunks(4)
+            .map(|c| {
+                chunks.insert(Hash::of(c), c.to_vec());
+                ChunkRef(Hash::of(c), c.len() as u32)
+            })
+            .collect();
+        entries.push(FileEntry {
+            mode: *mode,
+            path: path.to_string(),
+            size: content.len() as u64,
+            chunks: refs,
+        });
+    }
+    let manifest = Manifest {
+        id: "viewer".into(),
+        total_size: entries.iter().map(|f| f.size).sum(),
+        files: entries,
+        tenant: "acme".into(),
+        created: 1_700_000_000,
+        version: version.into(),
+        category: "plugins".into(),
+        description: None,
+    };
+    let signed = SignedManifest::sign(&SecretKey::from_seed([7; 32]), 1, manifest).expect("valid");
+    (signed, chunks)
+}
+
+fn v1() -> (SignedManifest, Chunks) {
+    update(
+        "1.0",
+        &[
+            ("bin/viewer", 0o755, b"#!/bin/sh\necho one\n"),
+            ("share/doc/README", 0o644, b"version one"),
+        ],
+    )
+}
+
+fn v2() -> (SignedManifest, Chunks) {
+    update(
+        "2.0",
+        &[
+            ("bin/viewer", 0o755, b"#!/bin/sh\necho two\n"),
+            ("lib/extra.so", 0o644, b"new in two"),
+        ],
+    )
+}
+
+fn from(chunks: &Chunks) -> impl FnMut(&Hash) -> Result<Vec<u8>, Gone> + '_ {
+    |h| chunks.get(h).cloned().ok_or(Gone)
+}
+
+fn put(root: &Path, signed: &SignedManifest, chunks: &Chunks) -> Result<Installed, InstallError> {
+    install(root, signed, 1_800_000_000, from(chunks))
+}
+
+fn module_dir(root: &Path) -> PathBuf {
+    root.join("acme/plugins")
+}
+
+fn current(root: &Path) -> Option<String> {
+    status(root, "acme", "plugins", "viewer")
+        .expect("status")
+        .current
+        .map(|m| m.version)
+}
+
+fn previous(root: &Path) -> Option<String> {
+    status(root, "acme", "plugins", "viewer")
+        .expect("status")
+        .previous
+        .map(|m| m.version)
+}
+
+fn read(root: &Path, rel: &str) -> String {
+    fs::read_to_string(root.join("acme/plugins/viewer").join(rel)).expect("read")
+}
+
+fn tmp() -> TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+fn is_empty(dir: &Path) -> bool {
+    fs::read_dir(dir).expect("read dir").next().is_none()
+}
+
+fn versions(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(module_dir(root).join(".viewer.versions"))
+        .expect("versions")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn installs_files_modes_metadata_and_link() {
+    let dir = tmp();
+    let (signed, chunks) = v1();
+    let outcome = put(dir.path(), &signed, &chunks).expect("install");
+    assert_eq!(
+        outcome,
+        Installed::New {
+            update: signed.id,
+            previous: None,
+            files: 2,
+            bytes: 30
+        }
+    );
+    assert_eq!(read(dir.path(), "bin/viewer"), "#!/bin/sh\necho one\n");
+    assert_eq!(read(dir.path(), "share/doc/README"), "version one");
+    let link = module_dir(dir.path()).join("viewer");
+    assert!(
+        fs::symlink_metadata(&link)
+            .expect("link")
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        fs::read_link(&link).expect("link").to_str(),
+        Some(format!(".viewer.versions/{}/files", signed.id).as_str())
+    );
+    let mode = fs::metadata(link.join("bin/viewer"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    let st = status(dir.path(), "acme", "plugins", "viewer").expect("status");
+    let meta = st.current.expect("current");
+    assert_eq!(st.previous, None);
+    assert_eq!(
+        (
+            meta.tenant.as_str(),
+            meta.category.as_str(),
+            meta.id.as_str()
+        ),
+        ("acme", "plugins", "viewer")
+    );
+    assert_eq!(meta.version, "1.0");
+    assert_eq!(meta.update_id, signed.id.to_hex());
+    assert_eq!(meta.installed_at, 1_800_000_000);
+    assert_eq!(meta.files[0].path, "bin/viewer");
+    assert_eq!(
+        meta.files[0].blake3,
+        Hash::of(b"#!/bin/sh\necho one\n").to_hex()
+    );
+    assert_eq!(
+        check(dir.path(), "acme", "plugins", "viewer").expect("check"),
+        vec![]
+    );
+}
+
+#[test]
+fn the_current_update_is_never_installed_twice() {
+    let dir = tmp();
+    let (signed, chunks) = v1();
+    put(dir.path(), &signed, &chunks).expect("install");
+    let again = install(dir.path(), &signed, 0, |_| Err::<Vec<u8>, _>(Gone)).expect("again");
+    assert_eq!(again, Installed::AlreadyInstalled { update: signed.id });
+    assert_eq!(previous(dir.path()), None);
+    assert_eq!(versions(dir.path()), vec![signed.id.to_hex()]);
+}
+
+#[test]
+fn upgrade_keeps_the_previous_version_and_rollback_switches_back() {
+    let dir = tmp();
+    let (one, c1) = v1();
+    let (two, c2) = v2();
+    put(dir.path(), &one, &c1).expect("v1");
+    let outcome = put(dir.path(), &two, &c2).expect("v2");
+    assert!(matches!(outcome, Installed::New { previous: Some(p), .. } if p == one.id));
+    assert_eq!(current(dir.path()).as_deref(), Some("2.0"));
+    assert_eq!(previous(dir.path()).as_deref(), Some("1.0"));
+    assert_eq!(read(dir.path(), "lib/extra.so"), "new in two");
+
+    let back = rollback(dir.path(), "acme", "plugins", "viewer").expect("rollback");
+    assert_eq!(
+        back,
+        RolledBack {
+            current: one.id,
+            previous: two.id
+        }
+    );
+    assert_eq!(read(dir.path(), "bin/viewer"), "#!/bin/sh\necho one\n");
+    assert!(!module_dir(dir.path()).join("viewer/lib").exists());
+    assert_eq!(previous(dir.path()).as_deref(), Some("2.0"));
+
+    rollback(dir.path(), "acme", "plugins", "viewer").expect("roll forward");
+    assert_eq!(current(dir.path()).as_deref(), Some("2.0"));
+
+    // A third version drops the first: only current and previous are kept.
+    let (three, c3) = update("3.0", &[("bin/viewer", 0o755, b"three")]);
+    put(dir.path(), &three, &c3).expect("v3");
+    assert_eq!(previous(dir.path()).as_deref(), Some("2.0"));
+    let mut kept = vec![two.id.to_hex(), three.id.to_hex()];
+    kept.sort();
+    assert_eq!(versions(dir.path()), kept);
+}
+
+#[test]
+fn installing_the_previous_version_switches_back_without_writing() {
+    let dir = tmp();
+    let (one, c1) = v1();
+    let (two, c2) = v2();
+    put(dir.path(), &one, &c1).expect("v1");
+    put(dir.path(), &two, &c2).expect("v2");
+    let outcome = install(dir.path(), &one, 0, |_| Err::<Vec<u8>, _>(Gone)).expect("v1 again");
+    assert_eq!(
+        outcome,
+        Installed::Reactivated {
+            update: one.id,
+            previous: two.id
+        }
+    );
+    assert_eq!(current(dir.path()).as_deref(), Some("1.0"));
+    assert_eq!(previous(dir.path()).as_deref(), Some("2.0"));
+}
+
+#[test]
+fn rollback_needs_a_previous_version() {
+    let dir = tmp();
+    let err = rollback(dir.path(), "acme", "plugins", "viewer").unwrap_err();
+    assert!(matches!(err, InstallError::NotInstalled { .. }), "{err}");
+    let (one, c1) = v1();
+    put(dir.path(), &one, &c1).expect("v1");
+    let err = rollback(dir.path(), "acme", "plugins", "viewer").unwrap_err();
+    assert!(matches!(err, InstallError::NoPrevious { .. }), "{err}");
+    assert_eq!(current(dir.path()).as_deref(), Some("1.0"));
+}
+
+/// Installs v1, then a manifest whose first path is `path` (bypassing the manifest's
+/// own validation), and checks it is refused with nothing written.
+fn assert_path_refused(path: &str) {
+    let dir = tmp();
+    let root = dir.path().join("install");
+    let (one, c1) = v1();
+    put(&root, &one, &c1).expect("v1");
+    let (mut bad, chunks) = v2();
+    bad.manifest.files[0].path = path.into();
+    let err = put(&root, &bad, &chunks).unwrap_err();
+    assert!(
+        matches!(err, InstallError::UnsafePath { .. }),
+        "{path:?}: {err}"
+    );
+    assert_eq!(current(&root).as_deref(), Some("1.0"));
+    assert_eq!(versions(&root), vec![one.id.to_hex()]);
+    let outside: Vec<_> = fs::read_dir(dir.path())
+        .expect("read")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(outside, vec!["install"], "{path:?} wrote outside the root");
+}
+
+#[test]
+fn dot_dot_paths_are_refused() {
+    assert_path_refused("../../../escaped");
+    assert_path_refused("bin/../../escaped");
+    assert_path_refused("..");
+}
+
+#[test]
+fn absolute_paths_are_refused() {
+    let target = tmp();
+    let abs = target.path().join("escaped");
+    assert_path_refused(abs.to_str().expect("utf-8"));
+    assert!(!abs.exists());
+    assert_path_refused("/etc/passwd");
+}
+
+#[test]
+fn empty_paths_and_components_are_refused() {
+    assert_path_refused("");
+    assert_path_refused("bin//viewer");
+    assert_path_refused("bin/");
+    assert_path_refused("./bin");
+}
+
+#[test]
+fn unsafe_module_names_are_refused() {
+    let dir = tmp();
+    type Rename = fn(&mut Manifest);
+    let cases: [(Rename, &str); 4] = [
+        (|m| m.tenant = "..".into(), "tenant"),
+        (|m| m.category = "a/b".into(), "category"),
+        (|m| m.id = ".hidden".into(), "id"),
+        (|m| m.id = "/etc".into(), "id"),
+    ];
+    for (rename, field) in cases {
+        let (mut bad, chunks) = v1();
+        rename(&mut bad.manifest);
+        let err = put(dir.path(), &bad, &chunks).unwrap_err();
+        assert!(
+            matches!(&err, InstallError::Name(e) if e.to_string().starts_with(field)),
+            "{err}"
+        );
+    }
+    assert!(status(dir.path(), "..", "plugins", "viewer").is_err());
+    assert!(check(dir.path(), "acme", "a/b", "viewer").is_err());
+    assert!(rollback(dir.path(), "acme", "plugins", "").is_err());
+    assert!(is_empty(dir.path()));
+}
+
+#[test]
+fn a_symlinked_tenant_directory_is_not_followed() {
+    let dir = tmp();
+    let outside = tmp();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("acme")).expect("symlink");
+    let (one, c1) = v1();
+    let err = put(dir.path(), &one, &c1).unwrap_err();
+    assert!(matches!(err, InstallError::Symlink { .. }), "{err}");
+    assert!(is_empty(outside.path()));
+    assert!(status(dir.path(), "acme", "plugins", "viewer").is_err());
+}
+
+#[test]
+fn a_symlinked_versions_directory_is_not_followed() {
+    let dir = tmp();
+    let outside = tmp();
+    fs::create_dir_all(module_dir(dir.path())).expect("mkdir");
+    std::os::unix::fs::symlink(
+        outside.path(),
+        module_dir(dir.path()).join(".viewer.versions"),
+    )
+    .expect("symlink");
+    let (one, c1) = v1();
+    let err = put(dir.path(), &one, &c1).unwrap_err();
+    assert!(matches!(err, InstallError::Symlink { .. }), "{err}");
+    assert!(is_empty(outside.path()));
+}
+
+#[test]
+fn a_current_link_arbor_did_not_make_is_refused() {
+    let dir = tmp();
+    let outside = tmp();
+    let (one, c1) = v1();
+    let (two, c2) = v2();
+    put(dir.path(), &one, &c1).expect("v1");
+    let link = module_dir(dir.path()).join("viewer");
+    fs::remove_file(&link).expect("rm");
+    std::os::unix::fs::symlink(outside.path(), &link).expect("symlink");
+    let err = put(dir.path(), &two, &c2).unwrap_err();
+    assert!(matches!(err, InstallError::Foreign { .. }), "{err}");
+    assert!(status(dir.path(), "acme", "plugins", "viewer").is_err());
+    assert!(check(dir.path(), "acme", "plugins", "viewer").is_err());
+    assert!(is_empty(outside.path()));
+
+    // A real directory where the link belongs is not replaced either.
+    fs::remove_file(&link).expect("rm");
+    fs::create_dir(&link).expect("mkdir");
+    fs::write(link.join("keep"), b"mine").expect("write");
+    let err = put(dir.path(), &two, &c2).unwrap_err();
+    assert!(matches!(err, InstallError::Foreign { .. }), "{err}");
+    assert_eq!(fs::read(link.join("keep")).expect("kept"), b"mine");
+}
+
+#[test]
+fn a_failed_chunk_read_leaves_the_current_version() {
+    for fail_after in [0, 1, 5] {
+        let dir = tmp();
+        let (one, c1) = v1();
+        let (two, c2) = v2();
+        put(dir.path(), &one, &c1).expect("v1");
+        let mut served = 0;
+        let err = install(dir.path(), &two, 0, |h| {
+            served += 1;
+            if served > fail_after {
+                Err(Gone)
+            } else {
+                c2.get(h).cloned().ok_or(Gone)
+            }
+        })
+        .unwrap_err();
+        assert!(matches!(err, InstallError::ReadChunk { .. }), "{err}");
+        assert_eq!(current(dir.path()).as_deref(), Some("1.0"));
+        assert_eq!(previous(dir.path()), None);
+        assert_eq!(read(dir.path(), "bin/viewer"), "#!/bin/sh\necho one\n");
+        // The failed staging directory is gone: only v1 remains.
+        assert_eq!(versions(dir.path()), vec![one.id.to_hex()]);
+    }
+}
+
+#[test]
+fn a_corrupt_chunk_is_refused() {
+    let dir = tmp();
+    let (one, c1) = v1();
+    let (two, c2) = v2();
+    put(dir.path(), &one, &c1).expect("v1");
+    let err = install(dir.path(), &two, 0, |h| {
+        let mut data = c2.get(h).cloned().ok_or(Gone)?;
+        data[0] ^= 1;
+        Ok::<_, Gone>(data)
+    })
+    .unwrap_err();
+    assert!(matches!(err, InstallError::BadChunk { .. }), "{err}");
+    assert_eq!(current(dir.path()).as_deref(), Some("1.0"));
+    assert_eq!(versions(dir.path()), vec![one.id.to_hex()]);
+}
+
+#[test]
+fn a_crash_mid_install_leaves_the_current_version_and_the_next_install_cleans_up() {
+    let dir = tmp();
+    let (one, c1) = v1();
+    let (two, c2) = v2();
+    put(dir.path(), &one, &c1).expect("v1");
+
+    // Crash: staging dies after 3 chunks and nothing cleans up after it.
+    let Prepared::Stage { staging, .. } = prepare(dir.path(), &two).expect("prepare") else {
+        panic!("v2 is not installed yet");
+    };
+    let mut served = 0;
+    let crashed = stage(&staging, &two, 0, &mut |h: &Hash| {
+        served += 1;
+        if served > 3 {
+            Err(Gone)
+        } else {
+            c2.get(h).cloned().ok_or(Gone)
+        }
+    });
+    assert!(crashed.is_err());
+    assert!(
+        staging.join("files/bin/viewer").exists(),
+        "a partial file was written"
+    );
+    assert_eq!(current(dir.path()).as_deref(), Some("1.0"));
+    assert_eq!(read(dir.path(), "bin/viewer"), "#!/bin/sh\necho one\n");
+    assert!(!module_dir(dir.path()).join("viewer/lib").exists());
+    assert_eq!(
+        check(dir.path(), "acme", "plugins", "viewer").expect("check"),
+        vec![]
+    );
+
+    // Crash later: the new version was renamed in but the links never switched.
+    let (three, c3) = update("3.0", &[("x", 0o644, b"three")]);
+    let Prepared::Stage { module, staging } = prepare(dir.path(), &three).expect("prepare") else {
+        panic!("v3 is not installed yet");
+    };
+    stage(&staging, &three, 0, &mut from(&c3)).expect("stage");
+    fs::rename(&staging, module.version(&three.id)).expect("rename");
+    assert_eq!(current(dir.path()).as_deref(), Some("1.0"));
+
+    put(dir.path(), &two, &c2).expect("v2 after the crash");
+    assert_eq!(current(dir.path()).as_deref(), Some("2.0"));
+    assert_eq!(previous(dir.path()).as_deref(), Some("1.0"));
+    let mut kept = vec![one.id.to_hex(), two.id.to_hex()];
+    kept.sort();
+    assert_eq!(versions(dir.path()), kept, "leftovers are cleaned");
+}
+
+#[test]
+fn check_finds_damage_and_repair_restores_it() {
+    let dir = tmp();
+    let (signed, chunks) = update(
+        "1.0",
+        &[
+            ("a", 0o644, b"alpha alpha"),
+            ("b/c", 0o755, b"charlie"),
+            ("d", 0o644, b"delta"),
+            ("e", 0o644, b"echo"),
+        ],
+    );
+    put(dir.path(), &signed, &chunks).expect("install");
+    let files = module_dir(dir.path()).join("viewer");
+    fs::write(files.join("a"), b"alpha alphb").expect("modify");
+    fs::remove_dir_all(files.join("b")).expect("remove");
+    fs::set_permissions(files.join("d"), fs::Permissions::from_mode(0o666)).expect("chmod");
+    let damage = vec![
+        Problem {
+            path: "a".into(),
+            damage: Damage::Modified,
+        },
+        Problem {
+            path: "b/c".into(),
+            damage: Damage::Missing,
+        },
+        Problem {
+            path: "d".into(),
+            damage: Damage::Mode {
+                expected: 0o644,
+                found: 0o666,
+            },
+        },
+    ];
+    assert_eq!(
+        check(dir.path(), "acme", "plugins", "viewer").expect("check"),
+        damage
+    );
+    assert_eq!(
+        repair(dir.path(), &signed, from(&chunks)).expect("repair"),
+        damage
+    );
+    assert_eq!(
+        check(dir.path(), "acme", "plugins", "viewer").expect("check"),
+        vec![]
+    );
+    assert_eq!(fs::read(files.join("b/c")).expect("read"), b"charlie");
+    let mode = fs::metadata(files.join("d"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+}
+
+#[test]
+fn a_file_replaced_by_a_symlink_is_replaced_not_written_through() {
+    let dir = tmp();
+    let outside = tmp();
+    let victim = outside.path().join("victim");
+    fs::write(&victim, b"#!/bin/sh\necho one\n").expect("write");
+    let (signed, chunks) = v1();
+    put(dir.path(), &signed, &chunks).expect("install");
+    let file = module_dir(dir.path()).join("viewer/bin/viewer");
+    fs::remove_file(&file).expect("rm");
+    std::os::unix::fs::symlink(&victim, &file).expect("symlink");
+    let damage = vec![Problem {
+        path: "bin/viewer".into(),
+        damage: Damage::NotRegular,
+    }];
+    // Same content behind the link: still damage, because the link is not followed.
+    assert_eq!(
+        check(dir.path(), "acme", "plugins", "viewer").expect("check"),
+        damage
+    );
+    assert_eq!(
+        repair(dir.path(), &signed, from(&chunks)).expect("repair"),
+        damage
+    );
+    assert!(
+        fs::symlink_metadata(&file)
+            .expect("meta")
+            .file_type()
+            .is_file()
+    );
+    assert_eq!(fs::read(&victim).expect("victim"), b"#!/bin/sh\necho one\n");
+    assert_eq!(
+        check(dir.path(), "acme", "plugins", "viewer").expect("check"),
+        vec![]
+    );
+}
+
+#[test]
+fn a_directory_replaced_by_a_symlink_is_refused_by_repair() {
+    let dir = tmp();
+    let outside = tmp();
+    fs::write(outside.path().join("viewer"), b"untouched").expect("write");
+    let (signed, chunks) = v1();
+    put(dir.path(), &signed, &chunks).expect("install");
+    let bin = module_dir(dir.path()).join("viewer/bin");
+    fs::remove_dir_all(&bin).expect("rm");
+    std::os::unix::fs::symlink(outside.path(), &bin).expect("symlink");
+    let damage = vec![Problem {
+        path: "bin/viewer".into(),
+        damage: Damage::NotRegular,
+    }];
+    assert_eq!(
+        check(dir.path(), "acme", "plugins", "viewer").expect("check"),
+        damage
+    );
+    let err = repair(dir.path(), &signed, from(&chunks)).unwrap_err();
+    assert!(matches!(err, InstallError::Symlink { .. }), "{err}");
+    assert_eq!(
+        fs::read(outside.path().join("viewer")).expect("read"),
+        b"untouched"
+    );
+}
+
+#[test]
+fn repair_needs_the_current_manifest() {
+    let dir = tmp();
+    let (one, c1) = v1();
+    let (two, c2) = v2();
+    put(dir.path(), &one, &c1).expect("v1");
+    let err = repair(dir.path(), &two, from(&c2)).unwrap_err();
+    assert!(matches!(err, InstallError::NotCurrent { .. }), "{err}");
+}
+
+#[test]
+fn tampered_metadata_paths_are_refused() {
+    let dir = tmp();
+    let (signed, chunks) = v1();
+    put(dir.path(), &signed, &chunks).expect("install");
+    let meta_path = module_dir(dir.path())
+        .join(".viewer.versions")
+        .join(signed.id.to_hex())
+        .join(METADATA_FILE);
+    let text = fs::read_to_string(&meta_path).expect("read");
+    fs::write(
+        &meta_path,
+        text.replace("share/doc/README", "../../../../x"),
+    )
+    .expect("write");
+    let err = check(dir.path(), "acme", "plugins", "viewer").unwrap_err();
+    assert!(matches!(err, InstallError::UnsafePath { .. }), "{err}");
+}
