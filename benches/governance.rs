@@ -348,6 +348,7 @@ async fn publish(root: &BenchNode, dir: &Path, len: usize, seed: u64, id: &str) 
             description: None,
             path: dir.to_path_buf(),
             follow_symlinks: false,
+            post_install: None,
         }))
         .await?;
     serde_json::from_value(v["update_id"].clone()).context("no update id in the answer")

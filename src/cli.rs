@@ -177,6 +177,18 @@ enum Command {
         /// Publish what symlinks inside PATH point to, instead of refusing them.
         #[arg(long)]
         follow_symlinks: bool,
+        /// A command clients run after installing this version, if their node allows
+        /// hooks: a program in PATH, an absolute path, or a path inside the module.
+        #[arg(long, value_name = "PROGRAM")]
+        post_install: Option<String>,
+        /// An argument for the post-install command (repeat for several, in order).
+        #[arg(
+            long,
+            value_name = "ARG",
+            requires = "post_install",
+            allow_hyphen_values = true
+        )]
+        post_install_arg: Vec<String>,
         /// The file or directory to publish.
         path: PathBuf,
     },
@@ -426,6 +438,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             version,
             description,
             follow_symlinks,
+            post_install,
+            post_install_arg,
             path,
         } => {
             let req = PublishRequest {
@@ -436,6 +450,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 description,
                 path,
                 follow_symlinks,
+                post_install: post_install
+                    .map(|program| std::iter::once(program).chain(post_install_arg).collect()),
             };
             let out = match publish_via_daemon(&data, &req)? {
                 Some(out) => out,

@@ -33,6 +33,10 @@ pub struct PublishRequest {
     /// Store what symlinks inside `path` point to, instead of refusing them.
     #[serde(default)]
     pub follow_symlinks: bool,
+    /// The command clients run after installing it, if their node allows hooks:
+    /// program, then arguments (PROTOCOL.md §5).
+    #[serde(default)]
+    pub post_install: Option<Vec<String>>,
 }
 
 /// What a publish did.
@@ -206,6 +210,9 @@ pub fn publish(
         &req.version,
         req.description.as_deref(),
     )?;
+    if let Some(argv) = &req.post_install {
+        names::check_post_install(argv)?;
+    }
     let root = node.root_secret()?;
     let files = scan_input(&req.path, req.follow_symlinks)?;
     let name = ModuleVersion {
@@ -224,7 +231,10 @@ pub fn publish(
             .manifest_bytes(&existing)?
             .ok_or(StoreError::UnknownUpdate(existing.to_hex()))?;
         let stored = SignedManifest::open(&bytes, &node.root_key, now)?;
-        if stored.manifest.files != entries || stored.manifest.description != req.description {
+        if stored.manifest.files != entries
+            || stored.manifest.description != req.description
+            || stored.manifest.post_install != req.post_install
+        {
             return Err(PublishError::Conflict {
                 module: stored.manifest.module(),
                 version: req.version.clone(),
@@ -254,6 +264,7 @@ pub fn publish(
         category: req.category.clone(),
         total_size,
         description: req.description.clone(),
+        post_install: req.post_install.clone(),
     };
     let seq = node.store.publish_seq()? + 1;
     let signed = SignedManifest::sign(root, seq, manifest)?;

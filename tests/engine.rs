@@ -60,6 +60,7 @@ fn update(chunks: u32, root: &SecretKey) -> Arc<SignedManifest> {
         category: "test".into(),
         total_size: size,
         description: None,
+        post_install: None,
     };
     Arc::new(SignedManifest::sign(root, 1, m).expect("valid manifest"))
 }

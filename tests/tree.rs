@@ -138,6 +138,7 @@ async fn publish_unapproved(root: &TestNode, input: &Path, version: &str) -> Has
             description: None,
             path: input.to_path_buf(),
             follow_symlinks: false,
+            post_install: None,
         }))
         .await;
     serde_json::from_value(v["update_id"].clone()).expect("update id")

@@ -47,6 +47,7 @@ fn small_manifest() -> Manifest {
         category: "plugins".into(),
         total_size: 5 + hello.len() as u64,
         description: Some("test vector".into()),
+        post_install: None,
     }
 }
 
@@ -66,7 +67,17 @@ fn expected() -> Value {
         "signature": hex::encode(envelope.sig),
         "envelope_cbor": hex::encode(&signed.bytes),
         "update_id": signed.id.to_hex(),
+        "hook_manifest": serde_json::to_value(hook_manifest()).expect("json"),
+        "hook_manifest_cbor": hex::encode(arbor::wire::encode(&hook_manifest())),
     })
+}
+
+/// The same manifest with a post-install command: the optional key is present.
+fn hook_manifest() -> Manifest {
+    Manifest {
+        post_install: Some(vec!["bin/start.sh".into(), "--configure".into()]),
+        ..small_manifest()
+    }
 }
 
 #[test]
@@ -85,6 +96,10 @@ fn manifest_vector_matches() {
         have["update_id"].as_str().expect("hex string")
     );
     assert_eq!(opened.manifest, small_manifest());
+    let hook = hex::decode(have["hook_manifest_cbor"].as_str().expect("hex string")).expect("hex");
+    let decoded: Manifest =
+        arbor::wire::decode_canonical(&hook, usize::MAX, "manifest").expect("hook vector decodes");
+    assert_eq!(decoded, hook_manifest());
 }
 
 /// Every CBOR map in the vector file must have its keys in RFC 8949 deterministic order.
@@ -92,7 +107,12 @@ fn manifest_vector_matches() {
 fn vector_maps_are_in_canonical_key_order() {
     common::assert_vector_maps_canonical(
         VECTORS,
-        &["envelope_cbor", "manifest_cbor", "signed_bytes_cbor"],
+        &[
+            "envelope_cbor",
+            "manifest_cbor",
+            "signed_bytes_cbor",
+            "hook_manifest_cbor",
+        ],
     );
 }
 

@@ -64,6 +64,11 @@ pub struct Manifest {
     /// Sum of the file sizes.
     pub total_size: u64,
     pub description: Option<String>,
+    /// The command a client runs after switching this version in, if its node allows
+    /// hooks: program, then arguments ([`names::check_post_install`]). Absent from the
+    /// encoding when none, so manifests without a hook keep their bytes and ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_install: Option<Vec<String>>,
 }
 
 /// A manifest that breaks an invariant.
@@ -97,6 +102,9 @@ impl Manifest {
             &self.version,
             self.description.as_deref(),
         )?;
+        if let Some(argv) = &self.post_install {
+            names::check_post_install(argv)?;
+        }
         if self.files.len() > MAX_FILES {
             return Err(ManifestError::TooManyFiles(self.files.len()));
         }
@@ -212,6 +220,7 @@ pub(crate) mod tests {
             category: "plugins".into(),
             total_size: 4,
             description: None,
+            post_install: None,
         }
     }
 
@@ -240,6 +249,11 @@ pub(crate) mod tests {
             (|m| m.files[0].chunks[0].1 = 0, "chunk of 0 bytes"),
             (|m| m.files[0].size = 9, "add up"),
             (|m| m.total_size = 5, "total_size"),
+            (|m| m.post_install = Some(vec![]), "post-install"),
+            (
+                |m| m.post_install = Some(vec!["run.sh".into(), "a\0b".into()]),
+                "control character",
+            ),
         ];
         for (break_it, expect) in cases {
             let mut m = two_files();

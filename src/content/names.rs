@@ -11,6 +11,10 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_VERSION_LEN: usize = 64;
 /// Longest description, in bytes.
 pub const MAX_DESCRIPTION_LEN: usize = 4096;
+/// Most words (program and arguments) of a post-install command.
+pub const MAX_HOOK_ARGS: usize = 32;
+/// Longest word of a post-install command, in bytes.
+pub const MAX_HOOK_ARG_LEN: usize = 1024;
 /// Longest relative file path in a manifest, in bytes.
 pub const MAX_PATH_LEN: usize = 1024;
 /// Longest single component of a relative path, in bytes.
@@ -148,6 +152,39 @@ pub fn check_description(value: &str) -> Result<(), NameError> {
             value: shown(value),
             what: "a control character",
         });
+    }
+    Ok(())
+}
+
+/// Checks a post-install command: 1 to [`MAX_HOOK_ARGS`] words, the program first and
+/// not empty, each word at most [`MAX_HOOK_ARG_LEN`] bytes without control characters
+/// (NUL included). The program is a name looked up in `PATH`, an absolute path, or a
+/// path inside the module, which must then be a safe relative path.
+pub fn check_post_install(argv: &[String]) -> Result<(), NameError> {
+    const FIELD: &str = "post-install command";
+    let Some(program) = argv.first() else {
+        return Err(NameError::Empty { field: FIELD });
+    };
+    if argv.len() > MAX_HOOK_ARGS {
+        return Err(NameError::TooLong {
+            field: FIELD,
+            len: argv.len(),
+            limit: MAX_HOOK_ARGS,
+        });
+    }
+    check_len(FIELD, program, MAX_HOOK_ARG_LEN)?;
+    for word in argv {
+        if word.len() > MAX_HOOK_ARG_LEN {
+            return Err(NameError::TooLong {
+                field: FIELD,
+                len: word.len(),
+                limit: MAX_HOOK_ARG_LEN,
+            });
+        }
+        check_no_control(FIELD, word)?;
+    }
+    if program.contains('/') && !program.starts_with('/') {
+        check_rel_path(program.strip_prefix("./").unwrap_or(program))?;
     }
     Ok(())
 }

@@ -39,6 +39,7 @@ fn update(version: &str, files: &[(&str, u32, &[u8])]) -> (SignedManifest, Chunk
         version: version.into(),
         category: "plugins".into(),
         description: None,
+        post_install: None,
     };
     let signed = SignedManifest::sign(&SecretKey::from_seed([7; 32]), 1, manifest).expect("valid");
     (signed, chunks)
