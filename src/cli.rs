@@ -3,6 +3,7 @@
 //! Owns argument syntax, output formats, progress bars, exit codes and logging set-up.
 //! Every command reads the clock here and passes `now` down; nothing below reads it.
 
+pub mod config;
 mod daemon;
 mod demo;
 
@@ -60,15 +61,50 @@ enum Command {
         join: Option<String>,
     },
     /// Run the node: serve children, fetch from the parent, until SIGINT or SIGTERM.
+    ///
+    /// Settings not given here are read from DIR/config.toml if it exists.
     Run {
         #[arg(long)]
         data: PathBuf,
         /// Where to listen for peers (repeatable), e.g. /ip4/0.0.0.0/tcp/4040.
-        #[arg(long, value_name = "MULTIADDR", required = true)]
+        #[arg(long, value_name = "MULTIADDR")]
         listen: Vec<libp2p::Multiaddr>,
-        /// Where the admin API listens (HTTP; every request needs DIR/admin.token).
-        #[arg(long, value_name = "ADDR", default_value = crate::net::admin::DEFAULT_ADDR)]
-        admin: std::net::SocketAddr,
+        /// Where the admin API listens (HTTP; every request needs DIR/admin.token)
+        /// [default: 127.0.0.1:4041].
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
+        /// Be a client: install approved modules into INSTALL_DIR/TENANT/CATEGORY/ID.
+        #[arg(long, value_name = "INSTALL_DIR")]
+        install_dir: Option<PathBuf>,
+        /// Run the post-install commands modules declare [default: false].
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        hooks: Option<bool>,
+        /// How long a post-install command may run before it is stopped [default: 5m].
+        #[arg(long, value_name = "DURATION", value_parser = config::parse_hook_timeout)]
+        hook_timeout: Option<std::time::Duration>,
+        /// What to do with an installed module whose approval is withdrawn: keep it,
+        /// or go back to the newest version still approved (removing the module if
+        /// none is) [default: keep].
+        #[arg(long, value_enum)]
+        withdrawn: Option<crate::net::Withdrawn>,
+    },
+    /// Check the files of every installed module against their checksums (a client;
+    /// the node must be running). Exits 1 if any file is damaged and not repaired.
+    Check {
+        #[arg(long)]
+        data: PathBuf,
+        /// Restore damaged files from the store, or from the parent if the store lacks
+        /// their chunks.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Switch a module back to its previous version (a client; the node must be
+    /// running). The version rolled back from is not installed again; a newer one is.
+    Rollback {
+        #[arg(long)]
+        data: PathBuf,
+        /// The module, as TENANT/CATEGORY/ID.
+        module: String,
     },
     /// Issue a one-time join token for a new child (the node must be running).
     Token {
@@ -358,7 +394,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             data,
             listen,
             admin,
-        } => daemon::run(&data, listen, admin)?,
+            install_dir,
+            hooks,
+            hook_timeout,
+            withdrawn,
+        } => {
+            let flags = config::RunFlags {
+                listen,
+                admin,
+                install_dir,
+                hooks,
+                hook_timeout,
+                withdrawn,
+            };
+            daemon::run(&data, flags)?
+        }
+        Command::Check { data, repair } => return daemon::check(&data, repair, json),
+        Command::Rollback { data, module } => daemon::rollback(&data, &module, json)?,
         Command::Token {
             data,
             groups,

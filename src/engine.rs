@@ -75,6 +75,10 @@ pub struct Config {
     /// Bytes per second of reports a node may send up on average: reports carrying
     /// much detail are spaced further apart, so that they never crowd a slow link.
     pub report_rate: u64,
+    /// A client with an installer: for its own use it fetches only the updates the
+    /// installer asks for ([`Engine::set_needed`]), not everything it may have, so that
+    /// nothing already installed and no superseded version crosses the link.
+    pub installer: bool,
 }
 
 impl Default for Config {
@@ -89,6 +93,7 @@ impl Default for Config {
             report_delay: 100,
             report_interval: 1_000,
             report_rate: 64 * 1024,
+            installer: false,
         }
     }
 }
@@ -272,8 +277,8 @@ struct Update {
     stored: bool,
     /// Bytes of it received from the parent.
     from_parent: u64,
-    /// Installed or failed, as the installer said (a client's); else what the chunks say.
-    outcome: Option<UpdateState>,
+    /// What the installer said of it (a client's); else the chunks tell its state.
+    outcome: Option<Outcome>,
 }
 
 impl Update {
@@ -315,6 +320,19 @@ struct Fetch {
     first: u32,
     count: u32,
     deadline: Millis,
+}
+
+/// The installer's word on an update (a client's), reported up with the update's state.
+/// Notes and reasons are made fit for the wire ([`report::sanitize_reason`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Installed and current, with a note such as "upgraded from 1.0".
+    Installed(Option<String>),
+    /// The install, its hook, or the version itself failed here, and why.
+    Failed(String),
+    /// Not (or no longer) installed: the state is what the chunks say, with a note such
+    /// as "superseded by 2.0".
+    NotInstalled(Option<String>),
 }
 
 /// Progress of one update, for status displays.
@@ -375,6 +393,11 @@ pub struct Engine {
     refusals: Vec<RuleRefusal>,
     /// Approvals this node halted and has not seen set again since.
     halted: std::collections::BTreeSet<ApprovalKey>,
+    /// On a client with an installer: the updates it wants the bytes of.
+    needed: std::collections::HashSet<Hash>,
+    /// The parent is connected and has sent its path's rules since: what is available
+    /// now is what the tree says, not what was kept from an earlier session.
+    rules_heard: bool,
 }
 
 impl Engine {
@@ -432,6 +455,8 @@ impl Engine {
             report_seq: 0,
             refusals: Vec::new(),
             halted: std::collections::BTreeSet::new(),
+            needed: std::collections::HashSet::new(),
+            rules_heard: false,
         }
     }
 
@@ -528,8 +553,12 @@ impl Engine {
     /// Whether this node fetches `update`: it may have it, and it will use it itself
     /// (a node without children) or one of its children may have it.
     fn is_wanted(&self, update: &Hash) -> bool {
-        self.avail.is_available(update)
-            && (self.children.is_empty() || self.children_avail.is_available(update))
+        let own_use = if self.config.installer {
+            self.needed.contains(update)
+        } else {
+            self.children.is_empty()
+        };
+        self.avail.is_available(update) && (own_use || self.children_avail.is_available(update))
     }
 
     /// This node's own rule set, signed by the driver for the admin: applied, sent to
@@ -618,19 +647,21 @@ impl Engine {
             .map(|(id, u)| {
                 let done = u.bytes_held();
                 let total: u64 = u.chunks.iter().map(|c| u64::from(c.1)).sum();
-                let mut state = match &u.outcome {
-                    Some(outcome) => outcome.clone(),
-                    None => {
-                        let state = if !u.awaiting_local && u.have.is_full() {
-                            State::Downloaded
-                        } else if done > 0 || u.busy.count() > 0 {
-                            State::Downloading
-                        } else {
-                            State::Available
-                        };
-                        UpdateState::new(*id, state, done, total)
-                    }
+                let by_chunks = if !u.awaiting_local && u.have.is_full() {
+                    State::Downloaded
+                } else if done > 0 || u.busy.count() > 0 {
+                    State::Downloading
+                } else {
+                    State::Available
                 };
+                let (state, reason) = match &u.outcome {
+                    Some(Outcome::Installed(note)) => (State::Installed, note.clone()),
+                    Some(Outcome::Failed(reason)) => (State::Failed, Some(reason.clone())),
+                    Some(Outcome::NotInstalled(note)) => (by_chunks, note.clone()),
+                    None => (by_chunks, None),
+                };
+                let mut state = UpdateState::new(*id, state, done, total);
+                state.reason = reason;
                 state.bytes_done = done.min(total);
                 state.bytes_total = total;
                 state.from_parent = u.from_parent;
@@ -639,17 +670,50 @@ impl Engine {
             .collect()
     }
 
-    /// The installer's word on an update: installed, or failed and why. Reported up.
-    pub fn set_outcome(&mut self, update: &Hash, outcome: Result<(), String>, now: Millis) {
+    /// The installer's word on an update (see [`Outcome`]). Reported up if it changed.
+    pub fn set_outcome(&mut self, update: &Hash, outcome: Outcome, now: Millis) {
         let Some(u) = self.updates.get_mut(update) else {
             return;
         };
-        let total: u64 = u.chunks.iter().map(|c| u64::from(c.1)).sum();
-        u.outcome = Some(match outcome {
-            Ok(()) => UpdateState::new(*update, State::Installed, 0, total),
-            Err(reason) => UpdateState::failed(*update, &reason, 0, total),
-        });
-        self.changed(now, true);
+        let fit = |s: &Option<String>| s.as_deref().map(report::sanitize_reason);
+        let outcome = match outcome {
+            Outcome::Installed(note) => Outcome::Installed(fit(&note)),
+            Outcome::Failed(reason) => Outcome::Failed(report::sanitize_reason(&reason)),
+            Outcome::NotInstalled(note) => Outcome::NotInstalled(fit(&note)),
+        };
+        if u.outcome.as_ref() != Some(&outcome) {
+            u.outcome = Some(outcome);
+            self.changed(now, true);
+        }
+    }
+
+    /// On a client with an installer ([`Config::installer`]): whether the installer
+    /// wants the bytes of `update`. Updates start unneeded there.
+    pub fn set_needed(&mut self, update: &Hash, needed: bool, now: Millis) {
+        let changed = if needed {
+            self.needed.insert(*update)
+        } else {
+            self.needed.remove(update)
+        };
+        if changed && needed {
+            self.schedule(now);
+        }
+    }
+
+    /// Forgets which chunks of `update` are held and takes the store's word again: a
+    /// client whose repair found chunks missing or damaged fetches them again.
+    pub fn recheck_local(&mut self, update: &Hash, have: &[bool], now: Millis) {
+        if let Some(u) = self.updates.get_mut(update)
+            && have.len() == u.have.len() as usize
+        {
+            for (i, held) in have.iter().enumerate() {
+                if !held {
+                    u.have.clear(i as u32);
+                }
+            }
+            u.completed = false;
+        }
+        self.handle_local_have(*update, have, now);
     }
 
     /// The newest report of each child.
@@ -895,6 +959,7 @@ impl Engine {
             && *parent == peer
         {
             *link = ParentLink::Connected;
+            self.rules_heard = false;
             self.out.push_back(Output::Event(Event::ParentConnected));
             // The parent may have missed anything while away: a fresh snapshot at once.
             self.last_report = None;
@@ -1056,12 +1121,13 @@ impl Engine {
             match applied {
                 Ok(Some(issuer)) => {
                     changed = true;
+                    self.rules_heard = true;
                     self.out.push_back(Output::StoreRules {
                         issuer,
                         rules: bytes.clone(),
                     });
                 }
-                Ok(None) => {}
+                Ok(None) => self.rules_heard = true,
                 Err(error) => {
                     let issuer = match &error {
                         RulesError::WrongSigner { signer } => Some(*signer),
@@ -1418,6 +1484,19 @@ impl Engine {
     /// This node's certificate path, root node first, itself last.
     pub fn path(&self) -> &[PublicKey] {
         &self.path
+    }
+
+    /// Whether what is available to this node is the tree's word of now: on the root
+    /// always; on a member once its parent, connected, has sent its rules. A client
+    /// removes or downgrades a withdrawn module only then, never on rules it kept from
+    /// an earlier session (they may merely have expired while it was offline).
+    pub fn rules_current(&self) -> bool {
+        self.parent.is_none() || (self.parent_connected() == Some(true) && self.rules_heard)
+    }
+
+    /// Whether `update` is available to this node now.
+    pub fn is_available(&self, update: &Hash) -> bool {
+        self.avail.is_available(update)
     }
 
     /// What is available to this node, as of the last evaluation.

@@ -14,6 +14,7 @@
 //!     <id>                    symlink -> .<id>.versions/<update-hex>/files   (current)
 //!     .<id>.previous          symlink -> .<id>.versions/<update-hex>/files   (previous)
 //!     .<id>.link-tmp          a new link, briefly, before it is renamed over one of the two
+//!     .<id>.held              the update rolled back from, not to be installed again
 //!     .<id>.versions/
 //!         <update-hex>/       one complete version, never changed after its rename
 //!             files/          the update's files at their manifest paths
@@ -100,6 +101,10 @@ pub enum InstallError {
     NoPrevious { module: String },
     #[error("update {update} is not the current version of {module}")]
     NotCurrent { update: Hash, module: String },
+    #[error("{given:?} is not a module: give TENANT/CATEGORY/ID")]
+    NotAModule { given: String },
+    #[error("install directory {path} is unusable: {why}")]
+    Unusable { path: String, why: String },
     #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
@@ -509,6 +514,11 @@ impl Module {
         self.dir.join(&self.id)
     }
 
+    /// Names the update held back after a rollback ([`manage::hold`]).
+    fn hold_file(&self) -> PathBuf {
+        self.dir.join(format!(".{}.held", self.id))
+    }
+
     fn previous_link(&self) -> PathBuf {
         self.dir.join(format!(".{}.previous", self.id))
     }
@@ -790,6 +800,9 @@ fn sync_dir(path: &Path) -> Result<(), InstallError> {
         .and_then(|d| d.sync_all())
         .map_err(io("sync", path))
 }
+
+mod manage;
+pub use manage::{ModuleName, held, hold, list, probe, release, remove};
 
 #[cfg(test)]
 mod tests;

@@ -13,9 +13,12 @@
 //!   announces them to the children, and the store serves them at once from its
 //!   uncommitted index (cut-through);
 //! - a parent serves chunk streams only to children whose control stream came up with a
-//!   certificate chain it accepted, and only chunks it holds.
+//!   certificate chain it accepted, and only chunks it holds;
+//! - a client run with an install directory has an installer ([`client`]) that the
+//!   event loop consults after every change, and whose jobs run off the loop.
 
 pub mod admin;
+mod client;
 pub mod proto;
 mod reports;
 mod rules;
@@ -28,6 +31,7 @@ use crate::store::{ChildRecord, ModuleVersion, Store, StoreError, TokenRecord};
 use crate::trust::member::{self, JoinToken, root_fingerprint, verify_chain};
 use crate::trust::{Envelope, PublicKey, SecretKey, SignedManifest};
 use admin::{Answer, Refusal, RefusalKind, Request};
+pub use client::{ClientOptions, Withdrawn, compare_versions};
 use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
@@ -58,6 +62,8 @@ pub struct Options {
     /// Where the admin API listens.
     pub admin: std::net::SocketAddr,
     pub engine: engine::Config,
+    /// Install approved modules here: a client (`arbor run --install-dir`).
+    pub client: Option<ClientOptions>,
     /// Test-only fault: corrupt this many of the first chunks served (one byte each).
     #[doc(hidden)]
     pub corrupt_first_chunks: u32,
@@ -70,6 +76,7 @@ impl Options {
             listen,
             admin: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
             engine: engine::Config::default(),
+            client: None,
             corrupt_first_chunks: 0,
         }
     }
@@ -92,6 +99,8 @@ pub enum NetError {
     JoinRefused(String),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Install(#[from] crate::install::InstallError),
 }
 
 type Behaviour = libp2p_stream::Behaviour;
@@ -190,6 +199,10 @@ enum Ev {
         result: Result<publish::PublishOutcome, Refusal>,
         reply: oneshot::Sender<Answer>,
     },
+    /// The installer finished a job.
+    Installer {
+        done: client::Done,
+    },
 }
 
 /// For each chunk of a request: its hash and length if it may be served; or why the
@@ -268,6 +281,10 @@ pub struct Daemon {
     /// Children's newer reports, kept in the store on the next tick (in one commit).
     reports_to_keep: HashMap<PublicKey, Arc<[u8]>>,
     waiters: Vec<(Hash, oneshot::Sender<Answer>)>,
+    /// The installer, on a client.
+    client: Option<client::Client>,
+    /// Something the installer decides on may have changed: consult it.
+    client_dirty: bool,
     admin_url: String,
     tasks: Tasks,
     opts: Options,
@@ -403,14 +420,21 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
             })?,
         )
     };
-    let mut engine = Engine::new(
-        role,
-        node.root_key,
-        key.clone(),
-        path,
-        opts.engine.clone(),
-        seed,
-    );
+    let client = match &opts.client {
+        Some(c) => {
+            crate::install::probe(&c.install_dir)?;
+            Some(client::Client::new(
+                c.clone(),
+                client::scan(&c.install_dir)?,
+            ))
+        }
+        None => None,
+    };
+    let config = engine::Config {
+        installer: opts.engine.installer || client.is_some(),
+        ..opts.engine.clone()
+    };
+    let mut engine = Engine::new(role, node.root_key, key.clone(), path, config, seed);
     for (child, record) in node.store.children()? {
         if !record.revoked {
             engine.add_child(PublicKey(child));
@@ -491,6 +515,8 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         reports_to_keep: HashMap::new(),
         kept_report_seq: 0,
         waiters: Vec::new(),
+        client,
+        client_dirty: true,
         admin_url,
         tasks,
         opts,
@@ -1300,6 +1326,8 @@ impl Daemon {
         self.renew_rules();
         self.keep_reports();
         self.keep_report_seq();
+        // Retries of failed installs come due with time.
+        self.client_dirty = true;
     }
 
     fn on_swarm(&mut self, ev: SwarmEvent<()>) {
@@ -1419,6 +1447,7 @@ impl Daemon {
                     }
                 };
                 self.engine.handle_message(peer, msg, now);
+                self.client_dirty = true;
             }
             Ev::ControlDown { peer, why } => {
                 if Some(&peer) == self.engine.parent() && !self.sessions.contains_key(&peer) {
@@ -1466,7 +1495,16 @@ impl Daemon {
                 self.transfers.entry(update).or_default().bytes_out += bytes;
                 *self.sent_to.entry(peer).or_default() += bytes;
             }
-            Ev::LocalHave { update, have } => self.engine.handle_local_have(update, &have, now),
+            Ev::LocalHave { update, have } => {
+                self.engine.handle_local_have(update, &have, now);
+                self.client_dirty = true;
+            }
+            Ev::Installer { done } => {
+                if let Some(c) = self.client.as_mut() {
+                    c.finish(done, &mut self.engine, &self.node, now);
+                }
+                self.client_dirty = true;
+            }
             Ev::Published { result, reply } => {
                 let response = match result {
                     Ok(outcome) => {
@@ -1518,8 +1556,36 @@ impl Daemon {
         }
     }
 
-    /// Carries out everything the engine asked for.
+    /// Carries out everything the engine asked for, consulting the installer (which
+    /// may ask the engine for more) whenever something it decides on changed.
     fn drain(&mut self, now: u64) {
+        loop {
+            self.drain_engine(now);
+            if !std::mem::take(&mut self.client_dirty) {
+                break;
+            }
+            self.plan_installs(now);
+        }
+        self.answer_waiters();
+    }
+
+    /// Lets the installer decide, and starts its next job if it has one.
+    fn plan_installs(&mut self, now: u64) {
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        if let Some(job) = client.plan(&mut self.engine, now) {
+            let ctx = client::JobContext {
+                node: self.node.clone(),
+                writer: self.writer_tx.clone(),
+                opts: client.options().clone(),
+                hook_logs: self.opts.dir.join("hook-logs"),
+            };
+            self.tasks.spawn(client::run(job, ctx, self.ev_tx.clone()));
+        }
+    }
+
+    fn drain_engine(&mut self, now: u64) {
         while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Send { to, msg } => {
@@ -1613,12 +1679,14 @@ impl Daemon {
                 Output::Event(e) => self.log_event(e),
             }
         }
-        self.answer_waiters();
     }
 
     fn log_event(&mut self, e: Event) {
         match e {
-            Event::UpdateComplete { update } => tracing::info!(update = %update, "update complete"),
+            Event::UpdateComplete { update } => {
+                self.client_dirty = true;
+                tracing::info!(update = %update, "update complete")
+            }
             Event::BadChunk {
                 peer,
                 update,
@@ -1637,12 +1705,18 @@ impl Daemon {
             Event::ParentLost => tracing::warn!(
                 "lost the parent; serving children what this node has, retrying with backoff"
             ),
-            Event::ParentConnected => tracing::info!("connected to the parent"),
+            Event::ParentConnected => {
+                self.client_dirty = true;
+                tracing::info!("connected to the parent")
+            }
             Event::RulesRefused { peer, reason } => {
                 self.rules_refused += 1;
                 tracing::warn!(peer = %peer.node_id(), "rule set refused: {reason}")
             }
-            Event::RulesApplied => tracing::debug!("availability re-evaluated"),
+            Event::RulesApplied => {
+                self.client_dirty = true;
+                tracing::debug!("availability re-evaluated")
+            }
             Event::Halted {
                 update,
                 group,
@@ -1784,6 +1858,23 @@ impl Daemon {
             Request::Tree => self.tree_view(),
             Request::Updates => self.updates_view(),
             Request::Metrics => Ok(serde_json::Value::String(self.metrics())),
+            Request::Installed => match &self.client {
+                Some(c) => Ok(c.view()),
+                None => Err(not_a_client()),
+            },
+            Request::Check { repair } => {
+                self.installer_task(client::Task::Check { repair }, reply);
+                return;
+            }
+            Request::Rollback { module } => {
+                match module.parse::<crate::install::ModuleName>() {
+                    Ok(module) => self.installer_task(client::Task::Rollback { module }, reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(Refusal::bad(e.to_string())));
+                    }
+                }
+                return;
+            }
             Request::Wait { update } => match self.resolve(&update) {
                 Ok(u) => {
                     self.waiters.push((u, reply));
@@ -1811,6 +1902,19 @@ impl Daemon {
             }
         };
         let _ = reply.send(response);
+    }
+
+    /// Hands an admin's request to the installer, which answers it once it has run.
+    fn installer_task(&mut self, task: client::Task, reply: oneshot::Sender<Answer>) {
+        match self.client.as_mut() {
+            Some(c) => {
+                c.enqueue(task, reply);
+                self.client_dirty = true;
+            }
+            None => {
+                let _ = reply.send(Err(not_a_client()));
+            }
+        }
     }
 
     fn resolve(&self, update: &str) -> Result<Hash, Refusal> {
@@ -2152,8 +2256,16 @@ impl Daemon {
             "rules": rules,
             "halted": self.halted_approvals(),
             "rules_refused": self.rules_refused,
+            "installed": self.client.as_ref().map(|c| c.view()),
         })
     }
+}
+
+fn not_a_client() -> Refusal {
+    Refusal::new(
+        RefusalKind::Conflict,
+        "this node installs nothing: it runs without --install-dir",
+    )
 }
 
 /// "tenant/category/id version".

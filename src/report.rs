@@ -121,8 +121,8 @@ impl FromStr for State {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateState {
     pub state: State,
-    /// Why it failed: set for [`State::Failed`] only, and required then (1 to
-    /// [`MAX_REASON_LEN`] bytes, no control characters).
+    /// Why it is in this state (1 to [`MAX_REASON_LEN`] bytes, no control characters):
+    /// required for [`State::Failed`], optional otherwise (an installer's note).
     pub reason: Option<String>,
     /// The update id.
     pub update: Hash,
@@ -422,8 +422,6 @@ pub enum InvalidReport {
     Unsorted { what: &'static str },
     #[error("update {update} failed without a reason")]
     MissingReason { update: Hash },
-    #[error("update {update} has a reason but did not fail")]
-    UnexpectedReason { update: Hash },
     #[error("a reason must be 1 to {MAX_REASON_LEN} bytes without control characters")]
     Reason,
     #[error("update {update}: {done} bytes done of {total}")]
@@ -694,9 +692,6 @@ fn check_updates(what: &'static str, updates: &[UpdateState]) -> Result<(), Inva
     for s in updates {
         match (&s.reason, s.state) {
             (None, State::Failed) => return Err(InvalidReport::MissingReason { update: s.update }),
-            (Some(_), st) if st != State::Failed => {
-                return Err(InvalidReport::UnexpectedReason { update: s.update });
-            }
             (Some(r), _) => check_reason(r)?,
             (None, _) => {}
         }

@@ -10,7 +10,7 @@
 use arbor::content::Hash;
 use arbor::content::manifest::{ChunkRef, FileEntry, Manifest};
 use arbor::engine::{
-    ChunkVerdict, Config, Control, Engine, Event, FetchId, Millis, Output, PeerId, Role,
+    ChunkVerdict, Config, Control, Engine, Event, FetchId, Millis, Outcome, Output, PeerId, Role,
 };
 use arbor::rules::{ALL, Approval, FULL_WAVE, Rules, SignedRules};
 use arbor::trust::{SecretKey, SignedManifest};
@@ -1064,9 +1064,11 @@ fn the_roll_up_at_the_root_is_the_sum_of_every_nodes_state() {
     h.run(h.now + 30_000);
     // Installers have their say on two leaves.
     h.with(a2, |e, now| {
-        e.set_outcome(&u.id, Err("disk full".into()), now)
+        e.set_outcome(&u.id, Outcome::Failed("disk full".into()), now)
     });
-    h.with(b1, |e, now| e.set_outcome(&u.id, Ok(()), now));
+    h.with(b1, |e, now| {
+        e.set_outcome(&u.id, Outcome::Installed(None), now)
+    });
     h.run(h.now + 30_000);
 
     let report = h.nodes[&root].engine.report(h.now);
@@ -1116,7 +1118,9 @@ fn reports_made_while_the_parent_is_away_arrive_later_and_count_once() {
     h.run(h.now + 10_000);
     h.cut.insert(pair(a, leaf));
     h.disconnect(a, leaf);
-    h.with(leaf, |e, now| e.set_outcome(&m.id, Ok(()), now));
+    h.with(leaf, |e, now| {
+        e.set_outcome(&m.id, Outcome::Installed(None), now)
+    });
     h.run(h.now + 5_000);
     let before = h.nodes[&root].engine.report(h.now).subtree_counts(&m.id);
     assert_eq!(before.get(arbor::report::State::Installed), 0);
@@ -1221,7 +1225,7 @@ fn failures_past_the_threshold_halt_the_rollout_and_everyone_sees_why() {
     let version = h.set_rules(root, rules).version;
     h.run(h.now + 10_000);
     h.with(children[0], |e, now| {
-        e.set_outcome(&m.id, Err("hook exited 1".into()), now)
+        e.set_outcome(&m.id, Outcome::Failed("hook exited 1".into()), now)
     });
     h.run(h.now + 10_000);
     assert!(
@@ -1232,7 +1236,7 @@ fn failures_past_the_threshold_halt_the_rollout_and_everyone_sees_why() {
         "halted below the threshold"
     );
     h.with(children[1], |e, now| {
-        e.set_outcome(&m.id, Err("hook exited 1".into()), now)
+        e.set_outcome(&m.id, Outcome::Failed("hook exited 1".into()), now)
     });
     h.run(h.now + 10_000);
     let halts: Vec<&Event> = h.nodes[&root]

@@ -1,13 +1,13 @@
 //! The commands of a running node: `run` starts the daemon; `token`, `revoke`,
-//! `group`, `approve`, `decline`, `approvals`, `status` and `wait` talk to it through
-//! its admin API, which they find through the node directory.
+//! `group`, `approve`, `decline`, `approvals`, `status`, `wait`, `check` and `rollback`
+//! talk to it through its admin API, which they find through the node directory.
 
+use super::config::{self, RunFlags};
 use super::print_json;
 use crate::net::admin::{self, ApproveRequest, GroupRequest, Request, TokenRequest};
 use crate::net::{self, Options};
 use anyhow::{Context, Result, bail};
 use indicatif::HumanBytes;
-use libp2p::Multiaddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,7 +15,8 @@ use std::time::Duration;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `arbor run`: runs the node until SIGINT or SIGTERM.
-pub fn run(data: &Path, listen: Vec<Multiaddr>, admin: std::net::SocketAddr) -> Result<()> {
+pub fn run(data: &Path, flags: RunFlags) -> Result<()> {
+    let settings = config::settings(config::load(data)?, flags)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("arbor")
@@ -23,8 +24,9 @@ pub fn run(data: &Path, listen: Vec<Multiaddr>, admin: std::net::SocketAddr) -> 
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let daemon = net::start(Options {
-            admin,
-            ..Options::new(data, listen)
+            admin: settings.admin,
+            client: settings.client,
+            ..Options::new(data, settings.listen)
         })
         .await
         .with_context(|| format!("cannot start the node in {}", data.display()))?;
@@ -310,12 +312,137 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
             h["reason"].as_str().unwrap_or("?")
         );
     }
+    if let Some(c) = v["installed"].as_object() {
+        println!(
+            "installs into {} (hooks {}, withdrawn modules: {})",
+            c["install_dir"].as_str().unwrap_or("?"),
+            if c["hooks"].as_bool() == Some(true) {
+                "on"
+            } else {
+                "off"
+            },
+            c["withdrawn"].as_str().unwrap_or("?")
+        );
+        for m in c["modules"].as_array().into_iter().flatten() {
+            let version = |k: &str| m[k]["version"].as_str().map(str::to_string);
+            println!(
+                "module   {:<40} {}{}{}",
+                m["module"].as_str().unwrap_or("?"),
+                version("current").unwrap_or_else(|| "-".into()),
+                version("previous").map_or(String::new(), |p| format!(" (previous {p})")),
+                if m["held"].is_string() {
+                    ", a rolled-back version is held back"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     let bad = v["bad_chunks"].as_u64().unwrap_or(0);
     let refused = v["refused"].as_u64().unwrap_or(0);
     if bad > 0 || refused > 0 {
         println!("problems {bad} bad chunks received, {refused} peers or requests refused");
     }
     Ok(())
+}
+
+/// `arbor check [--repair]`: exits 1 if a damaged file is left unrepaired.
+pub fn check(data: &Path, repair: bool, json: bool) -> Result<std::process::ExitCode> {
+    let v = call(data, &Request::Check { repair }, ANSWER_TIMEOUT)?;
+    let modules = v["modules"].as_array().cloned().unwrap_or_default();
+    let mut unrepaired = 0;
+    for m in &modules {
+        let problems = m["problems"].as_array().cloned().unwrap_or_default();
+        let fine = problems.is_empty() && m["error"].is_null();
+        if !fine && m["repaired"].as_bool() != Some(true) {
+            unrepaired += 1;
+        }
+        if json {
+            continue;
+        }
+        let name = m["module"].as_str().unwrap_or("?");
+        let version = m["version"].as_str().unwrap_or("?");
+        if let Some(e) = m["error"].as_str() {
+            println!("{name} {version}: cannot check: {e}");
+            continue;
+        }
+        if fine {
+            println!("{name} {version}: ok");
+            continue;
+        }
+        let outcome = if m["repaired"].as_bool() == Some(true) {
+            "repaired"
+        } else if m["waiting_for_parent"].as_bool() == Some(true) {
+            "its chunks are being fetched from the parent; the repair completes when they arrive"
+        } else {
+            "run arbor check --repair to restore it"
+        };
+        println!("{name} {version}: {} damaged; {outcome}", problems.len());
+        for p in &problems {
+            println!(
+                "  {} {}",
+                p["path"].as_str().unwrap_or("?"),
+                damage(&p["damage"])
+            );
+        }
+    }
+    if json {
+        print_json(&v)?;
+    } else if modules.is_empty() {
+        println!("no modules installed");
+    }
+    Ok(if unrepaired == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// How a damage reads: "modified", "missing", "mode 600, should be 644".
+fn damage(d: &serde_json::Value) -> String {
+    match d {
+        serde_json::Value::String(s) => s.to_lowercase(),
+        serde_json::Value::Object(o) => match o.get("Mode") {
+            Some(m) => format!(
+                "mode {:o}, should be {:o}",
+                m["found"].as_u64().unwrap_or(0),
+                m["expected"].as_u64().unwrap_or(0)
+            ),
+            None => d.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// `arbor rollback TENANT/CATEGORY/ID`.
+pub fn rollback(data: &Path, module: &str, json: bool) -> Result<()> {
+    if module.split('/').count() != 3 {
+        bail!("{module:?} is not a module: give TENANT/CATEGORY/ID");
+    }
+    let v = call(
+        data,
+        &Request::Rollback {
+            module: module.into(),
+        },
+        ANSWER_TIMEOUT,
+    )?;
+    if json {
+        return print_json(&v);
+    }
+    println!(
+        "{module} is back on {} ({}); {} is held back until a newer version comes",
+        v["current"]["version"].as_str().unwrap_or("?"),
+        short(v["current"]["update_id"].as_str().unwrap_or("?")),
+        v["held"]["version"].as_str().unwrap_or("?"),
+    );
+    if let Some(h) = v["hook"].as_str() {
+        println!("post-install hook: {h}");
+    }
+    Ok(())
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
 }
 
 /// `arbor status --tree`: the subtree, one node a line, indented by depth, each with
@@ -340,7 +467,7 @@ fn print_node(node: &serde_json::Value, indent: usize) {
         .map(|u| {
             let id = u["update_id"].as_str().unwrap_or("?");
             let state = u["state"].as_str().unwrap_or("?");
-            let detail = match state {
+            let mut detail = match state {
                 "downloading" => {
                     let (done, total) = (
                         u["bytes_done"].as_u64().unwrap_or(0),
@@ -348,9 +475,12 @@ fn print_node(node: &serde_json::Value, indent: usize) {
                     );
                     format!(" {}%", u128::from(done) * 100 / u128::from(total))
                 }
-                "failed" => format!(": {}", u["reason"].as_str().unwrap_or("?")),
                 _ => String::new(),
             };
+            // Why it failed, or an installer's note ("installed in place of 1.0").
+            if let Some(reason) = u["reason"].as_str() {
+                detail.push_str(&format!(" ({reason})"));
+            }
             format!("{} {state}{detail}", &id[..id.len().min(12)])
         })
         .collect();

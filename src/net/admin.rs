@@ -69,6 +69,17 @@ pub enum Request {
     Updates,
     /// Prometheus text (a JSON string).
     Metrics,
+    /// A client's installed modules.
+    Installed,
+    /// Check every installed module's files against its metadata; with `repair`,
+    /// restore what is damaged.
+    Check {
+        repair: bool,
+    },
+    /// Switch a module (`tenant/category/id`) back to its previous version.
+    Rollback {
+        module: String,
+    },
 }
 
 /// A percentage as people and programs give it: `12.5`, `"12.5"` or `"12.5%"`.
@@ -436,6 +447,12 @@ fn router(handle: Handle, token: &str) -> Router {
             "/api/approvals/{update}/{group}",
             axum::routing::delete(decline),
         )
+        .route("/api/installed", get(installed))
+        .route("/api/installed/check", post(check))
+        .route(
+            "/api/installed/{tenant}/{category}/{id}/rollback",
+            post(rollback),
+        )
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(app.clone(), authorise))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -603,6 +620,33 @@ async fn decline(
     UrlPath((update, group)): UrlPath<(String, String)>,
 ) -> Response {
     answer(&app, Request::Decline { update, group }).await
+}
+
+async fn installed(State(app): State<App>) -> Response {
+    answer(&app, Request::Installed).await
+}
+
+/// The body of `POST /api/installed/check`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    #[serde(default)]
+    repair: bool,
+}
+
+async fn check(State(app): State<App>, parsed: Result<Json<CheckBody>, JsonRejection>) -> Response {
+    match parsed {
+        Ok(Json(CheckBody { repair })) => answer(&app, Request::Check { repair }).await,
+        Err(e) => error_response(e.status(), &e.body_text()),
+    }
+}
+
+async fn rollback(
+    State(app): State<App>,
+    UrlPath((tenant, category, id)): UrlPath<(String, String, String)>,
+) -> Response {
+    let module = format!("{tenant}/{category}/{id}");
+    answer(&app, Request::Rollback { module }).await
 }
 
 async fn list_groups(State(app): State<App>) -> Response {
@@ -778,6 +822,17 @@ impl Client {
             Request::Tree => ("GET", "/api/tree".into(), None),
             Request::Updates => ("GET", "/api/updates".into(), None),
             Request::Metrics => ("GET", "/metrics".into(), None),
+            Request::Installed => ("GET", "/api/installed".into(), None),
+            Request::Check { repair } => (
+                "POST",
+                "/api/installed/check".into(),
+                Some(serde_json::json!({ "repair": repair })),
+            ),
+            Request::Rollback { module } => (
+                "POST",
+                format!("/api/installed/{}/rollback", module_segments(module)),
+                None,
+            ),
         };
         let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
         let request = ureq::http::Request::builder()
@@ -828,6 +883,11 @@ impl Client {
 }
 
 /// Percent-encodes one URL path segment.
+/// `tenant/category/id` as three path segments.
+fn module_segments(module: &str) -> String {
+    module.split('/').map(segment).collect::<Vec<_>>().join("/")
+}
+
 fn segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {

@@ -290,7 +290,8 @@ function stateText(u) {
   switch (u.state) {
     case 'downloading': return `downloading ${percent(u.bytes_done, u.bytes_total)}%`;
     case 'failed': return `failed: ${u.reason || 'no reason given'}`;
-    default: return String(u.state);
+    // A client's note on what its installer did ("installed in place of 1.0").
+    default: return u.reason ? `${u.state} (${u.reason})` : String(u.state);
   }
 }
 
