@@ -207,7 +207,22 @@ pub fn install<E>(
     root: &Path,
     signed: &SignedManifest,
     installed_at: u64,
+    read_chunk: impl FnMut(&Hash) -> Result<Vec<u8>, E>,
+) -> Result<Installed, InstallError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    install_pausing(root, signed, installed_at, read_chunk, || {})
+}
+
+/// [`install`], calling `at_switch` between switching `.previous` and `<id>`: the
+/// point where a crash tests the crash safety hardest.
+pub fn install_pausing<E>(
+    root: &Path,
+    signed: &SignedManifest,
+    installed_at: u64,
     mut read_chunk: impl FnMut(&Hash) -> Result<Vec<u8>, E>,
+    at_switch: impl FnOnce(),
 ) -> Result<Installed, InstallError>
 where
     E: std::error::Error + Send + Sync + 'static,
@@ -233,6 +248,7 @@ where
     if let Some(p) = previous {
         module.set_link(&module.previous_link(), &p)?;
     }
+    at_switch();
     module.set_link(&module.current_link(), &signed.id)?;
     if let Err(e) = module.collect(Some(signed.id), previous) {
         tracing::warn!(module = %module.name, error = %e, "cannot remove an old version; the next install will");

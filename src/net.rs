@@ -356,6 +356,17 @@ fn build_swarm(key: &SecretKey) -> Result<Swarm<Behaviour>, NetError> {
 /// listens, and binds the admin API. The node runs once [`Daemon::run`] is awaited.
 pub async fn start(opts: Options) -> Result<Daemon, NetError> {
     let dir = opts.dir.clone();
+    // An unusable install directory stops a client before it joins or listens.
+    let client = match &opts.client {
+        Some(c) => {
+            crate::install::probe(&c.install_dir)?;
+            Some(client::Client::new(
+                c.clone(),
+                client::scan(&c.install_dir)?,
+            ))
+        }
+        None => None,
+    };
     let key = SecretKey::read(&dir.join(crate::node::NODE_KEY_FILE)).map_err(NodeError::from)?;
     let mut swarm = build_swarm(&key)?;
     let mut listen_addrs = Vec::new();
@@ -419,16 +430,6 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
                 NetError::Transport(format!("this node's certificate chain is unusable: {e}"))
             })?,
         )
-    };
-    let client = match &opts.client {
-        Some(c) => {
-            crate::install::probe(&c.install_dir)?;
-            Some(client::Client::new(
-                c.clone(),
-                client::scan(&c.install_dir)?,
-            ))
-        }
-        None => None,
     };
     let config = engine::Config {
         installer: opts.engine.installer || client.is_some(),

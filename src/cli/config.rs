@@ -128,6 +128,8 @@ pub fn settings(file: RunConfig, flags: RunFlags) -> Result<RunSettings> {
             c.hooks = hooks.unwrap_or(false);
             c.hook_timeout = hook_timeout.unwrap_or(c.hook_timeout);
             c.withdrawn = withdrawn.unwrap_or_default();
+            // Test-only fault, for the crash-safety test of installs.
+            c.abort_at_switch = std::env::var_os("ARBOR_TEST_ABORT_AT_SWITCH").is_some();
             Some(c)
         }
         None if hooks.is_some() || hook_timeout.is_some() || withdrawn.is_some() => bail!(

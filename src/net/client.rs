@@ -55,6 +55,10 @@ pub struct ClientOptions {
     /// How long a post-install command may run before it is stopped.
     pub hook_timeout: Duration,
     pub withdrawn: Withdrawn,
+    /// Test-only fault: abort the process at the switch point of an install (see
+    /// [`install::install_pausing`]), as a power cut would.
+    #[doc(hidden)]
+    pub abort_at_switch: bool,
 }
 
 impl ClientOptions {
@@ -64,6 +68,7 @@ impl ClientOptions {
             hooks: false,
             hook_timeout: Duration::from_secs(300),
             withdrawn: Withdrawn::Keep,
+            abort_at_switch: false,
         }
     }
 }
@@ -99,7 +104,7 @@ enum DoneWhat {
     Installed {
         manifest: Arc<SignedManifest>,
         result: Result<Installed, InstallError>,
-        hook: Option<Result<(), String>>,
+        hook: Option<Hook>,
     },
     Removed {
         module: ModuleName,
@@ -108,7 +113,7 @@ enum DoneWhat {
     RolledBack {
         module: ModuleName,
         result: Result<install::RolledBack, InstallError>,
-        hook: Option<Result<(), String>>,
+        hook: Option<Hook>,
     },
     Checked {
         modules: Vec<ModuleCheck>,
@@ -438,8 +443,10 @@ impl Client {
                         retry.attempts += 1;
                         retry.at = now + wait;
                         tracing::error!(module = %show(&module), version = %version, "install failed: {e}; trying again in {} s", wait / 1000);
-                        self.told
-                            .insert(manifest.id, Outcome::Failed(format!("install failed: {e}")));
+                        self.told.insert(
+                            manifest.id,
+                            Outcome::Failed(format!("install failed: {}", chain(&e))),
+                        );
                     }
                 }
                 None
@@ -485,10 +492,14 @@ impl Client {
                         "module": show(&module),
                         "current": { "update_id": r.current, "version": to },
                         "held": { "update_id": r.previous, "version": from },
-                        "hook": hook.map(|h| h.err().unwrap_or_else(|| "ran".into())),
+                        "hook": hook.map(|h| match h {
+                            Hook::Off => "not run: hooks are off on this node".to_string(),
+                            Hook::Ran => "ran".to_string(),
+                            Hook::Failed(why) => why,
+                        }),
                     }))
                 }
-                Err(e) => Err(Refusal::new(RefusalKind::Conflict, e.to_string())),
+                Err(e) => Err(Refusal::new(RefusalKind::Conflict, chain(&e))),
             }),
             DoneWhat::Checked { modules } => {
                 for m in modules.iter().filter(|m| m.waiting_for_parent) {
@@ -549,17 +560,43 @@ impl Client {
     }
 }
 
+/// What became of a module's post-install command.
+#[derive(Clone, Debug)]
+enum Hook {
+    /// The node does not allow hooks.
+    Off,
+    Ran,
+    Failed(String),
+}
+
 /// A successful install's outcome, amended by its hook's.
-fn with_hook(installed: Outcome, hook: Option<Result<(), String>>) -> Outcome {
+fn with_hook(installed: Outcome, hook: Option<Hook>) -> Outcome {
+    let note = |note: Option<String>, hook: &str| {
+        Some(note.map_or(hook.to_string(), |n| format!("{n}; {hook}")))
+    };
     match (installed, hook) {
-        (_, Some(Err(why))) => Outcome::Failed(format!("installed, but {why}")),
-        (Outcome::Installed(note), Some(Ok(()))) => {
-            Outcome::Installed(Some(note.map_or("post-install hook ran".into(), |n| {
-                format!("{n}; post-install hook ran")
-            })))
+        (_, Some(Hook::Failed(why))) => Outcome::Failed(format!("installed, but {why}")),
+        (Outcome::Installed(n), Some(Hook::Ran)) => {
+            Outcome::Installed(note(n, "post-install hook ran"))
         }
+        (Outcome::Installed(n), Some(Hook::Off)) => Outcome::Installed(note(
+            n,
+            "post-install hook not run: hooks are off on this node",
+        )),
         (outcome, _) => outcome,
     }
+}
+
+/// An error with its causes: "cannot write …: No space left on device (os error 28)".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// What a job needs from the daemon.
@@ -595,8 +632,19 @@ async fn run_job(job: Job, ctx: &JobContext) -> Done {
                 let manifest = manifest.clone();
                 move |ctx| {
                     let (dir, m) = (&ctx.opts.install_dir, &manifest.manifest);
-                    let done =
-                        install::install(dir, &manifest, now_secs(), |h| read_chunk(&ctx.node, h))?;
+                    let abort = ctx.opts.abort_at_switch;
+                    let done = install::install_pausing(
+                        dir,
+                        &manifest,
+                        now_secs(),
+                        |h| read_chunk(&ctx.node, h),
+                        || {
+                            if abort {
+                                tracing::error!("test fault: aborting at the switch point");
+                                std::process::abort();
+                            }
+                        },
+                    )?;
                     // A newer version ends the hold of the one rolled back from.
                     install::release(dir, &m.tenant, &m.category, &m.id)?;
                     Ok(done)
@@ -798,13 +846,12 @@ fn check_one(ctx: &JobContext, module: &ModuleName, repair: bool) -> ModuleCheck
 }
 
 /// Runs `manifest`'s post-install command if it has one, in its installed directory:
-/// `None` if it has none, else whether it succeeded. With hooks off it is not run and
-/// that is noted.
-async fn run_hook(ctx: &JobContext, manifest: &SignedManifest) -> Option<Result<(), String>> {
+/// `None` if it has none, else what became of it. With hooks off it is not run.
+async fn run_hook(ctx: &JobContext, manifest: &SignedManifest) -> Option<Hook> {
     let argv = manifest.manifest.post_install.as_ref()?;
     if !ctx.opts.hooks {
         tracing::info!(update = %manifest.id, "post-install hook not run: hooks are off on this node");
-        return None;
+        return Some(Hook::Off);
     }
     let m = &manifest.manifest;
     let module_dir = ctx
@@ -816,7 +863,11 @@ async fn run_hook(ctx: &JobContext, manifest: &SignedManifest) -> Option<Result<
     // The version's own directory, so that a later switch cannot change it under the hook.
     let dir = match std::fs::canonicalize(&module_dir) {
         Ok(d) => d,
-        Err(e) => return Some(Err(format!("the post-install hook could not start: {e}"))),
+        Err(e) => {
+            return Some(Hook::Failed(format!(
+                "the post-install hook could not start: {e}"
+            )));
+        }
     };
     let program = match argv[0].as_str() {
         p if p.contains('/') && !p.starts_with('/') => dir.join(p.trim_start_matches("./")),
@@ -831,7 +882,7 @@ async fn run_hook(ctx: &JobContext, manifest: &SignedManifest) -> Option<Result<
     let (out, err) = match log {
         Ok(pair) => pair,
         Err(e) => {
-            return Some(Err(format!(
+            return Some(Hook::Failed(format!(
                 "the post-install hook could not start: cannot write {}: {e}",
                 log_path.display()
             )));
@@ -855,7 +906,7 @@ async fn run_hook(ctx: &JobContext, manifest: &SignedManifest) -> Option<Result<
     {
         Ok(c) => c,
         Err(e) => {
-            return Some(Err(format!(
+            return Some(Hook::Failed(format!(
                 "the post-install hook {} could not start: {e}",
                 program.display()
             )));
@@ -892,7 +943,7 @@ async fn run_hook(ctx: &JobContext, manifest: &SignedManifest) -> Option<Result<
         }
         Err(e) => tracing::warn!(update = %manifest.id, log = %log_path.display(), "{e}"),
     }
-    Some(result)
+    Some(result.map_or_else(Hook::Failed, |()| Hook::Ran))
 }
 
 /// The last non-empty line of a hook's log, cut short, for the report.
