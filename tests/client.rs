@@ -513,11 +513,14 @@ fn a_withdrawn_version_is_kept_by_default_and_removed_when_configured() {
     let fleet = Fleet::new();
     let v1 = fleet.publish(1, &[]);
     fleet.approve(&v1);
+    let client = fleet.client(&[]);
+    fleet.until_current("1.0");
     let v2 = fleet.publish(2, &[]);
     fleet.approve(&v2);
 
-    // keep (the default): declining v2 changes nothing installed.
-    let client = fleet.client(&[]);
+    // keep (the default): declining v2 changes nothing installed. (Were it to go back,
+    // v1 is at hand: the switch would start as soon as the decline arrives, before
+    // the check below could run.)
     fleet.until_current("2.0");
     fleet.decline(&v2);
     // The decline has reached the client once its parent's rules say v2 is gone.
