@@ -610,3 +610,79 @@ fn tampered_metadata_paths_are_refused() {
     let err = check(dir.path(), "acme", "plugins", "viewer").unwrap_err();
     assert!(matches!(err, InstallError::UnsafePath { .. }), "{err}");
 }
+
+#[test]
+fn list_finds_installed_modules_and_skips_everything_else() {
+    let root = tmp();
+    let (s, c) = v1();
+    put(root.path(), &s, &c).expect("install");
+    // Leftovers and strangers beside real modules are not modules.
+    fs::create_dir_all(root.path().join("acme/plugins/empty-dir")).expect("mkdir");
+    fs::create_dir_all(root.path().join(".hidden/x")).expect("mkdir");
+    fs::write(root.path().join("acme/stray-file"), b"x").expect("write");
+    symlink("/etc", root.path().join("linked-tenant")).expect("symlink");
+    let found = list(root.path()).expect("list");
+    assert_eq!(
+        found,
+        vec![ModuleName {
+            tenant: "acme".into(),
+            category: "plugins".into(),
+            id: "viewer".into(),
+        }]
+    );
+}
+
+#[test]
+fn remove_takes_the_module_away_and_nothing_else() {
+    let root = tmp();
+    let (s1, c1) = v1();
+    let (s2, c2) = v2();
+    put(root.path(), &s1, &c1).expect("v1");
+    put(root.path(), &s2, &c2).expect("v2");
+    // A link inside the installed files must be removed as a link, not followed.
+    let outside = root.path().join("outside");
+    fs::create_dir(&outside).expect("mkdir");
+    fs::write(outside.join("keep"), b"x").expect("write");
+    let files = module_dir(root.path()).join(format!(".viewer.versions/{}/files", s2.id.to_hex()));
+    symlink(&outside, files.join("escape")).expect("symlink");
+
+    assert_eq!(
+        remove(root.path(), "acme", "plugins", "viewer").expect("remove"),
+        Some(s2.id)
+    );
+    assert!(is_empty(&module_dir(root.path())), "leftovers after remove");
+    assert!(outside.join("keep").exists(), "remove followed a link");
+    assert_eq!(list(root.path()).expect("list"), vec![]);
+    assert_eq!(
+        remove(root.path(), "acme", "plugins", "viewer").expect("again"),
+        None
+    );
+    // And it installs again from scratch.
+    put(root.path(), &s1, &c1).expect("reinstall");
+    assert_eq!(current(root.path()).as_deref(), Some("1.0"));
+}
+
+#[test]
+fn a_hold_survives_until_released_and_garbage_holds_nothing() {
+    let root = tmp();
+    let (s1, c1) = v1();
+    put(root.path(), &s1, &c1).expect("v1");
+    assert_eq!(
+        held(root.path(), "acme", "plugins", "viewer").expect("held"),
+        None
+    );
+    hold(root.path(), "acme", "plugins", "viewer", &s1.id).expect("hold");
+    assert_eq!(
+        held(root.path(), "acme", "plugins", "viewer").expect("held"),
+        Some(s1.id)
+    );
+    fs::write(module_dir(root.path()).join(".viewer.held"), b"not a hash").expect("damage");
+    assert_eq!(
+        held(root.path(), "acme", "plugins", "viewer").expect("held"),
+        None
+    );
+    release(root.path(), "acme", "plugins", "viewer").expect("release");
+    assert!(!module_dir(root.path()).join(".viewer.held").exists());
+    let err = hold(root.path(), "acme", "plugins", "nothing", &s1.id).expect_err("not installed");
+    assert!(err.to_string().contains("not installed"), "{err}");
+}
