@@ -349,6 +349,7 @@ async fn publish(root: &BenchNode, dir: &Path, len: usize, seed: u64, id: &str) 
             path: dir.to_path_buf(),
             follow_symlinks: false,
             post_install: None,
+            created: None,
         }))
         .await?;
     serde_json::from_value(v["update_id"].clone()).context("no update id in the answer")

@@ -195,21 +195,30 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = daemon::parse_ttl)]
         timeout: std::time::Duration,
     },
-    /// Publish a file or directory as a signed update (root only).
+    /// Publish a file or directory as a signed update (root only), or import a module
+    /// package with --from-xml.
     Publish {
         #[arg(long)]
         data: PathBuf,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        category: String,
+        #[arg(long, required_unless_present = "from_xml")]
+        tenant: Option<String>,
+        #[arg(long, required_unless_present = "from_xml")]
+        category: Option<String>,
         /// The module id.
-        #[arg(long)]
-        id: String,
-        #[arg(long)]
-        version: String,
+        #[arg(long, required_unless_present = "from_xml")]
+        id: Option<String>,
+        #[arg(long, required_unless_present = "from_xml")]
+        version: Option<String>,
         #[arg(long)]
         description: Option<String>,
+        /// Import a module package (`arbor package export`'s XML): its module fields,
+        /// metadata and files, published with the package's creation time.
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with_all = ["tenant", "category", "id", "version", "description", "path", "post_install", "follow_symlinks"]
+        )]
+        from_xml: Option<PathBuf>,
         /// Publish what symlinks inside PATH point to, instead of refusing them.
         #[arg(long)]
         follow_symlinks: bool,
@@ -226,7 +235,13 @@ enum Command {
         )]
         post_install_arg: Vec<String>,
         /// The file or directory to publish.
-        path: PathBuf,
+        #[arg(required_unless_present = "from_xml")]
+        path: Option<PathBuf>,
+    },
+    /// Module packages: the XML interchange format.
+    Package {
+        #[command(subcommand)]
+        action: PackageAction,
     },
     /// List the updates in the store.
     Updates {
@@ -254,6 +269,23 @@ enum Command {
         /// Keep the demo's directory instead of removing it at the end.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+/// `arbor package ...`.
+#[derive(Subcommand, Debug)]
+enum PackageAction {
+    /// Write an update as a module package: an XML document with the module's fields,
+    /// its metadata and its files, compressed and base64-encoded (needs the daemon
+    /// stopped, like export).
+    Export {
+        #[arg(long)]
+        data: PathBuf,
+        /// The update id, or a unique prefix of at least 4 hex digits.
+        update: String,
+        /// The package file to write; it must not exist.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -492,25 +524,46 @@ fn run(cli: Cli) -> Result<ExitCode> {
             follow_symlinks,
             post_install,
             post_install_arg,
+            from_xml,
             path,
         } => {
-            let req = PublishRequest {
-                tenant,
-                category,
-                id,
-                version,
-                description,
-                path,
-                follow_symlinks,
-                post_install: post_install
-                    .map(|program| std::iter::once(program).chain(post_install_arg).collect()),
+            // An imported package is unpacked inside the node directory, where the
+            // daemon (if it runs) can read it; it is removed when this ends.
+            let mut _unpacked = None;
+            let req = match from_xml {
+                Some(file) => {
+                    let (req, dir) = unpack_package(&data, &file)?;
+                    _unpacked = Some(dir);
+                    req
+                }
+                None => {
+                    let missing = || {
+                        anyhow::anyhow!(
+                            "give --tenant, --category, --id, --version and PATH, or --from-xml FILE"
+                        )
+                    };
+                    PublishRequest {
+                        tenant: tenant.ok_or_else(missing)?,
+                        category: category.ok_or_else(missing)?,
+                        id: id.ok_or_else(missing)?,
+                        version: version.ok_or_else(missing)?,
+                        description,
+                        path: path.ok_or_else(missing)?,
+                        follow_symlinks,
+                        post_install: post_install.map(|program| {
+                            std::iter::once(program).chain(post_install_arg).collect()
+                        }),
+                        created: None,
+                    }
+                }
             };
             let out = match publish_via_daemon(&data, &req)? {
                 Some(out) => out,
                 None => {
                     let node = open(&data)?;
                     let bar = progress_bar(|| input_size(&req.path), "publishing");
-                    let out = publish(&node, &req, now(), &|done| bar.set_position(done))
+                    let at = req.created.unwrap_or_else(now);
+                    let out = publish(&node, &req, at, &|done| bar.set_position(done))
                         .context("publish failed")?;
                     bar.finish_and_clear();
                     out
@@ -594,9 +647,57 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
+        Command::Package {
+            action: PackageAction::Export { data, update, out },
+        } => {
+            let node = open(&data)?;
+            let id = resolve(&node, &update)?;
+            let dir = match out.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+                .with_context(|| format!("cannot write in {}", dir.display()))?;
+            {
+                let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+                crate::package::export(&node, &id, &mut w, now())
+                    .with_context(|| format!("cannot export update {}", id.short()))?;
+            }
+            tmp.as_file()
+                .sync_all()
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            tmp.persist_noclobber(&out)
+                .map_err(|e| e.error)
+                .with_context(|| format!("cannot write {} (it must not exist)", out.display()))?;
+            if json {
+                print_json(&serde_json::json!({ "update_id": id, "out": out }))?;
+            } else {
+                println!(
+                    "wrote update {} as a package to {}",
+                    id.short(),
+                    out.display()
+                );
+            }
+        }
         Command::Demo { keep } => demo::run(keep)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a module package into a temporary directory inside the node directory.
+fn unpack_package(data: &Path, file: &Path) -> Result<(PublishRequest, tempfile::TempDir)> {
+    let input =
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    if !data.join(crate::node::NODE_KEY_FILE).exists() {
+        anyhow::bail!("{} is not a node directory", data.display());
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(".import-")
+        .tempdir_in(data)
+        .with_context(|| format!("cannot make a temporary directory in {}", data.display()))?;
+    let req = crate::package::unpack(input, dir.path(), crate::package::Limits::default())
+        .with_context(|| format!("cannot import {}", file.display()))?;
+    Ok((req, dir))
 }
 
 /// Publishes through the node's running daemon, which then offers the update to its

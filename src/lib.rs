@@ -10,7 +10,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`cli`] | the command line: parse, call, print |
-//! | [`publish`], [`verify`], [`export`] | the root's ingest, store checks, reassembly |
+//! | [`publish`], [`verify`], [`export`], [`package`] | the root's ingest, store checks, reassembly, XML packages |
 //! | [`install`] | a leaf's install directory: atomic version switch, previous kept, rollback, check and repair |
 //! | [`net`] | the daemon: libp2p transport, stream protocols, admin API |
 //! | [`engine`] | one node's logic, sans-IO: tree relations, chunk state, fetch scheduling |
@@ -32,6 +32,7 @@ pub mod export;
 pub mod install;
 pub mod net;
 pub mod node;
+pub mod package;
 pub mod publish;
 pub mod report;
 pub mod rules;

@@ -1888,7 +1888,13 @@ impl Daemon {
                 let node = self.node.clone();
                 let ev = self.ev_tx.clone();
                 self.tasks.spawn_blocking(move || {
-                    let result = publish::publish(&node, &req, now_secs(), &|_| {}).map_err(|e| {
+                    let result = publish::publish(
+                        &node,
+                        &req,
+                        req.created.unwrap_or_else(now_secs),
+                        &|_| {},
+                    )
+                    .map_err(|e| {
                         use publish::PublishError as P;
                         let kind = match e {
                             P::Conflict { .. } | P::Node(_) => RefusalKind::Conflict,

@@ -37,6 +37,10 @@ pub struct PublishRequest {
     /// program, then arguments (PROTOCOL.md §5).
     #[serde(default)]
     pub post_install: Option<Vec<String>>,
+    /// The creation time to sign into the manifest (Unix seconds), if not now: a
+    /// package (`crate::package`) keeps its own, so that its round trip is exact.
+    #[serde(default)]
+    pub created: Option<u64>,
 }
 
 /// What a publish did.

@@ -473,3 +473,115 @@ fn demo_runs_a_seven_node_tree_end_to_end() {
     let v2 = out.split("every node holds 1.1.0").nth(1).expect("step 3");
     assert!(!v2.contains("32.00 MiB"), "{out}");
 }
+
+#[test]
+fn a_module_package_round_trips_between_roots_and_garbage_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = sample(&tmp.path().join("input"), 21);
+    let first = root_node(&tmp.path().join("a"));
+    let id = update_id(&arbor_json(&publish_args(&first, "1.0", &input)));
+    let package = tmp.path().join("viewer-1.0.xml");
+    let package_str = package.to_str().expect("utf-8");
+    arbor_ok(&[
+        "package",
+        "export",
+        "--data",
+        &first,
+        &id,
+        "--out",
+        package_str,
+    ]);
+    let err = arbor_err(&[
+        "package",
+        "export",
+        "--data",
+        &first,
+        &id,
+        "--out",
+        package_str,
+    ]);
+    assert!(err.contains("must not exist"), "{err}");
+
+    // Imported on a second root, it is the same module: same files, same package.
+    let second = root_node(&tmp.path().join("b"));
+    let imported = update_id(&arbor_json(&[
+        "publish",
+        "--data",
+        &second,
+        "--from-xml",
+        package_str,
+    ]));
+    let (out_a, out_b) = (tmp.path().join("out-a"), tmp.path().join("out-b"));
+    arbor_ok(&export_args(&first, &id, &out_a));
+    arbor_ok(&export_args(&second, &imported, &out_b));
+    assert_same_tree(&out_a, &out_b);
+    assert_same_tree(Path::new(&input), &out_b);
+    let again = tmp.path().join("again.xml");
+    arbor_ok(&[
+        "package",
+        "export",
+        "--data",
+        &second,
+        &imported,
+        "--out",
+        again.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        fs::read(&package).expect("read") == fs::read(&again).expect("read"),
+        "the package changed in a round trip"
+    );
+    assert!(
+        fs::read_dir(&second).expect("node dir").all(|e| !e
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".import-")),
+        "the import left its temporary directory behind"
+    );
+
+    // Garbage and hostile packages: one clear line, nothing stored.
+    let before = updates(&second);
+    for (content, expect) in [
+        ("<arbor-package format=\"1\"><module", "cannot import"),
+        (
+            "<!DOCTYPE x [<!ENTITY a \"aaaa\">]><arbor-package format=\"1\">&a;</arbor-package>",
+            "DOCTYPE is not allowed",
+        ),
+        ("\u{0}\u{1}\u{2}binary", "refused"),
+    ] {
+        let bad = tmp.path().join("bad.xml");
+        fs::write(&bad, content).expect("write");
+        let err = arbor_err(&[
+            "publish",
+            "--data",
+            &second,
+            "--from-xml",
+            bad.to_str().expect("utf-8"),
+        ]);
+        assert!(err.contains(expect), "{content:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    let err = arbor_err(&[
+        "publish",
+        "--data",
+        &second,
+        "--from-xml",
+        "/nonexistent.xml",
+    ]);
+    assert!(err.contains("cannot open"), "{err}");
+    let err = arbor_err(&[
+        "publish",
+        "--data",
+        &second,
+        "--from-xml",
+        package_str,
+        "--version",
+        "2",
+    ]);
+    assert!(err.contains("cannot be used with"), "{err}");
+    assert_eq!(
+        updates(&second),
+        before,
+        "a refused package stored something"
+    );
+}

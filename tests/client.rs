@@ -124,17 +124,39 @@ impl Fleet {
     /// Writes version `n` of the module's input (`bin/viewer` changes a little each
     /// version) and publishes it with `extra` flags; returns the update id.
     fn publish(&self, n: u64, extra: &[&str]) -> String {
+        let input = self.write_input(n);
+        let version = format!("{n}.0");
+        let mut args = common::publish_args(&self.root, &version, &input);
+        args.extend_from_slice(extra);
+        arbor_ok(&args).trim().to_string()
+    }
+
+    /// Publishes version `n` on a scratch root, exports it as a module package, and
+    /// imports that on this fleet's (running) root.
+    fn publish_package(&self, n: u64) -> String {
+        let input = self.write_input(n);
+        let scratch = common::root_node(&self.base.join(format!("scratch-{n}")));
+        let version = format!("{n}.0");
+        let id = arbor_ok(&common::publish_args(&scratch, &version, &input))
+            .trim()
+            .to_string();
+        let package = path_str(&self.base.join(format!("viewer-{n}.xml")));
+        arbor_ok(&[
+            "package", "export", "--data", &scratch, &id, "--out", &package,
+        ]);
+        arbor_ok(&["publish", "--data", &self.root, "--from-xml", &package])
+            .trim()
+            .to_string()
+    }
+
+    fn write_input(&self, n: u64) -> String {
         let dir = self.base.join(format!("input-{n}"));
         std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
         let mut body = noise(2 << 20, 11);
         body[(n as usize) * 4096..(n as usize) * 4096 + 8].copy_from_slice(&n.to_le_bytes());
         std::fs::write(dir.join("bin/viewer"), body).expect("write");
         std::fs::write(dir.join("README"), format!("version {n}\n")).expect("write");
-        let version = format!("{n}.0");
-        let input = path_str(&dir);
-        let mut args = common::publish_args(&self.root, &version, &input);
-        args.extend_from_slice(extra);
-        arbor_ok(&args).trim().to_string()
+        path_str(&dir)
     }
 
     fn approve(&self, update: &str) {
@@ -385,7 +407,8 @@ fn a_client_offline_during_two_releases_installs_the_newest_approved_version() {
 
     let v2 = fleet.publish(2, &[]);
     fleet.approve(&v2);
-    let v3 = fleet.publish(3, &[]);
+    // v3 comes from the provider as a module package.
+    let v3 = fleet.publish_package(3);
     fleet.approve(&v3);
     let client = fleet.client(&[]);
     fleet.until_current("3.0");

@@ -139,6 +139,7 @@ async fn publish_unapproved(root: &TestNode, input: &Path, version: &str) -> Has
             path: input.to_path_buf(),
             follow_symlinks: false,
             post_install: None,
+            created: None,
         }))
         .await;
     serde_json::from_value(v["update_id"].clone()).expect("update id")

@@ -346,6 +346,7 @@ async fn an_operator_rolls_an_update_out_to_a_pilot_group_in_the_browser() {
             path: PathBuf::from(&input),
             follow_symlinks: false,
             post_install: None,
+            created: None,
         }))
         .await;
     let update = published["update_id"]

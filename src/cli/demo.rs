@@ -181,6 +181,7 @@ async fn flow(
             path: input.to_path_buf(),
             follow_symlinks: false,
             post_install: None,
+            created: None,
         }))
         .await
         .map_err(anyhow::Error::new)?;
