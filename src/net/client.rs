@@ -684,9 +684,24 @@ async fn run_job(job: Job, ctx: &JobContext) -> Done {
                 let module = module.clone();
                 move |ctx| {
                     let (dir, m) = (&ctx.opts.install_dir, &module);
-                    let r = install::rollback(dir, &m.tenant, &m.category, &m.id)?;
-                    install::hold(dir, &m.tenant, &m.category, &m.id, &r.previous)?;
-                    Ok(r)
+                    let status = install::status(dir, &m.tenant, &m.category, &m.id)?;
+                    let (Some(current), Some(_)) = (&status.current, &status.previous) else {
+                        // rollback says why: not installed, or nothing to go back to.
+                        return install::rollback(dir, &m.tenant, &m.category, &m.id);
+                    };
+                    // Held first: a crash between the two steps leaves the version
+                    // rolled back from held, never installed again by a restart.
+                    let from = current
+                        .update_id
+                        .parse()
+                        .map_err(|_| InstallError::Metadata {
+                            path: m.to_string(),
+                            why: "its update id is not a hash".into(),
+                        })?;
+                    install::hold(dir, &m.tenant, &m.category, &m.id, &from)?;
+                    install::rollback(dir, &m.tenant, &m.category, &m.id).inspect_err(|_| {
+                        let _ = install::release(dir, &m.tenant, &m.category, &m.id);
+                    })
                 }
             })
             .await;
