@@ -184,6 +184,8 @@ pub enum Damage {
         expected: u32,
         found: u32,
     },
+    /// A file, directory or link the version does not have.
+    Extra,
 }
 
 /// One damaged file of the current version.
@@ -410,7 +412,20 @@ where
     let meta = module.read_meta(&current)?;
     let problems = check_files(&files, &meta)?;
     let tmp = version.join(REPAIR_TMP);
-    for p in &problems {
+    // What the version does not have goes: links as links, directories whole (neither
+    // followed), so a link planted here cannot point the removal elsewhere.
+    for p in problems.iter().filter(|p| p.damage == Damage::Extra) {
+        let path = files.join(&p.path);
+        let is_dir = fs::symlink_metadata(&path)
+            .map_err(io("inspect", &path))?
+            .is_dir();
+        if is_dir {
+            fs::remove_dir_all(&path).map_err(io("remove", &path))?;
+        } else {
+            fs::remove_file(&path).map_err(io("remove", &path))?;
+        }
+    }
+    for p in problems.iter().filter(|p| p.damage != Damage::Extra) {
         let mismatch = |why: &str| InstallError::Metadata {
             path: version.join(METADATA_FILE).display().to_string(),
             why: format!("{why} for {:?}", p.path),
@@ -427,6 +442,11 @@ where
             .ok_or_else(|| mismatch("no checksum"))?;
         let dest =
             walk_parents(&files, &p.path, true)?.ok_or_else(|| mismatch("a directory vanished"))?;
+        // A directory where the file should be: its content was reported extra and is
+        // gone; the directory itself goes too.
+        if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+            fs::remove_dir_all(&dest).map_err(io("remove", &dest))?;
+        }
         remove_if_there(&tmp)?;
         let written = write_file(&tmp, entry, &mut read_chunk)?;
         if written.to_hex() != sum.blake3 || entry.mode != sum.mode {
@@ -637,7 +657,7 @@ impl Module {
 }
 
 fn check_files(files: &Path, meta: &Metadata) -> Result<Vec<Problem>, InstallError> {
-    let mut problems = Vec::new();
+    let mut problems = extra_entries(files, meta)?;
     for sum in &meta.files {
         let damage = match walk_parents(files, &sum.path, false) {
             Ok(Some(path)) => file_damage(&path, sum)?,
@@ -655,6 +675,57 @@ fn check_files(files: &Path, meta: &Metadata) -> Result<Vec<Problem>, InstallErr
         }
     }
     Ok(problems)
+}
+
+/// Whatever is under `files` that the metadata does not list (links not followed, an
+/// extra directory reported once, not entry by entry), sorted.
+fn extra_entries(files: &Path, meta: &Metadata) -> Result<Vec<Problem>, InstallError> {
+    let mut expected: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for f in &meta.files {
+        expected.insert(&f.path);
+        let mut parent = f.path.as_str();
+        while let Some((dir, _)) = parent.rsplit_once('/') {
+            expected.insert(dir);
+            parent = dir;
+        }
+    }
+    let mut extra = Vec::new();
+    let mut walk = walkdir::WalkDir::new(files)
+        .follow_links(false)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter();
+    while let Some(entry) = walk.next() {
+        let entry = entry.map_err(|e| InstallError::Io {
+            action: "read",
+            path: files.display().to_string(),
+            source: e.into(),
+        })?;
+        let rel = entry
+            .path()
+            .strip_prefix(files)
+            .ok()
+            .and_then(|r| r.to_str())
+            .map(str::to_string);
+        match rel {
+            Some(rel) if expected.contains(rel.as_str()) => {}
+            _ => {
+                if entry.file_type().is_dir() {
+                    walk.skip_current_dir();
+                }
+                extra.push(Problem {
+                    path: entry
+                        .path()
+                        .strip_prefix(files)
+                        .unwrap_or(entry.path())
+                        .display()
+                        .to_string(),
+                    damage: Damage::Extra,
+                });
+            }
+        }
+    }
+    Ok(extra)
 }
 
 fn file_damage(path: &Path, sum: &FileSum) -> Result<Option<Damage>, InstallError> {

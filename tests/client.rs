@@ -345,11 +345,14 @@ fn a_client_installs_upgrades_rolls_back_and_repairs() {
     let readme = fleet.module_dir().join("README");
     std::fs::write(&readme, "tampered\n").expect("tamper");
     std::fs::remove_file(fleet.module_dir().join("bin/viewer")).expect("delete");
+    std::fs::write(fleet.module_dir().join("planted"), "x").expect("plant");
     let out = arbor(&["check", "--data", &fleet.client]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("README modified") && text.contains("bin/viewer missing"),
+        text.contains("README modified")
+            && text.contains("bin/viewer missing")
+            && text.contains("planted extra"),
         "{text}"
     );
     let out = arbor_ok(&["check", "--data", &fleet.client, "--repair"]);
@@ -357,6 +360,7 @@ fn a_client_installs_upgrades_rolls_back_and_repairs() {
     let out = arbor_ok(&["check", "--data", &fleet.client]);
     assert!(out.contains(&format!("{MODULE} 1.0: ok")), "{out}");
     fleet.assert_is(1);
+    assert!(!fleet.module_dir().join("planted").exists());
 
     // v3 is newer than the held-back v2: it installs.
     let v3 = fleet.publish(3, &[]);

@@ -686,3 +686,55 @@ fn a_hold_survives_until_released_and_garbage_holds_nothing() {
     let err = hold(root.path(), "acme", "plugins", "nothing", &s1.id).expect_err("not installed");
     assert!(err.to_string().contains("not installed"), "{err}");
 }
+
+#[test]
+fn extra_files_links_and_directories_are_found_and_removed_by_repair() {
+    let root = tmp();
+    let (s, c) = v1();
+    put(root.path(), &s, &c).expect("install");
+    let files = root.path().join("acme/plugins/viewer");
+    let outside = root.path().join("outside");
+    fs::create_dir(&outside).expect("mkdir");
+    fs::write(outside.join("precious"), b"x").expect("write");
+    fs::write(files.join("planted.sh"), b"evil").expect("write");
+    symlink(&outside, files.join("share/escape")).expect("symlink");
+    fs::create_dir_all(files.join("junk/deeper")).expect("mkdir");
+    fs::write(files.join("junk/deeper/x"), b"x").expect("write");
+    // A directory where a file should be.
+    fs::remove_file(files.join("share/doc/README")).expect("rm");
+    fs::create_dir(files.join("share/doc/README")).expect("mkdir");
+    fs::write(files.join("share/doc/README/inside"), b"x").expect("write");
+
+    let problems = check(root.path(), "acme", "plugins", "viewer").expect("check");
+    let found: Vec<(String, Damage)> = problems
+        .iter()
+        .map(|p| (p.path.clone(), p.damage))
+        .collect();
+    for want in [
+        ("planted.sh", Damage::Extra),
+        ("share/escape", Damage::Extra),
+        ("junk", Damage::Extra),
+        ("share/doc/README/inside", Damage::Extra),
+        ("share/doc/README", Damage::NotRegular),
+    ] {
+        assert!(
+            found.contains(&(want.0.to_string(), want.1)),
+            "{want:?} not in {found:?}"
+        );
+    }
+    assert!(
+        !found.iter().any(|(p, _)| p.starts_with("junk/")),
+        "an extra directory is one problem: {found:?}"
+    );
+
+    repair(root.path(), &s, from(&c)).expect("repair");
+    assert_eq!(
+        check(root.path(), "acme", "plugins", "viewer").expect("check"),
+        vec![]
+    );
+    assert_eq!(read(root.path(), "share/doc/README"), "version one");
+    assert!(
+        outside.join("precious").exists(),
+        "repair followed a link out"
+    );
+}
