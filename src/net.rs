@@ -31,7 +31,7 @@ use crate::store::{ChildRecord, ModuleVersion, Store, StoreError, TokenRecord};
 use crate::trust::member::{self, JoinToken, root_fingerprint, verify_chain};
 use crate::trust::{Envelope, PublicKey, SecretKey, SignedManifest};
 use admin::{Answer, Refusal, RefusalKind, Request};
-pub use client::{ClientOptions, Withdrawn, compare_versions};
+pub use client::{ClientOptions, Withdrawn};
 use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
@@ -1447,8 +1447,12 @@ impl Daemon {
                         return;
                     }
                 };
+                // New offers and rules change what the installer decides; chunk
+                // announcements and reports do not (completion comes as an event).
+                if matches!(msg, Control::Offer { .. } | Control::Rules { .. }) {
+                    self.client_dirty = true;
+                }
                 self.engine.handle_message(peer, msg, now);
-                self.client_dirty = true;
             }
             Ev::ControlDown { peer, why } => {
                 if Some(&peer) == self.engine.parent() && !self.sessions.contains_key(&peer) {

@@ -208,7 +208,7 @@ pub(super) fn show(m: &ModuleName) -> String {
 /// Compares versions as people read them: runs of digits as numbers, everything else
 /// as text, so "1.10" is newer than "1.9"; a version that is a prefix of another is
 /// older ("2.0" before "2.0.1").
-pub fn compare_versions(a: &str, b: &str) -> Ordering {
+fn compare_versions(a: &str, b: &str) -> Ordering {
     fn runs(s: &str) -> impl Iterator<Item = &str> {
         let mut rest = s;
         std::iter::from_fn(move || {
