@@ -9,74 +9,12 @@
 
 mod common;
 
-use common::{arbor, arbor_err, arbor_json, arbor_ok, noise};
-use std::io::{BufRead, BufReader};
+use common::{HANG, Process, arbor, arbor_err, arbor_json, arbor_ok, noise};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Bound on anything a test waits for: generous, only there to catch a hang.
-const HANG: Duration = Duration::from_secs(120);
 const MODULE: &str = "acme/plugins/viewer";
-
-/// A running `arbor run`, killed if the test fails half-way.
-struct Process {
-    child: Child,
-}
-
-impl Process {
-    /// Starts `arbor run` on `data` with `extra` flags and waits for "listening".
-    fn start(data: &str, extra: &[&str], env: &[(&str, &str)]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_arbor"))
-            .args(["run", "--data", data, "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .args(extra)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "warn,arbor=info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("arbor run starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(HANG).expect("the node comes up");
-        Process { child }
-    }
-
-    /// Waits for the process to end by itself (a test fault aborts it).
-    fn wait_for_exit(mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + HANG;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the process did not end");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(mut self) {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: signals our own child process.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let status = self.child.wait().expect("reaped");
-        assert!(status.success(), "arbor run exited with {status}");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// A root node, running, and a client joined under it (not started).
 struct Fleet {
@@ -157,6 +95,13 @@ impl Fleet {
         std::fs::write(dir.join("bin/viewer"), body).expect("write");
         std::fs::write(dir.join("README"), format!("version {n}\n")).expect("write");
         path_str(&dir)
+    }
+
+    /// Publishes version `n` and approves it for the whole tree.
+    fn release(&self, n: u64) -> String {
+        let update = self.publish(n, &[]);
+        self.approve(&update);
+        update
     }
 
     fn approve(&self, update: &str) {
@@ -256,6 +201,18 @@ impl Drop for Fleet {
     }
 }
 
+/// `arbor publish` flags for a post-install command `sh -c SCRIPT`.
+fn hook(script: &str) -> [&str; 6] {
+    [
+        "--post-install",
+        "sh",
+        "--post-install-arg",
+        "-c",
+        "--post-install-arg",
+        script,
+    ]
+}
+
 fn path_str(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
 }
@@ -294,8 +251,7 @@ impl Drop for Tmpfs {
 #[test]
 fn a_client_installs_upgrades_rolls_back_and_repairs() {
     let fleet = Fleet::new();
-    let v1 = fleet.publish(1, &[]);
-    fleet.approve(&v1);
+    let v1 = fleet.release(1);
     let client = fleet.client(&[]);
 
     // v1 is installed exactly as published, with its metadata beside it.
@@ -316,8 +272,7 @@ fn a_client_installs_upgrades_rolls_back_and_repairs() {
     let before = arbor_json(&["status", "--data", &fleet.client])["parent"]["bytes_received"]
         .as_u64()
         .expect("counter");
-    let v2 = fleet.publish(2, &[]);
-    fleet.approve(&v2);
+    let v2 = fleet.release(2);
     fleet.until_current("2.0");
     fleet.assert_is(2);
     let fetched = arbor_json(&["status", "--data", &fleet.client])["parent"]["bytes_received"]
@@ -363,8 +318,7 @@ fn a_client_installs_upgrades_rolls_back_and_repairs() {
     assert!(!fleet.module_dir().join("planted").exists());
 
     // v3 is newer than the held-back v2: it installs.
-    let v3 = fleet.publish(3, &[]);
-    fleet.approve(&v3);
+    fleet.release(3);
     fleet.until_current("3.0");
     fleet.assert_is(3);
     assert!(fleet.installed()[0]["held"].is_null());
@@ -374,15 +328,13 @@ fn a_client_installs_upgrades_rolls_back_and_repairs() {
 #[test]
 fn a_client_killed_at_the_switch_point_recovers_to_a_complete_version() {
     let fleet = Fleet::new();
-    let v1 = fleet.publish(1, &[]);
-    fleet.approve(&v1);
+    fleet.release(1);
     let client = fleet.client(&[]);
     fleet.until_current("1.0");
     client.stop();
 
     // The client dies between switching `.previous` and the module link.
-    let v2 = fleet.publish(2, &[]);
-    fleet.approve(&v2);
+    fleet.release(2);
     let crashing = fleet.client_env(&[], &[("ARBOR_TEST_ABORT_AT_SWITCH", "1")]);
     let status = crashing.wait_for_exit();
     assert!(!status.success(), "the fault did not fire: {status}");
@@ -403,14 +355,12 @@ fn a_client_killed_at_the_switch_point_recovers_to_a_complete_version() {
 #[test]
 fn a_client_offline_during_two_releases_installs_the_newest_approved_version() {
     let fleet = Fleet::new();
-    let v1 = fleet.publish(1, &[]);
-    fleet.approve(&v1);
+    fleet.release(1);
     let client = fleet.client(&[]);
     fleet.until_current("1.0");
     client.stop();
 
-    let v2 = fleet.publish(2, &[]);
-    fleet.approve(&v2);
+    let v2 = fleet.release(2);
     // v3 comes from the provider as a module package.
     let v3 = fleet.publish_package(3);
     fleet.approve(&v3);
@@ -455,17 +405,7 @@ fn hooks_run_only_when_allowed_with_a_timeout_and_their_outcome_is_reported() {
         "echo \"$ARBOR_VERSION $ARBOR_MODULE\" > {}",
         marker.display()
     );
-    let v1 = fleet.publish(
-        1,
-        &[
-            "--post-install",
-            "sh",
-            "--post-install-arg",
-            "-c",
-            "--post-install-arg",
-            &script,
-        ],
-    );
+    let v1 = fleet.publish(1, &hook(&script));
     fleet.approve(&v1);
 
     // Off by default: installed, the hook not run.
@@ -477,17 +417,7 @@ fn hooks_run_only_when_allowed_with_a_timeout_and_their_outcome_is_reported() {
 
     // Allowed: it runs, in the module's directory, and the report says so.
     let client = fleet.client(&["--hooks"]);
-    let v2 = fleet.publish(
-        2,
-        &[
-            "--post-install",
-            "sh",
-            "--post-install-arg",
-            "-c",
-            "--post-install-arg",
-            &script,
-        ],
-    );
+    let v2 = fleet.publish(2, &hook(&script));
     fleet.approve(&v2);
     fleet.until_root_sees(&v2, "installed", "post-install hook ran");
     assert_eq!(
@@ -496,17 +426,7 @@ fn hooks_run_only_when_allowed_with_a_timeout_and_their_outcome_is_reported() {
     );
 
     // A failing hook is reported with its exit status and last line.
-    let v3 = fleet.publish(
-        3,
-        &[
-            "--post-install",
-            "sh",
-            "--post-install-arg",
-            "-c",
-            "--post-install-arg",
-            "echo cannot configure >&2; exit 3",
-        ],
-    );
+    let v3 = fleet.publish(3, &hook("echo cannot configure >&2; exit 3"));
     fleet.approve(&v3);
     let why = fleet.until_root_sees(&v3, "failed", "post-install hook failed");
     assert!(
@@ -518,17 +438,7 @@ fn hooks_run_only_when_allowed_with_a_timeout_and_their_outcome_is_reported() {
 
     // One that outlives its timeout is stopped, with its children.
     let client = fleet.client(&["--hooks", "--hook-timeout", "1s"]);
-    let v4 = fleet.publish(
-        4,
-        &[
-            "--post-install",
-            "sh",
-            "--post-install-arg",
-            "-c",
-            "--post-install-arg",
-            "sleep 600 & sleep 600",
-        ],
-    );
+    let v4 = fleet.publish(4, &hook("sleep 600 & sleep 600"));
     fleet.approve(&v4);
     let why = fleet.until_root_sees(&v4, "failed", "did not finish within 1s");
     assert!(why.contains("stopped"), "{why}");
@@ -538,12 +448,10 @@ fn hooks_run_only_when_allowed_with_a_timeout_and_their_outcome_is_reported() {
 #[test]
 fn a_withdrawn_version_is_kept_by_default_and_removed_when_configured() {
     let fleet = Fleet::new();
-    let v1 = fleet.publish(1, &[]);
-    fleet.approve(&v1);
+    let v1 = fleet.release(1);
     let client = fleet.client(&[]);
     fleet.until_current("1.0");
-    let v2 = fleet.publish(2, &[]);
-    fleet.approve(&v2);
+    let v2 = fleet.release(2);
 
     // keep (the default): declining v2 changes nothing installed. (Were it to go back,
     // v1 is at hand: the switch would start as soon as the decline arrives, before
@@ -590,12 +498,10 @@ fn a_full_disk_keeps_the_previous_version_and_reports_the_failure() {
     let fleet = Fleet::new();
     // 2 MiB bodies: v1 fits in 3 MiB, v1 and v2 together do not.
     let _disk = Tmpfs::mount(&fleet.install, "size=3m");
-    let v1 = fleet.publish(1, &[]);
-    fleet.approve(&v1);
+    fleet.release(1);
     let client = fleet.client(&[]);
     fleet.until_current("1.0");
-    let v2 = fleet.publish(2, &[]);
-    fleet.approve(&v2);
+    let v2 = fleet.release(2);
     let why = fleet.until_root_sees(&v2, "failed", "install failed");
     assert!(why.contains("No space left on device"), "{why}");
     fleet.assert_is(1);

@@ -13,16 +13,11 @@ use arbor::node::Node;
 use arbor::publish::PublishRequest;
 use arbor::trust::member::JoinToken;
 use arbor::trust::{PublicKey, SecretKey};
-use common::{arbor_err, arbor_json, arbor_ok, noise};
+use common::{HANG, Process, arbor_err, arbor_json, arbor_ok, noise};
 use libp2p::Multiaddr;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// Bound on anything a test waits for: generous, only there to catch a hang.
-const HANG: Duration = Duration::from_secs(120);
 
 /// One running in-process node.
 struct TestNode {
@@ -380,57 +375,6 @@ async fn strangers_other_trees_and_revoked_children_are_refused() {
     root.stop().await;
 }
 
-/// A running `arbor run` process.
-struct Process {
-    child: Child,
-}
-
-impl Process {
-    /// Starts `arbor run` on `data` and waits for its "listening" log line.
-    fn start(data: &str) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_arbor"))
-            .args(["run", "--data", data, "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .env("RUST_LOG", "warn,arbor=info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("arbor run starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(HANG).expect("the node comes up");
-        Process { child }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    fn terminate(mut self) {
-        // SIGTERM: the node stops cleanly.
-        let pid = self.child.id() as libc::pid_t;
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let status = self.child.wait().expect("reaped");
-        assert!(status.success(), "arbor run exited with {status}");
-    }
-}
-
-impl Drop for Process {
-    /// A test that fails half-way leaves no daemon behind.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 #[test]
 fn a_killed_node_resumes_without_fetching_again_what_it_has() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -441,7 +385,7 @@ fn a_killed_node_resumes_without_fetching_again_what_it_has() {
     let update = arbor_ok(&common::publish_args(&root, "1.0", &input_path))
         .trim()
         .to_string();
-    let root_proc = Process::start(&root);
+    let root_proc = Process::start(&root, &[], &[]);
     arbor_ok(&[
         "approve",
         "--data",
@@ -454,7 +398,7 @@ fn a_killed_node_resumes_without_fetching_again_what_it_has() {
     let token = arbor_ok(&["token", "--data", &root]).trim().to_string();
     let leaf = base.join("leaf").to_str().expect("utf-8").to_string();
     arbor_ok(&["init", "--data", &leaf, "--join", &token]);
-    let leaf_proc = Process::start(&leaf);
+    let leaf_proc = Process::start(&leaf, &[], &[]);
 
     // Kill it once it holds over 70 MiB: its first 64 MiB batch is committed by then.
     let deadline = Instant::now() + HANG;
@@ -473,7 +417,7 @@ fn a_killed_node_resumes_without_fetching_again_what_it_has() {
         "the transfer finished before the kill; the test proves nothing"
     );
 
-    let leaf_proc = Process::start(&leaf);
+    let leaf_proc = Process::start(&leaf, &[], &[]);
     arbor_ok(&["wait", "--data", &leaf, "--timeout", "2m", &update]);
     let s = arbor_json(&["status", "--data", &leaf]);
     let fetched_after_restart = s["parent"]["bytes_received"].as_u64().expect("counter");
@@ -483,7 +427,7 @@ fn a_killed_node_resumes_without_fetching_again_what_it_has() {
     );
     // Complete means durable: killed at once, the leaf still holds all of it.
     leaf_proc.kill();
-    root_proc.terminate();
+    root_proc.stop();
     let out = base.join("out");
     arbor_ok(&[
         "export",

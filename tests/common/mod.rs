@@ -1,8 +1,13 @@
 //! Helpers shared by the integration tests: running the `arbor` binary and making inputs.
 #![allow(dead_code)] // each test crate uses its own subset
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Bound on anything a test waits for: generous, only there to catch a hang.
+pub const HANG: Duration = Duration::from_secs(120);
 
 pub fn arbor(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_arbor"))
@@ -160,5 +165,71 @@ fn check_sorted(v: &cbor4ii::core::Value) {
         }
         V::Array(items) => items.iter().for_each(check_sorted),
         _ => {}
+    }
+}
+
+/// A running `arbor run`, killed if the test fails half-way.
+pub struct Process {
+    child: Child,
+}
+
+impl Process {
+    /// Starts `arbor run` on `data` with `extra` flags and waits for "listening".
+    pub fn start(data: &str, extra: &[&str], env: &[(&str, &str)]) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["run", "--data", data, "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(extra)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn,arbor=info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("arbor run starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(HANG).expect("the node comes up");
+        Process { child }
+    }
+
+    /// Waits for the process to end by itself (a test fault aborts it).
+    pub fn wait_for_exit(mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + HANG;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the process did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: as a power cut would.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM: the node must stop cleanly.
+    pub fn stop(mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signals our own child process.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = self.child.wait().expect("reaped");
+        assert!(status.success(), "arbor run exited with {status}");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
