@@ -587,3 +587,50 @@ fn an_install_dir_that_cannot_be_written_stops_the_client_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn a_repair_fetches_from_the_parent_what_the_store_lacks() {
+    let fleet = Fleet::new();
+    fleet.release(1);
+    let client = fleet.client(&[]);
+    fleet.until_current("1.0");
+    client.stop();
+
+    // The machine is set up again: a new node over the same install directory. It
+    // recognises the installed version and fetches nothing...
+    let token = arbor_ok(&["token", "--data", &fleet.root, "--client"])
+        .trim()
+        .to_string();
+    let fresh = path_str(&fleet.base.join("fresh"));
+    arbor_ok(&["init", "--data", &fresh, "--join", &token]);
+    let install = path_str(&fleet.install);
+    let node = Process::start(&fresh, &["--install-dir", &install], &[]);
+    let received = |what: &str| {
+        arbor_json(&["status", "--data", &fresh])["parent"]["bytes_received"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{what}: no counter"))
+    };
+    let out = arbor_ok(&["check", "--data", &fresh]);
+    assert!(out.contains(&format!("{MODULE} 1.0: ok")), "{out}");
+    assert_eq!(received("before the repair"), 0);
+
+    // ... until a file is damaged: its chunks come from the parent, then the repair.
+    std::fs::write(fleet.module_dir().join("bin/viewer"), "damaged").expect("damage");
+    // Not repaired yet: exit 1, saying the chunks are on their way.
+    let out = arbor(&["check", "--data", &fresh, "--repair"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("fetched from the parent"), "{text}");
+    let deadline = Instant::now() + HANG;
+    loop {
+        let out = arbor(&["check", "--data", &fresh]);
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the repair never completed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fleet.assert_is(1);
+    assert!(received("after the repair") > 0);
+    node.stop();
+}

@@ -30,6 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 /// [`RETRY_MAX`]. A new version, or a restart, tries at once.
 const RETRY_MIN: Millis = 60_000;
 const RETRY_MAX: Millis = 3_600_000;
+/// Repairs of one module that may wait for chunks from the parent in a row.
+const MAX_REPAIR_TRIES: u32 = 3;
 
 /// What a client does with an installed module whose version is no longer approved
 /// for it (declined, or its approval withdrawn).
@@ -163,6 +165,8 @@ pub(super) struct Client {
     retries: HashMap<Hash, Retry>,
     /// Updates whose repair waits for chunks from the parent.
     repairs: HashSet<Hash>,
+    /// Repairs of an update that found chunks missing, in a row.
+    repair_tries: HashMap<Hash, u32>,
 }
 
 /// One installed module: its versions, and the one held back after a rollback.
@@ -280,6 +284,7 @@ impl Client {
             told,
             retries: HashMap::new(),
             repairs: HashSet::new(),
+            repair_tries: HashMap::new(),
         }
     }
 
@@ -502,10 +507,23 @@ impl Client {
                 Err(e) => Err(Refusal::new(RefusalKind::Conflict, chain(&e))),
             }),
             DoneWhat::Checked { modules } => {
-                for m in modules.iter().filter(|m| m.waiting_for_parent) {
-                    if let Ok(update) = m.update_id.parse::<Hash>()
-                        && let Some(manifest) = engine.manifest(&update)
-                    {
+                for m in &modules {
+                    let Ok(update) = m.update_id.parse::<Hash>() else {
+                        continue;
+                    };
+                    if !m.waiting_for_parent {
+                        self.repair_tries.remove(&update);
+                        continue;
+                    }
+                    // Chunks the store holds but cannot give back right would be
+                    // fetched again and again: a few tries, then the admin hears why.
+                    let tries = self.repair_tries.entry(update).or_insert(0);
+                    *tries += 1;
+                    if *tries > MAX_REPAIR_TRIES {
+                        tracing::error!(module = %m.module, "cannot repair: the chunks it needs are damaged in this node's store; run arbor verify");
+                        continue;
+                    }
+                    if let Some(manifest) = engine.manifest(&update) {
                         match local_have(&node.store, manifest) {
                             Ok(have) => {
                                 engine.recheck_local(&update, &have, now);
