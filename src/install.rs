@@ -13,8 +13,13 @@
 //! <root>/<tenant>/<category>/
 //!     <id>                    symlink -> .<id>.versions/<update-hex>/files   (current)
 //!     .<id>.previous          symlink -> .<id>.versions/<update-hex>/files   (previous)
-//!     .<id>.link-tmp          a new link, briefly, before it is renamed over one of the two
-//!     .<id>.held              the update rolled back from, not to be installed again
+//!     .<id>.swap              symlink to the version being switched away from, only
+//!                             while `<id>` and `.previous` trade places
+//!     .<id>.link-tmp          a new link, briefly, before it is renamed over another
+//!     .<id>.held              the update rolled back from (64 hex digits), which the
+//!                             installer does not install again; see [`rollback`]
+//!     .<id>.held-tmp          a new hold, briefly, before it is renamed over `.held`
+//!     .<id>.removing          the `<id>` link of a module being removed, briefly
 //!     .<id>.versions/
 //!         <update-hex>/       one complete version, never changed after its rename
 //!             files/          the update's files at their manifest paths
@@ -24,7 +29,9 @@
 //! ```
 //!
 //! Tenant, category and id are safe names ([`names::check_name`]), which never start
-//! with `.`, so the dot-names beside `<id>` cannot collide with another module.
+//! with `.`, so the dot-names beside `<id>` cannot collide with another module (the
+//! suffixes hold no `.`, so `.<id>.<suffix>` names one module's file only). A module
+//! without an `<id>` link is not installed, whatever else is there.
 //!
 //! # Crash safety
 //!
@@ -38,14 +45,34 @@
 //! the next install. A failed install (a chunk that cannot be read, a full disk)
 //! removes its staging directory and leaves the links untouched.
 //!
+//! A rollback, and an install of the previous version, make `<id>` and `.previous`
+//! trade places. No single rename does that, so the order is: link the version being
+//! left from `.swap`, switch `<id>` to the other one, switch `.previous` to the one
+//! left, remove `.swap`. A crash at any point leaves `<id>` on one of the two complete
+//! versions and the other one linked from `.previous` or `.swap`: readers take `.swap`
+//! as the previous version whenever it differs from `<id>`, and the next change
+//! finishes the trade before anything else, so neither version is ever collected.
+//! A rollback writes its hold before it touches the links: a crash in between leaves
+//! the version rolled back from current and held (the rollback can be repeated); the
+//! other order could leave it rolled back but not held, and the installer would put
+//! the version back.
+//!
+//! A removal renames `<id>` to `.<id>.removing` first, so the module disappears in one
+//! step, then deletes the other dot-names and the versions directory last. After a
+//! crash in between the module is not installed: [`list`] skips it, [`status`] shows
+//! nothing, and the next install or removal deletes what is left.
+//!
 //! # Path safety
 //!
 //! Manifest paths and metadata paths are checked again here ([`names::check_rel_path`]:
 //! no `..`, no absolute paths, no empty components). Below `<root>`, no existing
 //! component is ever followed if it is a symlink: directories are inspected with
 //! `symlink_metadata` and refused if they are links, files are opened with
-//! `O_NOFOLLOW`, and the `<id>` and `.previous` links are accepted only if they point
-//! exactly at `.<id>.versions/<64 hex digits>/files`. `<root>` itself is the caller's.
+//! `O_NOFOLLOW`, and the `<id>`, `.previous` and `.swap` links are accepted only if
+//! they point exactly at `.<id>.versions/<64 hex digits>/files`. Walking a version's
+//! files for entries the metadata does not list, and deleting them or a whole module,
+//! removes links as links and never descends through one. `<root>` itself is the
+//! caller's.
 
 use crate::content::Hash;
 use crate::content::manifest::FileEntry;
@@ -165,11 +192,13 @@ pub enum Installed {
     AlreadyInstalled { update: Hash },
 }
 
-/// A module's installed versions.
+/// A module's installed versions; all `None` if it is not installed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Status {
     pub current: Option<Metadata>,
     pub previous: Option<Metadata>,
+    /// The update rolled back from, not to be installed again ([`rollback`]).
+    pub held: Option<Hash>,
 }
 
 /// How an installed file differs from its metadata.
@@ -184,11 +213,12 @@ pub enum Damage {
         expected: u32,
         found: u32,
     },
-    /// A file, directory or link the version does not have.
+    /// A file, directory or link in `files/` that the metadata does not list (an
+    /// unlisted directory is one problem, whatever it holds).
     Extra,
 }
 
-/// One damaged file of the current version.
+/// One damaged file of the current version, or an extra entry beside them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Problem {
     pub path: String,
@@ -230,7 +260,10 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let (module, staging) = match prepare(root, signed)? {
-        Prepared::Done(outcome) => return Ok(outcome),
+        Prepared::Done(module, outcome) => {
+            module.end_hold(&outcome);
+            return Ok(outcome);
+        }
         Prepared::Stage { module, staging } => (module, staging),
     };
     let (files, bytes) = match stage(&staging, signed, installed_at, &mut read_chunk) {
@@ -245,8 +278,8 @@ where
     let version = module.version(&signed.id);
     fs::rename(&staging, &version).map_err(io("rename into place", &staging))?;
     sync_dir(&module.versions())?;
-    let current = module.read_link(&module.current_link())?;
-    let previous = current.or(module.read_link(&module.previous_link())?);
+    let (current, previous) = module.links()?;
+    let previous = current.or(previous);
     if let Some(p) = previous {
         module.set_link(&module.previous_link(), &p)?;
     }
@@ -255,16 +288,18 @@ where
     if let Err(e) = module.collect(Some(signed.id), previous) {
         tracing::warn!(module = %module.name, error = %e, "cannot remove an old version; the next install will");
     }
-    Ok(Installed::New {
+    let outcome = Installed::New {
         update: signed.id,
         previous,
         files,
         bytes,
-    })
+    };
+    module.end_hold(&outcome);
+    Ok(outcome)
 }
 
 enum Prepared {
-    Done(Installed),
+    Done(Module, Installed),
     Stage { module: Module, staging: PathBuf },
 }
 
@@ -277,23 +312,24 @@ fn prepare(root: &Path, signed: &SignedManifest) -> Result<Prepared, InstallErro
     fs::create_dir_all(root).map_err(io("create", root))?;
     let module = Module::locate(root, &m.tenant, &m.category, &m.id, true)?
         .ok_or_else(|| InstallError::NotInstalled { module: m.module() })?;
-    let current = module.read_link(&module.current_link())?;
-    let previous = module
-        .read_link(&module.previous_link())?
-        .filter(|p| Some(*p) != current);
+    let (current, previous) = module.settle()?;
     if current == Some(signed.id) {
-        return Ok(Prepared::Done(Installed::AlreadyInstalled {
-            update: signed.id,
-        }));
+        let done = Installed::AlreadyInstalled { update: signed.id };
+        return Ok(Prepared::Done(module, done));
     }
     if let (Some(cur), Some(prev)) = (current, previous)
         && prev == signed.id
     {
         module.switch(prev, cur)?;
-        return Ok(Prepared::Done(Installed::Reactivated {
+        let done = Installed::Reactivated {
             update: prev,
             previous: cur,
-        }));
+        };
+        return Ok(Prepared::Done(module, done));
+    }
+    if current.is_none() {
+        // Not installed: whatever is here was left by a removal.
+        module.remove_dot_files()?;
     }
     module.collect(current, previous)?;
     let staging = module
@@ -365,13 +401,14 @@ pub fn status(root: &Path, tenant: &str, category: &str, id: &str) -> Result<Sta
     let Some(module) = Module::locate(root, tenant, category, id, false)? else {
         return Ok(Status::default());
     };
-    let current = module.read_link(&module.current_link())?;
-    let previous = module
-        .read_link(&module.previous_link())?
-        .filter(|p| Some(*p) != current);
+    let (current, previous) = module.links()?;
+    let Some(current) = current else {
+        return Ok(Status::default());
+    };
     Ok(Status {
-        current: current.map(|c| module.read_meta(&c)).transpose()?,
+        current: Some(module.read_meta(&current)?),
         previous: previous.map(|p| module.read_meta(&p)).transpose()?,
+        held: module.read_hold()?,
     })
 }
 
@@ -384,13 +421,14 @@ pub fn check(
 ) -> Result<Vec<Problem>, InstallError> {
     let (module, current) = current_of(root, tenant, category, id)?;
     let meta = module.read_meta(&current)?;
-    check_files(&module.version(&current).join(FILES_DIR), &meta)
+    let (problems, _) = check_files(&module.version(&current).join(FILES_DIR), &meta)?;
+    Ok(problems)
 }
 
 /// Rewrites the damaged files of the current version, which must be `signed`, from
-/// chunks; returns what was repaired. A parent directory that has become a link is
-/// refused, never followed; a file that has become a link is replaced, not written
-/// through.
+/// chunks, and removes extra entries; returns what was repaired. A parent directory
+/// that has become a link is refused, never followed; a file that has become a link or
+/// a directory is replaced, not written through; an extra link is removed as a link.
 pub fn repair<E>(
     root: &Path,
     signed: &SignedManifest,
@@ -410,21 +448,15 @@ where
     let version = module.version(&current);
     let files = version.join(FILES_DIR);
     let meta = module.read_meta(&current)?;
-    let problems = check_files(&files, &meta)?;
-    let tmp = version.join(REPAIR_TMP);
-    // What the version does not have goes: links as links, directories whole (neither
-    // followed), so a link planted here cannot point the removal elsewhere.
-    for p in problems.iter().filter(|p| p.damage == Damage::Extra) {
-        let path = files.join(&p.path);
-        let is_dir = fs::symlink_metadata(&path)
-            .map_err(io("inspect", &path))?
-            .is_dir();
-        if is_dir {
-            fs::remove_dir_all(&path).map_err(io("remove", &path))?;
-        } else {
-            fs::remove_file(&path).map_err(io("remove", &path))?;
+    dir_step(&files, true)?;
+    let (problems, extras) = check_files(&files, &meta)?;
+    for path in &extras {
+        remove_entry(path)?;
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
         }
     }
+    let tmp = version.join(REPAIR_TMP);
     for p in problems.iter().filter(|p| p.damage != Damage::Extra) {
         let mismatch = |why: &str| InstallError::Metadata {
             path: version.join(METADATA_FILE).display().to_string(),
@@ -442,16 +474,15 @@ where
             .ok_or_else(|| mismatch("no checksum"))?;
         let dest =
             walk_parents(&files, &p.path, true)?.ok_or_else(|| mismatch("a directory vanished"))?;
-        // A directory where the file should be: its content was reported extra and is
-        // gone; the directory itself goes too.
-        if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
-            fs::remove_dir_all(&dest).map_err(io("remove", &dest))?;
-        }
         remove_if_there(&tmp)?;
         let written = write_file(&tmp, entry, &mut read_chunk)?;
         if written.to_hex() != sum.blake3 || entry.mode != sum.mode {
             remove_if_there(&tmp)?;
             return Err(mismatch("the manifest and the metadata disagree"));
+        }
+        // A file is replaced by the rename; a directory in its place has to go first.
+        if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+            remove_entry(&dest)?;
         }
         fs::rename(&tmp, &dest).map_err(io("replace", &dest))?;
         if let Some(parent) = dest.parent() {
@@ -461,22 +492,25 @@ where
     Ok(problems)
 }
 
-/// Makes the previous version current and the current one previous, atomically per
-/// link (see the module doc).
+/// Makes the previous version current and the current one previous, and holds the
+/// update rolled back from: it stays in `.<id>.held` (see [`held`]) until an install
+/// writes another version or asks for the held one. A crash leaves both versions
+/// installed (see the module doc).
 pub fn rollback(
     root: &Path,
     tenant: &str,
     category: &str,
     id: &str,
 ) -> Result<RolledBack, InstallError> {
-    let (module, current) = current_of(root, tenant, category, id)?;
-    let previous = module
-        .read_link(&module.previous_link())?
-        .filter(|p| *p != current)
-        .ok_or_else(|| InstallError::NoPrevious {
+    let (module, _) = current_of(root, tenant, category, id)?;
+    // An interrupted trade is finished first, or `.swap` would be overwritten below.
+    let (Some(current), Some(previous)) = module.settle()? else {
+        return Err(InstallError::NoPrevious {
             module: module.name.clone(),
-        })?;
+        });
+    };
     module.read_meta(&previous)?;
+    module.write_hold(&current)?;
     module.switch(previous, current)?;
     Ok(RolledBack {
         current: previous,
@@ -550,13 +584,26 @@ impl Module {
         self.dir.join(&self.id)
     }
 
-    /// Names the update held back after a rollback ([`manage::hold`]).
-    fn hold_file(&self) -> PathBuf {
-        self.dir.join(format!(".{}.held", self.id))
+    fn previous_link(&self) -> PathBuf {
+        self.dot("previous")
     }
 
-    fn previous_link(&self) -> PathBuf {
-        self.dir.join(format!(".{}.previous", self.id))
+    fn swap_link(&self) -> PathBuf {
+        self.dot("swap")
+    }
+
+    /// Names the update held back after a rollback.
+    fn hold_file(&self) -> PathBuf {
+        self.dot("held")
+    }
+
+    fn removing_link(&self) -> PathBuf {
+        self.dot("removing")
+    }
+
+    /// `.<id>.<suffix>` beside `<id>`; no suffix holds a `.` (see the module doc).
+    fn dot(&self, suffix: &str) -> PathBuf {
+        self.dir.join(format!(".{}.{suffix}", self.id))
     }
 
     fn link_target(&self, update: &Hash) -> String {
@@ -590,17 +637,116 @@ impl Module {
 
     /// Points `link` at `update`: a new link under a temporary name, renamed over it.
     fn set_link(&self, link: &Path, update: &Hash) -> Result<(), InstallError> {
-        let tmp = self.dir.join(format!(".{}.link-tmp", self.id));
+        let tmp = self.dot("link-tmp");
         remove_if_there(&tmp)?;
         symlink(self.link_target(update), &tmp).map_err(io("create the link", &tmp))?;
         fs::rename(&tmp, link).map_err(io("switch the link", link))?;
         sync_dir(&self.dir)
     }
 
-    /// Makes `current` current and `previous` previous.
-    fn switch(&self, current: Hash, previous: Hash) -> Result<(), InstallError> {
-        self.set_link(&self.current_link(), &current)?;
-        self.set_link(&self.previous_link(), &previous)
+    /// The current and previous versions, as the links say. While `.swap` differs from
+    /// `<id>`, a trade of the two links was interrupted after `<id>` switched and
+    /// `.swap` names the previous version. Without `<id>` there is no previous version
+    /// either: the rest is a removal's leftovers.
+    fn links(&self) -> Result<(Option<Hash>, Option<Hash>), InstallError> {
+        let Some(current) = self.read_link(&self.current_link())? else {
+            return Ok((None, None));
+        };
+        let previous = match self.read_link(&self.swap_link())? {
+            Some(left) if left != current => Some(left),
+            _ => self.read_link(&self.previous_link())?,
+        };
+        Ok((Some(current), previous.filter(|p| *p != current)))
+    }
+
+    /// [`Module::links`], after finishing an interrupted trade of the links.
+    fn settle(&self) -> Result<(Option<Hash>, Option<Hash>), InstallError> {
+        let (current, previous) = self.links()?;
+        if current.is_some() && self.read_link(&self.swap_link())?.is_some() {
+            if let Some(p) = previous
+                && self.read_link(&self.previous_link())? != Some(p)
+            {
+                self.set_link(&self.previous_link(), &p)?;
+            }
+            remove_if_there(&self.swap_link())?;
+            sync_dir(&self.dir)?;
+        }
+        Ok((current, previous))
+    }
+
+    /// Makes `to` current and `from` previous when they are the other way round, with
+    /// `from` linked from `.swap` meanwhile (see the module doc for why).
+    fn switch(&self, to: Hash, from: Hash) -> Result<(), InstallError> {
+        self.set_link(&self.swap_link(), &from)?;
+        self.set_link(&self.current_link(), &to)?;
+        self.set_link(&self.previous_link(), &from)?;
+        remove_if_there(&self.swap_link())?;
+        sync_dir(&self.dir)
+    }
+
+    /// Removes the dot-names beside `<id>` but the versions directory: links as links.
+    fn remove_dot_files(&self) -> Result<(), InstallError> {
+        for suffix in [
+            "removing", "previous", "swap", "link-tmp", "held", "held-tmp",
+        ] {
+            remove_if_there(&self.dot(suffix))?;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Holds `update` back: a new file, fsynced, renamed over the old hold.
+    fn write_hold(&self, update: &Hash) -> Result<(), InstallError> {
+        let tmp = self.dot("held-tmp");
+        remove_if_there(&tmp)?;
+        let mut f = new_file(&tmp, 0o644)?;
+        f.write_all(update.to_hex().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io("write", &tmp))?;
+        fs::rename(&tmp, self.hold_file()).map_err(io("rename into place", &tmp))?;
+        sync_dir(&self.dir)
+    }
+
+    /// The update held back, if any. A damaged hold file holds nothing back.
+    fn read_hold(&self) -> Result<Option<Hash>, InstallError> {
+        let path = self.hold_file();
+        let f = match open_nofollow(&path) {
+            Err(InstallError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            other => other?,
+        };
+        let mut text = String::new();
+        // 64 hex digits and maybe a newline; more is not a hold.
+        f.take(128)
+            .read_to_string(&mut text)
+            .map_err(io("read", &path))?;
+        Ok(text.trim().parse().ok())
+    }
+
+    fn clear_hold(&self) -> Result<(), InstallError> {
+        let path = self.hold_file();
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &path)(e)),
+        }
+    }
+
+    /// After an install: the hold ends when a new version was written, or when the held
+    /// update itself was asked for (only by hand; the installer never asks). Switching
+    /// back to the previous version keeps it: that is what a rollback does, and it may
+    /// finish one that was interrupted after its hold was written. The version is in
+    /// place by now, so a failure only leaves the hold; it is logged, not returned.
+    fn end_hold(&self, outcome: &Installed) {
+        let ends = match outcome {
+            Installed::New { .. } => Ok(true),
+            Installed::Reactivated { update, .. } | Installed::AlreadyInstalled { update } => {
+                self.read_hold().map(|held| held == Some(*update))
+            }
+        };
+        if let Err(e) = ends.and_then(|ends| if ends { self.clear_hold() } else { Ok(()) }) {
+            tracing::warn!(module = %self.name, error = %e, "cannot end the hold of a module");
+        }
     }
 
     /// Removes everything in the versions directory but `keep`'s two versions.
@@ -656,8 +802,21 @@ impl Module {
     }
 }
 
-fn check_files(files: &Path, meta: &Metadata) -> Result<Vec<Problem>, InstallError> {
-    let mut problems = extra_entries(files, meta)?;
+/// The problems of a version's `files` directory: damaged files in metadata order,
+/// then extra entries sorted by path. Also the extra entries' own paths, in the same
+/// order (a name that is not UTF-8 is shown lossily but removed by its real name).
+fn check_files(
+    files: &Path,
+    meta: &Metadata,
+) -> Result<(Vec<Problem>, Vec<PathBuf>), InstallError> {
+    if !dir_step(files, false)? {
+        let missing = meta.files.iter().map(|sum| Problem {
+            path: sum.path.clone(),
+            damage: Damage::Missing,
+        });
+        return Ok((missing.collect(), Vec::new()));
+    }
+    let mut problems = Vec::new();
     for sum in &meta.files {
         let damage = match walk_parents(files, &sum.path, false) {
             Ok(Some(path)) => file_damage(&path, sum)?,
@@ -674,58 +833,63 @@ fn check_files(files: &Path, meta: &Metadata) -> Result<Vec<Problem>, InstallErr
             });
         }
     }
-    Ok(problems)
+    let (shown, extras): (Vec<String>, Vec<PathBuf>) = extras(files, meta)?.into_iter().unzip();
+    problems.extend(shown.into_iter().map(|path| Problem {
+        path,
+        damage: Damage::Extra,
+    }));
+    Ok((problems, extras))
 }
 
-/// Whatever is under `files` that the metadata does not list (links not followed, an
-/// extra directory reported once, not entry by entry), sorted.
-fn extra_entries(files: &Path, meta: &Metadata) -> Result<Vec<Problem>, InstallError> {
-    let mut expected: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    for f in &meta.files {
-        expected.insert(&f.path);
-        let mut parent = f.path.as_str();
-        while let Some((dir, _)) = parent.rsplit_once('/') {
-            expected.insert(dir);
-            parent = dir;
-        }
-    }
-    let mut extra = Vec::new();
-    let mut walk = walkdir::WalkDir::new(files)
-        .follow_links(false)
-        .min_depth(1)
-        .sort_by_file_name()
-        .into_iter();
-    while let Some(entry) = walk.next() {
-        let entry = entry.map_err(|e| InstallError::Io {
-            action: "read",
-            path: files.display().to_string(),
-            source: e.into(),
-        })?;
-        let rel = entry
-            .path()
-            .strip_prefix(files)
-            .ok()
-            .and_then(|r| r.to_str())
-            .map(str::to_string);
-        match rel {
-            Some(rel) if expected.contains(rel.as_str()) => {}
-            _ => {
-                if entry.file_type().is_dir() {
-                    walk.skip_current_dir();
+/// The entries below `files` that the metadata does not list, sorted, each shown and
+/// on disk. Links are never followed: only real directories at listed paths are looked
+/// into; an unlisted directory is one entry, and a listed directory that is now a link
+/// or a file is already a damaged file.
+fn extras(files: &Path, meta: &Metadata) -> Result<Vec<(String, PathBuf)>, InstallError> {
+    let listed: BTreeSet<&str> = meta.files.iter().map(|f| f.path.as_str()).collect();
+    let dirs: BTreeSet<&str> = meta
+        .files
+        .iter()
+        .flat_map(|f| f.path.match_indices('/').map(|(at, _)| &f.path[..at]))
+        .collect();
+    let mut found = Vec::new();
+    let mut todo = vec![(String::new(), files.to_path_buf())];
+    while let Some((rel, dir)) = todo.pop() {
+        for entry in fs::read_dir(&dir).map_err(io("read", &dir))? {
+            let entry = entry.map_err(io("read", &dir))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                // Metadata paths are UTF-8: this cannot be a listed one.
+                found.push((format!("{rel}{}", name.to_string_lossy()), path));
+                continue;
+            };
+            let child = format!("{rel}{name}");
+            if listed.contains(child.as_str()) || dirs.contains(child.as_str()) {
+                // A real directory is looked into, even where a file should be: what
+                // it holds is extra (the directory itself is a damaged file then).
+                // DirEntry::file_type does not follow links.
+                if entry.file_type().map_err(io("inspect", &path))?.is_dir() {
+                    todo.push((format!("{child}/"), path));
                 }
-                extra.push(Problem {
-                    path: entry
-                        .path()
-                        .strip_prefix(files)
-                        .unwrap_or(entry.path())
-                        .display()
-                        .to_string(),
-                    damage: Damage::Extra,
-                });
+                continue;
             }
+            found.push((child, path));
         }
     }
-    Ok(extra)
+    found.sort();
+    Ok(found)
+}
+
+/// Removes a file, link or whole directory without following links.
+fn remove_entry(path: &Path) -> Result<(), InstallError> {
+    let m = fs::symlink_metadata(path).map_err(io("inspect", path))?;
+    if m.is_dir() {
+        // remove_dir_all removes the links inside as links.
+        fs::remove_dir_all(path).map_err(io("remove", path))
+    } else {
+        fs::remove_file(path).map_err(io("remove", path))
+    }
 }
 
 fn file_damage(path: &Path, sum: &FileSum) -> Result<Option<Damage>, InstallError> {

@@ -3,12 +3,12 @@
 //! usable. Same rules as the rest of `install`: names checked, no link below the root
 //! followed, every change made durable.
 
-use super::{InstallError, Module, io, remove_if_there, sync_dir};
+use super::{InstallError, Module, current_of, io, sync_dir};
 use crate::content::Hash;
 use crate::content::names;
 use serde::Serialize;
 use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -48,11 +48,25 @@ impl std::str::FromStr for ModuleName {
     }
 }
 
-/// Every module with a current version under `root`, sorted. Entries that are not
-/// safe names, dot-names and links are skipped, never followed.
+/// Every module with a current version under `root`, sorted; nothing if `root` does
+/// not exist.
+///
+/// A listing, not a check: what cannot be a module arbor installed is skipped, never
+/// followed and never an error. That is every name that is not a safe name (dot-names
+/// included), anything at the tenant and category levels but a real directory (a link
+/// to one too, as everywhere below the root), anything at the id level but a link, and
+/// a module that [`status`](super::status) would refuse (its `<id>` link points
+/// elsewhere, its versions directory is a link): installing or checking that module
+/// says why. Only a directory that cannot be read is an error.
 pub fn list(root: &Path) -> Result<Vec<ModuleName>, InstallError> {
     let mut out = Vec::new();
-    for tenant in plain_dirs(root)? {
+    let tenants = match plain_dirs(root) {
+        Err(InstallError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            return Ok(out);
+        }
+        other => other?,
+    };
+    for tenant in tenants {
         for category in plain_dirs(&root.join(&tenant))? {
             let dir = root.join(&tenant).join(&category);
             for entry in fs::read_dir(&dir).map_err(io("read", &dir))? {
@@ -64,14 +78,22 @@ pub fn list(root: &Path) -> Result<Vec<ModuleName>, InstallError> {
                 if !kind.is_symlink() || names::check_name("id", &id).is_err() {
                     continue;
                 }
-                if let Some(module) = Module::locate(root, &tenant, &category, &id, false)?
-                    && module.read_link(&module.current_link())?.is_some()
-                {
-                    out.push(ModuleName {
-                        tenant: tenant.clone(),
-                        category: category.clone(),
-                        id,
-                    });
+                let module = ModuleName {
+                    tenant: tenant.clone(),
+                    category: category.clone(),
+                    id,
+                };
+                match current_of(root, &module.tenant, &module.category, &module.id) {
+                    Ok(_) => out.push(module),
+                    Err(InstallError::NotInstalled { .. }) => {}
+                    Err(
+                        e @ (InstallError::Symlink { .. }
+                        | InstallError::NotADirectory { .. }
+                        | InstallError::Foreign { .. }),
+                    ) => {
+                        tracing::debug!(%module, error = %e, "not listed: arbor refuses it");
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -85,6 +107,7 @@ fn plain_dirs(dir: &Path) -> Result<Vec<String>, InstallError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(io("read", dir))? {
         let entry = entry.map_err(io("read", dir))?;
+        // DirEntry::file_type does not follow links.
         let kind = entry.file_type().map_err(io("inspect", &entry.path()))?;
         if let Some(name) = entry.file_name().to_str()
             && kind.is_dir()
@@ -97,9 +120,10 @@ fn plain_dirs(dir: &Path) -> Result<Vec<String>, InstallError> {
 }
 
 /// Uninstalls a module; returns the update that was current, `None` if it was not
-/// installed. The `<id>` link goes first, in one rename, so the module disappears at
-/// once; a crash after that leaves only dot-named leftovers, which the next install or
-/// removal of the module clears.
+/// installed (what a crashed removal left is deleted all the same). `<id>` goes first,
+/// in one rename, so the module disappears at once; then the other dot-names, then the
+/// versions directory (see the module doc). Links are removed as links, never
+/// followed; an `<id>` arbor did not make is refused and left alone.
 pub fn remove(
     root: &Path,
     tenant: &str,
@@ -111,21 +135,23 @@ pub fn remove(
     };
     let current = module.read_link(&module.current_link())?;
     if current.is_some() {
-        let gone = module.dir.join(format!(".{id}.removing"));
-        fs::rename(module.current_link(), &gone).map_err(io("remove", &module.current_link()))?;
+        let link = module.current_link();
+        fs::rename(&link, module.removing_link()).map_err(io("remove", &link))?;
         sync_dir(&module.dir)?;
-        remove_if_there(&gone)?;
     }
-    remove_if_there(&module.previous_link())?;
-    remove_if_there(&module.hold_file())?;
+    module.remove_dot_files()?;
+    let versions = module.versions();
     // remove_dir_all removes links as links: nothing outside is touched.
-    fs::remove_dir_all(module.versions()).map_err(io("remove", &module.versions()))?;
+    fs::remove_dir_all(&versions).map_err(io("remove", &versions))?;
     sync_dir(&module.dir)?;
     Ok(current)
 }
 
-/// Holds `update` back: the installer does not install it again (it was rolled back
-/// from). Written to a temporary file, fsynced and renamed into place.
+/// Holds `update` back: the installer does not install it again. [`rollback`] holds
+/// the update it rolled back from by itself; this is for holding another one by hand.
+/// Written to a temporary file, fsynced and renamed into place.
+///
+/// [`rollback`]: super::rollback
 pub fn hold(
     root: &Path,
     tenant: &str,
@@ -138,54 +164,28 @@ pub fn hold(
             module: format!("{tenant}/{category}/{id}"),
         }
     })?;
-    let tmp = module.dir.join(format!(".{id}.held-tmp"));
-    remove_if_there(&tmp)?;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(io("create", &tmp))?;
-    f.write_all(update.to_hex().as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io("write", &tmp))?;
-    fs::rename(&tmp, module.hold_file()).map_err(io("rename into place", &tmp))?;
-    sync_dir(&module.dir)
+    module.write_hold(update)
 }
 
-/// The update held back for a module, if any. A damaged hold file holds nothing back.
+/// The update held back for a module, if any (also in [`Status`](super::Status)). A
+/// damaged hold file holds nothing back.
 pub fn held(
     root: &Path,
     tenant: &str,
     category: &str,
     id: &str,
 ) -> Result<Option<Hash>, InstallError> {
-    let Some(module) = Module::locate(root, tenant, category, id, false)? else {
-        return Ok(None);
-    };
-    let path = module.hold_file();
-    let mut text = String::new();
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-    {
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io("open", &path)(e)),
-        Ok(f) => {
-            f.take(128)
-                .read_to_string(&mut text)
-                .map_err(io("read", &path))?;
-        }
+    match Module::locate(root, tenant, category, id, false)? {
+        Some(module) => module.read_hold(),
+        None => Ok(None),
     }
-    Ok(text.trim().parse().ok())
 }
 
-/// Lets the held-back version of a module be installed again.
+/// Lets the held-back version of a module be installed again. An install that writes
+/// a new version does this by itself.
 pub fn release(root: &Path, tenant: &str, category: &str, id: &str) -> Result<(), InstallError> {
     match Module::locate(root, tenant, category, id, false)? {
-        Some(module) => remove_if_there(&module.hold_file()),
+        Some(module) => module.clear_hold(),
         None => Ok(()),
     }
 }

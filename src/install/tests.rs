@@ -2,6 +2,8 @@ use super::*;
 use crate::content::manifest::{ChunkRef, Manifest};
 use crate::trust::SecretKey;
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
 use tempfile::TempDir;
 
 type Chunks = HashMap<Hash, Vec<u8>>;
@@ -13,11 +15,22 @@ struct Gone;
 /// A signed update of acme/plugins/viewer with these (sorted) files, cut into 4-byte
 /// chunks, and its chunks.
 fn update(version: &str, files: &[(&str, u32, &[u8])]) -> (SignedManifest, Chunks) {
+    update_of(["acme", "plugins", "viewer"], version, files, 4)
+}
+
+/// A signed update of `tenant/category/id` with these (sorted) files, cut into chunks
+/// of `chunk_len` bytes, and its chunks.
+fn update_of(
+    [tenant, category, id]: [&str; 3],
+    version: &str,
+    files: &[(&str, u32, &[u8])],
+    chunk_len: usize,
+) -> (SignedManifest, Chunks) {
     let mut chunks = Chunks::new();
     let mut entries = Vec::new();
     for (path, mode, content) in files {
         let refs = content
-            .chunks(4)
+            .chunks(chunk_len)
             .map(|c| {
                 chunks.insert(Hash::of(c), c.to_vec());
                 ChunkRef(Hash::of(c), c.len() as u32)
@@ -31,13 +44,13 @@ fn update(version: &str, files: &[(&str, u32, &[u8])]) -> (SignedManifest, Chunk
         });
     }
     let manifest = Manifest {
-        id: "viewer".into(),
+        id: id.into(),
         total_size: entries.iter().map(|f| f.size).sum(),
         files: entries,
-        tenant: "acme".into(),
+        tenant: tenant.into(),
         created: 1_700_000_000,
         version: version.into(),
-        category: "plugins".into(),
+        category: category.into(),
         description: None,
         post_install: None,
     };
@@ -736,5 +749,550 @@ fn extra_files_links_and_directories_are_found_and_removed_by_repair() {
     assert!(
         outside.join("precious").exists(),
         "repair followed a link out"
+    );
+}
+
+fn module(tenant: &str, category: &str, id: &str) -> ModuleName {
+    ModuleName {
+        tenant: tenant.into(),
+        category: category.into(),
+        id: id.into(),
+    }
+}
+
+fn viewer(root: &Path) -> Module {
+    Module::locate(root, "acme", "plugins", "viewer", false)
+        .expect("locate")
+        .expect("installed")
+}
+
+/// The names in the module directory, sorted.
+fn module_entries(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(module_dir(root))
+        .expect("module dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn list_is_sorted_and_skips_links_strangers_and_half_removed_modules() {
+    let dir = tmp();
+    let root = dir.path();
+    assert_eq!(list(&root.join("missing")).expect("no root"), vec![]);
+    for m in [
+        ["acme", "plugins", "viewer"],
+        ["acme", "apps", "zeta"],
+        ["acme", "apps", "alpha"],
+        ["beta", "x", "y"],
+        ["beta", "x", "gone"],
+    ] {
+        let (s, c) = update_of(m, "1.0", &[("f", 0o644, b"data")], 4);
+        put(root, &s, &c).expect("install");
+    }
+    // A removal that crashed right after its first step: not installed.
+    fs::rename(root.join("beta/x/gone"), root.join("beta/x/.gone.removing")).expect("rename");
+    // Links to directories at the tenant and category levels would list modules twice.
+    symlink(root.join("acme"), root.join("linked-tenant")).expect("symlink");
+    symlink(root.join("acme/apps"), root.join("acme/linked-category")).expect("symlink");
+    // Strangers at the id level: a file, a directory, bad names, a dot-name.
+    fs::write(root.join("acme/plugins/a-file"), b"x").expect("write");
+    fs::create_dir(root.join("acme/plugins/a-dir")).expect("mkdir");
+    symlink("viewer", root.join("acme/plugins/bad name")).expect("symlink");
+    symlink("viewer", root.join("acme/plugins/.dotted")).expect("symlink");
+    // Modules arbor would refuse: an `<id>` pointing elsewhere, a linked versions dir.
+    fs::create_dir(root.join("acme/plugins/.foreign.versions")).expect("mkdir");
+    symlink("/etc", root.join("acme/plugins/foreign")).expect("symlink");
+    symlink(
+        root.join("acme/plugins/.viewer.versions"),
+        root.join("acme/plugins/.twin.versions"),
+    )
+    .expect("symlink");
+    symlink(
+        fs::read_link(root.join("acme/plugins/viewer")).expect("link"),
+        root.join("acme/plugins/twin"),
+    )
+    .expect("symlink");
+    fs::write(root.join("stray-file"), b"x").expect("write");
+    fs::create_dir(root.join(".hidden")).expect("mkdir");
+
+    assert_eq!(
+        list(root).expect("list"),
+        vec![
+            module("acme", "apps", "alpha"),
+            module("acme", "apps", "zeta"),
+            module("acme", "plugins", "viewer"),
+            module("beta", "x", "y"),
+        ]
+    );
+}
+
+#[test]
+fn a_crash_during_remove_leaves_the_module_absent_and_the_next_call_cleans_up() {
+    // How far the removal got: after renaming `<id>` away, after the other dot-names,
+    // halfway through the versions directory.
+    for reached in 1..=3 {
+        for then_install in [false, true] {
+            let dir = tmp();
+            let root = dir.path();
+            let (one, c1) = v1();
+            let (two, c2) = v2();
+            put(root, &one, &c1).expect("v1");
+            put(root, &two, &c2).expect("v2");
+            rollback(root, "acme", "plugins", "viewer").expect("rollback: a hold too");
+            let m = viewer(root);
+            fs::rename(m.current_link(), m.removing_link()).expect("rename");
+            if reached >= 2 {
+                m.remove_dot_files().expect("dot-names");
+            }
+            if reached >= 3 {
+                fs::remove_dir_all(m.version(&one.id)).expect("one version");
+            }
+
+            assert_eq!(list(root).expect("list"), vec![], "at {reached}");
+            assert_eq!(
+                status(root, "acme", "plugins", "viewer").expect("status"),
+                Status::default()
+            );
+            for err in [
+                check(root, "acme", "plugins", "viewer").unwrap_err(),
+                rollback(root, "acme", "plugins", "viewer").unwrap_err(),
+            ] {
+                assert!(matches!(err, InstallError::NotInstalled { .. }), "{err}");
+            }
+            if then_install {
+                // A fresh install: nothing of the removed module comes back.
+                let outcome = put(root, &two, &c2).expect("install after the crash");
+                assert!(
+                    matches!(outcome, Installed::New { previous: None, .. }),
+                    "{outcome:?}"
+                );
+                assert_eq!(module_entries(root), vec![".viewer.versions", "viewer"]);
+                assert_eq!(versions(root), vec![two.id.to_hex()]);
+                let st = status(root, "acme", "plugins", "viewer").expect("status");
+                assert_eq!((st.previous, st.held), (None, None));
+            } else {
+                assert_eq!(
+                    remove(root, "acme", "plugins", "viewer").expect("remove again"),
+                    None
+                );
+                assert!(
+                    is_empty(&module_dir(root)),
+                    "leftovers: {:?}",
+                    module_entries(root)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn remove_refuses_an_id_link_arbor_did_not_make() {
+    let dir = tmp();
+    let outside = tmp();
+    fs::write(outside.path().join("keep"), b"x").expect("write");
+    let (one, c1) = v1();
+    put(dir.path(), &one, &c1).expect("v1");
+    let link = module_dir(dir.path()).join("viewer");
+    fs::remove_file(&link).expect("rm");
+    symlink(outside.path(), &link).expect("symlink");
+    let err = remove(dir.path(), "acme", "plugins", "viewer").unwrap_err();
+    assert!(matches!(err, InstallError::Foreign { .. }), "{err}");
+    assert!(outside.path().join("keep").exists());
+    assert_eq!(fs::read_link(&link).expect("still there"), outside.path());
+}
+
+#[test]
+fn rollback_holds_the_update_rolled_back_from_until_a_new_version_is_installed() {
+    let dir = tmp();
+    let root = dir.path();
+    let (one, c1) = v1();
+    let (two, c2) = v2();
+    put(root, &one, &c1).expect("v1");
+    put(root, &two, &c2).expect("v2");
+    assert_eq!(held(root, "acme", "plugins", "viewer").expect("held"), None);
+
+    rollback(root, "acme", "plugins", "viewer").expect("rollback");
+    assert_eq!(
+        held(root, "acme", "plugins", "viewer").expect("held"),
+        Some(two.id)
+    );
+    let st = status(root, "acme", "plugins", "viewer").expect("status");
+    assert_eq!(st.held, Some(two.id));
+    assert_eq!(
+        fs::read_to_string(module_dir(root).join(".viewer.held")).expect("hold file"),
+        two.id.to_hex()
+    );
+    assert_eq!(
+        module_entries(root),
+        vec![
+            ".viewer.held",
+            ".viewer.previous",
+            ".viewer.versions",
+            "viewer"
+        ],
+        "no temporary file or swap link is left"
+    );
+
+    // Rolling back again (forward) holds the other one.
+    rollback(root, "acme", "plugins", "viewer").expect("roll forward");
+    assert_eq!(
+        held(root, "acme", "plugins", "viewer").expect("held"),
+        Some(one.id)
+    );
+
+    let (three, c3) = update("3.0", &[("bin/viewer", 0o755, b"three")]);
+    put(root, &three, &c3).expect("v3");
+    assert_eq!(held(root, "acme", "plugins", "viewer").expect("held"), None);
+    assert!(!module_dir(root).join(".viewer.held").exists());
+}
+
+#[test]
+fn switching_back_keeps_the_hold_and_asking_for_the_held_update_ends_it() {
+    let dir = tmp();
+    let root = dir.path();
+    let (one, c1) = v1();
+    let (two, c2) = v2();
+    put(root, &one, &c1).expect("v1");
+    put(root, &two, &c2).expect("v2");
+
+    // A rollback that crashed after its hold, before the links: switching to the
+    // previous version finishes it, and the hold stays.
+    hold(root, "acme", "plugins", "viewer", &two.id).expect("hold");
+    let outcome = put(root, &one, &c1).expect("v1 again");
+    assert!(
+        matches!(outcome, Installed::Reactivated { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        held(root, "acme", "plugins", "viewer").expect("held"),
+        Some(two.id)
+    );
+    // The current one asked for again: nothing changes.
+    put(root, &one, &c1).expect("v1 once more");
+    assert_eq!(
+        held(root, "acme", "plugins", "viewer").expect("held"),
+        Some(two.id)
+    );
+    // The held update asked for by hand: the hold ends.
+    let outcome = put(root, &two, &c2).expect("v2 by hand");
+    assert!(
+        matches!(outcome, Installed::Reactivated { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(held(root, "acme", "plugins", "viewer").expect("held"), None);
+}
+
+/// The steps of a rollback from v2 to v1, in their order (see the module doc).
+fn rollback_step(m: &Module, step: usize, from: &Hash, to: &Hash) {
+    match step {
+        0 => m.write_hold(from),
+        1 => m.set_link(&m.swap_link(), from),
+        2 => m.set_link(&m.current_link(), to),
+        3 => m.set_link(&m.previous_link(), from),
+        _ => remove_if_there(&m.swap_link()),
+    }
+    .expect("rollback step");
+}
+
+#[test]
+fn a_crash_at_any_point_of_a_rollback_keeps_both_versions() {
+    for crash_after in 0..=5 {
+        for then in ["status", "install", "rollback"] {
+            let dir = tmp();
+            let root = dir.path();
+            let (one, c1) = v1();
+            let (two, c2) = v2();
+            put(root, &one, &c1).expect("v1");
+            put(root, &two, &c2).expect("v2");
+            let m = viewer(root);
+            for step in 0..crash_after {
+                rollback_step(&m, step, &two.id, &one.id);
+            }
+            // `<id>` is switched by the third step: before, nothing seems done.
+            let (cur, prev) = if crash_after >= 3 {
+                (&one, &two)
+            } else {
+                (&two, &one)
+            };
+            let at = format!("crash after {crash_after} steps, then {then}");
+            match then {
+                "status" => {
+                    let st = status(root, "acme", "plugins", "viewer").expect("status");
+                    assert_eq!(
+                        st.current.map(|c| c.update_id),
+                        Some(cur.id.to_hex()),
+                        "{at}"
+                    );
+                    assert_eq!(
+                        st.previous.map(|p| p.update_id),
+                        Some(prev.id.to_hex()),
+                        "{at}"
+                    );
+                    let hold = (crash_after >= 1).then_some(two.id);
+                    assert_eq!(st.held, hold, "{at}");
+                    assert_eq!(
+                        check(root, "acme", "plugins", "viewer").expect("check"),
+                        vec![],
+                        "{at}"
+                    );
+                    let mut both = vec![one.id.to_hex(), two.id.to_hex()];
+                    both.sort();
+                    assert_eq!(versions(root), both, "{at}");
+                }
+                "install" => {
+                    let (three, c3) = update("3.0", &[("x", 0o644, b"three")]);
+                    let outcome = put(root, &three, &c3).expect("v3");
+                    assert!(
+                        matches!(outcome, Installed::New { previous: Some(p), .. } if p == cur.id),
+                        "{at}: {outcome:?}"
+                    );
+                    let mut kept = vec![cur.id.to_hex(), three.id.to_hex()];
+                    kept.sort();
+                    assert_eq!(versions(root), kept, "{at}");
+                    assert!(!module_dir(root).join(".viewer.swap").exists(), "{at}");
+                }
+                _ => {
+                    let back = rollback(root, "acme", "plugins", "viewer").expect("rollback");
+                    assert_eq!(
+                        back,
+                        RolledBack {
+                            current: prev.id,
+                            previous: cur.id
+                        },
+                        "{at}"
+                    );
+                    assert_eq!(
+                        held(root, "acme", "plugins", "viewer").expect("held"),
+                        Some(cur.id),
+                        "{at}"
+                    );
+                    assert_eq!(
+                        module_entries(root),
+                        vec![
+                            ".viewer.held",
+                            ".viewer.previous",
+                            ".viewer.versions",
+                            "viewer"
+                        ],
+                        "{at}"
+                    );
+                    assert_eq!(
+                        check(root, "acme", "plugins", "viewer").expect("check"),
+                        vec![],
+                        "{at}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn check_reports_extra_entries_and_repair_removes_them_without_following_links() {
+    let dir = tmp();
+    let outside = tmp();
+    fs::create_dir(outside.path().join("dir")).expect("mkdir");
+    fs::write(outside.path().join("dir/keep"), b"keep").expect("write");
+    fs::write(outside.path().join("victim"), b"victim").expect("write");
+    let (signed, chunks) = v1();
+    put(dir.path(), &signed, &chunks).expect("install");
+    let files = module_dir(dir.path()).join("viewer");
+    fs::write(files.join("new.txt"), b"added").expect("write");
+    symlink(outside.path().join("dir"), files.join("bin/escape")).expect("symlink");
+    symlink(
+        outside.path().join("victim"),
+        files.join("share/doc/to-file"),
+    )
+    .expect("symlink");
+    fs::create_dir_all(files.join("junk/deeper")).expect("mkdir");
+    fs::write(files.join("junk/deeper/x"), b"x").expect("write");
+    symlink(outside.path(), files.join("junk/out")).expect("symlink");
+    let extra = |path: &str| Problem {
+        path: path.into(),
+        damage: Damage::Extra,
+    };
+    let found = vec![
+        extra("bin/escape"),
+        extra("junk"),
+        extra("new.txt"),
+        extra("share/doc/to-file"),
+    ];
+    assert_eq!(
+        check(dir.path(), "acme", "plugins", "viewer").expect("check"),
+        found
+    );
+    assert_eq!(
+        repair(dir.path(), &signed, from(&chunks)).expect("repair"),
+        found
+    );
+    assert_eq!(
+        check(dir.path(), "acme", "plugins", "viewer").expect("check"),
+        vec![]
+    );
+    for gone in ["bin/escape", "junk", "new.txt", "share/doc/to-file"] {
+        assert!(
+            fs::symlink_metadata(files.join(gone)).is_err(),
+            "{gone} left"
+        );
+    }
+    assert_eq!(read(dir.path(), "bin/viewer"), "#!/bin/sh\necho one\n");
+    assert_eq!(
+        fs::read(outside.path().join("dir/keep")).expect("kept"),
+        b"keep"
+    );
+    assert_eq!(
+        fs::read(outside.path().join("victim")).expect("kept"),
+        b"victim"
+    );
+}
+
+#[test]
+fn a_file_replaced_by_a_directory_holding_a_link_is_replaced() {
+    let dir = tmp();
+    let outside = tmp();
+    fs::write(outside.path().join("keep"), b"keep").expect("write");
+    let (signed, chunks) = v1();
+    put(dir.path(), &signed, &chunks).expect("install");
+    let readme = module_dir(dir.path()).join("viewer/share/doc/README");
+    fs::remove_file(&readme).expect("rm");
+    fs::create_dir(&readme).expect("mkdir");
+    symlink(outside.path(), readme.join("out")).expect("symlink");
+    // The directory is a damaged file; the link in it is extra, removed as a link.
+    let damage = vec![
+        Problem {
+            path: "share/doc/README".into(),
+            damage: Damage::NotRegular,
+        },
+        Problem {
+            path: "share/doc/README/out".into(),
+            damage: Damage::Extra,
+        },
+    ];
+    assert_eq!(
+        check(dir.path(), "acme", "plugins", "viewer").expect("check"),
+        damage
+    );
+    assert_eq!(
+        repair(dir.path(), &signed, from(&chunks)).expect("repair"),
+        damage
+    );
+    assert_eq!(read(dir.path(), "share/doc/README"), "version one");
+    assert!(outside.path().join("keep").exists());
+}
+
+/// A tmpfs mounted on a fresh temporary directory, unmounted (lazily) on drop.
+struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    /// `None`, with a message, unless this runs as root (CI does).
+    fn mount(options: &str) -> Option<Tmpfs> {
+        let dir = tmp();
+        // A directory this process just made is owned by its effective uid.
+        let uid = fs::metadata(dir.path()).expect("tempdir").uid();
+        if uid != 0 {
+            eprintln!("SKIPPED: mounting a tmpfs needs root and this runs as uid {uid}");
+            return None;
+        }
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount -t tmpfs -o {options}: {status}");
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let done = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+        if !done.as_ref().is_ok_and(|s| s.success()) {
+            eprintln!("cannot unmount {}: {done:?}", self.dir.path().display());
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_install_and_keeps_the_current_version() {
+    let Some(disk) = Tmpfs::mount("size=2m") else {
+        return;
+    };
+    let root = disk.path();
+    let (one, c1) = v1();
+    put(root, &one, &c1).expect("v1");
+    let mut big = vec![0u8; 3 << 20];
+    blake3::Hasher::new().finalize_xof().fill(&mut big);
+    let (two, c2) = update_of(
+        ["acme", "plugins", "viewer"],
+        "2.0",
+        &[("big", 0o644, &big)],
+        64 << 10,
+    );
+
+    let err = put(root, &two, &c2).unwrap_err();
+    let InstallError::Io { source, .. } = &err else {
+        panic!("not an I/O error: {err}");
+    };
+    assert_eq!(source.raw_os_error(), Some(libc::ENOSPC), "{err}: {source}");
+    assert!(
+        source.to_string().contains("No space left on device"),
+        "{source}"
+    );
+    assert_eq!(current(root).as_deref(), Some("1.0"));
+    assert_eq!(previous(root), None);
+    assert_eq!(
+        check(root, "acme", "plugins", "viewer").expect("check"),
+        vec![]
+    );
+    assert_eq!(versions(root), vec![one.id.to_hex()], "staging left behind");
+
+    let (small, cs) = v2();
+    put(root, &small, &cs).expect("a small update fits");
+    assert_eq!(current(root).as_deref(), Some("2.0"));
+    assert_eq!(previous(root).as_deref(), Some("1.0"));
+}
+
+#[test]
+fn probe_refuses_a_read_only_mount_and_a_file() {
+    let dir = tmp();
+    let file = dir.path().join("file");
+    fs::write(&file, b"x").expect("write");
+    let err = probe(&file).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "install directory {} is unusable: it is not a directory",
+            file.display()
+        )
+    );
+
+    let Some(disk) = Tmpfs::mount("ro,size=1m") else {
+        return;
+    };
+    let err = probe(disk.path()).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "install directory {} is unusable: it is not writable: \
+             Read-only file system (os error 30)",
+            disk.path().display()
+        )
+    );
+    let below = disk.path().join("install");
+    let err = probe(&below).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot create it: Read-only file system"),
+        "{err}"
     );
 }
