@@ -99,7 +99,7 @@ pub(super) enum Job {
 pub(super) struct Done {
     what: DoneWhat,
     /// The install directory after the job.
-    installed: BTreeMap<ModuleName, ModuleState>,
+    installed: BTreeMap<ModuleName, Status>,
 }
 
 enum DoneWhat {
@@ -153,7 +153,7 @@ struct Retry {
 pub(super) struct Client {
     opts: ClientOptions,
     /// What the install directory holds, as of the last job (or start-up).
-    installed: BTreeMap<ModuleName, ModuleState>,
+    installed: BTreeMap<ModuleName, Status>,
     /// A job is running.
     busy: bool,
     /// Admin requests, answered in order once the installer is free.
@@ -169,28 +169,24 @@ pub(super) struct Client {
     repair_tries: HashMap<Hash, u32>,
 }
 
-/// One installed module: its versions, and the one held back after a rollback.
-#[derive(Clone, Debug, Default)]
-pub(super) struct ModuleState {
-    status: Status,
-    held: Option<Hash>,
+/// Reads the install directory: every module, its versions and what is held back. A
+/// module that cannot be read is left out (and logged): it is not the installer's to
+/// touch until an admin looks, and the others carry on.
+pub(super) fn scan(dir: &Path) -> Result<BTreeMap<ModuleName, Status>, InstallError> {
+    let mut out = BTreeMap::new();
+    for m in install::list(dir)? {
+        match install::status(dir, &m.tenant, &m.category, &m.id) {
+            Ok(status) => {
+                out.insert(m, status);
+            }
+            Err(e) => tracing::error!(module = %m, "installed module left alone: {e}"),
+        }
+    }
+    Ok(out)
 }
 
-/// Reads the install directory: every module, its versions and what is held back.
-pub(super) fn scan(dir: &Path) -> Result<BTreeMap<ModuleName, ModuleState>, InstallError> {
-    install::list(dir)?
-        .into_iter()
-        .map(|m| {
-            let status = install::status(dir, &m.tenant, &m.category, &m.id)?;
-            let held = install::held(dir, &m.tenant, &m.category, &m.id)?;
-            Ok((m, ModuleState { status, held }))
-        })
-        .collect()
-}
-
-fn current_of(state: &ModuleState) -> Option<Hash> {
-    state
-        .status
+fn current_of(status: &Status) -> Option<Hash> {
+    status
         .current
         .as_ref()
         .and_then(|m| m.update_id.parse().ok())
@@ -262,7 +258,7 @@ fn newer(a: &Known, b: &Known) -> Ordering {
 }
 
 impl Client {
-    pub(super) fn new(opts: ClientOptions, installed: BTreeMap<ModuleName, ModuleState>) -> Client {
+    pub(super) fn new(opts: ClientOptions, installed: BTreeMap<ModuleName, Status>) -> Client {
         let mut told = HashMap::new();
         for status in installed.values() {
             if let Some(c) = current_of(status) {
@@ -322,19 +318,17 @@ impl Client {
             let status = self.installed.get(module);
             let current = status.and_then(current_of);
             let held = status.and_then(|s| s.held);
-            let current_known = status
-                .and_then(|s| s.status.current.as_ref())
-                .map(|m| Known {
-                    update: current.unwrap_or(Hash([0; 32])),
-                    version: m.version.clone(),
-                    seq: versions
-                        .iter()
-                        .find(|v| Some(v.update) == current)
-                        .map_or(0, |v| v.seq),
-                    available: versions
-                        .iter()
-                        .any(|v| Some(v.update) == current && v.available),
-                });
+            let current_known = status.and_then(|s| s.current.as_ref()).map(|m| Known {
+                update: current.unwrap_or(Hash([0; 32])),
+                version: m.version.clone(),
+                seq: versions
+                    .iter()
+                    .find(|v| Some(v.update) == current)
+                    .map_or(0, |v| v.seq),
+                available: versions
+                    .iter()
+                    .any(|v| Some(v.update) == current && v.available),
+            });
             let newest = versions
                 .iter()
                 .filter(|v| v.available && Some(v.update) != held)
@@ -397,10 +391,10 @@ impl Client {
     pub(super) fn finish(&mut self, done: Done, engine: &mut Engine, node: &Node, now: Millis) {
         self.busy = false;
         let before = std::mem::replace(&mut self.installed, done.installed);
-        let version_of = |state: Option<&ModuleState>, update: &Hash| {
-            state
+        let version_of = |status: Option<&Status>, update: &Hash| {
+            status
                 .and_then(|s| {
-                    [s.status.current.as_ref(), s.status.previous.as_ref()]
+                    [s.current.as_ref(), s.previous.as_ref()]
                         .into_iter()
                         .flatten()
                         .find(|m| m.update_id == update.to_hex())
@@ -563,8 +557,8 @@ impl Client {
                 };
                 serde_json::json!({
                     "module": show(m),
-                    "current": version(&s.status.current),
-                    "previous": version(&s.status.previous),
+                    "current": version(&s.current),
+                    "previous": version(&s.previous),
                     "held": s.held,
                 })
             })
@@ -649,7 +643,7 @@ async fn run_job(job: Job, ctx: &JobContext) -> Done {
             let result = blocking(ctx, {
                 let manifest = manifest.clone();
                 move |ctx| {
-                    let (dir, m) = (&ctx.opts.install_dir, &manifest.manifest);
+                    let dir = &ctx.opts.install_dir;
                     let abort = ctx.opts.abort_at_switch;
                     let done = install::install_pausing(
                         dir,
@@ -663,8 +657,6 @@ async fn run_job(job: Job, ctx: &JobContext) -> Done {
                             }
                         },
                     )?;
-                    // A newer version ends the hold of the one rolled back from.
-                    install::release(dir, &m.tenant, &m.category, &m.id)?;
                     Ok(done)
                 }
             })
@@ -701,25 +693,9 @@ async fn run_job(job: Job, ctx: &JobContext) -> Done {
             let result = blocking(ctx, {
                 let module = module.clone();
                 move |ctx| {
+                    // It holds the version it leaves, so that it is not installed again.
                     let (dir, m) = (&ctx.opts.install_dir, &module);
-                    let status = install::status(dir, &m.tenant, &m.category, &m.id)?;
-                    let (Some(current), Some(_)) = (&status.current, &status.previous) else {
-                        // rollback says why: not installed, or nothing to go back to.
-                        return install::rollback(dir, &m.tenant, &m.category, &m.id);
-                    };
-                    // Held first: a crash between the two steps leaves the version
-                    // rolled back from held, never installed again by a restart.
-                    let from = current
-                        .update_id
-                        .parse()
-                        .map_err(|_| InstallError::Metadata {
-                            path: m.to_string(),
-                            why: "its update id is not a hash".into(),
-                        })?;
-                    install::hold(dir, &m.tenant, &m.category, &m.id, &from)?;
-                    install::rollback(dir, &m.tenant, &m.category, &m.id).inspect_err(|_| {
-                        let _ = install::release(dir, &m.tenant, &m.category, &m.id);
-                    })
+                    install::rollback(dir, &m.tenant, &m.category, &m.id)
                 }
             })
             .await;
