@@ -691,13 +691,8 @@ fn unpack_package(data: &Path, file: &Path) -> Result<(PublishRequest, tempfile:
     if !data.join(crate::node::NODE_KEY_FILE).exists() {
         anyhow::bail!("{} is not a node directory", data.display());
     }
-    let dir = tempfile::Builder::new()
-        .prefix(".import-")
-        .tempdir_in(data)
-        .with_context(|| format!("cannot make a temporary directory in {}", data.display()))?;
-    let req = crate::package::unpack(input, dir.path(), crate::package::Limits::default())
-        .with_context(|| format!("cannot import {}", file.display()))?;
-    Ok((req, dir))
+    crate::package::unpack_temp(input, data, crate::package::Limits::default())
+        .with_context(|| format!("cannot import {}", file.display()))
 }
 
 /// Publishes through the node's running daemon, which then offers the update to its

@@ -9,14 +9,14 @@
 //! external), no unknown element, attribute or entity, every name and path checked as a
 //! manifest's are, each element and the whole document bounded, and each file's content
 //! checked against its declared size (decompression stops as soon as it is passed) and
-//! blake3. Files are unpacked into a directory of the caller's, which `publish` then
-//! takes like any input.
+//! blake3. Files are unpacked into a fresh directory, which `publish` then takes like any
+//! input, so nothing is published unless the whole package is valid.
 
 use crate::content::Hash;
 use crate::content::manifest::{MAX_FILES, MODE_MASK};
 use crate::content::names::{self, NameError};
 use crate::node::Node;
-use crate::publish::PublishRequest;
+use crate::publish::{PublishError, PublishOutcome, PublishRequest};
 use crate::store::StoreError;
 use crate::trust::{SignedManifest, TrustError};
 use base64::Engine as _;
@@ -48,6 +48,8 @@ pub struct Limits {
     pub max_document: u64,
     /// The files' declared sizes added up.
     pub max_unpacked: u64,
+    /// How many files; never more than a manifest may list ([`MAX_FILES`]).
+    pub max_files: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +57,7 @@ impl Default for Limits {
         Limits {
             max_document: 16 << 30,
             max_unpacked: 64 << 30,
+            max_files: MAX_FILES,
         }
     }
 }
@@ -66,6 +69,8 @@ pub enum PackageError {
     Refused { at: u64, why: String },
     #[error("the package is refused: {0}")]
     Name(#[from] NameError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the stored manifest of update {update} is refused: {source}")]
@@ -237,6 +242,40 @@ impl<W: Write> Write for DataBlocks<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+/// Imports a package on the root `node`: unpacks it into a temporary directory inside the
+/// node directory, then publishes it with the package's creation time, so the manifest
+/// is the one the package was written from (or `already_published` if this root has
+/// it). Nothing is stored unless the whole package is valid; the temporary directory is
+/// always removed.
+pub fn import(
+    node: &Node,
+    input: impl Read,
+    limits: Limits,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<PublishOutcome, PackageError> {
+    // Only a root publishes: refuse before unpacking anything.
+    node.root_secret().map_err(PublishError::from)?;
+    let (req, _dir) = unpack_temp(input, &node.dir, limits)?;
+    let created = req.created.unwrap_or_default();
+    Ok(crate::publish::publish(node, &req, created, progress)?)
+}
+
+/// [`unpack`] into a new temporary directory inside `parent` (a node directory, where a
+/// running daemon can read the files too), removed when the returned handle drops,
+/// or at once if the package is refused.
+pub fn unpack_temp(
+    input: impl Read,
+    parent: &Path,
+    limits: Limits,
+) -> Result<(PublishRequest, tempfile::TempDir), PackageError> {
+    let dir = tempfile::Builder::new()
+        .prefix(".import-")
+        .tempdir_in(parent)
+        .map_err(io_err("make a temporary directory in", parent))?;
+    let req = unpack(input, dir.path(), limits)?;
+    Ok((req, dir))
 }
 
 /// Reads a package from `input` and unpacks its files into the directory `into` (new or
@@ -528,8 +567,9 @@ impl Parser {
                 }
                 Step::Open(name, attrs) if name == "file" => {
                     files += 1;
-                    if files > MAX_FILES {
-                        return Err(self.refuse(format!("more than {MAX_FILES} files")));
+                    let max = self.limits.max_files.min(MAX_FILES);
+                    if files > max {
+                        return Err(self.refuse(format!("more than {max} files")));
                     }
                     self.file(reader, &mut buf, attrs)?;
                 }
@@ -660,9 +700,11 @@ impl Parser {
             left: size,
             hasher: blake3::Hasher::new(),
         });
+        let mut blocks = 0usize;
         loop {
             match self.element(reader, buf)? {
                 Step::Open(name, attrs) if name == "data" => {
+                    blocks += 1;
                     take_attrs(self, &name, attrs, &[])?;
                     let text = self.text(reader, buf, &name, MAX_EVENT_BYTES as usize)?;
                     let compact: Vec<u8> =
@@ -670,14 +712,28 @@ impl Parser {
                     let bytes = BASE64
                         .decode(&compact)
                         .map_err(|e| self.refuse(format!("file {path:?}: bad base64: {e}")))?;
-                    gz.write_all(&bytes)
-                        .map_err(|e| self.content_err(&path, e))?;
+                    let mut rest = bytes.as_slice();
+                    while !rest.is_empty() {
+                        match gz.write(rest) {
+                            // The decoder takes nothing once its gzip member has ended.
+                            Ok(0) => {
+                                return Err(self.refuse(format!(
+                                    "file {path:?}: data follows the end of its gzip stream"
+                                )));
+                            }
+                            Ok(n) => rest = &rest[n..],
+                            Err(e) => return Err(self.content_err(&path, e)),
+                        }
+                    }
                 }
                 Step::Close(name) if name == "file" => break,
                 _ => {
                     return Err(self.refuse(format!("file {path:?} may hold only <data> elements")));
                 }
             }
+        }
+        if blocks == 0 {
+            return Err(self.refuse(format!("file {path:?} holds no <data>")));
         }
         let sized = gz.finish().map_err(|e| self.content_err(&path, e))?;
         if sized.left != 0 {

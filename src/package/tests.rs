@@ -108,6 +108,24 @@ fn file_el(path: &str, content: &[u8], size: Option<u64>, sum: Option<String>) -
     )
 }
 
+fn gzip(content: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(content).expect("gzip");
+    gz.finish().expect("gzip")
+}
+
+/// A `<file>` for `content` whose data holds its gzip stream, then `after`.
+fn gzip_then(content: &[u8], after: &[u8]) -> String {
+    let mut data = gzip(content);
+    data.extend_from_slice(after);
+    format!(
+        "<file path=\"x\" mode=\"644\" size=\"{}\" blake3=\"{}\"><data>{}</data></file>\n",
+        content.len(),
+        Hash::of(content).to_hex(),
+        BASE64.encode(data)
+    )
+}
+
 fn refused(xml: &str, limits: Limits) -> String {
     let tmp = tempfile::tempdir().expect("tempdir");
     unpack(xml.as_bytes(), tmp.path(), limits)
@@ -141,7 +159,18 @@ fn hostile_and_malformed_packages_are_refused_with_the_reason() {
         ("".into(), "empty"),
         ("not xml at all".into(), "unexpected text"),
         ("<html/>".into(), "not an <arbor-package>"),
-        ("<arbor-package format=\"1\"><module".into(), "refused"),
+        (
+            "<arbor-package format=\"1\"><module".into(),
+            "at byte 33: syntax error: tag not closed",
+        ),
+        (
+            doc("<description>x</descr>\n", &ok),
+            "expected `</description>`, but `</descr>` was found",
+        ),
+        (
+            doc("", &ok).replace("id=\"viewer\"", "id=\"viewer\" id=\"x\""),
+            "duplicated attribute",
+        ),
         (laughs.into(), "DOCTYPE is not allowed"),
         (external.into(), "DOCTYPE is not allowed"),
         (
@@ -253,7 +282,36 @@ fn hostile_and_malformed_packages_are_refused_with_the_reason() {
             format!("{}<extra/>", doc("", &ok)),
             "follows </arbor-package>",
         ),
-        (doc("", &ok).replace("</arbor-package>\n", ""), "refused"),
+        (
+            doc("", &ok).replace("</arbor-package>\n", ""),
+            "ends before </arbor-package>",
+        ),
+        (
+            doc("", &ok).replace("<module ", "<p:module "),
+            "<module .../> must come first",
+        ),
+        (
+            doc("", &ok).replace("<arbor-package ", "<arbor-package xmlns=\"x\" "),
+            "unknown attribute \"xmlns\"",
+        ),
+        (
+            doc(
+                "",
+                &format!(
+                    "<file path=\"x\" mode=\"644\" size=\"0\" blake3=\"{}\"></file>",
+                    Hash::of(b"").to_hex()
+                ),
+            ),
+            "file \"x\" holds no <data>",
+        ),
+        (
+            doc("", &gzip_then(b"data", b"trailing junk")),
+            "data follows the end of its gzip stream",
+        ),
+        (
+            doc("", &gzip_then(b"da", &gzip(b"ta"))),
+            "data follows the end of its gzip stream",
+        ),
         (doc("stray text\n", &ok), "unexpected text"),
     ];
     for (xml, expect) in cases {
@@ -271,23 +329,44 @@ fn oversized_documents_elements_and_contents_are_refused() {
     let ok = file_el("x", b"data", None, None);
     let small = Limits {
         max_document: 300,
-        max_unpacked: 1 << 20,
+        ..Limits::default()
     };
     let padded = doc(&"<!-- padding -->\n".repeat(40), &ok);
     let err = refused(&padded, small);
     assert!(err.contains("over its limit of 300 bytes"), "{err}");
 
     let tight = Limits {
-        max_document: 1 << 30,
         max_unpacked: 3,
+        ..Limits::default()
     };
     let err = refused(&doc("", &ok), tight);
     assert!(err.contains("more than the limit of 3 bytes"), "{err}");
 
-    // One text node larger than any element may be: refused before it is buffered.
+    // One text node or attribute larger than any element may be: refused before it is
+    // buffered.
     let huge = format!("<description>{}</description>\n", "a".repeat(3 << 20));
     let err = refused(&doc(&huge, &ok), Limits::default());
-    assert!(err.contains("is over"), "{err}");
+    assert!(
+        err.contains("an element or text is over 2097152 bytes"),
+        "{err}"
+    );
+    let huge = file_el(&"a".repeat(3 << 20), b"data", None, None);
+    let err = refused(&doc("", &huge), Limits::default());
+    assert!(
+        err.contains("an element or text is over 2097152 bytes"),
+        "{err}"
+    );
+
+    let few = Limits {
+        max_files: 2,
+        ..Limits::default()
+    };
+    let three: String = ["a", "b", "c"]
+        .iter()
+        .map(|p| file_el(p, b"x", None, None))
+        .collect();
+    let err = refused(&doc("", &three), few);
+    assert!(err.contains("more than 2 files"), "{err}");
 }
 
 /// protocol/vectors/package-v1.xml is what this code writes for a small module; a
@@ -336,4 +415,86 @@ fn the_package_vector_matches() {
         fs::read(back.join("readme.txt")).expect("read"),
         b"hello, arbor\n"
     );
+}
+
+/// Names that look like links, devices or markup are only names: each is unpacked as a
+/// regular file at exactly that path, inside the directory.
+#[test]
+fn names_that_look_like_links_are_plain_files() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let names = [
+        "lib/libx.so -> /etc/passwd",
+        "link@",
+        "dev/null",
+        "etc/passwd",
+        "..hidden/x..",
+        "a b/<c>&'d'",
+    ];
+    let files: String = names
+        .iter()
+        .map(|p| file_el(p, p.as_bytes(), None, None))
+        .collect();
+    unpack(doc("", &files).as_bytes(), tmp.path(), Limits::default()).expect("valid");
+    for name in names {
+        let path = tmp.path().join(name);
+        let meta = fs::symlink_metadata(&path).expect("unpacked");
+        assert!(meta.is_file(), "{name} is not a regular file");
+        assert_eq!(fs::read(&path).expect("read"), name.as_bytes());
+    }
+    let count = walkdir::WalkDir::new(tmp.path())
+        .into_iter()
+        .filter(|e| e.as_ref().expect("walk").file_type().is_file())
+        .count();
+    assert_eq!(count, names.len(), "something was written elsewhere");
+}
+
+/// `import` publishes a valid package once (again: nothing new), refuses an invalid one
+/// without storing anything, and leaves no temporary directory behind either way.
+#[test]
+fn import_publishes_whole_packages_only() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (node, id, _) = published(tmp.path());
+    let xml = export_bytes(&node, &id);
+    let other = Node::init_root(&tmp.path().join("other")).expect("root");
+    let leftovers = |node: &Node| {
+        fs::read_dir(&node.dir)
+            .expect("node dir")
+            .filter(|e| {
+                e.as_ref()
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".import-")
+            })
+            .count()
+    };
+
+    let first = import(&other, xml.as_slice(), Limits::default(), &|_| {}).expect("import");
+    assert!(!first.already_published);
+    assert_eq!(export_bytes(&other, &first.update_id), xml);
+    let again = import(&other, xml.as_slice(), Limits::default(), &|_| {}).expect("again");
+    assert!(again.already_published);
+    assert_eq!(again.update_id, first.update_id);
+    // Where it was exported from, it is the update it came from.
+    let home = import(&node, xml.as_slice(), Limits::default(), &|_| {}).expect("home");
+    assert_eq!((home.update_id, home.already_published), (id, true));
+
+    // The last file is bad: nothing at all is published, not even the good files.
+    let fresh = Node::init_root(&tmp.path().join("fresh")).expect("root");
+    let bad = doc(
+        "",
+        &format!(
+            "{}{}",
+            file_el("good", b"fine", None, None),
+            file_el("bad", b"data", None, Some(Hash::of(b"other").to_hex()))
+        ),
+    );
+    let err = import(&fresh, bad.as_bytes(), Limits::default(), &|_| {})
+        .expect_err("a bad package was published")
+        .to_string();
+    assert!(err.contains("does not match its blake3"), "{err}");
+    assert!(fresh.store.manifests().expect("list").is_empty());
+    assert_eq!(leftovers(&fresh), 0);
+    assert_eq!(leftovers(&other), 0);
+    assert_eq!(leftovers(&node), 0);
 }
