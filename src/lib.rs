@@ -14,6 +14,7 @@
 //! | [`install`] | a leaf's install directory: atomic version switch, previous kept, rollback, check and repair |
 //! | [`net`] | the daemon: libp2p transport, stream protocols, admin API |
 //! | [`engine`] | one node's logic, sans-IO: tree relations, chunk state, fetch scheduling |
+//! | [`bandwidth`] | rates, WAN windows and token buckets, sans-IO |
 //! | [`rules`] | rule sets, sans-IO: groups, approvals, waves, halts; availability and its subset proof |
 //! | [`report`] | reports, sans-IO: each node's state per update, roll-ups per state, update and group |
 //! | [`node`] | a node directory: layout, keys, opening |
@@ -25,6 +26,7 @@
 //! The wire format is specified in `protocol/PROTOCOL.md`, with test vectors in
 //! `protocol/vectors/`.
 
+pub mod bandwidth;
 pub mod cli;
 pub mod content;
 pub mod engine;
