@@ -87,6 +87,17 @@ enum Command {
         /// none is) [default: keep].
         #[arg(long, value_enum)]
         withdrawn: Option<crate::net::Withdrawn>,
+        /// Fetch from the parent (the WAN) no faster than RATE, all transfers together:
+        /// 40Mbit, 5MiB/s, 500KB/s...
+        #[arg(long, value_name = "RATE")]
+        max_download: Option<crate::bandwidth::Rate>,
+        /// Serve the children no faster than RATE, all of them together.
+        #[arg(long, value_name = "RATE")]
+        max_upload: Option<crate::bandwidth::Rate>,
+        /// Fetch from the parent only in this daily window, local time, e.g.
+        /// 19:00-07:00 (repeatable); outside it fetching pauses, and resumes by itself.
+        #[arg(long, value_name = "HH:MM-HH:MM")]
+        wan_window: Vec<crate::bandwidth::Window>,
     },
     /// Check the files of every installed module against their checksums (a client;
     /// the node must be running). Exits 1 if any file is damaged and not repaired.
@@ -430,6 +441,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hooks,
             hook_timeout,
             withdrawn,
+            max_download,
+            max_upload,
+            wan_window,
         } => {
             let flags = config::RunFlags {
                 listen,
@@ -438,6 +452,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 hooks,
                 hook_timeout,
                 withdrawn,
+                max_download,
+                max_upload,
+                wan_window,
             };
             daemon::run(&data, flags)?
         }

@@ -398,6 +398,8 @@ pub struct Engine {
     /// The parent is connected and has sent its path's rules since: what is available
     /// now is what the tree says, not what was kept from an earlier session.
     rules_heard: bool,
+    /// Nothing new is asked of the parent (outside the node's WAN windows).
+    parent_paused: bool,
 }
 
 impl Engine {
@@ -457,6 +459,7 @@ impl Engine {
             halted: std::collections::BTreeSet::new(),
             needed: std::collections::HashSet::new(),
             rules_heard: false,
+            parent_paused: false,
         }
     }
 
@@ -1316,6 +1319,9 @@ impl Engine {
         let Some((parent, ParentLink::Connected)) = self.parent.clone() else {
             return;
         };
+        if self.parent_paused {
+            return;
+        }
         let mut in_flight = self.fetches.values().filter(|f| f.from == parent).count();
         let wanted: Vec<Hash> = self
             .order
@@ -1492,6 +1498,24 @@ impl Engine {
     /// an earlier session (they may merely have expired while it was offline).
     pub fn rules_current(&self) -> bool {
         self.parent.is_none() || (self.parent_connected() == Some(true) && self.rules_heard)
+    }
+
+    /// Pauses or resumes asking the parent for chunks (the driver's WAN windows); what
+    /// is in flight completes. Returns whether that changed anything.
+    pub fn set_parent_paused(&mut self, paused: bool, now: Millis) -> bool {
+        if self.parent_paused == paused {
+            return false;
+        }
+        self.parent_paused = paused;
+        if !paused {
+            self.schedule(now);
+        }
+        true
+    }
+
+    /// The tunables this engine runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Whether `update` is available to this node now.

@@ -19,6 +19,7 @@
 
 pub mod admin;
 mod client;
+mod limit;
 pub mod proto;
 mod reports;
 mod rules;
@@ -36,6 +37,8 @@ use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
 use libp2p::{Multiaddr, PeerId as Libp2pPeerId, Stream, Swarm, noise, tcp, yamux};
+pub use limit::BandwidthOptions;
+use limit::{Limiter, pace};
 use proto::{ChunkRequest, ControlFrame, JoinReply, JoinRequest};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -64,6 +67,7 @@ pub struct Options {
     pub engine: engine::Config,
     /// Install approved modules here: a client (`arbor run --install-dir`).
     pub client: Option<ClientOptions>,
+    pub bandwidth: BandwidthOptions,
     /// Test-only fault: corrupt this many of the first chunks served (one byte each).
     #[doc(hidden)]
     pub corrupt_first_chunks: u32,
@@ -77,6 +81,7 @@ impl Options {
             admin: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
             engine: engine::Config::default(),
             client: None,
+            bandwidth: BandwidthOptions::default(),
             corrupt_first_chunks: 0,
         }
     }
@@ -285,6 +290,8 @@ pub struct Daemon {
     client: Option<client::Client>,
     /// Something the installer decides on may have changed: consult it.
     client_dirty: bool,
+    /// Fetches from the parent, all streams together, go no faster than this.
+    download: Option<Arc<Limiter>>,
     admin_url: String,
     tasks: Tasks,
     opts: Options,
@@ -431,11 +438,18 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
             })?,
         )
     };
-    let config = engine::Config {
+    let mut config = engine::Config {
         installer: opts.engine.installer || client.is_some(),
         ..opts.engine.clone()
     };
+    if let Some(rate) = opts.bandwidth.max_download {
+        // What is in flight takes longer at a limited rate: a fetch is given up only
+        // when it has taken twice what a full window of large chunks would.
+        let in_flight = config.window as u64 * u64::from(config.span) * (256 << 10);
+        config.fetch_timeout = config.fetch_timeout.max(in_flight * 2000 / rate.0.max(1));
+    }
     let mut engine = Engine::new(role, node.root_key, key.clone(), path, config, seed);
+    engine.set_parent_paused(!opts.bandwidth.wan_open(limit::local_minute()), now);
     for (child, record) in node.store.children()? {
         if !record.revoked {
             engine.add_child(PublicKey(child));
@@ -487,6 +501,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         ev_tx.clone(),
         node.clone(),
         opts.corrupt_first_chunks,
+        opts.bandwidth.max_upload.map(Limiter::new),
     )?;
     tracing::info!(
         node = %node.node_id(),
@@ -518,6 +533,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         waiters: Vec::new(),
         client,
         client_dirty: true,
+        download: opts.bandwidth.max_download.map(Limiter::new),
         admin_url,
         tasks,
         opts,
@@ -700,6 +716,7 @@ fn spawn_acceptors(
     ev: mpsc::UnboundedSender<Ev>,
     node: Arc<Node>,
     corrupt_first: u32,
+    upload: Option<Arc<Limiter>>,
 ) -> Result<(), NetError> {
     let taken = |_| NetError::Transport("a protocol was registered twice".into());
     let mut joins = control.accept(proto::JOIN).map_err(taken)?;
@@ -732,6 +749,7 @@ fn spawn_acceptors(
                     ev.clone(),
                     node.clone(),
                     corrupt.clone(),
+                    upload.clone(),
                 ));
             }
         }
@@ -926,6 +944,7 @@ async fn serve_chunks(
     ev: mpsc::UnboundedSender<Ev>,
     node: Arc<Node>,
     corrupt: Arc<AtomicU32>,
+    upload: Option<Arc<Limiter>>,
 ) {
     // One chunk answer, header then bytes, is one write: the header does not go out
     // as a frame of its own.
@@ -1001,6 +1020,7 @@ async fn serve_chunks(
                             *b ^= 0xff;
                         }
                         buf[..H].copy_from_slice(&proto::chunk_header(proto::CHUNK_DATA, len));
+                        pace(&upload, u64::from(len)).await;
                         stream.write_all(&buf).await?;
                         sent += u64::from(len);
                     }
@@ -1030,6 +1050,7 @@ async fn fetch_worker(
     jobs: Arc<Mutex<mpsc::UnboundedReceiver<FetchJob>>>,
     writer: mpsc::Sender<WriteJob>,
     fetch_timeout: Duration,
+    download: Option<Arc<Limiter>>,
 ) {
     let mut stream: Option<Stream> = None;
     loop {
@@ -1053,7 +1074,7 @@ async fn fetch_worker(
                 }
             }
             let Some(s) = stream.as_mut() else { break };
-            let outcome = timeout(fetch_timeout, fetch_span(s, &job, &writer)).await;
+            let outcome = timeout(fetch_timeout, fetch_span(s, &job, &writer, &download)).await;
             let (span, n) = (job.first, job.expected.len());
             match outcome {
                 Ok(Ok(())) => break,
@@ -1086,6 +1107,7 @@ async fn fetch_span(
     s: &mut Stream,
     job: &FetchJob,
     writer: &mpsc::Sender<WriteJob>,
+    download: &Option<Arc<Limiter>>,
 ) -> Result<(), proto::ProtoError> {
     let count = job.expected.len() as u32;
     proto::write_frame(
@@ -1113,6 +1135,9 @@ async fn fetch_span(
                         "chunk {index} sent with {n} bytes; the manifest says {len}"
                     )));
                 }
+                // Read no faster than the limit: the parent's sending waits on the
+                // streams' flow control, so the link carries no more either.
+                pace(download, u64::from(n)).await;
                 let mut data = vec![0u8; n as usize];
                 s.read_exact(&mut data).await?;
                 // The one hash of this chunk on this node: it is the verification.
@@ -1329,6 +1354,14 @@ impl Daemon {
         self.keep_report_seq();
         // Retries of failed installs come due with time.
         self.client_dirty = true;
+        let open = self.opts.bandwidth.wan_open(limit::local_minute());
+        if self.engine.set_parent_paused(!open, now_ms()) {
+            if open {
+                tracing::info!("the WAN window opened: fetching from the parent resumes");
+            } else {
+                tracing::info!("the WAN window closed: fetching from the parent pauses");
+            }
+        }
     }
 
     fn on_swarm(&mut self, ev: SwarmEvent<()>) {
@@ -1549,7 +1582,8 @@ impl Daemon {
                 pid,
                 rx.clone(),
                 self.writer_tx.clone(),
-                Duration::from_millis(self.opts.engine.fetch_timeout),
+                Duration::from_millis(self.engine.config().fetch_timeout),
+                self.download.clone(),
             ));
         }
         self.fetch_tx = Some(tx);

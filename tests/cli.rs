@@ -585,3 +585,34 @@ fn a_module_package_round_trips_between_roots_and_garbage_is_refused() {
         "a refused package stored something"
     );
 }
+
+#[test]
+fn unparsable_rates_and_windows_are_refused_before_anything_starts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = root_node(tmp.path());
+    let run = |flag: &str, value: &str| {
+        arbor_err(&[
+            "run",
+            "--data",
+            &data,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            flag,
+            value,
+        ])
+    };
+    for (flag, value, expect) in [
+        ("--max-download", "fast", "is not a rate"),
+        ("--max-download", "5 parsecs", "is not a rate"),
+        ("--max-upload", "0MiB/s", "is zero"),
+        ("--wan-window", "19:00", "is not a time window"),
+        ("--wan-window", "19:00-24:30", "hours run 00 to 23"),
+    ] {
+        let err = run(flag, value);
+        assert!(err.contains(expect), "{flag} {value}: {err}");
+    }
+    assert!(
+        !Path::new(&data).join("admin.addr").exists(),
+        "the node started"
+    );
+}

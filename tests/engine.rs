@@ -1348,3 +1348,27 @@ fn damaged_kept_rule_sets_and_reports_are_refused_at_restart_and_change_nothing(
     assert_eq!(h.nodes[&a].engine.rules(), &rules);
     assert_eq!(h.nodes[&a].engine.rollup(), &rollup);
 }
+
+#[test]
+fn outside_its_wan_window_a_node_asks_its_parent_for_nothing_and_resumes_after() {
+    let mut h = Harness::new(1, 2);
+    let [root, leaf] = chain::<2>(&mut h);
+    // The window is closed before anything is offered.
+    h.with(leaf, |e, now| {
+        assert!(e.set_parent_paused(true, now));
+        assert!(
+            !e.set_parent_paused(true, now),
+            "a second pause changes nothing"
+        );
+    });
+    let m = update(50, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(10_000);
+    assert_eq!(h.nodes[&leaf].chunks_requested, 0, "fetched while paused");
+    assert!(h.completed(leaf).is_none());
+    // It opens: the node fetches everything, once.
+    h.with(leaf, |e, now| assert!(e.set_parent_paused(false, now)));
+    h.run(60_000);
+    assert!(h.completed(leaf).is_some(), "the transfer did not resume");
+    assert_eq!(h.nodes[&leaf].chunks_requested, 50);
+}

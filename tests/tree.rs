@@ -1219,3 +1219,59 @@ async fn rules_go_down_three_levels_and_reports_come_back_up() {
     west.stop().await;
     root.stop().await;
 }
+
+/// A node limited to 10 Mbit/s from its parent fetches at that rate, within 10%, over
+/// 10 seconds (after 2 s, which the streams' flow-control windows may run ahead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_limit_of_10_mbit_holds_within_10_percent_over_10_s() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = root(&tmp.path().join("root")).await;
+    let token = root.token(false, 600).await;
+    let dir = tmp.path().join("limited");
+    Node::init_join(&dir, &JoinToken::parse(&token).expect("token")).expect("init join");
+    let mut opts = options(&dir);
+    opts.bandwidth.max_download = Some("10Mbit".parse().expect("rate"));
+    let child = start_with(opts).await.expect("the limited child starts");
+    let data = input(&tmp.path().join("input"), 24, 9);
+    let update = publish(&root, &data, "1.0").await;
+
+    let rate = 10_000_000.0 / 8.0;
+    let deadline = Instant::now() + HANG;
+    let sample = || async { (Instant::now(), bytes_held(&child.status().await, &update)) };
+    let mut first = sample().await;
+    while first.1 == 0 {
+        assert!(Instant::now() < deadline, "the transfer never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        first = sample().await;
+    }
+    let from = loop {
+        let s = sample().await;
+        if s.0 >= first.0 + Duration::from_secs(2) {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let to = loop {
+        let s = sample().await;
+        if s.0 >= from.0 + Duration::from_secs(10) {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let measured = (to.1 - from.1) as f64 / (to.0 - from.0).as_secs_f64();
+    eprintln!(
+        "measured {:.3} Mbit/s under a 10 Mbit/s limit",
+        measured * 8.0 / 1e6
+    );
+    assert!(
+        (measured / rate - 1.0).abs() <= 0.10,
+        "fetched at {:.2} Mbit/s under a 10 Mbit/s limit",
+        measured * 8.0 / 1e6
+    );
+    assert!(
+        to.1 < 24 << 20,
+        "the transfer finished early: the limit did not hold"
+    );
+    child.stop().await;
+    root.stop().await;
+}

@@ -8,12 +8,16 @@
 //! hooks = false                            # run modules' post-install commands
 //! hook_timeout = "5m"
 //! withdrawn = "keep"                       # or "remove"
+//! max_download = "40Mbit"                  # from the parent (the WAN), all together
+//! max_upload = "100MiB/s"                  # to the children, all together
+//! wan_window = ["19:00-07:00"]             # fetch from the parent only then (local time)
 //! ```
 //!
 //! The file is optional. An unknown key, a value of the wrong type or an unparsable
 //! address or duration is refused with its line and column, and the node does not start.
 
-use crate::net::{ClientOptions, Withdrawn};
+use crate::bandwidth::{Rate, Window};
+use crate::net::{BandwidthOptions, ClientOptions, Withdrawn};
 use anyhow::{Context, Result, bail};
 use libp2p::Multiaddr;
 use serde::Deserialize;
@@ -37,6 +41,9 @@ pub struct RunConfig {
     pub hooks: Option<bool>,
     pub hook_timeout: Option<String>,
     pub withdrawn: Option<Withdrawn>,
+    pub max_download: Option<String>,
+    pub max_upload: Option<String>,
+    pub wan_window: Option<Vec<String>>,
 }
 
 /// The settings of `arbor run` as given on its command line.
@@ -48,6 +55,9 @@ pub struct RunFlags {
     pub hooks: Option<bool>,
     pub hook_timeout: Option<Duration>,
     pub withdrawn: Option<Withdrawn>,
+    pub max_download: Option<Rate>,
+    pub max_upload: Option<Rate>,
+    pub wan_window: Vec<Window>,
 }
 
 /// What `arbor run` runs with: the flags over the file over the defaults.
@@ -56,6 +66,7 @@ pub struct RunSettings {
     pub listen: Vec<Multiaddr>,
     pub admin: SocketAddr,
     pub client: Option<ClientOptions>,
+    pub bandwidth: BandwidthOptions,
 }
 
 /// Reads `DIR/config.toml`; an absent file is an empty one.
@@ -102,6 +113,28 @@ pub fn settings(file: RunConfig, flags: RunFlags) -> Result<RunSettings> {
         .hook_timeout
         .map(|t| parse_hook_timeout(&t).context("hook_timeout"))
         .transpose()?;
+    let rate = |key: &str, value: Option<String>| -> Result<Option<Rate>> {
+        value
+            .map(|v| v.parse::<Rate>().with_context(|| key.to_string()))
+            .transpose()
+    };
+    let file_max_download = rate("max_download", file.max_download)?;
+    let file_max_upload = rate("max_upload", file.max_upload)?;
+    let file_windows = file
+        .wan_window
+        .unwrap_or_default()
+        .iter()
+        .map(|w| w.parse::<Window>().context("wan_window"))
+        .collect::<Result<Vec<_>>>()?;
+    let bandwidth = BandwidthOptions {
+        max_download: flags.max_download.or(file_max_download),
+        max_upload: flags.max_upload.or(file_max_upload),
+        wan_windows: if flags.wan_window.is_empty() {
+            file_windows
+        } else {
+            flags.wan_window
+        },
+    };
     let listen = if flags.listen.is_empty() {
         file_listen
     } else {
@@ -141,6 +174,7 @@ pub fn settings(file: RunConfig, flags: RunFlags) -> Result<RunSettings> {
         listen,
         admin,
         client,
+        bandwidth,
     })
 }
 
@@ -186,6 +220,17 @@ withdrawn = "remove"
         assert!(c.hooks);
         assert_eq!(c.hook_timeout, Duration::from_secs(90));
         assert_eq!(c.withdrawn, Withdrawn::Remove);
+        assert!(s.bandwidth.max_download.is_none() && s.bandwidth.wan_windows.is_empty());
+
+        let file = parse(
+            "max_download = \"40Mbit\"\nmax_upload = \"5MiB/s\"\nwan_window = [\"19:00-07:00\", \"12:00-13:00\"]\n",
+        )
+        .expect("valid");
+        let s = settings(file, flags()).expect("valid settings");
+        assert_eq!(s.bandwidth.max_download, Some(Rate(5_000_000)));
+        assert_eq!(s.bandwidth.max_upload, Some(Rate(5 << 20)));
+        assert_eq!(s.bandwidth.wan_windows.len(), 2);
+        assert!(s.bandwidth.wan_open(12 * 60 + 30) && !s.bandwidth.wan_open(9 * 60));
 
         let file = parse("install_dir = \"/srv/modules\"\nhooks = true\n").expect("valid");
         let s = settings(
@@ -228,6 +273,10 @@ withdrawn = "remove"
                 "between 1s and 1d",
             ),
             ("hooks = true\n", "give --install-dir"),
+            ("max_download = \"fast\"\n", "max_download"),
+            ("max_upload = \"0Mbit\"\n", "zero"),
+            ("wan_window = [\"19:00\"]\n", "wan_window"),
+            ("wan_window = [\"25:00-07:00\"]\n", "hours run"),
         ] {
             let file = parse(text).expect("well-formed");
             let err = format!("{:#}", settings(file, flags()).expect_err(text));

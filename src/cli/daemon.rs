@@ -26,6 +26,7 @@ pub fn run(data: &Path, flags: RunFlags) -> Result<()> {
         let daemon = net::start(Options {
             admin: settings.admin,
             client: settings.client,
+            bandwidth: settings.bandwidth,
             ..Options::new(data, settings.listen)
         })
         .await
