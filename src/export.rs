@@ -2,7 +2,9 @@
 //!
 //! Owns writing an update out to a plain directory: every file at its manifest path,
 //! with its mode, each chunk checked against its hash on the way out. It only writes
-//! into a directory that is new or empty, so it never overwrites anything.
+//! into a directory that is new or empty, so it never overwrites anything. It also owns
+//! reading a stored update back ([`stored_manifest`], [`read_chunk`]), which module
+//! packages and the client's installer share.
 
 use crate::content::Hash;
 use crate::node::Node;
@@ -53,18 +55,44 @@ pub struct ExportOutcome {
     pub bytes: u64,
 }
 
-/// Writes update `id` into `out`.
-pub fn export(node: &Node, id: &Hash, out: &Path, now: u64) -> Result<ExportOutcome, ExportError> {
+/// The signed manifest of stored update `id`, checked against the node's root key.
+pub fn stored_manifest(node: &Node, id: &Hash, now: u64) -> Result<SignedManifest, ExportError> {
     let bytes = node
         .store
         .manifest_bytes(id)?
         .ok_or(StoreError::UnknownUpdate(id.to_hex()))?;
-    let signed = SignedManifest::open(&bytes, &node.root_key, now).map_err(|source| {
-        ExportError::Manifest {
-            update: *id,
-            source,
-        }
-    })?;
+    SignedManifest::open(&bytes, &node.root_key, now).map_err(|source| ExportError::Manifest {
+        update: *id,
+        source,
+    })
+}
+
+/// Reads stored chunk `chunk` of `file` into `buf`, checked against its hash.
+pub fn read_chunk(
+    node: &Node,
+    chunk: &Hash,
+    file: &str,
+    buf: &mut Vec<u8>,
+) -> Result<(), ExportError> {
+    let bad = |why| ExportError::BadChunk {
+        chunk: *chunk,
+        file: file.to_string(),
+        why,
+    };
+    let loc = node
+        .store
+        .chunk_loc(chunk)?
+        .ok_or_else(|| bad("missing from the store"))?;
+    node.store.read_at(loc, buf)?;
+    if Hash::of(buf) != *chunk {
+        return Err(bad("corrupt in the store"));
+    }
+    Ok(())
+}
+
+/// Writes update `id` into `out`.
+pub fn export(node: &Node, id: &Hash, out: &Path, now: u64) -> Result<ExportOutcome, ExportError> {
+    let signed = stored_manifest(node, id, now)?;
     match fs::read_dir(out) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -90,19 +118,7 @@ pub fn export(node: &Node, id: &Hash, out: &Path, now: u64) -> Result<ExportOutc
             .open(&path)
             .map_err(io("create", &path))?;
         for c in &file.chunks {
-            let bad = |why| ExportError::BadChunk {
-                chunk: c.hash(),
-                file: file.path.clone(),
-                why,
-            };
-            let loc = node
-                .store
-                .chunk_loc(&c.hash())?
-                .ok_or_else(|| bad("missing from the store"))?;
-            node.store.read_at(loc, &mut buf)?;
-            if Hash::of(&buf) != c.hash() {
-                return Err(bad("corrupt in the store"));
-            }
+            read_chunk(node, &c.hash(), &file.path, &mut buf)?;
             f.write_all(&buf).map_err(io("write", &path))?;
         }
         f.set_permissions(fs::Permissions::from_mode(file.mode))

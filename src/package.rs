@@ -15,10 +15,9 @@
 use crate::content::Hash;
 use crate::content::manifest::{MAX_FILES, MODE_MASK};
 use crate::content::names::{self, NameError};
+use crate::export::{self, ExportError};
 use crate::node::Node;
 use crate::publish::{PublishError, PublishOutcome, PublishRequest};
-use crate::store::StoreError;
-use crate::trust::{SignedManifest, TrustError};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use quick_xml::events::{BytesStart, Event};
@@ -71,16 +70,9 @@ pub enum PackageError {
     Name(#[from] NameError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// Reading the update from the store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("the stored manifest of update {update} is refused: {source}")]
-    Manifest { update: Hash, source: TrustError },
-    #[error("chunk {chunk} of {file} is {why}; run arbor verify")]
-    BadChunk {
-        chunk: Hash,
-        file: String,
-        why: &'static str,
-    },
+    Export(#[from] ExportError),
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -99,16 +91,7 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 
 /// Writes update `id` of `node`'s store as a package to `out`.
 pub fn export(node: &Node, id: &Hash, out: &mut impl Write, now: u64) -> Result<(), PackageError> {
-    let bytes = node
-        .store
-        .manifest_bytes(id)?
-        .ok_or(StoreError::UnknownUpdate(id.to_hex()))?;
-    let signed = SignedManifest::open(&bytes, &node.root_key, now).map_err(|source| {
-        PackageError::Manifest {
-            update: *id,
-            source,
-        }
-    })?;
+    let signed = export::stored_manifest(node, id, now)?;
     let m = &signed.manifest;
     let to = Path::new("the package");
     let mut w = |s: &str| out.write_all(s.as_bytes()).map_err(io_err("write", to));
@@ -137,7 +120,7 @@ pub fn export(node: &Node, id: &Hash, out: &mut impl Write, now: u64) -> Result<
         // The file's blake3 comes first in the element: hash it from the store first.
         let mut hasher = blake3::Hasher::new();
         for c in &file.chunks {
-            read_chunk(node, &c.hash(), &file.path, &mut buf)?;
+            export::read_chunk(node, &c.hash(), &file.path, &mut buf)?;
             hasher.update(&buf);
         }
         out.write_all(
@@ -160,7 +143,7 @@ pub fn export(node: &Node, id: &Hash, out: &mut impl Write, now: u64) -> Result<
             flate2::Compression::default(),
         );
         for c in &file.chunks {
-            read_chunk(node, &c.hash(), &file.path, &mut buf)?;
+            export::read_chunk(node, &c.hash(), &file.path, &mut buf)?;
             gz.write_all(&buf).map_err(io_err("write", to))?;
         }
         gz.finish()
@@ -171,28 +154,6 @@ pub fn export(node: &Node, id: &Hash, out: &mut impl Write, now: u64) -> Result<
     out.write_all(b"</arbor-package>\n")
         .and_then(|()| out.flush())
         .map_err(io_err("write", to))
-}
-
-fn read_chunk(
-    node: &Node,
-    chunk: &Hash,
-    file: &str,
-    buf: &mut Vec<u8>,
-) -> Result<(), PackageError> {
-    let bad = |why| PackageError::BadChunk {
-        chunk: *chunk,
-        file: file.to_string(),
-        why,
-    };
-    let loc = node
-        .store
-        .chunk_loc(chunk)?
-        .ok_or_else(|| bad("missing from the store"))?;
-    node.store.read_at(loc, buf)?;
-    if Hash::of(buf) != *chunk {
-        return Err(bad("corrupt in the store"));
-    }
-    Ok(())
 }
 
 /// XML-escapes text for an attribute or element.
