@@ -51,8 +51,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-calc() { awk "BEGIN { print $1 }"; }
-now() { date +%s.%N; }
+source benches/common.sh
 in_ns() { local ns=$1; shift; ip netns exec "$P-$ns" "$@"; }
 shape() { # ns dev rate: tbf on the device's egress
     tc -n "$P-$1" qdisc add dev "$2" root tbf rate "$3" burst 64kb latency 100ms
@@ -99,7 +98,7 @@ wan_rx() {
 # Starts arbor in namespace $1 for node dir $2 listening on address $3, extra flags
 # after; waits for its admin API; sets PORT to the TCP port it listens on. (Not run in a
 # $(...) subshell: stop_all and cleanup must see the daemons' pids.)
-start_arbor() {
+start_in_ns() {
     local ns=$1 dir=$2 ip=$3
     shift 3
     in_ns "$ns" "$ARBOR" run --data "$dir" --listen "/ip4/$ip/tcp/0" "$@" 2>"$dir.log" &
@@ -126,14 +125,9 @@ join() {
     local token
     token=$(in_ns "$pns" "$ARBOR" token --data "$pdir" $kind --addr "/ip4/$ip/tcp/$port" 2>/dev/null)
     "$ARBOR" init --data "$dir" --join "$token" >/dev/null 2>&1
-    start_arbor "$ns" "$dir" "$own_ip" "$@"
+    start_in_ns "$ns" "$dir" "$own_ip" "$@"
 }
 
-stop_all() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    PIDS=()
-}
 
 
 # Waits until every leaf has the module installed (its link switched in: the install
@@ -164,7 +158,7 @@ run_arbor() {
     mkdir -p "$WORK/run"
     local R=$WORK/run/root
     "$ARBOR" init --root --data "$R" >/dev/null 2>&1
-    start_arbor r "$R" 0.0.0.0
+    start_in_ns r "$R" 0.0.0.0
     root_port=$PORT
     for s in $(seq "$SITES"); do
         local parent_ns=r parent_dir=$R parent_ip=10.0.$s.1 parent_port=$root_port

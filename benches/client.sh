@@ -80,11 +80,6 @@ start_client() {
     return 1
 }
 
-stop_all() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    PIDS=()
-}
 
 echo "arbor client benchmark: ${MIB} MiB module, median of $RUNS runs, $(nproc) cores"
 store=(); install=(); upgrade=(); upbytes=(); restart=()

@@ -1,5 +1,5 @@
-# Shared by the tree benchmark scripts (sourced): arithmetic, medians, timestamps, and
-# starting a daemon. Expects ARBOR (the binary) and the array PIDS.
+# Shared by the benchmark scripts (sourced): arithmetic, medians, timestamps, and
+# starting and stopping daemons. Expects ARBOR (the binary) and the array PIDS.
 
 calc() { awk "BEGIN { print $1 }"; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -21,4 +21,11 @@ start_arbor() {
     done
     echo "node $dir did not start" >&2
     return 1
+}
+
+# Stops every daemon this script started (the array PIDS).
+stop_all() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    PIDS=()
 }

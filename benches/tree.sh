@@ -43,11 +43,6 @@ source benches/common.sh
 # Starts `arbor run` for node dir $1 on loopback in the background.
 start_node() { start_arbor "$1" /ip4/127.0.0.1/tcp/0; }
 
-stop_all() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    PIDS=()
-}
 
 # A fresh, running root with no updates. Sets ROOT.
 fresh_root() {
