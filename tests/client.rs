@@ -217,6 +217,20 @@ fn path_str(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
 }
 
+/// Runs the fleet's client with `--install-dir dir`, which must fail; its stderr.
+fn refused_start(fleet: &Fleet, dir: &Path) -> String {
+    let dir = path_str(dir);
+    arbor_err(&[
+        "run",
+        "--data",
+        &fleet.client,
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--install-dir",
+        &dir,
+    ])
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -520,19 +534,7 @@ fn an_install_dir_that_cannot_be_written_stops_the_client_at_start() {
     // A regular file where the directory should be.
     let file = fleet.base.join("a-file");
     std::fs::write(&file, b"x").expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_arbor"))
-        .args([
-            "run",
-            "--data",
-            &fleet.client,
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-        ])
-        .args(["--install-dir", &path_str(&file)])
-        .output()
-        .expect("runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = refused_start(&fleet, &file);
     assert!(err.contains("is unusable: it is not a directory"), "{err}");
 
     // Bad settings are refused before anything starts.
@@ -569,19 +571,7 @@ fn an_install_dir_that_cannot_be_written_stops_the_client_at_start() {
     }
     let ro = fleet.base.join("ro");
     let _mount = Tmpfs::mount(&ro, "ro,size=1m");
-    let out = Command::new(env!("CARGO_BIN_EXE_arbor"))
-        .args([
-            "run",
-            "--data",
-            &fleet.client,
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-        ])
-        .args(["--install-dir", &path_str(&ro)])
-        .output()
-        .expect("runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = refused_start(&fleet, &ro);
     assert!(
         err.contains("is not writable") && err.contains("Read-only file system"),
         "{err}"

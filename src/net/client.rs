@@ -318,17 +318,18 @@ impl Client {
             let status = self.installed.get(module);
             let current = status.and_then(current_of);
             let held = status.and_then(|s| s.held);
-            let current_known = status.and_then(|s| s.current.as_ref()).map(|m| Known {
-                update: current.unwrap_or(Hash([0; 32])),
-                version: m.version.clone(),
-                seq: versions
-                    .iter()
-                    .find(|v| Some(v.update) == current)
-                    .map_or(0, |v| v.seq),
-                available: versions
-                    .iter()
-                    .any(|v| Some(v.update) == current && v.available),
-            });
+            let current_known =
+                current
+                    .zip(status.and_then(|s| s.current.as_ref()))
+                    .map(|(update, meta)| {
+                        let known = versions.iter().find(|v| v.update == update);
+                        Known {
+                            update,
+                            version: meta.version.clone(),
+                            seq: known.map_or(0, |v| v.seq),
+                            available: known.is_some_and(|v| v.available),
+                        }
+                    });
             let newest = versions
                 .iter()
                 .filter(|v| v.available && Some(v.update) != held)
