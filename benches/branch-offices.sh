@@ -8,8 +8,9 @@
 #   and their LAN.
 # Then, for an update of MIB MiB:
 #   A   arbor with a branch node on every branch host, the leaves its clients;
-#   B   arbor with no branch node: the leaves are clients of the root, behind their
-#       site's one WAN link;
+#   B   arbor with no branch node: the leaves are clients of the root at their site
+#       (arbor token --site), behind their site's one WAN link, and share what they
+#       fetch as siblings;
 #   nginx  what users run today: an nginx caching reverse proxy on every branch host
 #       (proxy_cache_lock on) in front of an origin nginx on the root host, every leaf
 #       downloading through its site's proxy with curl.
@@ -19,6 +20,12 @@
 #
 #   ARBOR_BENCH_SITES=4 ARBOR_BENCH_LEAVES=4 ARBOR_BENCH_MIB=64 ARBOR_BENCH_WAN=40mbit \
 #   ARBOR_BENCH_LAN=400mbit ARBOR_BENCH_RUNS="A B nginx" benches/branch-offices.sh
+#
+# ARBOR_BENCH_TMP is where the hosts keep their files (default /var/tmp: one disk shared
+# by every host; /dev/shm takes the shared disk out of the figures). ARBOR_BIN runs
+# that binary instead of building a release one. ARBOR_BENCH_MAX_WAN makes the script
+# fail if an arbor run moved more than that many update sizes across some site's WAN
+# link (tests/branch_offices.rs uses it).
 set -euo pipefail
 
 SITES=${ARBOR_BENCH_SITES:-4}
@@ -30,10 +37,15 @@ RUNS=${ARBOR_BENCH_RUNS:-A B nginx}
 LIMIT=${ARBOR_BENCH_LIMIT_SECS:-600}
 
 [ "$(id -u)" = 0 ] || { echo "run as root: it creates network namespaces" >&2; exit 1; }
+MAX_WAN=${ARBOR_BENCH_MAX_WAN:-}
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-ARBOR=$PWD/target/release/arbor
-WORK=$(mktemp -d /var/tmp/arbor-branch.XXXXXX)
+if [ -n "${ARBOR_BIN:-}" ]; then
+    ARBOR=$ARBOR_BIN
+else
+    cargo build --release --quiet
+    ARBOR=$PWD/target/release/arbor
+fi
+WORK=$(mktemp -d "${ARBOR_BENCH_TMP:-/var/tmp}/arbor-branch.XXXXXX")
 chmod 755 "$WORK"
 P=ab$$ # namespace prefix: this run's namespaces only
 PIDS=()
@@ -106,7 +118,7 @@ start_in_ns() {
     for _ in $(seq 600); do
         if [ -s "$dir/admin.addr" ]; then
             PORT=$(in_ns "$ns" "$ARBOR" status --data "$dir" --json |
-                python3 -c 'import json,sys; print(json.load(sys.stdin)["listen"][0].rsplit("/",1)[1])')
+                tr -d ' \n' | sed -E 's/.*"listen":\["[^"]*\/tcp\/([0-9]+)".*/\1/')
             return 0
         fi
         sleep 0.05
@@ -117,8 +129,8 @@ start_in_ns() {
 }
 
 # Joins node dir $4 in namespace $3 under the node in namespace $2 (dir $5) reached at
-# /ip4/$6/tcp/$7, as a client if $1 is "--client" (else give ""); starts it listening
-# on $8 with the extra flags after; sets PORT.
+# /ip4/$6/tcp/$7 with the token flags in $1 (e.g. "--client --site s1", or ""); starts
+# it listening on $8 with the extra flags after; sets PORT.
 join() {
     local kind=$1 pns=$2 ns=$3 dir=$4 pdir=$5 ip=$6 port=$7 own_ip=$8
     shift 8
@@ -143,7 +155,7 @@ until_all_installed() {
             done
         done
         [ "$left" = 0 ] && { calc "$(now) - $t0"; return 0; }
-        if [ "$(calc "$(now) > $deadline")" = 1 ]; then
+        if [ "$(calc "($(now) > $deadline)")" = 1 ]; then
             echo "$left leaves had not installed the update after $LIMIT s" >&2
             return 1
         fi
@@ -166,8 +178,11 @@ run_arbor() {
             join "" r "b$s" "$WORK/run/b$s" "$R" "10.0.$s.1" "$root_port" 0.0.0.0
             parent_ns=b$s parent_dir=$WORK/run/b$s parent_ip=10.$((100 + s)).0.1 parent_port=$PORT
         fi
+        # Without a branch node, the leaves of a site are siblings.
+        local kind="--client"
+        [ "$topology" = B ] && kind="--client --site s$s"
         for l in $(seq "$LEAVES"); do
-            join --client "$parent_ns" "s${s}l$l" "$WORK/run/s${s}l$l" "$parent_dir" "$parent_ip" \
+            join "$kind" "$parent_ns" "s${s}l$l" "$WORK/run/s${s}l$l" "$parent_dir" "$parent_ip" \
                 "$parent_port" 0.0.0.0 --install-dir "$WORK/run/s${s}l$l.modules"
         done
     done
@@ -195,6 +210,10 @@ report() {
     done
     printf '%-8s %7.2f s (%.2fx the bound)  WAN bytes per site / update size: %s (worst %.3f)\n' \
         "$label" "$secs" "$(calc "$secs / $BOUND")" "${per_site[*]}" "$(calc "$worst / $BYTES")"
+    if [ -n "$MAX_WAN" ] && [ "$label" != nginx ] && [ "$(calc "($worst > $MAX_WAN * $BYTES)")" = 1 ]; then
+        echo "$label moved more than $MAX_WAN update sizes across a site's WAN link" >&2
+        exit 1
+    fi
 }
 
 run_nginx() {

@@ -299,6 +299,7 @@ async fn start_child(
             client,
             ttl_secs: 600,
             addr: None,
+            site: None,
         }))
         .await?;
     let token = token["token"].as_str().context("no token in the answer")?;

@@ -94,6 +94,17 @@ enum Command {
         /// Serve the children no faster than RATE, all of them together.
         #[arg(long, value_name = "RATE")]
         max_upload: Option<crate::bandwidth::Rate>,
+        /// Fetch from siblings at this node's site (the LAN) no faster than RATE.
+        #[arg(long, value_name = "RATE")]
+        max_local_download: Option<crate::bandwidth::Rate>,
+        /// Serve siblings at this node's site no faster than RATE.
+        #[arg(long, value_name = "RATE")]
+        max_local_upload: Option<crate::bandwidth::Rate>,
+        /// This node's site, e.g. an office: the children of one parent at one site
+        /// take each chunk across the site's WAN link once and share it among
+        /// themselves (default: the site its join token named, kept in config.toml).
+        #[arg(long, value_name = "NAME", value_parser = config::parse_site)]
+        site: Option<String>,
         /// Fetch from the parent only in this daily window, local time, e.g.
         /// 19:00-07:00 (repeatable); outside it fetching pauses, and resumes by itself.
         #[arg(long, value_name = "HH:MM-HH:MM")]
@@ -133,6 +144,10 @@ enum Command {
         /// The address the child should dial (default: where this node listens).
         #[arg(long, value_name = "MULTIADDR")]
         addr: Option<String>,
+        /// Place the child at this site: it is written into the child's config.toml,
+        /// and the children of this node at one site share chunks over their LAN.
+        #[arg(long, value_name = "NAME", value_parser = config::parse_site)]
+        site: Option<String>,
     },
     /// Revoke a child's membership: it is disconnected and refused from now on.
     Revoke {
@@ -419,6 +434,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let token = crate::trust::member::JoinToken::parse(&token)?;
             let id = Node::init_join(&data, &token)
                 .with_context(|| format!("cannot create node in {}", data.display()))?;
+            if let Some(site) = &token.site {
+                config::preset_site(&data, site)?;
+            }
             if json {
                 print_json(
                     &serde_json::json!({ "node_id": id, "parent": token.parent.node_id() }),
@@ -443,6 +461,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             withdrawn,
             max_download,
             max_upload,
+            max_local_download,
+            max_local_upload,
+            site,
             wan_window,
         } => {
             let flags = config::RunFlags {
@@ -454,6 +475,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 withdrawn,
                 max_download,
                 max_upload,
+                max_local_download,
+                max_local_upload,
+                site,
                 wan_window,
             };
             daemon::run(&data, flags)?
@@ -466,7 +490,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             client,
             ttl,
             addr,
-        } => daemon::token(&data, groups, client, ttl, addr, json)?,
+            site,
+        } => daemon::token(&data, groups, client, ttl, addr, site, json)?,
         Command::Revoke { data, node } => daemon::revoke(&data, &node, json)?,
         Command::Group { action } => {
             use crate::net::admin::GroupRequest as G;

@@ -23,6 +23,10 @@
 //! itself by its own computation, serves chunks only of those, and fetches only what
 //! it may have and someone will use: itself if it is a leaf, else one of its children.
 //!
+//! Sites (PROTOCOL.md §13.1, in `site`): a parent sends each chunk across a site's
+//! uplink once and points the site's other children to the sibling that has it; a child
+//! fetches from its siblings what they hold and from its parent only the rest.
+//!
 //! Reports go the other way (PROTOCOL.md §15): the engine keeps its children's newest
 //! reports, sends its parent a signed snapshot of its own state and its subtree's
 //! roll-up shortly after anything changes (and after every reconnect, so that nothing
@@ -30,6 +34,9 @@
 //! approvals whose failure threshold the roll-up passes.
 
 pub mod bitmap;
+mod site;
+
+pub use site::{MAX_SIBLINGS, MAX_STRIKES, Served, SiblingInfo};
 
 use crate::content::Hash;
 use crate::report::{
@@ -120,6 +127,9 @@ pub enum Control {
     Rules { sets: Vec<Arc<[u8]>> },
     /// From a child: its newest signed report (PROTOCOL.md §15).
     Report { report: Arc<[u8]> },
+    /// From the parent: the receiver's connected siblings, the other children of the
+    /// parent at the receiver's site (PROTOCOL.md §13.1).
+    Siblings { peers: Vec<PeerId> },
 }
 
 /// How the driver judged one chunk of a fetch.
@@ -138,20 +148,22 @@ pub enum Output {
         to: PeerId,
         msg: Control,
     },
-    /// Fetch chunks `first .. first + count` of `update` from `from`.
+    /// Fetch chunks `first .. first + count` of `update` from `from` (the parent or a
+    /// sibling). `direct` asks the parent to send them even if a sibling has them.
     Fetch {
         id: FetchId,
         from: PeerId,
         update: Hash,
         first: u32,
         count: u32,
+        direct: bool,
     },
     /// A new, verified manifest: store it, then report which of its chunks the store
     /// already holds with [`Engine::handle_local_have`].
     StoreManifest {
         manifest: Arc<SignedManifest>,
     },
-    /// Connect to this peer (the parent, after it was lost).
+    /// Connect to this peer (the parent, after it was lost, or a sibling).
     Dial {
         peer: PeerId,
     },
@@ -225,6 +237,11 @@ pub enum Event {
 pub struct Stats {
     pub chunks_from_parent: u64,
     pub bytes_from_parent: u64,
+    pub chunks_from_siblings: u64,
+    pub bytes_from_siblings: u64,
+    /// Chunk requests of children answered "elsewhere" (a sibling at their site has it).
+    pub redirects: u64,
+    pub siblings_banned: u64,
     pub bad_chunks: u64,
     pub fetch_timeouts: u64,
     /// Reports sent to the parent.
@@ -275,8 +292,11 @@ struct Update {
     /// Taken up: [`Output::StoreManifest`] was asked for. An offer of an update that is
     /// not available to this node waits here unstored until it becomes available.
     stored: bool,
-    /// Bytes of it received from the parent.
+    /// Bytes of it received from the parent, and from siblings.
     from_parent: u64,
+    from_siblings: u64,
+    /// Where its chunks are at this node's site, on a node with siblings.
+    site: Option<Box<site::SiteChunks>>,
     /// What the installer said of it (a client's); else the chunks tell its state.
     outcome: Option<Outcome>,
 }
@@ -302,6 +322,8 @@ impl Update {
             completed: false,
             stored: !awaiting_local,
             from_parent: 0,
+            from_siblings: 0,
+            site: None,
             outcome: None,
         }
     }
@@ -400,6 +422,10 @@ pub struct Engine {
     rules_heard: bool,
     /// Nothing new is asked of the parent (outside the node's WAN windows).
     parent_paused: bool,
+    /// The other children of this node's parent at its site; a slot never moves.
+    siblings: Vec<site::Sibling>,
+    /// On a parent: its children's sites and who was sent which chunk.
+    sites: site::Sites,
 }
 
 impl Engine {
@@ -460,6 +486,8 @@ impl Engine {
             needed: std::collections::HashSet::new(),
             rules_heard: false,
             parent_paused: false,
+            siblings: Vec::new(),
+            sites: site::Sites::default(),
         }
     }
 
@@ -485,6 +513,7 @@ impl Engine {
     /// Forgets a child (revoked): it is disconnected and refused from now on.
     pub fn remove_child(&mut self, child: &PeerId, now: Millis) {
         self.child_avail.remove(child);
+        self.forget_site_member(child);
         self.unite_children_avail();
         if self.rollup.remove(child) {
             self.changed(now, true);
@@ -668,6 +697,7 @@ impl Engine {
                 state.bytes_done = done.min(total);
                 state.bytes_total = total;
                 state.from_parent = u.from_parent;
+                state.from_siblings = u.from_siblings;
                 state
             })
             .collect()
@@ -945,11 +975,14 @@ impl Engine {
         let Some(u) = self.updates.get_mut(&update) else {
             return;
         };
-        u.awaiting_local = false;
+        let taken_up = std::mem::take(&mut u.awaiting_local);
         for (i, _) in have.iter().enumerate().filter(|(_, h)| **h) {
             if u.have.set(i as u32) {
                 u.unannounced.set(i as u32);
             }
+        }
+        if taken_up {
+            self.tell_siblings(update);
         }
         self.check_complete(update);
         self.changed(now, true);
@@ -974,6 +1007,7 @@ impl Engine {
             Some(connected) => {
                 *connected = true;
                 self.greet_child(peer, now);
+                self.child_moved(&peer);
             }
             None => {
                 self.out.push_back(Output::Event(Event::Refused { peer }));
@@ -1002,8 +1036,13 @@ impl Engine {
 
     /// The connection to `peer` is gone (closed, failed, or a dial failed).
     pub fn handle_disconnected(&mut self, peer: PeerId, now: Millis) {
-        if let Some(connected) = self.children.get_mut(&peer) {
-            *connected = false;
+        if let Some(connected) = self.children.get_mut(&peer)
+            && std::mem::take(connected)
+        {
+            self.child_moved(&peer);
+        }
+        if let Some(slot) = self.sibling_slot(&peer) {
+            self.sibling_lost(slot);
         }
         // Whatever was asked of that peer is asked again later.
         let lost: Vec<FetchId> = self
@@ -1048,6 +1087,17 @@ impl Engine {
             }
             return;
         }
+        if let Some(slot) = self.sibling_slot(&peer)
+            && self.is_connected_sibling(&peer)
+        {
+            match msg {
+                Control::Have { update, ranges } => {
+                    self.handle_sibling_have(slot, update, ranges, now)
+                }
+                _ => self.misbehaved(peer, "a sibling sent something other than a Have"),
+            }
+            return;
+        }
         if !self.is_parent(&peer) {
             self.misbehaved(
                 peer,
@@ -1059,6 +1109,7 @@ impl Engine {
             Control::Offer { manifest } => self.handle_offer(peer, manifest, now),
             Control::Rules { sets } => self.handle_rules(peer, &sets, now),
             Control::Report { .. } => {}
+            Control::Siblings { peers } => self.handle_siblings(peers, now),
             Control::Have { update, ranges } => {
                 let Some(u) = self.updates.get_mut(&update) else {
                     self.misbehaved(peer, "announced chunks of an update it never offered");
@@ -1163,6 +1214,7 @@ impl Engine {
             return;
         }
         let (from, update) = (f.from, f.update);
+        let sibling = self.sibling_slot(&from).filter(|_| !self.is_parent(&from));
         let Some(u) = self.updates.get_mut(&update) else {
             return;
         };
@@ -1174,10 +1226,16 @@ impl Engine {
                 if u.have.set(index) {
                     u.unannounced.set(index);
                     let len = u64::from(u.chunks[index as usize].1);
-                    u.from_parent += len;
-                    self.stats.chunks_from_parent += 1;
-                    self.stats.bytes_from_parent += len;
+                    if let Some(slot) = sibling {
+                        u.from_siblings += len;
+                        self.count_from_sibling(slot, len);
+                    } else {
+                        u.from_parent += len;
+                        self.stats.chunks_from_parent += 1;
+                        self.stats.bytes_from_parent += len;
+                    }
                 }
+                self.progressed(&update, now);
                 let done = self.check_complete(update);
                 self.changed(now, started || done);
             }
@@ -1190,6 +1248,11 @@ impl Engine {
                     update,
                     index,
                 }));
+                if let Some(slot) = sibling {
+                    // Asked of the parent next, not of a sibling that sends bad bytes.
+                    self.sibling_fetch_failed(&update, std::iter::once(index));
+                    self.strike_sibling(slot);
+                }
             }
         }
     }
@@ -1212,6 +1275,10 @@ impl Engine {
                 }
             }
         }
+        if !self.is_parent(&f.from) && self.sibling_slot(&f.from).is_some() {
+            // A sibling that announced chunks and did not deliver them is not waited on.
+            self.sibling_fetch_failed(&f.update, f.first..f.first + f.count);
+        }
     }
 
     /// Time has reached `now`: retry dials, give up on overdue fetches, wake resting chunks.
@@ -1233,6 +1300,7 @@ impl Engine {
             self.stats.fetch_timeouts += 1;
             self.end_fetch(id);
         }
+        self.check_stalls(now);
         for u in self.updates.values_mut() {
             let (awake, still): (Vec<_>, Vec<_>) = u.resting.iter().partition(|(_, at)| *at <= now);
             u.resting = still;
@@ -1264,10 +1332,17 @@ impl Engine {
             .values()
             .flat_map(|u| u.resting.iter().map(|(_, at)| *at))
             .min();
-        [dial, fetch, rest, self.next_change, self.report_due]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            dial,
+            fetch,
+            rest,
+            self.next_change,
+            self.report_due,
+            self.next_stall(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next thing to do, or `None` when idle. Drain it after every input.
@@ -1302,7 +1377,8 @@ impl Engine {
             };
             let ranges = u.unannounced.ranges();
             u.unannounced.clear_all();
-            for child in &to {
+            let siblings: Vec<PeerId> = self.connected_siblings().collect();
+            for child in to.iter().chain(&siblings) {
                 self.out.push_back(Output::Send {
                     to: *child,
                     msg: Control::Have {
@@ -1314,8 +1390,10 @@ impl Engine {
         }
     }
 
-    /// Asks the parent for missing chunks it holds, up to the window.
+    /// Asks siblings for what they announced, then the parent for missing chunks it
+    /// holds that no sibling has or gets, each up to the window.
     fn schedule(&mut self, now: Millis) {
+        self.schedule_siblings(now);
         let Some((parent, ParentLink::Connected)) = self.parent.clone() else {
             return;
         };
@@ -1331,23 +1409,12 @@ impl Engine {
             .collect();
         'outer: while in_flight < self.config.window {
             for id in &wanted {
+                let Some((first, count, direct)) = self.next_parent_span(id) else {
+                    continue;
+                };
                 let Some(u) = self.updates.get_mut(id) else {
                     continue;
                 };
-                if u.awaiting_local || !u.stored || u.have.is_full() {
-                    continue;
-                }
-                let Some(first) = u.parent_has.first_set_not_in(0, &[&u.have, &u.busy]) else {
-                    continue;
-                };
-                let mut count = 1;
-                while count < self.config.span {
-                    let i = first + count;
-                    if i >= u.have.len() || !u.parent_has.get(i) || u.have.get(i) || u.busy.get(i) {
-                        break;
-                    }
-                    count += 1;
-                }
                 for i in first..first + count {
                     u.busy.set(i);
                 }
@@ -1369,12 +1436,45 @@ impl Engine {
                     update: *id,
                     first,
                     count,
+                    direct,
                 });
                 in_flight += 1;
                 continue 'outer;
             }
             break;
         }
+    }
+
+    /// The next span of `update` to ask the parent for: chunks it holds that are not
+    /// held, asked for, or waited on from a sibling, all asked with or all without
+    /// `direct`.
+    fn next_parent_span(&self, id: &Hash) -> Option<(u32, u32, bool)> {
+        let u = self.updates.get(id)?;
+        if u.awaiting_local || !u.stored || u.have.is_full() {
+            return None;
+        }
+        let none = Bitmap::new(0);
+        let (elsewhere, direct) = self.site_bitmaps(id).unwrap_or((&none, &none));
+        let skip = [&u.have, &u.busy, elsewhere];
+        let start = self.parent_search_start(u.have.len());
+        let first = u
+            .parent_has
+            .first_set_not_in(start, &skip)
+            .or_else(|| u.parent_has.first_set_not_in(0, &skip))?;
+        let is_direct = direct.get(first);
+        let mut count = 1;
+        while count < self.config.span {
+            let i = first + count;
+            if i >= u.have.len()
+                || !u.parent_has.get(i)
+                || skip.iter().any(|b| b.get(i))
+                || direct.get(i) != is_direct
+            {
+                break;
+            }
+            count += 1;
+        }
+        Some((first, count, is_direct))
     }
 
     /// Reports an update complete, once, when its last chunk is held.
@@ -1401,15 +1501,6 @@ impl Engine {
 
     fn is_parent(&self, peer: &PeerId) -> bool {
         matches!(&self.parent, Some((p, _)) if p == peer)
-    }
-
-    /// Whether `peer` may be served chunk `index` of `update`: it is a connected child,
-    /// the update is available to it, and this node holds the chunk. The driver asks
-    /// before sending any bytes.
-    pub fn may_serve(&self, peer: &PeerId, update: &Hash, index: u32) -> bool {
-        self.children.get(peer) == Some(&true)
-            && self.is_available_to(peer, update)
-            && self.updates.get(update).is_some_and(|u| u.have.get(index))
     }
 
     /// The hash and length of chunk `index` of `update`, for the driver to verify and serve.
@@ -1472,9 +1563,9 @@ impl Engine {
             .is_some_and(|u| !u.awaiting_local && u.have.is_full())
     }
 
-    /// The update a fetch in flight is for.
-    pub fn fetch_update(&self, fetch: FetchId) -> Option<Hash> {
-        self.fetches.get(&fetch).map(|f| f.update)
+    /// The source and update of a fetch in flight.
+    pub fn fetch_source(&self, fetch: FetchId) -> Option<(PeerId, Hash)> {
+        self.fetches.get(&fetch).map(|f| (f.from, f.update))
     }
 
     /// The signed manifest of a known update.

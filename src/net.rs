@@ -14,6 +14,9 @@
 //!   uncommitted index (cut-through);
 //! - a parent serves chunk streams only to children whose control stream came up with a
 //!   certificate chain it accepted, and only chunks it holds;
+//! - children of one parent at one site connect to each other (the parent tells them
+//!   who and where), check each other's certificates on a sibling stream, and fetch
+//!   from each other what the engine asks for, under the local limits;
 //! - a client run with an install directory has an installer ([`client`]) that the
 //!   event loop consults after every change, and whose jobs run off the loop.
 
@@ -25,7 +28,7 @@ mod reports;
 mod rules;
 
 use crate::content::Hash;
-use crate::engine::{self, ChunkVerdict, Control, Engine, Event, FetchId, Output, Role};
+use crate::engine::{self, ChunkVerdict, Control, Engine, Event, FetchId, Output, Role, Served};
 use crate::node::{Node, NodeError};
 use crate::publish;
 use crate::store::{ChildRecord, ModuleVersion, Store, StoreError, TokenRecord};
@@ -39,8 +42,8 @@ use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
 use libp2p::{Multiaddr, PeerId as Libp2pPeerId, Stream, Swarm, noise, tcp, yamux};
 pub use limit::BandwidthOptions;
 use limit::{Limiter, pace};
-use proto::{ChunkRequest, ControlFrame, JoinReply, JoinRequest};
-use std::collections::HashMap;
+use proto::{ChunkRequest, ControlFrame, JoinReply, JoinRequest, SiblingAddr};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -68,6 +71,9 @@ pub struct Options {
     /// Install approved modules here: a client (`arbor run --install-dir`).
     pub client: Option<ClientOptions>,
     pub bandwidth: BandwidthOptions,
+    /// This node's site: its parent's other children at the same site are its
+    /// siblings, and they share chunks instead of each fetching them over the WAN.
+    pub site: Option<String>,
     /// Test-only fault: corrupt this many of the first chunks served (one byte each).
     #[doc(hidden)]
     pub corrupt_first_chunks: u32,
@@ -82,6 +88,7 @@ impl Options {
             engine: engine::Config::default(),
             client: None,
             bandwidth: BandwidthOptions::default(),
+            site: None,
             corrupt_first_chunks: 0,
         }
     }
@@ -160,6 +167,14 @@ enum Ev {
     Hello {
         peer: PublicKey,
         chain: Vec<Envelope>,
+        site: Option<String>,
+        addrs: Vec<String>,
+        reply: oneshot::Sender<Result<Vec<Envelope>, String>>,
+    },
+    /// A sibling opened a sibling stream: check its chain, answer with our own.
+    SiblingHello {
+        peer: PublicKey,
+        chain: Vec<Envelope>,
         reply: oneshot::Sender<Result<Vec<Envelope>, String>>,
     },
     /// A child-side control handshake succeeded: the parent renewed our chain.
@@ -168,6 +183,7 @@ enum Ev {
     },
     ControlUp {
         peer: PublicKey,
+        sibling: bool,
         tx: mpsc::UnboundedSender<ControlFrame>,
     },
     ControlMsg {
@@ -185,6 +201,12 @@ enum Ev {
     },
     FetchEnd {
         fetch: FetchId,
+    },
+    /// The parent answered a chunk with "elsewhere": a sibling has it.
+    Elsewhere {
+        fetch: FetchId,
+        index: u32,
+        holder: PublicKey,
     },
     Serve {
         peer: PublicKey,
@@ -210,9 +232,9 @@ enum Ev {
     },
 }
 
-/// For each chunk of a request: its hash and length if it may be served; or why the
-/// peer is refused altogether.
-type ServeAnswer = Result<Vec<Option<(Hash, u32)>>, String>;
+/// For each chunk of a request what to send, and whether the peer is a sibling (served
+/// under the local upload limit); or why the peer is refused altogether.
+type ServeAnswer = Result<(Vec<Served>, bool), String>;
 
 /// Work for the store writer thread, in order.
 enum WriteJob {
@@ -225,6 +247,11 @@ enum WriteJob {
     Bad {
         fetch: FetchId,
         index: u32,
+    },
+    Elsewhere {
+        fetch: FetchId,
+        index: u32,
+        holder: PublicKey,
     },
     End {
         fetch: FetchId,
@@ -245,6 +272,7 @@ struct FetchJob {
     id: FetchId,
     update: Hash,
     first: u32,
+    direct: bool,
     expected: Vec<(Hash, u32)>,
 }
 
@@ -274,10 +302,17 @@ pub struct Daemon {
     /// This node's own certificate chain (a member's; the root issues its own).
     chain: Vec<Envelope>,
     sessions: HashMap<PublicKey, mpsc::UnboundedSender<ControlFrame>>,
-    /// Fetch jobs for the parent's chunk streams, while the parent is up.
-    fetch_tx: Option<mpsc::UnboundedSender<FetchJob>>,
+    /// Sessions that are sibling streams.
+    sibling_sessions: HashSet<PublicKey>,
+    /// Fetch jobs for each source's chunk streams (the parent, siblings), while it is up.
+    fetchers: HashMap<PublicKey, mpsc::UnboundedSender<FetchJob>>,
+    /// Where children listen (from their hellos) and siblings listen (from the parent).
+    peer_addrs: HashMap<PublicKey, Vec<Multiaddr>>,
+    /// The address each connected peer's connection comes from.
+    remote_addrs: HashMap<PublicKey, Multiaddr>,
     transfers: HashMap<Hash, Transfer>,
     sent_to: HashMap<PublicKey, u64>,
+    received_from: HashMap<PublicKey, u64>,
     refused: u64,
     /// Rule sets from the parent that were refused.
     rules_refused: u64,
@@ -292,6 +327,8 @@ pub struct Daemon {
     client_dirty: bool,
     /// Fetches from the parent, all streams together, go no faster than this.
     download: Option<Arc<Limiter>>,
+    /// Fetches from siblings, all together, go no faster than this.
+    local_download: Option<Arc<Limiter>>,
     admin_url: String,
     tasks: Tasks,
     opts: Options,
@@ -501,7 +538,10 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         ev_tx.clone(),
         node.clone(),
         opts.corrupt_first_chunks,
-        opts.bandwidth.max_upload.map(Limiter::new),
+        Uploads {
+            children: opts.bandwidth.max_upload.map(Limiter::new),
+            siblings: opts.bandwidth.max_local_upload.map(Limiter::new),
+        },
     )?;
     tracing::info!(
         node = %node.node_id(),
@@ -523,9 +563,13 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         parent_addr,
         chain,
         sessions: HashMap::new(),
-        fetch_tx: None,
+        sibling_sessions: HashSet::new(),
+        fetchers: HashMap::new(),
+        peer_addrs: HashMap::new(),
+        remote_addrs: HashMap::new(),
         transfers: HashMap::new(),
         sent_to: HashMap::new(),
+        received_from: HashMap::new(),
         refused: 0,
         rules_refused: 0,
         reports_to_keep: HashMap::new(),
@@ -534,6 +578,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         client,
         client_dirty: true,
         download: opts.bandwidth.max_download.map(Limiter::new),
+        local_download: opts.bandwidth.max_local_download.map(Limiter::new),
         admin_url,
         tasks,
         opts,
@@ -675,15 +720,17 @@ pub mod probe {
         .await
     }
 
-    /// Presents `chain` on the control stream; returns the node's first answer.
+    /// Sends `hello` on a stream of `protocol` (the control or the sibling stream);
+    /// returns the node's first answer.
     pub async fn hello(
         key: &SecretKey,
         addr: Multiaddr,
         node: PublicKey,
-        chain: Vec<Envelope>,
+        protocol: libp2p::StreamProtocol,
+        hello: ControlFrame,
     ) -> Result<ControlFrame, String> {
-        one_stream(key, addr, node, proto::CONTROL, |mut s| async move {
-            proto::write_frame(&mut s, &ControlFrame::Hello { chain }).await?;
+        one_stream(key, addr, node, protocol, |mut s| async move {
+            proto::write_frame(&mut s, &hello).await?;
             proto::read_frame(&mut s, proto::MAX_CONTROL_FRAME, "control frame")
                 .await?
                 .ok_or_else(|| proto::ProtoError::Violation("no answer".into()))
@@ -709,19 +756,35 @@ pub mod probe {
     }
 }
 
-/// Accepts the three stream protocols and hands each stream to its task.
+/// The upload limits: to children (the tree) and to siblings (the site's LAN).
+#[derive(Clone)]
+struct Uploads {
+    children: Option<Arc<Limiter>>,
+    siblings: Option<Arc<Limiter>>,
+}
+
+/// Accepts the four stream protocols and hands each stream to its task.
 fn spawn_acceptors(
     tasks: &Tasks,
     mut control: libp2p_stream::Control,
     ev: mpsc::UnboundedSender<Ev>,
     node: Arc<Node>,
     corrupt_first: u32,
-    upload: Option<Arc<Limiter>>,
+    uploads: Uploads,
 ) -> Result<(), NetError> {
     let taken = |_| NetError::Transport("a protocol was registered twice".into());
     let mut joins = control.accept(proto::JOIN).map_err(taken)?;
     let mut controls = control.accept(proto::CONTROL).map_err(taken)?;
     let mut chunks = control.accept(proto::CHUNKS).map_err(taken)?;
+    let mut siblings = control.accept(proto::SIBLINGS).map_err(taken)?;
+    let (e, t) = (ev.clone(), tasks.clone());
+    tasks.spawn(async move {
+        while let Some((peer, stream)) = siblings.next().await {
+            if let Some(peer) = PublicKey::from_peer_id(&peer) {
+                t.spawn(accept_hello(peer, stream, e.clone(), true));
+            }
+        }
+    });
     let (e, t) = (ev.clone(), tasks.clone());
     tasks.spawn(async move {
         while let Some((peer, stream)) = joins.next().await {
@@ -734,7 +797,7 @@ fn spawn_acceptors(
     tasks.spawn(async move {
         while let Some((peer, stream)) = controls.next().await {
             if let Some(peer) = PublicKey::from_peer_id(&peer) {
-                t.spawn(accept_control(peer, stream, e.clone()));
+                t.spawn(accept_hello(peer, stream, e.clone(), false));
             }
         }
     });
@@ -749,7 +812,7 @@ fn spawn_acceptors(
                     ev.clone(),
                     node.clone(),
                     corrupt.clone(),
-                    upload.clone(),
+                    uploads.clone(),
                 ));
             }
         }
@@ -801,27 +864,46 @@ async fn serve_join(peer: PublicKey, mut stream: Stream, ev: mpsc::UnboundedSend
     .await;
 }
 
-/// A child's control stream, parent side: check its chain, then run the session.
-async fn accept_control(peer: PublicKey, mut stream: Stream, ev: mpsc::UnboundedSender<Ev>) {
+/// The answering side of a control stream (from a child) or a sibling stream (from a
+/// sibling): the event loop checks the hello's chain; the answer is `Welcome` and the
+/// session, or `Refused` with the reason.
+async fn accept_hello(
+    peer: PublicKey,
+    mut stream: Stream,
+    ev: mpsc::UnboundedSender<Ev>,
+    sibling: bool,
+) {
+    let limit = if sibling {
+        proto::MAX_JOIN_FRAME
+    } else {
+        proto::MAX_CONTROL_FRAME
+    };
     let hello = timeout(
         HANDSHAKE_TIMEOUT,
-        proto::read_frame::<_, ControlFrame>(
-            &mut stream,
-            proto::MAX_CONTROL_FRAME,
-            "control frame",
-        ),
+        proto::read_frame::<_, ControlFrame>(&mut stream, limit, "hello"),
     )
     .await;
     let verdict = match hello {
-        Ok(Ok(Some(ControlFrame::Hello { chain }))) => {
+        Ok(Ok(Some(ControlFrame::Hello { site, addrs, chain }))) => {
             let (reply, rx) = oneshot::channel();
-            if ev.send(Ev::Hello { peer, chain, reply }).is_err() {
+            let check = if sibling {
+                Ev::SiblingHello { peer, chain, reply }
+            } else {
+                Ev::Hello {
+                    peer,
+                    chain,
+                    site,
+                    addrs,
+                    reply,
+                }
+            };
+            if ev.send(check).is_err() {
                 return;
             }
             rx.await
                 .unwrap_or_else(|_| Err("the node is shutting down".into()))
         }
-        Ok(Ok(_)) => Err("the first control frame must be Hello".to_string()),
+        Ok(Ok(_)) => Err("the first frame must be Hello".to_string()),
         Ok(Err(e)) => Err(format!("bad hello: {e}")),
         Err(_) => Err("no hello in time".to_string()),
     };
@@ -831,10 +913,13 @@ async fn accept_control(peer: PublicKey, mut stream: Stream, ev: mpsc::Unbounded
                 .await
                 .is_ok()
             {
-                run_control(peer, stream, ev).await;
+                run_control(peer, sibling, stream, ev).await;
             }
         }
         Err(reason) => {
+            if sibling {
+                tracing::warn!(peer = %peer.node_id(), "refused as a sibling: {reason}");
+            }
             let _ = timeout(HANDSHAKE_TIMEOUT, async {
                 proto::write_frame(&mut stream, &ControlFrame::Refused { reason }).await?;
                 stream.close().await?;
@@ -852,7 +937,7 @@ async fn open_control(
     parent: PublicKey,
     me: PublicKey,
     root: PublicKey,
-    chain: Vec<Envelope>,
+    hello: ControlFrame,
     ev: mpsc::UnboundedSender<Ev>,
 ) {
     let handshake = async {
@@ -861,7 +946,7 @@ async fn open_control(
             .open_stream(pid, proto::CONTROL)
             .await
             .map_err(|e| e.to_string())?;
-        proto::write_frame(&mut s, &ControlFrame::Hello { chain })
+        proto::write_frame(&mut s, &hello)
             .await
             .map_err(|e| e.to_string())?;
         match proto::read_frame(&mut s, proto::MAX_CONTROL_FRAME, "control frame").await {
@@ -883,7 +968,7 @@ async fn open_control(
     match timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok((stream, chain))) => {
             let _ = ev.send(Ev::Renewed { chain });
-            run_control(parent, stream, ev).await;
+            run_control(parent, false, stream, ev).await;
         }
         Ok(Err(why)) => {
             let _ = ev.send(Ev::ControlDown { peer: parent, why });
@@ -897,10 +982,88 @@ async fn open_control(
     }
 }
 
-/// A live control session: frames out from the event loop, frames in to it.
-async fn run_control(peer: PublicKey, stream: Stream, ev: mpsc::UnboundedSender<Ev>) {
+/// What a node checks a sibling's chain against: the pinned root, its own parent (the
+/// sibling's must be the same) and its own site (likewise).
+#[derive(Clone)]
+struct SiblingCheck {
+    root: PublicKey,
+    parent: PublicKey,
+    site: String,
+}
+
+/// Accepts `chain` from `peer` as a sibling's, or says why not.
+fn check_sibling(peer: &PublicKey, chain: &[Envelope], check: &SiblingCheck) -> Result<(), String> {
+    let members = verify_chain(chain, &check.root, now_secs())
+        .map_err(|e| format!("its certificate chain is refused: {e}"))?;
+    let last = members.last().ok_or("empty chain")?;
+    if last.node != *peer {
+        return Err("it presented the certificate chain of another node".into());
+    }
+    if last.issuer != check.parent {
+        return Err("it is not a child of this node's parent".into());
+    }
+    if last.site.as_deref() != Some(check.site.as_str()) {
+        return Err(format!(
+            "its parent certified it at site {:?}, not at {:?}",
+            last.site.as_deref().unwrap_or("(none)"),
+            check.site
+        ));
+    }
+    Ok(())
+}
+
+/// The sibling stream to a sibling this node dialled: present our chain, check theirs.
+async fn open_sibling(
+    mut control: libp2p_stream::Control,
+    peer: PublicKey,
+    chain: Vec<Envelope>,
+    check: SiblingCheck,
+    ev: mpsc::UnboundedSender<Ev>,
+) {
+    let handshake = async {
+        let pid = peer.peer_id().ok_or("bad sibling key")?;
+        let mut s = control
+            .open_stream(pid, proto::SIBLINGS)
+            .await
+            .map_err(|e| e.to_string())?;
+        let hello = ControlFrame::Hello {
+            site: None,
+            addrs: Vec::new(),
+            chain,
+        };
+        proto::write_frame(&mut s, &hello)
+            .await
+            .map_err(|e| e.to_string())?;
+        match proto::read_frame(&mut s, proto::MAX_JOIN_FRAME, "sibling welcome").await {
+            Ok(Some(ControlFrame::Welcome { chain })) => {
+                check_sibling(&peer, &chain, &check)?;
+                Ok(s)
+            }
+            Ok(Some(ControlFrame::Refused { reason })) => {
+                Err(format!("the sibling refused this node: {reason}"))
+            }
+            Ok(_) => Err("the sibling broke the protocol".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let why = match timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(stream)) => return run_control(peer, true, stream, ev).await,
+        Ok(Err(why)) => why,
+        Err(_) => "the sibling handshake timed out".into(),
+    };
+    tracing::warn!(peer = %peer.node_id(), "no sibling session: {why}");
+    let _ = ev.send(Ev::ControlDown { peer, why });
+}
+
+/// A live control or sibling session: frames out from the event loop, frames in to it.
+async fn run_control(
+    peer: PublicKey,
+    sibling: bool,
+    stream: Stream,
+    ev: mpsc::UnboundedSender<Ev>,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<ControlFrame>();
-    if ev.send(Ev::ControlUp { peer, tx }).is_err() {
+    if ev.send(Ev::ControlUp { peer, sibling, tx }).is_err() {
         return;
     }
     let (mut r, mut w) = stream.split();
@@ -944,7 +1107,7 @@ async fn serve_chunks(
     ev: mpsc::UnboundedSender<Ev>,
     node: Arc<Node>,
     corrupt: Arc<AtomicU32>,
-    upload: Option<Arc<Limiter>>,
+    uploads: Uploads,
 ) {
     // One chunk answer, header then bytes, is one write: the header does not go out
     // as a frame of its own.
@@ -990,12 +1153,27 @@ async fn serve_chunks(
                     stream.close().await?;
                     Err(proto::ProtoError::Violation("refused".into()))
                 }
-                Ok(chunks) => {
+                Ok((chunks, sibling)) => {
+                    let upload = if sibling {
+                        &uploads.siblings
+                    } else {
+                        &uploads.children
+                    };
                     let mut sent = 0u64;
                     for c in chunks {
-                        let Some((hash, len)) = c else {
-                            proto::write_chunk_header(&mut stream, proto::CHUNK_MISSING, 0).await?;
-                            continue;
+                        let (hash, len) = match c {
+                            Served::Data { hash, len } => (hash, len),
+                            Served::Missing => {
+                                proto::write_chunk_header(&mut stream, proto::CHUNK_MISSING, 0)
+                                    .await?;
+                                continue;
+                            }
+                            Served::Elsewhere { holder } => {
+                                let mut answer = proto::chunk_header(proto::CHUNK_ELSEWHERE, 32).to_vec();
+                                answer.extend_from_slice(&holder.0);
+                                stream.write_all(&answer).await?;
+                                continue;
+                            }
                         };
                         // A page-cache read of one chunk: short enough to do in place.
                         // Every byte after the header is overwritten by the read.
@@ -1020,7 +1198,7 @@ async fn serve_chunks(
                             *b ^= 0xff;
                         }
                         buf[..H].copy_from_slice(&proto::chunk_header(proto::CHUNK_DATA, len));
-                        pace(&upload, u64::from(len)).await;
+                        pace(upload, u64::from(len)).await;
                         stream.write_all(&buf).await?;
                         sent += u64::from(len);
                     }
@@ -1043,10 +1221,10 @@ async fn serve_chunks(
     }
 }
 
-/// One of a child's persistent chunk streams to its parent.
+/// One of a node's persistent chunk streams to a source (its parent or a sibling).
 async fn fetch_worker(
     mut control: libp2p_stream::Control,
-    parent: Libp2pPeerId,
+    source: Libp2pPeerId,
     jobs: Arc<Mutex<mpsc::UnboundedReceiver<FetchJob>>>,
     writer: mpsc::Sender<WriteJob>,
     fetch_timeout: Duration,
@@ -1064,7 +1242,7 @@ async fn fetch_worker(
             if fresh {
                 match timeout(
                     HANDSHAKE_TIMEOUT,
-                    control.open_stream(parent, proto::CHUNKS),
+                    control.open_stream(source, proto::CHUNKS),
                 )
                 .await
                 {
@@ -1115,6 +1293,7 @@ async fn fetch_span(
         &ChunkRequest {
             count,
             first: job.first,
+            direct: job.direct,
             update: job.update,
         },
     )
@@ -1159,6 +1338,18 @@ async fn fetch_span(
                 }
             }
             proto::CHUNK_MISSING => {}
+            proto::CHUNK_ELSEWHERE => {
+                let mut key = [0u8; 32];
+                s.read_exact(&mut key).await?;
+                let elsewhere = WriteJob::Elsewhere {
+                    fetch: job.id,
+                    index,
+                    holder: PublicKey(key),
+                };
+                if writer.send(elsewhere).await.is_err() {
+                    return Ok(());
+                }
+            }
             _ => {
                 let mut reason = vec![0u8; n as usize];
                 s.read_exact(&mut reason).await?;
@@ -1218,6 +1409,17 @@ fn write_loop(node: &Node, mut rx: mpsc::Receiver<WriteJob>, ev: &mpsc::Unbounde
                     fetch,
                     index,
                     verdict: ChunkVerdict::Bad,
+                });
+            }
+            WriteJob::Elsewhere {
+                fetch,
+                index,
+                holder,
+            } => {
+                let _ = ev.send(Ev::Elsewhere {
+                    fetch,
+                    index,
+                    holder,
                 });
             }
             WriteJob::End { fetch } => {
@@ -1324,12 +1526,12 @@ impl Daemon {
             writer,
             writer_tx,
             swarm,
-            fetch_tx,
+            fetchers,
             sessions,
             tasks,
             ..
         } = self;
-        drop((fetch_tx, sessions, swarm));
+        drop((fetchers, sessions, swarm));
         tasks.stop().await;
         drop(writer_tx);
         if let Some(w) = writer {
@@ -1372,11 +1574,16 @@ impl Daemon {
                 let Some(peer) = PublicKey::from_peer_id(&peer_id) else {
                     return;
                 };
-                if Some(&peer) == self.engine.parent()
-                    && endpoint.is_dialer()
-                    && !self.sessions.contains_key(&peer)
-                {
-                    self.open_parent_session(peer);
+                self.remote_addrs
+                    .insert(peer, endpoint.get_remote_address().clone());
+                if endpoint.is_dialer() && !self.sessions.contains_key(&peer) {
+                    if Some(&peer) == self.engine.parent() {
+                        self.open_parent_session(peer);
+                    } else if self.peer_addrs.contains_key(&peer)
+                        && !self.engine.is_connected_child(&peer)
+                    {
+                        self.open_sibling_session(peer);
+                    }
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -1385,6 +1592,7 @@ impl Daemon {
                 ..
             } => {
                 if let Some(peer) = PublicKey::from_peer_id(&peer_id) {
+                    self.remote_addrs.remove(&peer);
                     self.end_session(peer, "connection closed");
                 }
             }
@@ -1393,11 +1601,14 @@ impl Daemon {
                 error,
                 ..
             } => {
-                if let Some(peer) = PublicKey::from_peer_id(&peer_id)
-                    && Some(&peer) == self.engine.parent()
-                {
-                    tracing::warn!("cannot reach the parent: {error}");
-                    self.engine.handle_disconnected(peer, now_ms());
+                if let Some(peer) = PublicKey::from_peer_id(&peer_id) {
+                    if Some(&peer) == self.engine.parent() {
+                        tracing::warn!("cannot reach the parent: {error}");
+                        self.engine.handle_disconnected(peer, now_ms());
+                    } else if !self.sessions.contains_key(&peer) {
+                        tracing::warn!(peer = %peer.node_id(), "cannot reach a sibling: {error}");
+                        self.engine.handle_disconnected(peer, now_ms());
+                    }
                 }
             }
             _ => {}
@@ -1405,12 +1616,44 @@ impl Daemon {
     }
 
     fn open_parent_session(&self, parent: PublicKey) {
+        let hello = ControlFrame::Hello {
+            site: self.opts.site.clone(),
+            addrs: self
+                .listen_addrs
+                .iter()
+                .take(proto::MAX_ADDRS)
+                .map(|a| a.to_string())
+                .collect(),
+            chain: self.chain.clone(),
+        };
         self.tasks.spawn(open_control(
             self.control.clone(),
             parent,
             self.node.node_key.public(),
             self.node.root_key,
+            hello,
+            self.ev_tx.clone(),
+        ));
+    }
+
+    /// What a sibling's chain must show: this node's root, parent and site.
+    fn sibling_check(&self) -> Option<SiblingCheck> {
+        Some(SiblingCheck {
+            root: self.node.root_key,
+            parent: *self.engine.parent()?,
+            site: self.opts.site.clone()?,
+        })
+    }
+
+    fn open_sibling_session(&self, peer: PublicKey) {
+        let Some(check) = self.sibling_check() else {
+            return;
+        };
+        self.tasks.spawn(open_sibling(
+            self.control.clone(),
+            peer,
             self.chain.clone(),
+            check,
             self.ev_tx.clone(),
         ));
     }
@@ -1418,11 +1661,13 @@ impl Daemon {
     /// A session with `peer` is over (or never started): the engine hears of it once.
     fn end_session(&mut self, peer: PublicKey, why: &str) {
         let had_session = self.sessions.remove(&peer).is_some();
+        let was_sibling = self.sibling_sessions.remove(&peer);
         let is_parent = Some(&peer) == self.engine.parent();
-        if is_parent {
-            self.fetch_tx = None;
-        }
-        if had_session || is_parent {
+        self.fetchers.remove(&peer);
+        if was_sibling {
+            tracing::info!(peer = %peer.node_id(), "sibling session ended: {why}");
+            self.engine.handle_disconnected(peer, now_ms());
+        } else if had_session || is_parent {
             tracing::info!(peer = %peer.node_id(), parent = is_parent, "session ended: {why}");
             self.engine.handle_disconnected(peer, now_ms());
         }
@@ -1439,11 +1684,32 @@ impl Daemon {
             } => {
                 let _ = reply.send(self.on_join(peer, secret));
             }
-            Ev::Hello { peer, chain, reply } => {
-                let verdict = self.check_child(&peer, &chain);
-                if let Err(reason) = &verdict {
+            Ev::Hello {
+                peer,
+                chain,
+                site,
+                addrs,
+                reply,
+            } => {
+                let verdict = self.check_child(&peer, &chain, site.as_deref(), &addrs);
+                match &verdict {
+                    Ok(_) => self.engine.set_child_site(peer, site.as_deref()),
+                    Err(reason) => {
+                        self.refused += 1;
+                        tracing::warn!(peer = %peer.node_id(), "refused: {reason}");
+                    }
+                }
+                let _ = reply.send(verdict);
+            }
+            Ev::SiblingHello { peer, chain, reply } => {
+                let verdict = match self.sibling_check() {
+                    Some(check) => {
+                        check_sibling(&peer, &chain, &check).map(|()| self.chain.clone())
+                    }
+                    None => Err("this node has no site, so it has no siblings".to_string()),
+                };
+                if verdict.is_err() {
                     self.refused += 1;
-                    tracing::warn!(peer = %peer.node_id(), "refused: {reason}");
                 }
                 let _ = reply.send(verdict);
             }
@@ -1453,10 +1719,26 @@ impl Daemon {
                 }
                 self.chain = chain;
             }
-            Ev::ControlUp { peer, tx } => {
+            Ev::ControlUp { peer, sibling, tx } => {
+                if sibling {
+                    if self.sessions.contains_key(&peer) {
+                        // Both sides dialled at once: one session is enough.
+                        return;
+                    }
+                    self.sessions.insert(peer, tx);
+                    self.sibling_sessions.insert(peer);
+                    self.start_fetchers(peer, self.local_download.clone());
+                    if !self.engine.handle_sibling_connected(peer, now) {
+                        self.end_session(peer, "a banned sibling");
+                        self.disconnect(peer);
+                    } else {
+                        tracing::info!(peer = %peer.node_id(), "sibling session up");
+                    }
+                    return;
+                }
                 self.sessions.insert(peer, tx);
                 if Some(&peer) == self.engine.parent() {
-                    self.start_fetchers(peer);
+                    self.start_fetchers(peer, self.download.clone());
                 }
                 self.engine.handle_connected(peer, now);
             }
@@ -1474,6 +1756,16 @@ impl Daemon {
                     ControlFrame::Report { report } => Control::Report {
                         report: report.into_vec().into(),
                     },
+                    ControlFrame::Siblings { peers } if Some(&peer) == self.engine.parent() => {
+                        match self.take_sibling_addrs(peers) {
+                            Ok(peers) => Control::Siblings { peers },
+                            Err(why) => {
+                                tracing::warn!(peer = %peer.node_id(), "bad sibling list: {why}; closing");
+                                self.disconnect(peer);
+                                return;
+                            }
+                        }
+                    }
                     other => {
                         tracing::warn!(peer = %peer.node_id(), "unexpected control frame {:?}; closing", frame_kind(&other));
                         self.disconnect(peer);
@@ -1500,28 +1792,33 @@ impl Daemon {
                 verdict,
             } => {
                 if verdict == ChunkVerdict::Stored
-                    && let Some(update) = self.engine.fetch_update(fetch)
+                    && let Some((from, update)) = self.engine.fetch_source(fetch)
                 {
-                    let len = self.engine.chunk(&update, index).map_or(0, |c| c.1);
-                    self.transfers.entry(update).or_default().bytes_in += u64::from(len);
+                    let len = u64::from(self.engine.chunk(&update, index).map_or(0, |c| c.1));
+                    self.transfers.entry(update).or_default().bytes_in += len;
+                    *self.received_from.entry(from).or_default() += len;
                 }
                 self.engine.handle_chunk(fetch, index, verdict, now);
             }
             Ev::FetchEnd { fetch } => self.engine.handle_fetch_end(fetch, now),
+            Ev::Elsewhere {
+                fetch,
+                index,
+                holder,
+            } => self.engine.handle_elsewhere(fetch, index, holder, now),
             Ev::Serve { peer, req, reply } => {
-                let answer = if self.engine.is_connected_child(&peer) {
-                    Ok((req.first..req.first + req.count)
-                        .map(|i| {
-                            self.engine
-                                .may_serve(&peer, &req.update, i)
-                                .then(|| self.engine.chunk(&req.update, i))
-                                .flatten()
-                        })
-                        .collect())
+                let answer = if self.engine.may_request(&peer) {
+                    let chunks = (req.first..req.first + req.count)
+                        .map(|i| self.engine.serve(&peer, &req.update, i, req.direct))
+                        .collect();
+                    Ok((chunks, self.engine.is_connected_sibling(&peer)))
                 } else {
                     self.refused += 1;
-                    tracing::warn!(peer = %peer.node_id(), "refused a chunk request: not a connected child");
-                    Err("this node serves chunks only to its own connected children".to_string())
+                    tracing::warn!(peer = %peer.node_id(), "refused a chunk request: not a connected child or sibling");
+                    Err(
+                        "this node serves chunks only to its own connected children and siblings"
+                            .to_string(),
+                    )
                 };
                 let _ = reply.send(answer);
             }
@@ -1572,8 +1869,9 @@ impl Daemon {
         Ok(())
     }
 
-    fn start_fetchers(&mut self, parent: PublicKey) {
-        let Some(pid) = parent.peer_id() else { return };
+    /// Starts the chunk streams to a source (the parent or a sibling), paced by `limit`.
+    fn start_fetchers(&mut self, source: PublicKey, limit: Option<Arc<Limiter>>) {
+        let Some(pid) = source.peer_id() else { return };
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..self.opts.engine.window {
@@ -1583,10 +1881,28 @@ impl Daemon {
                 rx.clone(),
                 self.writer_tx.clone(),
                 Duration::from_millis(self.engine.config().fetch_timeout),
-                self.download.clone(),
+                limit.clone(),
             ));
         }
-        self.fetch_tx = Some(tx);
+        self.fetchers.insert(source, tx);
+    }
+
+    /// The parent's list of siblings: checked, their addresses kept for dialling.
+    fn take_sibling_addrs(&mut self, peers: Vec<SiblingAddr>) -> Result<Vec<PublicKey>, String> {
+        if peers.len() > engine::MAX_SIBLINGS {
+            return Err(format!(
+                "{} siblings, over the limit of {}",
+                peers.len(),
+                engine::MAX_SIBLINGS
+            ));
+        }
+        let mut keys = Vec::with_capacity(peers.len());
+        for p in peers {
+            let addrs = parse_addrs(&p.addrs)?;
+            self.peer_addrs.insert(p.node, addrs);
+            keys.push(p.node);
+        }
+        Ok(keys)
     }
 
     fn disconnect(&mut self, peer: PublicKey) {
@@ -1642,6 +1958,19 @@ impl Daemon {
                         Control::Report { report } => ControlFrame::Report {
                             report: serde_bytes::ByteBuf::from(report.to_vec()),
                         },
+                        Control::Siblings { peers } => ControlFrame::Siblings {
+                            peers: peers
+                                .into_iter()
+                                .map(|node| SiblingAddr {
+                                    node,
+                                    addrs: self
+                                        .peer_addrs
+                                        .get(&node)
+                                        .map(|a| a.iter().map(|a| a.to_string()).collect())
+                                        .unwrap_or_default(),
+                                })
+                                .collect(),
+                        },
                     };
                     if let Some(tx) = self.sessions.get(&to) {
                         let _ = tx.send(frame);
@@ -1649,10 +1978,11 @@ impl Daemon {
                 }
                 Output::Fetch {
                     id,
-                    from: _,
+                    from,
                     update,
                     first,
                     count,
+                    direct,
                 } => {
                     let expected: Vec<(Hash, u32)> = (first..first + count)
                         .filter_map(|i| self.engine.chunk(&update, i))
@@ -1661,11 +1991,12 @@ impl Daemon {
                         id,
                         update,
                         first,
+                        direct,
                         expected,
                     };
                     let sent = self
-                        .fetch_tx
-                        .as_ref()
+                        .fetchers
+                        .get(&from)
                         .is_some_and(|tx| tx.send(job).is_ok());
                     if !sent {
                         self.engine.handle_fetch_end(id, now);
@@ -1686,6 +2017,9 @@ impl Daemon {
                             let _ = tx.send(WriteJob::Manifest { manifest }).await;
                         });
                     }
+                }
+                Output::Dial { peer } if Some(&peer) != self.engine.parent() => {
+                    self.dial_sibling(peer, now);
                 }
                 Output::Dial { peer } => {
                     let (Ok(pid), Some(addr)) = (peer_of(&peer), self.parent_addr.clone()) else {
@@ -1810,7 +2144,7 @@ impl Daemon {
                 }
                 JoinReply::Accepted {
                     root: self.node.root_key,
-                    chain: self.child_chain(&peer, &record),
+                    chain: self.child_chain(&peer, &record, None),
                 }
             }
             Ok(Err(refusal)) => {
@@ -1829,8 +2163,13 @@ impl Daemon {
         }
     }
 
-    /// This node's chain followed by a fresh certificate for `child`.
-    fn child_chain(&self, child: &PublicKey, record: &ChildRecord) -> Vec<Envelope> {
+    /// This node's chain followed by a fresh certificate for `child`, at `site`.
+    fn child_chain(
+        &self,
+        child: &PublicKey,
+        record: &ChildRecord,
+        site: Option<&str>,
+    ) -> Vec<Envelope> {
         let now = now_secs();
         let mut chain = match self.node.root_secret() {
             Ok(root) => vec![member::issue(
@@ -1838,6 +2177,7 @@ impl Daemon {
                 self.node.node_key.public(),
                 false,
                 Vec::new(),
+                None,
                 now,
                 now + CERT_TTL_SECS,
             )],
@@ -1848,14 +2188,26 @@ impl Daemon {
             *child,
             record.client,
             record.groups.clone(),
+            site.map(str::to_string),
             now,
             now + CERT_TTL_SECS,
         ));
         chain
     }
 
-    /// Checks a connecting child's chain and records; returns its renewed chain.
-    fn check_child(&self, peer: &PublicKey, chain: &[Envelope]) -> Result<Vec<Envelope>, String> {
+    /// Checks a connecting child's chain, records, site and addresses; keeps the
+    /// addresses for its siblings; returns its renewed chain, certified at its site.
+    fn check_child(
+        &mut self,
+        peer: &PublicKey,
+        chain: &[Envelope],
+        site: Option<&str>,
+        addrs: &[String],
+    ) -> Result<Vec<Envelope>, String> {
+        if let Some(site) = site {
+            crate::content::names::check_name("site", site).map_err(|e| e.to_string())?;
+        }
+        let addrs = parse_addrs(addrs)?;
         let members = verify_chain(chain, &self.node.root_key, now_secs()).map_err(|e| {
             format!("its certificate chain is refused ({e}); it may belong to another tree")
         })?;
@@ -1875,7 +2227,48 @@ impl Daemon {
         if record.revoked {
             return Err("its membership was revoked".into());
         }
-        Ok(self.child_chain(peer, &record))
+        // A child listening on every interface, or naming its loopback address while it
+        // connected from elsewhere, is reachable at the address it connected from.
+        let seen = self.remote_addrs.get(peer).and_then(|a| a.iter().next());
+        let seen_loopback = self.remote_addrs.get(peer).is_some_and(is_loopback);
+        let mut reachable: Vec<Multiaddr> = Vec::new();
+        for a in addrs {
+            let a = match &seen {
+                Some(ip) if is_unspecified(&a) || (is_loopback(&a) && !seen_loopback) => a
+                    .iter()
+                    .map(|p| if is_ip(&p) { ip.clone() } else { p })
+                    .collect(),
+                _ => a,
+            };
+            if !reachable.contains(&a) {
+                reachable.push(a);
+            }
+        }
+        self.peer_addrs.insert(*peer, reachable);
+        Ok(self.child_chain(peer, &record, site))
+    }
+
+    /// Dials a sibling the engine asked for, at the addresses the parent gave.
+    fn dial_sibling(&mut self, peer: PublicKey, now: u64) {
+        let Ok(pid) = peer_of(&peer) else { return };
+        if self.swarm.is_connected(&pid) {
+            if !self.sessions.contains_key(&peer) {
+                self.open_sibling_session(peer);
+            }
+            return;
+        }
+        let addrs = self.peer_addrs.get(&peer).cloned().unwrap_or_default();
+        if addrs.is_empty() {
+            self.engine.handle_disconnected(peer, now);
+            return;
+        }
+        if let Err(e) = self
+            .swarm
+            .dial(DialOpts::peer_id(pid).addresses(addrs).build())
+        {
+            tracing::warn!(peer = %peer.node_id(), "cannot dial a sibling: {e}");
+            self.engine.handle_disconnected(peer, now);
+        }
     }
 
     fn on_local(&mut self, req: Request, reply: oneshot::Sender<Answer>) {
@@ -1993,7 +2386,13 @@ impl Daemon {
             client,
             ttl_secs,
             addr,
+            site,
         } = req;
+        if let Some(site) = &site
+            && let Err(e) = crate::content::names::check_name("site", site)
+        {
+            return Err(Refusal::bad(e.to_string()));
+        }
         // Every child is in the built-in group; the others must exist.
         groups.retain(|g| g != crate::store::ALL);
         groups.sort();
@@ -2068,6 +2467,7 @@ impl Daemon {
         let token = JoinToken {
             addr: addr.to_string(),
             root: root_fingerprint(&self.node.root_key),
+            site,
             parent: self.node.node_key.public(),
             secret,
         };
@@ -2081,22 +2481,11 @@ impl Daemon {
 
     /// The address a child should dial: a listening address, not the unspecified one.
     fn advertised_addr(&self) -> Option<Multiaddr> {
-        let usable = |a: &&Multiaddr| {
-            !a.iter().any(|p| {
-                matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified())
-                    || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_unspecified())
-            })
-        };
-        let loopback = |a: &Multiaddr| {
-            a.iter().any(|p| {
-                matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_loopback())
-                    || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_loopback())
-            })
-        };
+        let usable = |a: &&Multiaddr| !is_unspecified(a);
         let addrs: Vec<&Multiaddr> = self.listen_addrs.iter().filter(usable).collect();
         addrs
             .iter()
-            .find(|a| !loopback(a))
+            .find(|a| !is_loopback(a))
             .or(addrs.first())
             .map(|a| (*a).clone())
     }
@@ -2233,7 +2622,22 @@ impl Daemon {
                     "client": r.client,
                     "groups": r.groups,
                     "revoked": r.revoked,
+                    "site": self.engine.child_site(&key),
                     "bytes_sent": self.sent_to.get(&key).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        let siblings: Vec<serde_json::Value> = self
+            .engine
+            .siblings()
+            .into_iter()
+            .map(|s| {
+                serde_json::json!({
+                    "node_id": s.peer.node_id(),
+                    "connected": s.connected,
+                    "banned": s.banned,
+                    "bytes_received": s.bytes_from,
+                    "bytes_sent": self.sent_to.get(&s.peer).copied().unwrap_or(0),
                 })
             })
             .collect();
@@ -2293,7 +2697,10 @@ impl Daemon {
             "listen": self.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "admin": self.admin_url,
             "parent": parent,
+            "site": self.opts.site,
+            "siblings": siblings,
             "children": children,
+            "redirects": stats.redirects,
             "updates": updates,
             "bad_chunks": stats.bad_chunks,
             "fetch_timeouts": stats.fetch_timeouts,
@@ -2304,6 +2711,55 @@ impl Daemon {
             "installed": self.client.as_ref().map(|c| c.view()),
         })
     }
+}
+
+/// Reads the addresses a peer gave for itself (or another): bounded in number and
+/// length, each a multiaddr.
+fn parse_addrs(addrs: &[String]) -> Result<Vec<Multiaddr>, String> {
+    if addrs.len() > proto::MAX_ADDRS {
+        return Err(format!(
+            "{} addresses, over the limit of {}",
+            addrs.len(),
+            proto::MAX_ADDRS
+        ));
+    }
+    addrs
+        .iter()
+        .map(|a| {
+            if a.len() > proto::MAX_ADDR_LEN {
+                return Err(format!(
+                    "an address of {} bytes, over the limit of {}",
+                    a.len(),
+                    proto::MAX_ADDR_LEN
+                ));
+            }
+            a.parse::<Multiaddr>()
+                .map_err(|e| format!("{a:?} is not a multiaddr: {e}"))
+        })
+        .collect()
+}
+
+fn is_ip(p: &libp2p::multiaddr::Protocol) -> bool {
+    matches!(
+        p,
+        libp2p::multiaddr::Protocol::Ip4(_) | libp2p::multiaddr::Protocol::Ip6(_)
+    )
+}
+
+/// Whether an address is a loopback one (127.0.0.0/8 or ::1).
+fn is_loopback(a: &Multiaddr) -> bool {
+    a.iter().any(|p| {
+        matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_loopback())
+            || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_loopback())
+    })
+}
+
+/// Whether an address is on every interface (0.0.0.0 or ::).
+fn is_unspecified(a: &Multiaddr) -> bool {
+    a.iter().any(|p| {
+        matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified())
+            || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_unspecified())
+    })
 }
 
 fn not_a_client() -> Refusal {
@@ -2322,6 +2778,7 @@ fn module_name(m: &SignedManifest) -> String {
 fn frame_kind(f: &ControlFrame) -> &'static str {
     match f {
         ControlFrame::Hello { .. } => "Hello",
+        ControlFrame::Siblings { .. } => "Siblings",
         ControlFrame::Welcome { .. } => "Welcome",
         ControlFrame::Refused { .. } => "Refused",
         ControlFrame::Offer { .. } => "Offer",

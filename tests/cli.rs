@@ -607,6 +607,11 @@ fn unparsable_rates_and_windows_are_refused_before_anything_starts() {
         ("--max-upload", "0MiB/s", "is zero"),
         ("--wan-window", "19:00", "is not a time window"),
         ("--wan-window", "19:00-24:30", "hours run 00 to 23"),
+        ("--max-local-download", "lots", "is not a rate"),
+        ("--max-local-upload", "1.5.2Mbit", "is not a rate"),
+        ("--site", "berlin office", "a space"),
+        ("--site", "../hq", "path separator"),
+        ("--site", "", "site"),
     ] {
         let err = run(flag, value);
         assert!(err.contains(expect), "{flag} {value}: {err}");

@@ -11,6 +11,7 @@ use arbor::content::Hash;
 use arbor::content::manifest::{ChunkRef, FileEntry, Manifest};
 use arbor::engine::{
     ChunkVerdict, Config, Control, Engine, Event, FetchId, Millis, Outcome, Output, PeerId, Role,
+    Served,
 };
 use arbor::rules::{ALL, Approval, FULL_WAVE, Rules, SignedRules};
 use arbor::trust::{SecretKey, SignedManifest};
@@ -79,6 +80,15 @@ enum Ev {
         update: Hash,
         first: u32,
         count: u32,
+        direct: bool,
+    },
+    Elsewhere {
+        to: PeerId,
+        from: PeerId,
+        epoch: u64,
+        fetch: FetchId,
+        index: u32,
+        holder: PeerId,
     },
     Chunk {
         to: PeerId,
@@ -118,6 +128,8 @@ struct Node {
     events: Vec<Event>,
     /// Chunks this node asked for, in total.
     chunks_requested: u64,
+    /// Chunks this node sent, to each peer.
+    chunks_sent: BTreeMap<PeerId, u64>,
     /// Good chunks delivered to this node, in total.
     chunks_received: u64,
     /// The issuers of the rule sets the engine asked to persist, in order.
@@ -140,6 +152,18 @@ struct Harness {
     busy_until: BTreeMap<(PeerId, PeerId), Millis>,
     latency: Millis,
     chunk_time: Millis,
+    /// Pairs of children of one parent at one site: their connections are siblings'.
+    siblings: BTreeSet<(PeerId, PeerId)>,
+    /// Directed links that share another's capacity (a site's one WAN uplink).
+    shares: BTreeMap<(PeerId, PeerId), (PeerId, PeerId)>,
+}
+
+/// Whether `server` answers `peer`'s request for chunk 0 of `update` with bytes.
+fn serves(h: &mut Harness, server: PeerId, peer: PeerId, update: &Hash) -> bool {
+    matches!(
+        h.node(server).engine.serve(&peer, update, 0, false),
+        Served::Data { .. }
+    )
 }
 
 fn pair(a: PeerId, b: PeerId) -> (PeerId, PeerId) {
@@ -160,6 +184,20 @@ impl Harness {
             busy_until: BTreeMap::new(),
             latency,
             chunk_time,
+            siblings: BTreeSet::new(),
+            shares: BTreeMap::new(),
+        }
+    }
+
+    /// Places `children` of `parent` at one site behind one uplink: the parent's links
+    /// to them share one capacity, and they are each other's siblings.
+    fn site(&mut self, parent: PeerId, children: &[PeerId], name: &str) {
+        for (i, c) in children.iter().enumerate() {
+            self.node(parent).engine.set_child_site(*c, Some(name));
+            self.shares.insert((parent, *c), (parent, children[0]));
+            for d in &children[i + 1..] {
+                self.siblings.insert(pair(*c, *d));
+            }
         }
     }
 
@@ -189,6 +227,7 @@ impl Harness {
                 completed_at: None,
                 events: Vec::new(),
                 chunks_requested: 0,
+                chunks_sent: BTreeMap::new(),
                 chunks_received: 0,
                 rules_stored: Vec::new(),
             },
@@ -238,6 +277,7 @@ impl Harness {
                 update,
                 first,
                 count,
+                direct,
             } => {
                 self.node(id).chunks_requested += u64::from(count);
                 self.at(
@@ -249,6 +289,7 @@ impl Harness {
                         update,
                         first,
                         count,
+                        direct,
                     },
                 );
             }
@@ -319,18 +360,40 @@ impl Harness {
                 update,
                 first,
                 count,
+                direct,
             } => {
                 let Some(&epoch) = self.links.get(&pair(server, client)) else {
                     return;
                 };
-                let mut t = now.max(*self.busy_until.get(&(server, client)).unwrap_or(&0));
+                let link = *self
+                    .shares
+                    .get(&(server, client))
+                    .unwrap_or(&(server, client));
+                let mut t = now.max(*self.busy_until.get(&link).unwrap_or(&0));
                 for index in first..first + count {
-                    if !self.nodes[&server]
+                    match self
+                        .node(server)
                         .engine
-                        .may_serve(&client, &update, index)
+                        .serve(&client, &update, index, direct)
                     {
-                        break;
+                        Served::Data { .. } => {}
+                        Served::Missing => continue,
+                        Served::Elsewhere { holder } => {
+                            self.at(
+                                t + self.latency,
+                                Ev::Elsewhere {
+                                    to: client,
+                                    from: server,
+                                    epoch,
+                                    fetch,
+                                    index,
+                                    holder,
+                                },
+                            );
+                            continue;
+                        }
                     }
+                    *self.node(server).chunks_sent.entry(client).or_default() += 1;
                     let node = self.node(server);
                     let verdict = if node.corrupt > 0 {
                         node.corrupt -= 1;
@@ -352,7 +415,7 @@ impl Harness {
                         },
                     );
                 }
-                self.busy_until.insert((server, client), t);
+                self.busy_until.insert(link, t);
                 self.at(
                     t + self.latency,
                     Ev::FetchEnd {
@@ -385,6 +448,18 @@ impl Harness {
                 }
                 self.with(to, |e, now| e.handle_chunk(fetch, index, verdict, now));
             }
+            Ev::Elsewhere {
+                to,
+                from,
+                epoch,
+                fetch,
+                index,
+                holder,
+            } => {
+                if self.links.get(&pair(to, from)) == Some(&epoch) {
+                    self.with(to, |e, now| e.handle_elsewhere(fetch, index, holder, now));
+                }
+            }
             Ev::FetchEnd {
                 to,
                 from,
@@ -402,6 +477,16 @@ impl Harness {
                 }
                 self.epoch += 1;
                 self.links.insert(pair(a, b), self.epoch);
+                if self.siblings.contains(&pair(a, b)) {
+                    // Both drivers checked the other's certificate: same parent, same site.
+                    self.with(b, |e, now| {
+                        e.handle_sibling_connected(a, now);
+                    });
+                    self.with(a, |e, now| {
+                        e.handle_sibling_connected(b, now);
+                    });
+                    return;
+                }
                 self.with(b, |e, now| e.handle_connected(a, now));
                 self.with(a, |e, now| e.handle_connected(b, now));
             }
@@ -677,7 +762,7 @@ fn strangers_are_refused() {
             .contains(&Event::Refused { peer: stranger })
     );
     assert!(h.nodes[&stranger].store.is_empty());
-    assert!(!h.nodes[&root].engine.may_serve(&stranger, &m.id, 0));
+    assert!(!serves(&mut h, root, stranger, &m.id));
 }
 
 #[test]
@@ -723,13 +808,13 @@ fn a_revoked_child_is_disconnected_and_no_longer_served() {
     let m = update(10, &root_secret());
     h.publish_at_root(root, &m);
     h.run(10_000);
-    assert!(h.nodes[&root].engine.may_serve(&a, &m.id, 0));
+    assert!(serves(&mut h, root, a, &m.id));
     h.with(root, |e, now| e.remove_child(&a, now));
     assert!(
         !h.links.contains_key(&pair(root, a)),
         "the revoked child is still connected"
     );
-    assert!(!h.nodes[&root].engine.may_serve(&a, &m.id, 0));
+    assert!(!serves(&mut h, root, a, &m.id));
     // When it dials again, it is refused.
     h.with(a, |e, now| e.handle_timeout(now + 60_000));
     h.run(200_000);
@@ -943,7 +1028,7 @@ fn a_child_cannot_widen_what_its_parent_approved() {
         peer: a,
         update: other.id
     }));
-    assert!(!h.nodes[&a].engine.may_serve(&b, &other.id, 0));
+    assert!(!serves(&mut h, a, b, &other.id));
 }
 
 #[test]
@@ -1371,4 +1456,226 @@ fn outside_its_wan_window_a_node_asks_its_parent_for_nothing_and_resumes_after()
     h.run(60_000);
     assert!(h.completed(leaf).is_some(), "the transfer did not resume");
     assert_eq!(h.nodes[&leaf].chunks_requested, 50);
+}
+
+/// A root and `n` leaves (keys 2..) under it, all placed at one site behind one
+/// uplink, connected; the root publishes an update of `chunks` chunks.
+fn site_of_leaves(
+    h: &mut Harness,
+    n: u8,
+    chunks: u32,
+) -> (PeerId, Vec<PeerId>, Arc<SignedManifest>) {
+    let root = key(1);
+    h.add(root, Role::Root, 1);
+    let leaves: Vec<PeerId> = (0..n).map(|i| key(i + 2)).collect();
+    for (i, leaf) in leaves.iter().enumerate() {
+        h.add(*leaf, Role::Member { parent: root }, 10 + i as u64);
+        h.attach(root, *leaf);
+    }
+    h.run(100);
+    h.site(root, &leaves, "berlin");
+    h.run(200);
+    let m = update(chunks, &root_secret());
+    h.publish_at_root(root, &m);
+    (root, leaves, m)
+}
+
+/// Chunks the root sent across the site's uplink, to all of `leaves` together.
+fn uplink_chunks(h: &Harness, root: PeerId, leaves: &[PeerId]) -> u64 {
+    leaves
+        .iter()
+        .map(|l| h.nodes[&root].chunks_sent.get(l).copied().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn siblings_at_a_site_take_each_chunk_across_the_uplink_once() {
+    let mut h = Harness::new(1, 10);
+    let (root, leaves, m) = site_of_leaves(&mut h, 4, 200);
+    h.run(600_000);
+    for leaf in &leaves {
+        assert!(holds_all(&h, *leaf, &m), "a leaf did not get everything");
+        let stats = h.nodes[leaf].engine.stats();
+        assert!(
+            stats.bytes_from_siblings > 0,
+            "a leaf took nothing from its siblings"
+        );
+        assert_eq!(
+            stats.bytes_from_parent + stats.bytes_from_siblings,
+            200 * u64::from(CHUNK),
+            "a leaf counted bytes twice or not at all"
+        );
+    }
+    assert_eq!(
+        uplink_chunks(&h, root, &leaves),
+        200,
+        "a chunk crossed the site's uplink more than once"
+    );
+    // The uplink was the bottleneck: the site took about one update's time, not four.
+    let last = leaves
+        .iter()
+        .filter_map(|l| h.completed(*l))
+        .max()
+        .expect("done");
+    assert!(
+        last < 200 * 10 * 3 / 2,
+        "the site took {last} ms for 200 chunk times of 10 ms"
+    );
+    // The reports say where the bytes came from.
+    let report = h.nodes[&leaves[0]].engine.report(last);
+    let state = &report.own[0];
+    assert!(
+        state.from_siblings > 0 && state.from_parent > 0,
+        "{state:?}"
+    );
+}
+
+#[test]
+fn without_a_site_every_leaf_takes_every_chunk_from_the_parent() {
+    let mut h = Harness::new(1, 10);
+    let root = key(1);
+    h.add(root, Role::Root, 1);
+    let leaves: Vec<PeerId> = (2..6).map(key).collect();
+    for (i, leaf) in leaves.iter().enumerate() {
+        h.add(*leaf, Role::Member { parent: root }, 10 + i as u64);
+        h.attach(root, *leaf);
+    }
+    let m = update(50, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(600_000);
+    assert!(leaves.iter().all(|l| holds_all(&h, *l, &m)));
+    assert_eq!(uplink_chunks(&h, root, &leaves), 4 * 50);
+    assert!(
+        leaves
+            .iter()
+            .all(|l| h.nodes[l].engine.stats().bytes_from_siblings == 0)
+    );
+}
+
+#[test]
+fn a_sibling_that_sends_bad_bytes_is_banned_and_its_chunks_come_from_the_parent() {
+    let mut h = Harness::new(1, 10);
+    let (root, leaves, m) = site_of_leaves(&mut h, 3, 120);
+    h.node(leaves[0]).corrupt = u32::MAX;
+    h.run(600_000);
+    for leaf in &leaves[1..] {
+        assert!(holds_all(&h, *leaf, &m), "a leaf did not get everything");
+        let n = &h.nodes[leaf];
+        assert!(
+            n.events
+                .iter()
+                .any(|e| matches!(e, Event::Misbehaved { peer, reason }
+                if *peer == leaves[0] && reason.contains("banned"))),
+            "the corrupting sibling was not banned"
+        );
+        assert_eq!(n.engine.stats().siblings_banned, 1);
+        assert!(
+            !n.engine
+                .siblings()
+                .iter()
+                .any(|s| s.peer == leaves[0] && !s.banned),
+            "the banned sibling is still in use"
+        );
+        // Only verified chunks were stored: the harness stores only good ones, and
+        // every chunk of the update is held.
+        assert_eq!(n.store.len(), 120);
+    }
+    // The corrupting leaf itself got everything from the parent or its siblings.
+    assert!(holds_all(&h, leaves[0], &m));
+    // Bytes were spent on the bad sibling's share, but not on every leaf's.
+    let sent = uplink_chunks(&h, root, &leaves);
+    assert!(sent < 3 * 120, "{sent} chunks crossed the uplink");
+}
+
+#[test]
+fn an_unreachable_sibling_costs_bytes_never_completion() {
+    let mut h = Harness::new(1, 10);
+    let root = key(1);
+    h.add(root, Role::Root, 1);
+    let leaves: Vec<PeerId> = (2..5).map(key).collect();
+    // Two of them cannot reach each other (a firewall between their LAN ports).
+    h.cut.insert(pair(leaves[0], leaves[1]));
+    for (i, leaf) in leaves.iter().enumerate() {
+        h.add(*leaf, Role::Member { parent: root }, 10 + i as u64);
+        h.attach(root, *leaf);
+    }
+    h.run(100);
+    h.site(root, &leaves, "berlin");
+    let m = update(100, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(600_000);
+    assert!(
+        leaves.iter().all(|l| holds_all(&h, *l, &m)),
+        "a leaf stalled"
+    );
+    let sent = uplink_chunks(&h, root, &leaves);
+    assert!(
+        (100..=2 * 100).contains(&sent),
+        "{sent} chunks crossed the uplink"
+    );
+}
+
+#[test]
+fn a_sibling_that_leaves_mid_transfer_stalls_nobody() {
+    let mut h = Harness::new(1, 10);
+    let (root, leaves, m) = site_of_leaves(&mut h, 3, 200);
+    h.run(h.now + 400);
+    // leaves[0] goes away: from its siblings and from the root.
+    for other in [root, leaves[1], leaves[2]] {
+        h.disconnect(leaves[0], other);
+    }
+    h.cut.insert(pair(leaves[0], root));
+    h.run(600_000);
+    for leaf in &leaves[1..] {
+        assert!(
+            holds_all(&h, *leaf, &m),
+            "a leaf stalled on a sibling that left"
+        );
+    }
+}
+
+#[test]
+fn strangers_cannot_pose_as_siblings() {
+    let mut h = Harness::new(1, 10);
+    let (_, leaves, m) = site_of_leaves(&mut h, 2, 20);
+    h.run(600_000);
+    let stranger = key(40);
+    // Not connected as a sibling: its announcements and requests are refused.
+    h.with(leaves[0], |e, now| {
+        e.handle_message(
+            stranger,
+            Control::Have {
+                update: m.id,
+                ranges: vec![(0, 20)],
+            },
+            now,
+        )
+    });
+    assert!(
+        h.nodes[&leaves[0]]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Misbehaved { peer, .. } if *peer == stranger))
+    );
+    assert!(!h.nodes[&leaves[0]].engine.may_request(&stranger));
+    assert!(!serves(&mut h, leaves[0], stranger, &m.id));
+    // A connected sibling may ask, and is served.
+    assert!(h.nodes[&leaves[0]].engine.may_request(&leaves[1]));
+    assert!(serves(&mut h, leaves[0], leaves[1], &m.id));
+}
+
+#[test]
+fn siblings_share_while_the_wan_window_is_closed() {
+    let mut h = Harness::new(1, 10);
+    let (_, leaves, m) = site_of_leaves(&mut h, 2, 40);
+    // leaves[1] may not use the WAN; leaves[0] may.
+    h.with(leaves[1], |e, now| {
+        e.set_parent_paused(true, now);
+    });
+    h.run(600_000);
+    assert!(
+        holds_all(&h, leaves[1], &m),
+        "the paused leaf did not get it from its sibling"
+    );
+    assert_eq!(h.nodes[&leaves[1]].engine.stats().bytes_from_parent, 0);
 }

@@ -44,6 +44,7 @@ impl TestNode {
                 client,
                 ttl_secs,
                 addr: None,
+                site: None,
             }))
             .await;
         v["token"].as_str().expect("a token").to_string()
@@ -177,13 +178,28 @@ fn assert_identical_export(dir: &Path, update: &Hash, input: &Path, out: &Path) 
     }
 }
 
-/// The key and certificate chain of the stopped node in `dir`.
 /// Presents the key and certificate chain of the (stopped) node in `dir` to `root`;
 /// answers the root's reply to that hello.
 async fn hello_as(dir: &Path, root: &TestNode) -> ControlFrame {
+    hello_with(dir, root, net::proto::CONTROL, None, vec![]).await
+}
+
+/// Like [`hello_as`], on a stream of `protocol`, declaring `site` and `addrs`.
+async fn hello_with(
+    dir: &Path,
+    to: &TestNode,
+    protocol: libp2p::StreamProtocol,
+    site: Option<&str>,
+    addrs: Vec<String>,
+) -> ControlFrame {
     let key = SecretKey::read(&dir.join("node.key")).expect("key");
     let chain = Node::open(dir).expect("open").chain().expect("chain");
-    probe::hello(&key, root.addr.clone(), root.key, chain)
+    let hello = ControlFrame::Hello {
+        site: site.map(str::to_string),
+        addrs,
+        chain,
+    };
+    probe::hello(&key, to.addr.clone(), to.key, protocol, hello)
         .await
         .expect("an answer")
 }
@@ -322,9 +338,20 @@ async fn strangers_other_trees_and_revoked_children_are_refused() {
 
     // A stranger with no chain.
     let stranger = SecretKey::from_seed([42; 32]);
-    let answer = probe::hello(&stranger, root.addr.clone(), root.key, vec![])
-        .await
-        .expect("an answer");
+    let hello = ControlFrame::Hello {
+        site: None,
+        addrs: vec![],
+        chain: vec![],
+    };
+    let answer = probe::hello(
+        &stranger,
+        root.addr.clone(),
+        root.key,
+        net::proto::CONTROL,
+        hello,
+    )
+    .await
+    .expect("an answer");
     assert!(
         matches!(&answer, ControlFrame::Refused { reason } if reason.contains("chain is refused")),
         "{answer:?}"
@@ -333,6 +360,7 @@ async fn strangers_other_trees_and_revoked_children_are_refused() {
     let req = ChunkRequest {
         count: 1,
         first: 0,
+        direct: false,
         update,
     };
     let (kind, reason) = probe::chunks(&stranger, root.addr.clone(), root.key, req)
@@ -1061,6 +1089,7 @@ async fn rules_go_down_three_levels_and_reports_come_back_up() {
             client: false,
             ttl_secs: 600,
             addr: None,
+            site: None,
         }))
         .await["token"]
         .as_str()
@@ -1273,5 +1302,187 @@ async fn a_download_limit_of_10_mbit_holds_within_10_percent_over_10_s() {
         "the transfer finished early: the limit did not hold"
     );
     child.stop().await;
+    root.stop().await;
+}
+
+/// Joins nodes under `root` at site "berlin", named from `first`, each serving corrupt
+/// bytes for its first `corrupt[i]` chunks, and waits until each sees the others.
+async fn site(root: &TestNode, base: &Path, first: usize, corrupt: &[u32]) -> Vec<TestNode> {
+    let mut nodes = Vec::new();
+    for (i, bad) in corrupt.iter().enumerate() {
+        let dir = base.join(format!("site{}", first + i));
+        let token = root.token(false, 600).await;
+        Node::init_join(&dir, &JoinToken::parse(&token).expect("token")).expect("init join");
+        let opts = Options {
+            site: Some("berlin".into()),
+            corrupt_first_chunks: *bad,
+            ..options(&dir)
+        };
+        nodes.push(start_with(opts).await.expect("a site member starts"));
+    }
+    let others = corrupt.len() - 1;
+    for n in &nodes {
+        until(n, Request::Status, "every sibling connected", |s| {
+            s["siblings"]
+                .as_array()
+                .is_some_and(|a| a.iter().filter(|s| s["connected"] == true).count() >= others)
+        })
+        .await;
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_takes_one_copy_from_the_parent_and_shares_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let data = input(&base.join("input"), 16, 7);
+    let root = root(&base.join("root")).await;
+    let nodes = site(&root, base, 0, &[0, 0, 0]).await;
+    let update = publish(&root, &data, "1.0").await;
+    for n in &nodes {
+        n.wait(&update).await;
+    }
+    let total = bytes_held(&root.status().await, &update);
+    let s = root.status().await;
+    let uplink: u64 = s["children"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .inspect(|c| assert_eq!(c["site"], "berlin"))
+        .map(|c| c["bytes_sent"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        uplink * 100 <= total * 105,
+        "{uplink} bytes crossed the site's uplink for an update of {total}"
+    );
+    for n in &nodes {
+        let s = n.status().await;
+        let from_siblings: u64 = s["siblings"]
+            .as_array()
+            .expect("siblings")
+            .iter()
+            .map(|s| s["bytes_received"].as_u64().unwrap_or(0))
+            .sum();
+        let from_parent = s["parent"]["bytes_received"].as_u64().unwrap_or(0);
+        assert_eq!(from_parent + from_siblings, total, "{s:#}");
+        assert!(from_siblings > 0, "a node took nothing from its siblings");
+    }
+    let mut dirs = Vec::new();
+    for n in nodes {
+        dirs.push(n.stop().await);
+    }
+    root.stop().await;
+    for (i, d) in dirs.iter().enumerate() {
+        assert_identical_export(d, &update, &data, &base.join(format!("out{i}")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sibling_that_sends_bad_bytes_is_banned_and_nothing_bad_is_stored() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let data = input(&base.join("input"), 8, 8);
+    let root = root(&base.join("root")).await;
+    // The bad sibling holds the whole update first, so the root sends the others to it.
+    let mut nodes = site(&root, base, 0, &[u32::MAX]).await;
+    let update = publish(&root, &data, "1.0").await;
+    nodes[0].wait(&update).await;
+    nodes.extend(site(&root, base, 1, &[0, 0]).await);
+    for n in &nodes {
+        n.wait(&update).await;
+    }
+    let bad = nodes[0].key.node_id();
+    for n in &nodes[1..] {
+        let s = until(n, Request::Status, "the bad sibling banned", |s| {
+            s["siblings"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| s["node_id"] == bad && s["banned"] == true))
+        })
+        .await;
+        assert!(s["bad_chunks"].as_u64().unwrap_or(0) >= 1, "{s:#}");
+    }
+    let mut dirs = Vec::new();
+    for n in nodes {
+        dirs.push(n.stop().await);
+    }
+    root.stop().await;
+    for (i, d) in dirs.iter().enumerate() {
+        assert_identical_export(d, &update, &data, &base.join(format!("out{i}")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sites_and_addresses_and_strangers_at_a_site_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let root = root(&base.join("root")).await;
+    let members = site(&root, base, 0, &[0]).await;
+    // A child of the root that is stopped, to present its chain by hand.
+    let other = child(&root, &base.join("other"), false).await;
+    let other_dir = other.stop().await;
+    let refused = |answer: &ControlFrame, why: &str| {
+        assert!(
+            matches!(answer, ControlFrame::Refused { reason } if reason.contains(why)),
+            "{answer:?}"
+        )
+    };
+    let control = net::proto::CONTROL;
+    refused(
+        &hello_with(&other_dir, &root, control.clone(), Some("../hq"), vec![]).await,
+        "site",
+    );
+    refused(
+        &hello_with(&other_dir, &root, control.clone(), Some(""), vec![]).await,
+        "site",
+    );
+    refused(
+        &hello_with(
+            &other_dir,
+            &root,
+            control.clone(),
+            None,
+            vec!["not an address".into()],
+        )
+        .await,
+        "not a multiaddr",
+    );
+    let many = vec!["/ip4/192.0.2.1/tcp/1".to_string(); 9];
+    refused(
+        &hello_with(&other_dir, &root, control.clone(), None, many).await,
+        "over the limit",
+    );
+    // A member of the tree that is not at the site is no sibling: its certificate
+    // names no site (it never declared one).
+    refused(
+        &hello_with(&other_dir, &members[0], net::proto::SIBLINGS, None, vec![]).await,
+        "not at",
+    );
+    // The site member refuses it for chunks as well, and keeps running.
+    let req = ChunkRequest {
+        count: 1,
+        first: 0,
+        direct: false,
+        update: Hash::of(b"x"),
+    };
+    let key = SecretKey::read(&other_dir.join("node.key")).expect("key");
+    let (kind, reason) = probe::chunks(&key, members[0].addr.clone(), members[0].key, req)
+        .await
+        .expect("an answer");
+    assert_eq!(
+        kind,
+        net::proto::CHUNK_REFUSED,
+        "{}",
+        String::from_utf8_lossy(&reason)
+    );
+    assert_eq!(members[0].status().await["parent"]["connected"], true);
+    // A well-formed hello from the same child is still welcome.
+    assert!(matches!(
+        hello_with(&other_dir, &root, control, Some("hq"), vec![]).await,
+        ControlFrame::Welcome { .. }
+    ));
+    for n in members {
+        n.stop().await;
+    }
     root.stop().await;
 }

@@ -11,7 +11,7 @@
 //! join token through the page.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`/usr/bin/chromium`,
-//! `/usr/bin/chromedriver`): run `.ci/install-ui-deps` (as root), which CI's `.ci/run`
+//! `/usr/bin/chromedriver`): run `.ci/install-test-deps` (as root), which CI's `.ci/run`
 //! does. Without them the test fails, unless `ARBOR_SKIP_UI_TEST=1` is set, when it
 //! says why and passes. Run it alone with `cargo test --test ui`; it takes a few
 //! seconds. chromedriver listens on a port it picks (`--port=0`) and is killed, with
@@ -110,6 +110,7 @@ async fn child(parent: &TestNode, dir: &Path) -> TestNode {
             client: false,
             ttl_secs: 600,
             addr: None,
+            site: None,
         }))
         .await;
     let token = JoinToken::parse(token["token"].as_str().expect("a token")).expect("token");
@@ -314,7 +315,7 @@ async fn page_error(c: &Client) -> String {
 async fn an_operator_rolls_an_update_out_to_a_pilot_group_in_the_browser() {
     if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
         let why = format!(
-            "{CHROMEDRIVER} or {CHROMIUM} is missing: run .ci/install-ui-deps \
+            "{CHROMEDRIVER} or {CHROMIUM} is missing: run .ci/install-test-deps \
              (or apt-get install chromium chromium-driver)"
         );
         if std::env::var("ARBOR_SKIP_UI_TEST").as_deref() == Ok("1") {

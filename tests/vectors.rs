@@ -128,15 +128,21 @@ fn seed_key(first: u8) -> SecretKey {
 
 /// The tree protocol's messages (PROTOCOL.md §10–§13), built from fixed keys and times.
 fn tree_expected() -> Value {
-    use arbor::net::proto::{ChunkRequest, ControlFrame, JoinReply, JoinRequest};
+    use arbor::net::proto::{
+        self, ChunkRequest, ControlFrame, JoinReply, JoinRequest, SiblingAddr,
+    };
     use arbor::trust::member::{self, JoinToken};
     let (root, root_node, child) = (test_root_key(), seed_key(0x20), seed_key(0x40));
+    // A chunk answer "elsewhere": the header, then the sibling's node key.
+    let mut elsewhere = proto::chunk_header(proto::CHUNK_ELSEWHERE, 32).to_vec();
+    elsewhere.extend_from_slice(&root_node.public().0);
     let chain = vec![
         member::issue(
             &root,
             root_node.public(),
             false,
             vec![],
+            None,
             1_767_225_600,
             1_769_817_600,
         ),
@@ -145,16 +151,26 @@ fn tree_expected() -> Value {
             child.public(),
             true,
             vec!["lab".into()],
+            None,
             1_767_225_600,
             1_769_817_600,
         ),
     ];
-    let token = JoinToken {
-        addr: "/ip4/192.0.2.1/tcp/4040".into(),
-        root: member::root_fingerprint(&root.public()),
-        parent: root_node.public(),
-        secret: [7; 32],
+    // The same child placed at a site, as its parent certifies it (§13.1).
+    let site_cert = member::issue(
+        &root_node,
+        child.public(),
+        true,
+        vec!["lab".into()],
+        Some("berlin".into()),
+        1_767_225_600,
+        1_769_817_600,
+    );
+    let site_token = JoinToken {
+        site: Some("berlin".into()),
+        ..token_at(&root, &root_node)
     };
+    let token = token_at(&root, &root_node);
     let cbor = |v: &dyn erased::Encode| hex::encode(v.encode());
     json!({
         "about": "Tree protocol messages. Keys: root seed 00..1f, root node seed 20..3f, child seed 40..5f. Every *_cbor field is the hex of a canonical CBOR encoding; see protocol/PROTOCOL.md §10-§13.",
@@ -168,10 +184,26 @@ fn tree_expected() -> Value {
         "join_request_cbor": cbor(&JoinRequest { secret: [7; 32] }),
         "join_accepted_cbor": cbor(&JoinReply::Accepted { root: root.public(), chain: chain.clone() }),
         "join_refused_cbor": cbor(&JoinReply::Refused { reason: "the join token was already used".into() }),
-        "hello_cbor": cbor(&ControlFrame::Hello { chain }),
+        "hello_cbor": cbor(&ControlFrame::Hello { site: None, addrs: vec![], chain: chain.clone() }),
         "have_cbor": cbor(&ControlFrame::Have { update: Hash::of(b"update"), ranges: vec![(0, 16), (32, 40)] }),
-        "chunk_request_cbor": cbor(&ChunkRequest { count: 16, first: 32, update: Hash::of(b"update") }),
+        "chunk_request_cbor": cbor(&ChunkRequest { count: 16, first: 32, direct: false, update: Hash::of(b"update") }),
+        "site_membership_cbor": hex::encode(&site_cert.body),
+        "site_join_token_text": site_token.to_text(),
+        "site_hello_cbor": cbor(&ControlFrame::Hello { site: Some("berlin".into()), addrs: vec!["/ip4/192.0.2.7/tcp/4041".into()], chain: vec![chain[0].clone(), site_cert] }),
+        "siblings_cbor": cbor(&ControlFrame::Siblings { peers: vec![SiblingAddr { node: root_node.public(), addrs: vec!["/ip4/192.0.2.8/tcp/4041".into()] }] }),
+        "direct_chunk_request_cbor": cbor(&ChunkRequest { count: 16, first: 32, direct: true, update: Hash::of(b"update") }),
+        "elsewhere_answer": hex::encode(elsewhere),
     })
+}
+
+fn token_at(root: &SecretKey, parent: &SecretKey) -> arbor::trust::member::JoinToken {
+    arbor::trust::member::JoinToken {
+        addr: "/ip4/192.0.2.1/tcp/4040".into(),
+        root: arbor::trust::member::root_fingerprint(&root.public()),
+        site: None,
+        parent: parent.public(),
+        secret: [7; 32],
+    }
 }
 
 /// Lets the vector table above encode values of different types.
@@ -211,6 +243,25 @@ fn tree_vectors_match_and_decode() {
     let _: ChunkRequest =
         arbor::wire::decode_canonical(&bytes("chunk_request_cbor"), 256, "req").expect("req");
     JoinToken::parse(have["join_token_text"].as_str().expect("text")).expect("token");
+    let token =
+        JoinToken::parse(have["site_join_token_text"].as_str().expect("text")).expect("token");
+    assert_eq!(token.site.as_deref(), Some("berlin"));
+    let hello: ControlFrame =
+        arbor::wire::decode_canonical(&bytes("site_hello_cbor"), 1 << 16, "hello").expect("hello");
+    let ControlFrame::Hello { site, chain, .. } = hello else {
+        panic!("not a hello")
+    };
+    assert_eq!(site.as_deref(), Some("berlin"));
+    let members = verify_chain(&chain, &root, 1_767_225_601).expect("site chain verifies");
+    assert_eq!(members[1].site.as_deref(), Some("berlin"));
+    let req: ChunkRequest =
+        arbor::wire::decode_canonical(&bytes("direct_chunk_request_cbor"), 256, "req")
+            .expect("req");
+    assert!(req.direct);
+    // `direct: false` is the absent key, so requests without it are unchanged.
+    let plain: ChunkRequest =
+        arbor::wire::decode_canonical(&bytes("chunk_request_cbor"), 256, "req").expect("req");
+    assert!(!plain.direct);
     for key in obj.keys().filter(|k| k.ends_with("_cbor")) {
         common::assert_maps_canonical(&bytes(key));
     }

@@ -11,7 +11,12 @@
 //! max_download = "40Mbit"                  # from the parent (the WAN), all together
 //! max_upload = "100MiB/s"                  # to the children, all together
 //! wan_window = ["19:00-07:00"]             # fetch from the parent only then (local time)
+//! site = "berlin"                          # siblings at one site share chunks
+//! max_local_download = "400Mbit"           # from siblings (the LAN), all together
+//! max_local_upload = "400Mbit"             # to siblings, all together
 //! ```
+//!
+//! `arbor init --join` writes the `site` a join token presets into a new file.
 //!
 //! The file is optional. An unknown key, a value of the wrong type or an unparsable
 //! address or duration is refused with its line and column, and the node does not start.
@@ -43,7 +48,10 @@ pub struct RunConfig {
     pub withdrawn: Option<Withdrawn>,
     pub max_download: Option<String>,
     pub max_upload: Option<String>,
+    pub max_local_download: Option<String>,
+    pub max_local_upload: Option<String>,
     pub wan_window: Option<Vec<String>>,
+    pub site: Option<String>,
 }
 
 /// The settings of `arbor run` as given on its command line.
@@ -57,6 +65,9 @@ pub struct RunFlags {
     pub withdrawn: Option<Withdrawn>,
     pub max_download: Option<Rate>,
     pub max_upload: Option<Rate>,
+    pub max_local_download: Option<Rate>,
+    pub max_local_upload: Option<Rate>,
+    pub site: Option<String>,
     pub wan_window: Vec<Window>,
 }
 
@@ -67,6 +78,7 @@ pub struct RunSettings {
     pub admin: SocketAddr,
     pub client: Option<ClientOptions>,
     pub bandwidth: BandwidthOptions,
+    pub site: Option<String>,
 }
 
 /// Reads `DIR/config.toml`; an absent file is an empty one.
@@ -120,6 +132,12 @@ pub fn settings(file: RunConfig, flags: RunFlags) -> Result<RunSettings> {
     };
     let file_max_download = rate("max_download", file.max_download)?;
     let file_max_upload = rate("max_upload", file.max_upload)?;
+    let file_local_download = rate("max_local_download", file.max_local_download)?;
+    let file_local_upload = rate("max_local_upload", file.max_local_upload)?;
+    let file_site = file
+        .site
+        .map(|s| parse_site(&s).map_err(|e| anyhow::anyhow!("site: {e}")))
+        .transpose()?;
     let file_windows = file
         .wan_window
         .unwrap_or_default()
@@ -129,6 +147,8 @@ pub fn settings(file: RunConfig, flags: RunFlags) -> Result<RunSettings> {
     let bandwidth = BandwidthOptions {
         max_download: flags.max_download.or(file_max_download),
         max_upload: flags.max_upload.or(file_max_upload),
+        max_local_download: flags.max_local_download.or(file_local_download),
+        max_local_upload: flags.max_local_upload.or(file_local_upload),
         wan_windows: if flags.wan_window.is_empty() {
             file_windows
         } else {
@@ -175,7 +195,25 @@ pub fn settings(file: RunConfig, flags: RunFlags) -> Result<RunSettings> {
         admin,
         client,
         bandwidth,
+        site: flags.site.or(file_site),
     })
+}
+
+/// A site name: a safe name (letters, digits, `. _ - + @`; 1 to 64 bytes).
+pub fn parse_site(s: &str) -> Result<String, String> {
+    crate::content::names::check_name("site", s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Writes the site a join token presets into a new node's `config.toml`.
+pub fn preset_site(dir: &Path, site: &str) -> Result<()> {
+    parse_site(site).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = dir.join(CONFIG_FILE);
+    let text = format!(
+        "# Preset by the join token: the children of this node's parent at the same\n# site share chunks over their LAN (arbor run --site overrides it).\nsite = \"{site}\"\n"
+    );
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A hook timeout: a duration of 1 second to 1 day.
@@ -257,6 +295,7 @@ withdrawn = "remove"
             ("withdrawn = \"delete\"\n", "line 1"),
             ("listen = [\n", "unclosed array"),
             ("\u{0}\u{1}binary", "line 1"),
+            ("site = 7\n", "line 1"),
         ] {
             let err = parse(text).expect_err(text).to_string();
             assert!(err.contains(expect), "{text:?}: {err}");
@@ -277,6 +316,10 @@ withdrawn = "remove"
             ("max_upload = \"0Mbit\"\n", "zero"),
             ("wan_window = [\"19:00\"]\n", "wan_window"),
             ("wan_window = [\"25:00-07:00\"]\n", "hours run"),
+            ("site = \"berlin office\"\n", "site"),
+            ("site = \"a/b\"\n", "path separator"),
+            ("max_local_download = \"1 bucket\"\n", "max_local_download"),
+            ("max_local_upload = \"0B/s\"\n", "zero"),
         ] {
             let file = parse(text).expect("well-formed");
             let err = format!("{:#}", settings(file, flags()).expect_err(text));

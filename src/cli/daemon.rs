@@ -27,6 +27,7 @@ pub fn run(data: &Path, flags: RunFlags) -> Result<()> {
             admin: settings.admin,
             client: settings.client,
             bandwidth: settings.bandwidth,
+            site: settings.site,
             ..Options::new(data, settings.listen)
         })
         .await
@@ -54,6 +55,7 @@ pub fn token(
     client: bool,
     ttl: Duration,
     addr: Option<String>,
+    site: Option<String>,
     json: bool,
 ) -> Result<()> {
     let v = call(
@@ -63,6 +65,7 @@ pub fn token(
             client,
             ttl_secs: ttl.as_secs().max(1),
             addr,
+            site,
         }),
         ANSWER_TIMEOUT,
     )?;
@@ -263,9 +266,29 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
             "NOT connected"
         };
         println!(
-            "parent   {} at {} ({state})",
+            "parent   {} at {} ({state}), {} received",
             p["node_id"].as_str().unwrap_or("?"),
-            p["addr"].as_str().unwrap_or("?")
+            p["addr"].as_str().unwrap_or("?"),
+            HumanBytes(p["bytes_received"].as_u64().unwrap_or(0))
+        );
+    }
+    if let Some(site) = v["site"].as_str() {
+        println!("site     {site}");
+    }
+    for s in v["siblings"].as_array().into_iter().flatten() {
+        let state = if s["banned"].as_bool() == Some(true) {
+            "BANNED"
+        } else if s["connected"].as_bool() == Some(true) {
+            "connected"
+        } else {
+            "offline"
+        };
+        println!(
+            "sibling  {} {:<9} {} received, {} sent",
+            s["node_id"].as_str().unwrap_or("?"),
+            state,
+            HumanBytes(s["bytes_received"].as_u64().unwrap_or(0)),
+            HumanBytes(s["bytes_sent"].as_u64().unwrap_or(0))
         );
     }
     let children = v["children"].as_array().cloned().unwrap_or_default();
@@ -277,7 +300,7 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
             _ => "offline",
         };
         println!(
-            "  {} {:<9} {}{} sent",
+            "  {} {:<9} {}{}{} sent",
             c["node_id"].as_str().unwrap_or("?"),
             state,
             if c["client"].as_bool() == Some(true) {
@@ -285,6 +308,10 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
             } else {
                 ""
             },
+            c["site"]
+                .as_str()
+                .map(|s| format!("site {s}, "))
+                .unwrap_or_default(),
             HumanBytes(c["bytes_sent"].as_u64().unwrap_or(0))
         );
     }

@@ -152,6 +152,7 @@ async fn join(
             client,
             ttl_secs: 600,
             addr: None,
+            site: None,
         }))
         .await
         .map_err(anyhow::Error::new)?;

@@ -196,6 +196,9 @@ pub struct TokenRequest {
     /// The address to put in the token; default: where this node listens.
     #[serde(default)]
     pub addr: Option<String>,
+    /// The site to place the child at (its siblings are the children at the same site).
+    #[serde(default)]
+    pub site: Option<String>,
 }
 
 fn default_ttl() -> u64 {

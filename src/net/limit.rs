@@ -13,6 +13,10 @@ pub struct BandwidthOptions {
     pub max_download: Option<Rate>,
     /// Bytes per second served to children, all of them together.
     pub max_upload: Option<Rate>,
+    /// Bytes per second fetched from siblings at this node's site (the LAN).
+    pub max_local_download: Option<Rate>,
+    /// Bytes per second served to siblings at this node's site (the LAN).
+    pub max_local_upload: Option<Rate>,
     /// Daily windows, local time, in which the parent may be fetched from; none: always.
     pub wan_windows: Vec<Window>,
 }

@@ -6,7 +6,9 @@
 //!   its membership, then the parent offers manifests and announces held chunks;
 //! - [`CHUNKS`]: persistent request streams: a request names a span of chunks of an
 //!   update, the answer streams their bytes. The receiver checks each chunk's length
-//!   before reading it and its hash after.
+//!   before reading it and its hash after;
+//! - [`SIBLINGS`]: one stream between two children of one parent at one site: each
+//!   proves its membership, then both announce the chunks they hold.
 //!
 //! Every frame is a big-endian u32 length and a canonical CBOR message. Lengths are
 //! checked against the limit of the message kind before anything is allocated.
@@ -22,6 +24,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 pub const JOIN: StreamProtocol = StreamProtocol::new("/arbor/join/1");
 pub const CONTROL: StreamProtocol = StreamProtocol::new("/arbor/control/1");
 pub const CHUNKS: StreamProtocol = StreamProtocol::new("/arbor/chunks/1");
+pub const SIBLINGS: StreamProtocol = StreamProtocol::new("/arbor/siblings/1");
 
 /// Largest join frame.
 pub const MAX_JOIN_FRAME: usize = 128 * 1024;
@@ -33,6 +36,9 @@ pub const MAX_REQUEST_FRAME: usize = 256;
 pub const MAX_SPAN: u32 = 64;
 /// Most ranges one `Have` may carry.
 pub const MAX_RANGES: usize = 1 << 16;
+/// Most addresses a node gives for itself, and bytes in one.
+pub const MAX_ADDRS: usize = 8;
+pub const MAX_ADDR_LEN: usize = 256;
 
 /// A joining node's request. Fields in canonical key order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,9 +63,18 @@ pub enum JoinReply {
 /// Messages on the control stream. Variant fields are in canonical key order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlFrame {
-    /// First frame from the child: its certificate chain.
-    Hello { chain: Vec<Envelope> },
-    /// The parent's answer to a good `Hello`: the child's renewed chain.
+    /// First frame from the child: its certificate chain, and on the control stream
+    /// its site (absent when none) and the addresses where it listens (absent when
+    /// none), which the parent passes on to its siblings.
+    Hello {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        site: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        addrs: Vec<String>,
+        chain: Vec<Envelope>,
+    },
+    /// The answer to a good `Hello`: on the control stream the child's renewed chain;
+    /// on a sibling stream the answering sibling's own chain.
     Welcome { chain: Vec<Envelope> },
     /// The connection is refused, and why. The sender closes the stream.
     Refused { reason: String },
@@ -80,6 +95,16 @@ pub enum ControlFrame {
     /// From the child: its newest signed report (PROTOCOL.md §15), canonical envelope
     /// bytes.
     Report { report: serde_bytes::ByteBuf },
+    /// From the parent: the receiver's connected siblings at its site, and where they
+    /// listen (PROTOCOL.md §13.1).
+    Siblings { peers: Vec<SiblingAddr> },
+}
+
+/// A sibling and its addresses. Fields in canonical key order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiblingAddr {
+    pub node: PublicKey,
+    pub addrs: Vec<String>,
 }
 
 /// A request on a chunk stream. Fields in canonical key order.
@@ -87,6 +112,9 @@ pub enum ControlFrame {
 pub struct ChunkRequest {
     pub count: u32,
     pub first: u32,
+    /// Send the chunks even if a sibling of the requester has them (absent when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub direct: bool,
     pub update: Hash,
 }
 
@@ -97,6 +125,9 @@ pub const CHUNK_MISSING: u8 = 1;
 /// The peer may not fetch from this node; the server closes the stream after it
 /// (length and a UTF-8 reason follow).
 pub const CHUNK_REFUSED: u8 = 2;
+/// A sibling of the requester at its site was sent this chunk: ask it there (the
+/// sibling's 32-byte node key follows).
+pub const CHUNK_ELSEWHERE: u8 = 3;
 
 /// Why a stream failed.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +214,7 @@ pub async fn read_chunk_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<(u8, u
         CHUNK_DATA if len <= MAX_CHUNK_LEN => Ok((CHUNK_DATA, len)),
         CHUNK_MISSING if len == 0 => Ok((CHUNK_MISSING, 0)),
         CHUNK_REFUSED if len <= 1024 => Ok((CHUNK_REFUSED, len)),
+        CHUNK_ELSEWHERE if len == 32 => Ok((CHUNK_ELSEWHERE, len)),
         kind => Err(ProtoError::Violation(format!(
             "chunk answer of kind {kind} with length {len}"
         ))),
@@ -252,6 +284,7 @@ mod tests {
         let req = |first, count| ChunkRequest {
             count,
             first,
+            direct: false,
             update: Hash::of(b""),
         };
         assert!(req(0, 0).check().is_err());

@@ -155,7 +155,7 @@ fn forged_rules_are_refused_with_distinct_errors() {
     );
 
     // Another kind of signed object, even from the right signer.
-    let cert = member::issue(&key(3), pk(4), false, vec![], T0, T0 + DAY);
+    let cert = member::issue(&key(3), pk(4), false, vec![], None, T0, T0 + DAY);
     assert!(matches!(
         SignedRules::open(&wire::encode(&cert), &child, T0),
         Err(RulesError::WrongTag { .. })
@@ -628,9 +628,9 @@ fn halting_a_rollout_from_reported_failures() {
 fn rules_open_against_a_verified_certificate_chain() {
     // root key 1 → root node 2 → branch 3 → leaf 4.
     let chain = vec![
-        member::issue(&key(1), pk(2), false, vec![], T0, T0 + DAY),
-        member::issue(&key(2), pk(3), false, vec![], T0, T0 + DAY),
-        member::issue(&key(3), pk(4), true, vec![], T0, T0 + DAY),
+        member::issue(&key(1), pk(2), false, vec![], None, T0, T0 + DAY),
+        member::issue(&key(2), pk(3), false, vec![], None, T0, T0 + DAY),
+        member::issue(&key(3), pk(4), true, vec![], None, T0, T0 + DAY),
     ];
     let members = member::verify_chain(&chain, &pk(1), T0).expect("verifies");
     let p = path(&members);

@@ -29,6 +29,10 @@ pub const TOKEN_PREFIX: &str = "arbor-join-";
 pub struct Membership {
     /// The member: its node key, which is also its libp2p identity.
     pub node: PublicKey,
+    /// The site it declared (a safe name, §7): its parent's other children at the
+    /// same site are its siblings. Absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
     /// A leaf client: it installs updates and serves no children of its own.
     pub client: bool,
     /// Groups its parent put it in (the parent's rules use them).
@@ -70,20 +74,28 @@ pub enum ChainError {
     },
     #[error("certificate {index} names more than {MAX_GROUPS} groups")]
     TooManyGroups { index: usize },
+    #[error("certificate {index} has a bad site name: {source}")]
+    Site {
+        index: usize,
+        #[source]
+        source: NameError,
+    },
 }
 
-/// Signs a certificate for `member`. `issuer` is the root key (for the root node's own
-/// certificate) or the parent node's key.
+/// Signs a certificate for `member`, at `site` if it has one. `issuer` is the root key
+/// (for the root node's own certificate) or the parent node's key.
 pub fn issue(
     issuer: &SecretKey,
     member: PublicKey,
     client: bool,
     groups: Vec<String>,
+    site: Option<String>,
     issued: u64,
     expires: u64,
 ) -> Envelope {
     let body = Membership {
         node: member,
+        site,
         client,
         groups,
         issued,
@@ -138,6 +150,9 @@ pub fn verify_chain(
         for g in &m.groups {
             check_name("group", g).map_err(|source| ChainError::Group { index, source })?;
         }
+        if let Some(site) = &m.site {
+            check_name("site", site).map_err(|source| ChainError::Site { index, source })?;
+        }
         out.push(m);
     }
     Ok(out)
@@ -155,6 +170,10 @@ pub struct JoinToken {
     pub addr: String,
     /// Fingerprint of the root key: blake3 of its 32 bytes.
     pub root: Hash,
+    /// The site the joining node is placed at, preset by the parent's admin. Absent
+    /// when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
     /// The parent's node key.
     pub parent: PublicKey,
     /// The secret the parent redeems; it stores only its blake3 hash.
@@ -171,6 +190,8 @@ pub enum BadToken {
     Hex,
     #[error("the join token is damaged: {0}")]
     Wire(#[from] WireError),
+    #[error("the join token names a bad site: {0}")]
+    Site(#[from] NameError),
 }
 
 impl JoinToken {
@@ -189,7 +210,11 @@ impl JoinToken {
             return Err(BadToken::Hex);
         }
         let bytes = hex::decode(hex_part).map_err(|_| BadToken::Hex)?;
-        Ok(wire::decode_canonical(&bytes, 4096, "join token")?)
+        let token: JoinToken = wire::decode_canonical(&bytes, 4096, "join token")?;
+        if let Some(site) = &token.site {
+            check_name("site", site)?;
+        }
+        Ok(token)
     }
 
     /// What the parent stores to recognise this token.
@@ -215,16 +240,17 @@ mod tests {
     /// root key 1 → root node 2 → branch 3 → leaf 4 (client).
     fn chain() -> Vec<Envelope> {
         vec![
-            issue(&key(1), key(2).public(), false, vec![], 10, 1000),
+            issue(&key(1), key(2).public(), false, vec![], None, 10, 1000),
             issue(
                 &key(2),
                 key(3).public(),
                 false,
                 vec!["lab".into()],
+                Some("berlin".into()),
                 10,
                 1000,
             ),
-            issue(&key(3), key(4).public(), true, vec![], 10, 900),
+            issue(&key(3), key(4).public(), true, vec![], None, 10, 900),
         ]
     }
 
@@ -269,7 +295,15 @@ mod tests {
         ));
         // A client cannot vouch for anyone.
         let mut below_client = chain();
-        below_client.push(issue(&key(4), key(5).public(), false, vec![], 10, 1000));
+        below_client.push(issue(
+            &key(4),
+            key(5).public(),
+            false,
+            vec![],
+            None,
+            10,
+            1000,
+        ));
         assert_eq!(
             verify_chain(&below_client, &root, 50),
             Err(ChainError::IssuedByClient { index: 3 })
@@ -286,6 +320,7 @@ mod tests {
     fn certificates_without_expiry_or_with_a_false_issuer_are_refused() {
         let body = Membership {
             node: key(2).public(),
+            site: None,
             client: false,
             groups: vec![],
             issued: 1,
@@ -312,6 +347,7 @@ mod tests {
         let t = JoinToken {
             addr: "/ip4/127.0.0.1/tcp/4001".into(),
             root: root_fingerprint(&key(1).public()),
+            site: None,
             parent: key(2).public(),
             secret: [5; 32],
         };
