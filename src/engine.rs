@@ -1418,31 +1418,45 @@ impl Engine {
                 for i in first..first + count {
                     u.busy.set(i);
                 }
-                let fetch = self.next_fetch;
-                self.next_fetch += 1;
-                self.fetches.insert(
-                    fetch,
-                    Fetch {
-                        from: parent,
-                        update: *id,
-                        first,
-                        count,
-                        deadline: now + self.config.fetch_timeout,
-                    },
-                );
-                self.out.push_back(Output::Fetch {
-                    id: fetch,
-                    from: parent,
-                    update: *id,
-                    first,
-                    count,
-                    direct,
-                });
+                self.start_fetch(parent, *id, (first, count), direct, now);
                 in_flight += 1;
                 continue 'outer;
             }
             break;
         }
+    }
+
+    /// Asks `from` for chunks `span.0 .. span.0 + span.1` of `update` (marked busy by
+    /// the caller), with a deadline.
+    fn start_fetch(
+        &mut self,
+        from: PeerId,
+        update: Hash,
+        (first, count): (u32, u32),
+        direct: bool,
+        now: Millis,
+    ) {
+        let id = self.next_fetch;
+        self.next_fetch += 1;
+        let deadline = now + self.config.fetch_timeout;
+        self.fetches.insert(
+            id,
+            Fetch {
+                from,
+                update,
+                first,
+                count,
+                deadline,
+            },
+        );
+        self.out.push_back(Output::Fetch {
+            id,
+            from,
+            update,
+            first,
+            count,
+            direct,
+        });
     }
 
     /// The next span of `update` to ask the parent for: chunks it holds that are not

@@ -512,6 +512,8 @@ impl Engine {
             .filter(|id| self.is_wanted(id))
             .copied()
             .collect();
+        // Spans to ask for, started once the update's bitmaps are no longer borrowed.
+        let mut pending = Vec::new();
         for id in wanted {
             let Some(u) = self.updates.get_mut(&id) else {
                 continue;
@@ -553,27 +555,11 @@ impl Engine {
                 from = first + count;
                 in_flight[slot] += 1;
                 let peer = self.siblings[slot].peer;
-                let fetch = self.next_fetch;
-                self.next_fetch += 1;
-                self.fetches.insert(
-                    fetch,
-                    super::Fetch {
-                        from: peer,
-                        update: id,
-                        first,
-                        count,
-                        deadline: now + self.config.fetch_timeout,
-                    },
-                );
-                self.out.push_back(Output::Fetch {
-                    id: fetch,
-                    from: peer,
-                    update: id,
-                    first,
-                    count,
-                    direct: false,
-                });
+                pending.push((peer, id, first, count));
             }
+        }
+        for (peer, id, first, count) in pending {
+            self.start_fetch(peer, id, (first, count), false, now);
         }
     }
 
