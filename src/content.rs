@@ -6,6 +6,7 @@
 //! Nothing here touches the store, keys or the network.
 
 pub mod chunker;
+pub mod delta;
 pub mod manifest;
 pub mod names;
 

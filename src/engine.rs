@@ -135,8 +135,9 @@ pub enum Control {
 /// How the driver judged one chunk of a fetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkVerdict {
-    /// Hashed right and stored.
-    Stored,
+    /// Hashed right and stored; `wire` bytes crossed the link for it (its length, or
+    /// fewer for a delta).
+    Stored { wire: u32 },
     /// The bytes did not match the manifest's hash: nothing was stored.
     Bad,
 }
@@ -271,11 +272,13 @@ enum ParentLink {
     },
 }
 
+/// An update's distinct chunks in manifest order: (hash, length).
+pub type ChunkList = Arc<[(Hash, u32)]>;
+
 /// What a node knows of one update.
 struct Update {
     manifest: Arc<SignedManifest>,
-    /// The distinct chunks in manifest order: (hash, length).
-    chunks: Arc<[(Hash, u32)]>,
+    chunks: ChunkList,
     have: Bitmap,
     /// Chunks asked for (or resting after a bad copy) and not yet answered.
     busy: Bitmap,
@@ -1219,13 +1222,13 @@ impl Engine {
             return;
         };
         match verdict {
-            ChunkVerdict::Stored => {
+            ChunkVerdict::Stored { wire } => {
                 u.busy.clear(index);
                 // The first chunk makes it downloading; the last, downloaded.
                 let started = u.have.count() == 0;
                 if u.have.set(index) {
                     u.unannounced.set(index);
-                    let len = u64::from(u.chunks[index as usize].1);
+                    let len = u64::from(wire);
                     if let Some(slot) = sibling {
                         u.from_siblings += len;
                         self.count_from_sibling(slot, len);
@@ -1587,6 +1590,35 @@ impl Engine {
         self.updates.get(update).map(|u| &*u.manifest)
     }
 
+    /// What chunk deltas of `update` may draw on when this node fetches it (PROTOCOL.md
+    /// §13.2): the newest other version of the same module that it holds whole, with
+    /// that version's distinct chunks.
+    pub fn delta_base(&self, update: &Hash) -> Option<(Hash, ChunkList)> {
+        let m = &self.updates.get(update)?.manifest.manifest;
+        self.updates
+            .iter()
+            .filter(|(id, u)| {
+                *id != update && same_module(&u.manifest.manifest, m) && self.is_complete(id)
+            })
+            .max_by_key(|(_, u)| u.manifest.seq)
+            .map(|(id, u)| (*id, u.chunks.clone()))
+    }
+
+    /// Both manifests, when this node may answer requests for `update` with deltas
+    /// against `base`: it holds `base` whole, and `base` is another version of the same
+    /// module (so a delta relates only versions of one module to each other).
+    pub fn delta_pair(
+        &self,
+        update: &Hash,
+        base: &Hash,
+    ) -> Option<(Arc<SignedManifest>, Arc<SignedManifest>)> {
+        let (u, b) = (self.updates.get(update)?, self.updates.get(base)?);
+        (update != base
+            && same_module(&u.manifest.manifest, &b.manifest.manifest)
+            && self.is_complete(base))
+        .then(|| (u.manifest.clone(), b.manifest.clone()))
+    }
+
     /// The rule sets this node holds: its ancestors' and its own.
     pub fn rules(&self) -> &RuleBook {
         &self.book
@@ -1668,4 +1700,11 @@ impl SplitMix64 {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
+}
+
+fn same_module(
+    a: &crate::content::manifest::Manifest,
+    b: &crate::content::manifest::Manifest,
+) -> bool {
+    a.tenant == b.tenant && a.category == b.category && a.id == b.id
 }

@@ -22,6 +22,7 @@
 
 pub mod admin;
 mod client;
+mod delta;
 mod limit;
 pub mod proto;
 mod reports;
@@ -77,6 +78,9 @@ pub struct Options {
     /// Test-only fault: corrupt this many of the first chunks served (one byte each).
     #[doc(hidden)]
     pub corrupt_first_chunks: u32,
+    /// Test-only fault: corrupt this many of the first chunk deltas served.
+    #[doc(hidden)]
+    pub corrupt_first_deltas: u32,
 }
 
 impl Options {
@@ -90,6 +94,7 @@ impl Options {
             bandwidth: BandwidthOptions::default(),
             site: None,
             corrupt_first_chunks: 0,
+            corrupt_first_deltas: 0,
         }
     }
 }
@@ -232,9 +237,17 @@ enum Ev {
     },
 }
 
-/// For each chunk of a request what to send, and whether the peer is a sibling (served
-/// under the local upload limit); or why the peer is refused altogether.
-type ServeAnswer = Result<(Vec<Served>, bool), String>;
+/// How to answer a chunk request; or why the peer is refused altogether.
+type ServeAnswer = Result<Serving, String>;
+
+/// What to send for each chunk of a request.
+struct Serving {
+    chunks: Vec<Served>,
+    /// The peer is a sibling: served under the local upload limit.
+    sibling: bool,
+    /// The update and the request's base, when chunks may go as deltas against it.
+    delta: Option<(Arc<SignedManifest>, Arc<SignedManifest>)>,
+}
 
 /// Work for the store writer thread, in order.
 enum WriteJob {
@@ -243,6 +256,8 @@ enum WriteJob {
         index: u32,
         hash: Hash,
         data: Vec<u8>,
+        /// Bytes that crossed the link for it.
+        wire: u32,
     },
     Bad {
         fetch: FetchId,
@@ -274,6 +289,8 @@ struct FetchJob {
     first: u32,
     direct: bool,
     expected: Vec<(Hash, u32)>,
+    /// What the chunks may come as deltas against.
+    base: Option<Arc<delta::Base>>,
 }
 
 /// Transfer counters of one update.
@@ -311,6 +328,8 @@ pub struct Daemon {
     /// The address each connected peer's connection comes from.
     remote_addrs: HashMap<PublicKey, Multiaddr>,
     transfers: HashMap<Hash, Transfer>,
+    /// For each update being fetched, the base its chunks may come as deltas against.
+    delta_bases: HashMap<Hash, Arc<delta::Base>>,
     sent_to: HashMap<PublicKey, u64>,
     received_from: HashMap<PublicKey, u64>,
     refused: u64,
@@ -537,7 +556,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         control.clone(),
         ev_tx.clone(),
         node.clone(),
-        opts.corrupt_first_chunks,
+        [opts.corrupt_first_chunks, opts.corrupt_first_deltas],
         Uploads {
             children: opts.bandwidth.max_upload.map(Limiter::new),
             siblings: opts.bandwidth.max_local_upload.map(Limiter::new),
@@ -570,6 +589,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         transfers: HashMap::new(),
         sent_to: HashMap::new(),
         received_from: HashMap::new(),
+        delta_bases: HashMap::new(),
         refused: 0,
         rules_refused: 0,
         reports_to_keep: HashMap::new(),
@@ -757,10 +777,18 @@ pub mod probe {
 }
 
 /// The upload limits: to children (the tree) and to siblings (the site's LAN).
-#[derive(Clone)]
 struct Uploads {
     children: Option<Arc<Limiter>>,
     siblings: Option<Arc<Limiter>>,
+}
+
+/// What every chunk stream a node serves shares.
+struct Server {
+    node: Arc<Node>,
+    /// A test fault: damage the first this many chunks, and deltas, sent (one byte).
+    corrupt: [AtomicU32; 2],
+    uploads: Uploads,
+    deltas: delta::Deltas,
 }
 
 /// Accepts the four stream protocols and hands each stream to its task.
@@ -769,7 +797,7 @@ fn spawn_acceptors(
     mut control: libp2p_stream::Control,
     ev: mpsc::UnboundedSender<Ev>,
     node: Arc<Node>,
-    corrupt_first: u32,
+    corrupt_first: [u32; 2],
     uploads: Uploads,
 ) -> Result<(), NetError> {
     let taken = |_| NetError::Transport("a protocol was registered twice".into());
@@ -801,19 +829,17 @@ fn spawn_acceptors(
             }
         }
     });
-    let corrupt = Arc::new(AtomicU32::new(corrupt_first));
+    let server = Arc::new(Server {
+        node,
+        corrupt: corrupt_first.map(AtomicU32::new),
+        uploads,
+        deltas: delta::Deltas::default(),
+    });
     let t = tasks.clone();
     tasks.spawn(async move {
         while let Some((peer, stream)) = chunks.next().await {
             if let Some(peer) = PublicKey::from_peer_id(&peer) {
-                t.spawn(serve_chunks(
-                    peer,
-                    stream,
-                    ev.clone(),
-                    node.clone(),
-                    corrupt.clone(),
-                    uploads.clone(),
-                ));
+                t.spawn(serve_chunks(peer, stream, ev.clone(), server.clone()));
             }
         }
     });
@@ -1020,37 +1046,54 @@ async fn open_sibling(
     check: SiblingCheck,
     ev: mpsc::UnboundedSender<Ev>,
 ) {
-    let handshake = async {
-        let pid = peer.peer_id().ok_or("bad sibling key")?;
-        let mut s = control
-            .open_stream(pid, proto::SIBLINGS)
-            .await
-            .map_err(|e| e.to_string())?;
-        let hello = ControlFrame::Hello {
-            site: None,
-            addrs: Vec::new(),
-            chain,
+    // As for chunk streams, a peer drops an inbound stream it cannot accept fast enough:
+    // a stream that fails before any answer is opened again, a few times. A refusal or
+    // a chain that is not a sibling's is final.
+    let mut why = String::new();
+    for _ in 0..3 {
+        let handshake = async {
+            let pid = peer
+                .peer_id()
+                .ok_or((false, "bad sibling key".to_string()))?;
+            let io = |e: &dyn std::fmt::Display| (true, e.to_string());
+            let mut s = control
+                .open_stream(pid, proto::SIBLINGS)
+                .await
+                .map_err(|e| io(&e))?;
+            let hello = ControlFrame::Hello {
+                site: None,
+                addrs: Vec::new(),
+                chain: chain.clone(),
+            };
+            proto::write_frame(&mut s, &hello)
+                .await
+                .map_err(|e| io(&e))?;
+            match proto::read_frame(&mut s, proto::MAX_JOIN_FRAME, "sibling welcome").await {
+                Ok(Some(ControlFrame::Welcome { chain })) => {
+                    check_sibling(&peer, &chain, &check).map_err(|e| (false, e))?;
+                    Ok(s)
+                }
+                Ok(Some(ControlFrame::Refused { reason })) => {
+                    Err((false, format!("the sibling refused this node: {reason}")))
+                }
+                Ok(_) => Err((false, "the sibling broke the protocol".to_string())),
+                Err(e) => Err(io(&e)),
+            }
         };
-        proto::write_frame(&mut s, &hello)
-            .await
-            .map_err(|e| e.to_string())?;
-        match proto::read_frame(&mut s, proto::MAX_JOIN_FRAME, "sibling welcome").await {
-            Ok(Some(ControlFrame::Welcome { chain })) => {
-                check_sibling(&peer, &chain, &check)?;
-                Ok(s)
+        match timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(stream)) => return run_control(peer, true, stream, ev).await,
+            Ok(Err((retry, e))) => {
+                why = e;
+                if !retry {
+                    break;
+                }
             }
-            Ok(Some(ControlFrame::Refused { reason })) => {
-                Err(format!("the sibling refused this node: {reason}"))
+            Err(_) => {
+                why = "the sibling handshake timed out".into();
+                break;
             }
-            Ok(_) => Err("the sibling broke the protocol".to_string()),
-            Err(e) => Err(e.to_string()),
         }
-    };
-    let why = match timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(stream)) => return run_control(peer, true, stream, ev).await,
-        Ok(Err(why)) => why,
-        Err(_) => "the sibling handshake timed out".into(),
-    };
+    }
     tracing::warn!(peer = %peer.node_id(), "no sibling session: {why}");
     let _ = ev.send(Ev::ControlDown { peer, why });
 }
@@ -1105,9 +1148,7 @@ async fn serve_chunks(
     peer: PublicKey,
     mut stream: Stream,
     ev: mpsc::UnboundedSender<Ev>,
-    node: Arc<Node>,
-    corrupt: Arc<AtomicU32>,
-    uploads: Uploads,
+    server: Arc<Server>,
 ) {
     // One chunk answer, header then bytes, is one write: the header does not go out
     // as a frame of its own.
@@ -1143,7 +1184,8 @@ async fn serve_chunks(
             Err(_) => return,
         };
         let result: Result<u64, proto::ProtoError> = async {
-            match answer {
+            let serving = match answer {
+                Ok(serving) => serving,
                 Err(reason) => {
                     let reason = reason.as_bytes();
                     let reason = &reason[..reason.len().min(1024)];
@@ -1151,61 +1193,85 @@ async fn serve_chunks(
                         .await?;
                     stream.write_all(reason).await?;
                     stream.close().await?;
-                    Err(proto::ProtoError::Violation("refused".into()))
+                    return Err(proto::ProtoError::Violation("refused".into()));
                 }
-                Ok((chunks, sibling)) => {
-                    let upload = if sibling {
-                        &uploads.siblings
-                    } else {
-                        &uploads.children
-                    };
-                    let mut sent = 0u64;
-                    for c in chunks {
-                        let (hash, len) = match c {
-                            Served::Data { hash, len } => (hash, len),
-                            Served::Missing => {
-                                proto::write_chunk_header(&mut stream, proto::CHUNK_MISSING, 0)
-                                    .await?;
-                                continue;
-                            }
-                            Served::Elsewhere { holder } => {
-                                let mut answer = proto::chunk_header(proto::CHUNK_ELSEWHERE, 32).to_vec();
-                                answer.extend_from_slice(&holder.0);
-                                stream.write_all(&answer).await?;
-                                continue;
-                            }
-                        };
-                        // A page-cache read of one chunk: short enough to do in place.
-                        // Every byte after the header is overwritten by the read.
-                        buf.resize(H + len as usize, 0);
-                        let read = node
-                            .store
-                            .chunk_loc(&hash)
-                            .ok()
-                            .flatten()
-                            .filter(|loc| loc.len == len)
-                            .is_some_and(|loc| node.store.read_into(loc, &mut buf[H..]).is_ok());
-                        if !read {
-                            tracing::error!(chunk = %hash, "a chunk this node holds cannot be read; run arbor verify");
-                            proto::write_chunk_header(&mut stream, proto::CHUNK_MISSING, 0).await?;
-                            continue;
-                        }
-                        if corrupt
-                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                            .is_ok()
-                            && let Some(b) = buf.get_mut(H)
-                        {
-                            *b ^= 0xff;
-                        }
-                        buf[..H].copy_from_slice(&proto::chunk_header(proto::CHUNK_DATA, len));
-                        pace(upload, u64::from(len)).await;
-                        stream.write_all(&buf).await?;
-                        sent += u64::from(len);
+            };
+            let upload = if serving.sibling {
+                &server.uploads.siblings
+            } else {
+                &server.uploads.children
+            };
+            let store = &server.node.store;
+            let mut sent = 0u64;
+            for (index, c) in (req.first..).zip(serving.chunks) {
+                let (hash, len) = match c {
+                    Served::Data { hash, len } => (hash, len),
+                    Served::Missing => {
+                        proto::write_chunk_header(&mut stream, proto::CHUNK_MISSING, 0).await?;
+                        continue;
                     }
-                    stream.flush().await?;
-                    Ok(sent)
+                    Served::Elsewhere { holder } => {
+                        let mut answer = proto::chunk_header(proto::CHUNK_ELSEWHERE, 32).to_vec();
+                        answer.extend_from_slice(&holder.0);
+                        stream.write_all(&answer).await?;
+                        continue;
+                    }
+                };
+                // A page-cache read of one chunk: short enough to do in place.
+                // Every byte after the header is overwritten by the read.
+                buf.resize(H + len as usize, 0);
+                let read = store
+                    .chunk_loc(&hash)
+                    .ok()
+                    .flatten()
+                    .filter(|loc| loc.len == len)
+                    .is_some_and(|loc| store.read_into(loc, &mut buf[H..]).is_ok());
+                if !read {
+                    tracing::error!(chunk = %hash, "a chunk this node holds cannot be read; run arbor verify");
+                    proto::write_chunk_header(&mut stream, proto::CHUNK_MISSING, 0).await?;
+                    continue;
                 }
+                let mut kind = proto::CHUNK_DATA;
+                if let Some((update, base)) = &serving.delta {
+                    // Matching is CPU work of a millisecond or so: off the async threads.
+                    let (server, update, base) = (server.clone(), update.clone(), base.clone());
+                    let data = std::mem::take(&mut buf);
+                    let (data, delta) = tokio::task::spawn_blocking(move || {
+                        let target = &data[H..];
+                        let delta = server.deltas.encode(
+                            &server.node.store,
+                            &update,
+                            &base,
+                            index,
+                            hash,
+                            target,
+                        );
+                        (data, delta)
+                    })
+                    .await
+                    .map_err(|e| proto::ProtoError::Io(std::io::Error::other(e)))?;
+                    buf = data;
+                    if let Some(delta) = delta {
+                        kind = proto::CHUNK_DELTA;
+                        buf.truncate(H);
+                        buf.extend_from_slice(&delta);
+                    }
+                }
+                let payload = (buf.len() - H) as u32;
+                if server.corrupt[usize::from(kind == proto::CHUNK_DELTA)]
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                    && let Some(b) = buf.get_mut(H)
+                {
+                    *b ^= 0xff;
+                }
+                buf[..H].copy_from_slice(&proto::chunk_header(kind, payload));
+                pace(upload, u64::from(payload)).await;
+                stream.write_all(&buf).await?;
+                sent += u64::from(payload);
             }
+            stream.flush().await?;
+            Ok(sent)
         }
         .await;
         match result {
@@ -1229,6 +1295,7 @@ async fn fetch_worker(
     writer: mpsc::Sender<WriteJob>,
     fetch_timeout: Duration,
     download: Option<Arc<Limiter>>,
+    node: Arc<Node>,
 ) {
     let mut stream: Option<Stream> = None;
     loop {
@@ -1252,7 +1319,11 @@ async fn fetch_worker(
                 }
             }
             let Some(s) = stream.as_mut() else { break };
-            let outcome = timeout(fetch_timeout, fetch_span(s, &job, &writer, &download)).await;
+            let outcome = timeout(
+                fetch_timeout,
+                fetch_span(s, &job, &writer, &download, &node.store),
+            )
+            .await;
             let (span, n) = (job.first, job.expected.len());
             match outcome {
                 Ok(Ok(())) => break,
@@ -1286,11 +1357,17 @@ async fn fetch_span(
     job: &FetchJob,
     writer: &mpsc::Sender<WriteJob>,
     download: &Option<Arc<Limiter>>,
+    store: &Store,
 ) -> Result<(), proto::ProtoError> {
     let count = job.expected.len() as u32;
+    let base = job
+        .base
+        .as_ref()
+        .filter(|b| !b.broken.load(Ordering::Relaxed));
     proto::write_frame(
         s,
         &ChunkRequest {
+            base: base.map(|b| b.id),
             count,
             first: job.first,
             direct: job.direct,
@@ -1326,6 +1403,7 @@ async fn fetch_span(
                         index,
                         hash: *hash,
                         data,
+                        wire: n,
                     }
                 } else {
                     WriteJob::Bad {
@@ -1334,6 +1412,57 @@ async fn fetch_span(
                     }
                 };
                 if writer.send(job).await.is_err() {
+                    return Ok(());
+                }
+            }
+            proto::CHUNK_DELTA => {
+                let Some(base) = base.filter(|_| n < *len) else {
+                    return Err(proto::ProtoError::Violation(format!(
+                        "chunk {index} sent as a delta of {n} bytes; it has {len} bytes and was asked for {}",
+                        if base.is_some() {
+                            "whole"
+                        } else {
+                            "without a base"
+                        }
+                    )));
+                };
+                pace(download, u64::from(n)).await;
+                let mut bytes = vec![0u8; n as usize];
+                s.read_exact(&mut bytes).await?;
+                let verdict = match delta::rebuild(store, base, &bytes, *len) {
+                    Ok(data) if Hash::of(&data) == *hash => Some(WriteJob::Chunk {
+                        fetch: job.id,
+                        index,
+                        hash: *hash,
+                        data,
+                        wire: n,
+                    }),
+                    Ok(_) => {
+                        tracing::warn!(update = %job.update, "chunk {index}: its delta builds the wrong bytes");
+                        Some(WriteJob::Bad {
+                            fetch: job.id,
+                            index,
+                        })
+                    }
+                    Err(delta::Rebuild::Bad(why)) => {
+                        tracing::warn!(update = %job.update, "chunk {index}: a bad delta: {why}");
+                        Some(WriteJob::Bad {
+                            fetch: job.id,
+                            index,
+                        })
+                    }
+                    // Not the sender's fault: left unanswered, asked again without a base.
+                    Err(delta::Rebuild::Local(why)) => {
+                        tracing::error!(
+                            "cannot rebuild chunk {index} of update {}: {why}; run arbor verify",
+                            job.update
+                        );
+                        None
+                    }
+                };
+                if let Some(verdict) = verdict
+                    && writer.send(verdict).await.is_err()
+                {
                     return Ok(());
                 }
             }
@@ -1377,6 +1506,7 @@ fn write_loop(node: &Node, mut rx: mpsc::Receiver<WriteJob>, ev: &mpsc::Unbounde
                 index,
                 hash,
                 data,
+                wire,
             } => {
                 if writer.is_none() {
                     match store.writer() {
@@ -1397,7 +1527,7 @@ fn write_loop(node: &Node, mut rx: mpsc::Receiver<WriteJob>, ev: &mpsc::Unbounde
                             let _ = ev.send(Ev::Verdict {
                                 fetch,
                                 index,
-                                verdict: ChunkVerdict::Stored,
+                                verdict: ChunkVerdict::Stored { wire },
                             });
                         }
                         Err(e) => tracing::error!(chunk = %hash, "cannot store a chunk: {e}"),
@@ -1791,12 +1921,12 @@ impl Daemon {
                 index,
                 verdict,
             } => {
-                if verdict == ChunkVerdict::Stored
+                if let ChunkVerdict::Stored { wire } = verdict
                     && let Some((from, update)) = self.engine.fetch_source(fetch)
                 {
-                    let len = u64::from(self.engine.chunk(&update, index).map_or(0, |c| c.1));
-                    self.transfers.entry(update).or_default().bytes_in += len;
-                    *self.received_from.entry(from).or_default() += len;
+                    let wire = u64::from(wire);
+                    self.transfers.entry(update).or_default().bytes_in += wire;
+                    *self.received_from.entry(from).or_default() += wire;
                 }
                 self.engine.handle_chunk(fetch, index, verdict, now);
             }
@@ -1811,7 +1941,13 @@ impl Daemon {
                     let chunks = (req.first..req.first + req.count)
                         .map(|i| self.engine.serve(&peer, &req.update, i, req.direct))
                         .collect();
-                    Ok((chunks, self.engine.is_connected_sibling(&peer)))
+                    Ok(Serving {
+                        chunks,
+                        sibling: self.engine.is_connected_sibling(&peer),
+                        delta: req
+                            .base
+                            .and_then(|base| self.engine.delta_pair(&req.update, &base)),
+                    })
                 } else {
                     self.refused += 1;
                     tracing::warn!(peer = %peer.node_id(), "refused a chunk request: not a connected child or sibling");
@@ -1855,6 +1991,22 @@ impl Daemon {
         }
     }
 
+    /// The base this node names when it fetches chunks of `update`, kept per update
+    /// so that every span names the same one.
+    fn delta_base(&mut self, update: &Hash) -> Option<Arc<delta::Base>> {
+        if let Some(base) = self.delta_bases.get(update) {
+            return Some(base.clone());
+        }
+        let (id, chunks) = self.engine.delta_base(update)?;
+        let base = Arc::new(delta::Base {
+            id,
+            chunks,
+            broken: Default::default(),
+        });
+        self.delta_bases.insert(*update, base.clone());
+        Some(base)
+    }
+
     fn add_published(&mut self, id: &Hash, now: u64) -> Result<(), String> {
         let bytes = self
             .node
@@ -1882,6 +2034,7 @@ impl Daemon {
                 self.writer_tx.clone(),
                 Duration::from_millis(self.engine.config().fetch_timeout),
                 limit.clone(),
+                self.node.clone(),
             ));
         }
         self.fetchers.insert(source, tx);
@@ -1993,6 +2146,7 @@ impl Daemon {
                         first,
                         direct,
                         expected,
+                        base: self.delta_base(&update),
                     };
                     let sent = self
                         .fetchers
@@ -2660,6 +2814,8 @@ impl Daemon {
                     "bytes_held": p.bytes_held,
                     "chunks": p.chunks,
                     "chunks_held": p.chunks_held,
+                    "bytes_in": t.map_or(0, |t| t.bytes_in),
+                    "bytes_out": t.map_or(0, |t| t.bytes_out),
                     "rate_in": t.map_or(0, |t| t.rate_in),
                     "rate_out": t.map_or(0, |t| t.rate_out),
                 })

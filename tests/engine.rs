@@ -399,7 +399,8 @@ impl Harness {
                         node.corrupt -= 1;
                         ChunkVerdict::Bad
                     } else {
-                        ChunkVerdict::Stored
+                        let wire = node.engine.chunk(&update, index).map_or(0, |c| c.1);
+                        ChunkVerdict::Stored { wire }
                     };
                     t += self.chunk_time;
                     self.at(
@@ -439,7 +440,7 @@ impl Harness {
                     return;
                 }
                 // The driver stores a chunk only after its hash matched.
-                if verdict == ChunkVerdict::Stored
+                if matches!(verdict, ChunkVerdict::Stored { .. })
                     && let Some((hash, _)) = self.nodes[&to].engine.chunk(&update, index)
                 {
                     let node = self.node(to);

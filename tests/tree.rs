@@ -358,6 +358,7 @@ async fn strangers_other_trees_and_revoked_children_are_refused() {
     );
     // A stranger asking for chunks directly.
     let req = ChunkRequest {
+        base: None,
         count: 1,
         first: 0,
         direct: false,
@@ -1320,12 +1321,17 @@ async fn site(root: &TestNode, base: &Path, first: usize, corrupt: &[u32]) -> Ve
         };
         nodes.push(start_with(opts).await.expect("a site member starts"));
     }
-    let others = corrupt.len() - 1;
+    // Each sees every member so far, the earlier ones included: connected, or banned
+    // already if it sent bad bytes.
+    let others = first + corrupt.len() - 1;
     for n in &nodes {
         until(n, Request::Status, "every sibling connected", |s| {
-            s["siblings"]
-                .as_array()
-                .is_some_and(|a| a.iter().filter(|s| s["connected"] == true).count() >= others)
+            s["siblings"].as_array().is_some_and(|a| {
+                a.iter()
+                    .filter(|s| s["connected"] == true || s["banned"] == true)
+                    .count()
+                    >= others
+            })
         })
         .await;
     }
@@ -1460,6 +1466,7 @@ async fn bad_sites_and_addresses_and_strangers_at_a_site_are_refused() {
     );
     // The site member refuses it for chunks as well, and keeps running.
     let req = ChunkRequest {
+        base: None,
         count: 1,
         first: 0,
         direct: false,
@@ -1485,4 +1492,67 @@ async fn bad_sites_and_addresses_and_strangers_at_a_site_are_refused() {
         n.stop().await;
     }
     root.stop().await;
+}
+
+/// Rewrites 5% of `file`'s bytes in `runs` evenly spread runs of fresh noise.
+fn rewrite_spread(file: &Path, runs: usize, seed: u64) {
+    let mut bytes = std::fs::read(file).expect("read");
+    let (size, run) = (bytes.len(), bytes.len() / 20 / runs);
+    for i in 0..runs {
+        let at = i * size / runs + size / (2 * runs);
+        bytes[at..at + run].copy_from_slice(&noise(run, seed + i as u64));
+    }
+    std::fs::write(file, bytes).expect("write");
+}
+
+fn update_figure(status: &serde_json::Value, update: &Hash, key: &str) -> u64 {
+    status["updates"]
+        .as_array()
+        .and_then(|us| us.iter().find(|u| u["update_id"] == update.to_hex()))
+        .and_then(|u| u[key].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_moves_only_its_changed_bytes_down_every_link() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let v1 = input(&base.join("v1"), 8, 31);
+    Node::init_root(&base.join("root")).expect("init");
+    let mut opts = options(&base.join("root"));
+    // The root's first two deltas arrive damaged: caught, and fetched again.
+    opts.corrupt_first_deltas = 2;
+    let root = start_with(opts).await.expect("root starts");
+    let branch = child(&root, &base.join("branch"), false).await;
+    let leaf = child(&branch, &base.join("leaf"), true).await;
+    let first = publish(&root, &v1, "1.0").await;
+    branch.wait(&first).await;
+    leaf.wait(&first).await;
+    // 5% of the bytes rewritten in 512 runs: every 64 KiB chunk is touched.
+    let v2 = base.join("v2");
+    std::fs::create_dir_all(v2.join("bin")).expect("mkdir");
+    for rel in ["bin/engine", "README"] {
+        std::fs::copy(v1.join(rel), v2.join(rel)).expect("copy");
+    }
+    rewrite_spread(&v2.join("bin/engine"), 512, 32);
+    let second = publish(&root, &v2, "2.0").await;
+    branch.wait(&second).await;
+    leaf.wait(&second).await;
+    let size = bytes_held(&root.status().await, &second);
+    for (name, node) in [("branch", &branch), ("leaf", &leaf)] {
+        let s = node.status().await;
+        let moved = update_figure(&s, &second, "bytes_in");
+        assert!(
+            moved > 0 && moved * 10 <= size,
+            "the {name} took {moved} bytes for a 2.0 of {size}"
+        );
+    }
+    assert_eq!(branch.status().await["bad_chunks"], 2);
+    assert_eq!(leaf.status().await["bad_chunks"], 0);
+    let (b, l) = (branch.stop().await, leaf.stop().await);
+    root.stop().await;
+    for (dir, out) in [(&b, "out-branch"), (&l, "out-leaf")] {
+        assert_identical_export(dir, &first, &v1, &base.join(out).join("1"));
+        assert_identical_export(dir, &second, &v2, &base.join(out).join("2"));
+    }
 }

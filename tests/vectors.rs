@@ -133,6 +133,18 @@ fn tree_expected() -> Value {
     };
     use arbor::trust::member::{self, JoinToken};
     let (root, root_node, child) = (test_root_key(), seed_key(0x20), seed_key(0x40));
+    // A chunk answer as a delta: 3 literal bytes, then 5 bytes of base chunk 2 from
+    // offset 100 (PROTOCOL.md §13.2).
+    let ops = arbor::content::delta::write(&[
+        arbor::content::delta::Op::Literal(b"new"),
+        arbor::content::delta::Op::Copy {
+            base: 2,
+            offset: 100,
+            len: 5,
+        },
+    ]);
+    let mut delta_answer = proto::chunk_header(proto::CHUNK_DELTA, ops.len() as u32).to_vec();
+    delta_answer.extend_from_slice(&ops);
     // A chunk answer "elsewhere": the header, then the sibling's node key.
     let mut elsewhere = proto::chunk_header(proto::CHUNK_ELSEWHERE, 32).to_vec();
     elsewhere.extend_from_slice(&root_node.public().0);
@@ -186,13 +198,15 @@ fn tree_expected() -> Value {
         "join_refused_cbor": cbor(&JoinReply::Refused { reason: "the join token was already used".into() }),
         "hello_cbor": cbor(&ControlFrame::Hello { site: None, addrs: vec![], chain: chain.clone() }),
         "have_cbor": cbor(&ControlFrame::Have { update: Hash::of(b"update"), ranges: vec![(0, 16), (32, 40)] }),
-        "chunk_request_cbor": cbor(&ChunkRequest { count: 16, first: 32, direct: false, update: Hash::of(b"update") }),
+        "chunk_request_cbor": cbor(&ChunkRequest { base: None, count: 16, first: 32, direct: false, update: Hash::of(b"update") }),
         "site_membership_cbor": hex::encode(&site_cert.body),
         "site_join_token_text": site_token.to_text(),
         "site_hello_cbor": cbor(&ControlFrame::Hello { site: Some("berlin".into()), addrs: vec!["/ip4/192.0.2.7/tcp/4041".into()], chain: vec![chain[0].clone(), site_cert] }),
         "siblings_cbor": cbor(&ControlFrame::Siblings { peers: vec![SiblingAddr { node: root_node.public(), addrs: vec!["/ip4/192.0.2.8/tcp/4041".into()] }] }),
-        "direct_chunk_request_cbor": cbor(&ChunkRequest { count: 16, first: 32, direct: true, update: Hash::of(b"update") }),
+        "direct_chunk_request_cbor": cbor(&ChunkRequest { base: None, count: 16, first: 32, direct: true, update: Hash::of(b"update") }),
         "elsewhere_answer": hex::encode(elsewhere),
+        "delta_chunk_request_cbor": cbor(&ChunkRequest { base: Some(Hash::of(b"base")), count: 16, first: 32, direct: false, update: Hash::of(b"update") }),
+        "delta_answer": hex::encode(delta_answer),
     })
 }
 
@@ -262,6 +276,16 @@ fn tree_vectors_match_and_decode() {
     let plain: ChunkRequest =
         arbor::wire::decode_canonical(&bytes("chunk_request_cbor"), 256, "req").expect("req");
     assert!(!plain.direct);
+    assert_eq!(plain.base, None);
+    let with_base: ChunkRequest =
+        arbor::wire::decode_canonical(&bytes("delta_chunk_request_cbor"), 256, "req").expect("req");
+    assert_eq!(with_base.base, Some(Hash::of(b"base")));
+    // The delta answer parses as 3 literal bytes and a copy of 5 from base chunk 2.
+    let answer = bytes("delta_answer");
+    assert_eq!(answer[0], arbor::net::proto::CHUNK_DELTA);
+    let delta = arbor::content::delta::Delta::parse(&answer[5..], 8, |i| (i == 2).then_some(105))
+        .expect("the delta parses");
+    assert_eq!(delta.bases(), vec![2]);
     for key in obj.keys().filter(|k| k.ends_with("_cbor")) {
         common::assert_maps_canonical(&bytes(key));
     }

@@ -177,7 +177,7 @@ impl<R: Read> Segmenter<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -195,7 +195,7 @@ mod tests {
         }
     }
 
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    pub(crate) fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..len)
             .map(|_| {

@@ -110,6 +110,10 @@ pub struct SiblingAddr {
 /// A request on a chunk stream. Fields in canonical key order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRequest {
+    /// An update the requester holds whole: chunks may come as deltas against it
+    /// (PROTOCOL.md §13.2). Absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Hash>,
     pub count: u32,
     pub first: u32,
     /// Send the chunks even if a sibling of the requester has them (absent when false).
@@ -128,6 +132,9 @@ pub const CHUNK_REFUSED: u8 = 2;
 /// A sibling of the requester at its site was sent this chunk: ask it there (the
 /// sibling's 32-byte node key follows).
 pub const CHUNK_ELSEWHERE: u8 = 3;
+/// The chunk as a delta against the request's base (`content::delta`): fewer bytes
+/// than the chunk follow.
+pub const CHUNK_DELTA: u8 = 4;
 
 /// Why a stream failed.
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +222,7 @@ pub async fn read_chunk_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<(u8, u
         CHUNK_MISSING if len == 0 => Ok((CHUNK_MISSING, 0)),
         CHUNK_REFUSED if len <= 1024 => Ok((CHUNK_REFUSED, len)),
         CHUNK_ELSEWHERE if len == 32 => Ok((CHUNK_ELSEWHERE, len)),
+        CHUNK_DELTA if len < MAX_CHUNK_LEN => Ok((CHUNK_DELTA, len)),
         kind => Err(ProtoError::Violation(format!(
             "chunk answer of kind {kind} with length {len}"
         ))),
@@ -282,6 +290,7 @@ mod tests {
             .is_err()
         );
         let req = |first, count| ChunkRequest {
+            base: None,
             count,
             first,
             direct: false,

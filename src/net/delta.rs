@@ -1,0 +1,262 @@
+//! The daemon's side of chunk deltas (PROTOCOL.md §13.2): encoding them when serving,
+//! rebuilding them from the store when fetching. The matching itself is
+//! `content::delta`'s.
+//!
+//! A server answers many requesters for the same new chunk against the same base (all
+//! the children of a branch node, say), so [`Deltas`] computes each delta once and keeps
+//! it, with the plans and reference outlines it was made from, within fixed bounds.
+
+use crate::content::Hash;
+use crate::content::delta::{self, Delta, Outline, Plan, Reference};
+use crate::content::manifest::ChunkRef;
+use crate::store::Store;
+use crate::trust::SignedManifest;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Bounds of what [`Deltas`] keeps; past one, that cache starts afresh.
+const MAX_PLANS: usize = 16;
+const MAX_OUTLINES: usize = 16 * 1024;
+const MAX_ENCODED_BYTES: usize = 64 * 1024 * 1024;
+
+/// Deltas served by this node, and what they are made from.
+#[derive(Default)]
+pub(super) struct Deltas {
+    inner: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    plans: HashMap<(Hash, Hash), Arc<PlanFor>>,
+    outlines: HashMap<Hash, Arc<Outline>>,
+    /// Per (chunk, base): the delta, or `None` when the chunk goes whole.
+    encoded: HashMap<(Hash, Hash), Option<Arc<[u8]>>>,
+    encoded_bytes: usize,
+}
+
+struct PlanFor {
+    plan: Plan,
+    base_chunks: Vec<ChunkRef>,
+}
+
+impl Deltas {
+    /// The delta of chunk `index` (`target`, of hash `hash`) of `update` against
+    /// `base`, when it is smaller than the chunk. Blocking: it reads the store.
+    pub(super) fn encode(
+        &self,
+        store: &Store,
+        update: &SignedManifest,
+        base: &SignedManifest,
+        index: u32,
+        hash: Hash,
+        target: &[u8],
+    ) -> Option<Arc<[u8]>> {
+        let key = (hash, base.id);
+        if let Some(known) = self.lock().encoded.get(&key) {
+            return known.clone();
+        }
+        let plan = self.plan(update, base);
+        let mut held = Vec::new();
+        for &r in plan.plan.references(index) {
+            let Some(c) = plan.base_chunks.get(r as usize) else {
+                continue;
+            };
+            let mut data = Vec::new();
+            let read = store
+                .chunk_loc(&c.hash())
+                .ok()
+                .flatten()
+                .is_some_and(|loc| store.read_at(loc, &mut data).is_ok());
+            if read && data.len() == c.size() as usize {
+                let outline = self.outline(c.hash(), &data);
+                held.push((r, data, outline));
+            }
+        }
+        let refs: Vec<Reference<'_>> = held
+            .iter()
+            .map(|(index, data, outline)| Reference {
+                index: *index,
+                data,
+                outline,
+            })
+            .collect();
+        let encoded: Option<Arc<[u8]>> = delta::encode(target, &refs).map(Arc::from);
+        let mut cache = self.lock();
+        cache.encoded_bytes += encoded.as_ref().map_or(0, |d| d.len()) + 64;
+        if cache.encoded_bytes > MAX_ENCODED_BYTES {
+            cache.encoded.clear();
+            cache.encoded_bytes = 0;
+        }
+        cache.encoded.insert(key, encoded.clone());
+        encoded
+    }
+
+    fn plan(&self, update: &SignedManifest, base: &SignedManifest) -> Arc<PlanFor> {
+        let key = (update.id, base.id);
+        if let Some(plan) = self.lock().plans.get(&key) {
+            return plan.clone();
+        }
+        let plan = Arc::new(PlanFor {
+            plan: Plan::new(&update.manifest, &base.manifest),
+            base_chunks: base.manifest.distinct_chunk_list(),
+        });
+        let mut cache = self.lock();
+        if cache.plans.len() >= MAX_PLANS {
+            cache.plans.clear();
+        }
+        cache.plans.insert(key, plan.clone());
+        plan
+    }
+
+    fn outline(&self, hash: Hash, data: &[u8]) -> Arc<Outline> {
+        if let Some(o) = self.lock().outlines.get(&hash) {
+            return o.clone();
+        }
+        let outline = Arc::new(Outline::of(data));
+        let mut cache = self.lock();
+        if cache.outlines.len() >= MAX_OUTLINES {
+            cache.outlines.clear();
+        }
+        cache.outlines.insert(hash, outline.clone());
+        outline
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        // The cache holds no invariant a panic elsewhere could break.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The base a fetch names in its requests: an update this node holds whole.
+pub(super) struct Base {
+    pub id: Hash,
+    /// Its distinct chunks: what a delta's copies index.
+    pub chunks: crate::engine::ChunkList,
+    /// Set when a base chunk could not be read here: name the base no more.
+    pub broken: AtomicBool,
+}
+
+/// Why a received delta gave no chunk.
+pub(super) enum Rebuild {
+    /// The sender's fault: a malformed delta (or one that builds the wrong bytes).
+    Bad(String),
+    /// This node's: a base chunk it should hold cannot be read.
+    Local(String),
+}
+
+/// Rebuilds a chunk of `len` bytes from a received delta and the base chunks in the
+/// store. The caller still checks the result's hash.
+pub(super) fn rebuild(
+    store: &Store,
+    base: &Base,
+    bytes: &[u8],
+    len: u32,
+) -> Result<Vec<u8>, Rebuild> {
+    let delta = Delta::parse(bytes, len, |i| base.chunks.get(i as usize).map(|c| c.1))
+        .map_err(|e| Rebuild::Bad(e.to_string()))?;
+    let mut bases = HashMap::new();
+    for i in delta.bases() {
+        let (hash, chunk_len) = base.chunks[i as usize];
+        let mut data = Vec::new();
+        let read = store
+            .chunk_loc(&hash)
+            .map_err(|e| e.to_string())
+            .and_then(|loc| loc.ok_or_else(|| "not in the store".to_string()))
+            .and_then(|loc| store.read_at(loc, &mut data).map_err(|e| e.to_string()));
+        if let Err(e) = read.and_then(|()| {
+            (data.len() == chunk_len as usize)
+                .then_some(())
+                .ok_or_else(|| format!("{} bytes read, {chunk_len} expected", data.len()))
+        }) {
+            base.broken.store(true, Ordering::Relaxed);
+            return Err(Rebuild::Local(format!(
+                "base chunk {hash} of update {}: {e}",
+                base.id
+            )));
+        }
+        bases.insert(i, data);
+    }
+    delta.apply(&bases).map_err(|e| Rebuild::Bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::delta::{Op, write};
+
+    fn store_with(chunks: &[&[u8]]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path()).expect("store");
+        {
+            let mut w = store.writer().expect("writer");
+            for c in chunks {
+                w.put(Hash::of(c), c).expect("put");
+            }
+            w.flush().expect("flush");
+        }
+        (dir, store)
+    }
+
+    fn base_of(chunks: &[&[u8]]) -> Base {
+        Base {
+            id: Hash::of(b"base"),
+            chunks: chunks
+                .iter()
+                .map(|c| (Hash::of(c), c.len() as u32))
+                .collect(),
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    #[test]
+    fn a_delta_is_rebuilt_from_the_store_and_garbage_is_the_senders_fault() {
+        let (old0, old1): (&[u8], &[u8]) = (b"the quick brown fox", b"jumps over the lazy dog");
+        let (_dir, store) = store_with(&[old0, old1]);
+        let base = base_of(&[old0, old1]);
+        let delta = write(&[
+            Op::Copy {
+                base: 1,
+                offset: 0,
+                len: 5,
+            },
+            Op::Literal(b" across "),
+            Op::Copy {
+                base: 0,
+                offset: 4,
+                len: 5,
+            },
+        ]);
+        let built = rebuild(&store, &base, &delta, 18).ok().expect("rebuilt");
+        assert_eq!(built, b"jumps across quick");
+        for garbage in [
+            &b""[..],
+            b"\x09",
+            b"\x01\x00\x00\x00\x07\x00\x00\x00\x00\x00\x00\x00\x01",
+            &delta[..7],
+        ] {
+            assert!(
+                matches!(rebuild(&store, &base, garbage, 18), Err(Rebuild::Bad(_))),
+                "{garbage:?}"
+            );
+        }
+        assert!(!base.broken.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_base_chunk_missing_here_is_this_nodes_fault_and_retires_the_base() {
+        let (held, lost): (&[u8], &[u8]) = (b"held here", b"never stored");
+        let (_dir, store) = store_with(&[held]);
+        let base = base_of(&[held, lost]);
+        let delta = write(&[Op::Copy {
+            base: 1,
+            offset: 0,
+            len: 5,
+        }]);
+        assert!(matches!(
+            rebuild(&store, &base, &delta, 5),
+            Err(Rebuild::Local(_))
+        ));
+        assert!(base.broken.load(Ordering::Relaxed));
+    }
+}
