@@ -3,7 +3,10 @@
 
 calc() { awk "BEGIN { print $1 }"; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-now() { date +%s.%N; }
+# Seconds since this file was sourced, to the millisecond: small enough for awk's six
+# significant digits, which would round a Unix time by up to an hour.
+ARBOR_BENCH_ORIGIN=$(date +%s)
+now() { awk -v t="$(date +%s.%N)" -v o="$ARBOR_BENCH_ORIGIN" 'BEGIN { printf "%.3f\n", t - o }'; }
 
 # Starts `arbor run` for node dir $1 listening on $2 in the background, behind the
 # command prefix in the remaining arguments (e.g. ip netns exec NS); waits until its

@@ -1928,7 +1928,13 @@ impl Daemon {
                     self.transfers.entry(update).or_default().bytes_in += wire;
                     *self.received_from.entry(from).or_default() += wire;
                 }
+                let update = self.engine.fetch_source(fetch).map(|(_, u)| u);
                 self.engine.handle_chunk(fetch, index, verdict, now);
+                if let Some(u) = update
+                    && self.engine.is_complete(&u)
+                {
+                    self.delta_bases.remove(&u);
+                }
             }
             Ev::FetchEnd { fetch } => self.engine.handle_fetch_end(fetch, now),
             Ev::Elsewhere {

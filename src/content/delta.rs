@@ -351,7 +351,9 @@ fn block_hash(block: &[u8]) -> u64 {
 /// [`MAX_REFERENCE_BYTES`] in all.
 #[derive(Debug, Default)]
 pub struct Plan {
-    references: HashMap<u32, Vec<u32>>,
+    /// Per chunk: the file it is drawn for (its index in the update's files), and the
+    /// base chunks.
+    references: HashMap<u32, (u32, Vec<u32>)>,
 }
 
 impl Plan {
@@ -374,24 +376,29 @@ impl Plan {
             .map(|f| (f.path.as_str(), f.chunks.as_slice()))
             .collect();
         let mut references = HashMap::new();
-        for file in &update.files {
+        for (number, file) in update.files.iter().enumerate() {
             let Some(old) = base_files.get(file.path.as_str()) else {
                 continue;
             };
-            plan_file(
-                &file.chunks,
-                old,
-                &base_index,
-                &update_index,
-                &mut references,
-            );
+            let mut refs = HashMap::new();
+            plan_file(&file.chunks, old, &base_index, &update_index, &mut refs);
+            for (index, r) in refs {
+                references.entry(index).or_insert((number as u32, r));
+            }
         }
         Plan { references }
     }
 
     /// The base chunks to draw chunk `index` of the update from; empty when none.
     pub fn references(&self, index: u32) -> &[u32] {
-        self.references.get(&index).map_or(&[], Vec::as_slice)
+        self.references
+            .get(&index)
+            .map_or(&[], |(_, r)| r.as_slice())
+    }
+
+    /// The file (its index in the update's files) chunk `index` is drawn for.
+    pub fn file_of(&self, index: u32) -> Option<u32> {
+        self.references.get(&index).map(|(file, _)| *file)
     }
 }
 
@@ -514,4 +521,4 @@ fn starts(chunks: &[ChunkRef]) -> Vec<u64> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -12,13 +12,15 @@ use crate::content::manifest::ChunkRef;
 use crate::store::Store;
 use crate::trust::SignedManifest;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Bounds of what [`Deltas`] keeps; past one, that cache starts afresh.
 const MAX_PLANS: usize = 16;
 const MAX_OUTLINES: usize = 16 * 1024;
 const MAX_ENCODED_BYTES: usize = 64 * 1024 * 1024;
+/// Deltas tried for one file, none smaller than its chunk, before that file goes whole.
+const GIVE_UP_AFTER: u32 = 16;
 
 /// Deltas served by this node, and what they are made from.
 #[derive(Default)]
@@ -38,6 +40,26 @@ struct Cache {
 struct PlanFor {
     plan: Plan,
     base_chunks: Vec<ChunkRef>,
+    /// Per file of the update: deltas tried, and found smaller than their chunk.
+    tries: Vec<(AtomicU32, AtomicU32)>,
+}
+
+impl PlanFor {
+    /// Whether deltas are still worth trying for chunks of `file`: a file whose first
+    /// [`GIVE_UP_AFTER`] tries all failed (a compressed archive, say, which changes
+    /// throughout) is sent whole from then on, without the matching work.
+    fn worth_trying(&self, file: u32) -> bool {
+        self.tries.get(file as usize).is_some_and(|(tried, found)| {
+            tried.load(Ordering::Relaxed) < GIVE_UP_AFTER || found.load(Ordering::Relaxed) > 0
+        })
+    }
+
+    fn count(&self, file: u32, found: bool) {
+        if let Some((t, f)) = self.tries.get(file as usize) {
+            t.fetch_add(1, Ordering::Relaxed);
+            f.fetch_add(u32::from(found), Ordering::Relaxed);
+        }
+    }
 }
 
 impl Deltas {
@@ -57,6 +79,7 @@ impl Deltas {
             return known.clone();
         }
         let plan = self.plan(update, base);
+        let file = plan.plan.file_of(index).filter(|&f| plan.worth_trying(f))?;
         let mut held = Vec::new();
         for &r in plan.plan.references(index) {
             let Some(c) = plan.base_chunks.get(r as usize) else {
@@ -82,6 +105,7 @@ impl Deltas {
             })
             .collect();
         let encoded: Option<Arc<[u8]>> = delta::encode(target, &refs).map(Arc::from);
+        plan.count(file, encoded.is_some());
         let mut cache = self.lock();
         cache.encoded_bytes += encoded.as_ref().map_or(0, |d| d.len()) + 64;
         if cache.encoded_bytes > MAX_ENCODED_BYTES {
@@ -100,6 +124,12 @@ impl Deltas {
         let plan = Arc::new(PlanFor {
             plan: Plan::new(&update.manifest, &base.manifest),
             base_chunks: base.manifest.distinct_chunk_list(),
+            tries: update
+                .manifest
+                .files
+                .iter()
+                .map(|_| Default::default())
+                .collect(),
         });
         let mut cache = self.lock();
         if cache.plans.len() >= MAX_PLANS {
@@ -258,5 +288,35 @@ mod tests {
             Err(Rebuild::Local(_))
         ));
         assert!(base.broken.load(Ordering::Relaxed));
+    }
+
+    fn signed(manifest: crate::content::manifest::Manifest, seq: u64) -> SignedManifest {
+        SignedManifest {
+            id: Hash::of(&seq.to_be_bytes()),
+            bytes: Vec::new(),
+            seq,
+            manifest,
+        }
+    }
+
+    #[test]
+    fn a_file_that_changed_throughout_is_sent_whole_after_a_few_tries() {
+        use crate::content::delta::tests::{manifest_of, noise};
+        let (old, old_chunks) = manifest_of(&noise(1, 4 << 20));
+        let (new, new_chunks) = manifest_of(&noise(2, 4 << 20));
+        let chunks: Vec<&[u8]> = old_chunks.values().map(Vec::as_slice).collect();
+        let (_dir, store) = store_with(&chunks);
+        let (update, base) = (signed(new, 2), signed(old, 1));
+        let deltas = Deltas::default();
+        let list = update.manifest.distinct_chunk_list();
+        assert!(list.len() > 2 * GIVE_UP_AFTER as usize);
+        for (i, c) in list.iter().enumerate() {
+            let target = &new_chunks[&c.hash()];
+            let d = deltas.encode(&store, &update, &base, i as u32, c.hash(), target);
+            assert!(d.is_none());
+        }
+        let plan = deltas.plan(&update, &base);
+        assert_eq!(plan.tries[0].0.load(Ordering::Relaxed), GIVE_UP_AFTER);
+        assert!(!plan.worth_trying(0));
     }
 }

@@ -5,7 +5,7 @@ use crate::content::manifest::{ChunkRef, FileEntry};
 use proptest::prelude::*;
 
 /// Deterministic pseudo-random bytes, so the figures below do not move.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
     pseudo_random(len, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
@@ -164,7 +164,7 @@ proptest! {
 }
 
 /// One file, chunked as `arbor publish` does, as a manifest.
-fn manifest_of(data: &[u8]) -> (Manifest, HashMap<Hash, Vec<u8>>) {
+pub(crate) fn manifest_of(data: &[u8]) -> (Manifest, HashMap<Hash, Vec<u8>>) {
     let mut segmenter = Segmenter::new(data, ChunkParams::default());
     let mut chunks = Vec::new();
     let mut bytes = HashMap::new();
