@@ -37,6 +37,15 @@ RUNS=${ARBOR_BENCH_RUNS:-A B nginx}
 LIMIT=${ARBOR_BENCH_LIMIT_SECS:-600}
 
 [ "$(id -u)" = 0 ] || { echo "run as root: it creates network namespaces" >&2; exit 1; }
+# What the script drives beyond arbor, installed once if missing (Debian packages).
+need=()
+command -v ip >/dev/null && command -v tc >/dev/null || need+=(iproute2)
+case " $RUNS " in *" nginx "*) command -v nginx >/dev/null || need+=(nginx-light curl) ;; esac
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]} for the benchmark" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
 MAX_WAN=${ARBOR_BENCH_MAX_WAN:-}
 cd "$(dirname "$0")/.."
 if [ -n "${ARBOR_BIN:-}" ]; then
@@ -65,6 +74,10 @@ trap 'exit 143' TERM
 
 source benches/common.sh
 in_ns() { local ns=$1; shift; ip netns exec "$P-$ns" "$@"; }
+# Starts a command in a namespace in the background; $! is then the command's own pid
+# (ip netns exec execs it), so that stop_all stops the command itself and not a subshell
+# that would leave it running.
+spawn_in_ns() { local ns=$1; shift; ip netns exec "$P-$ns" "$@" & }
 shape() { # ns dev rate: tbf on the device's egress
     tc -n "$P-$1" qdisc add dev "$2" root tbf rate "$3" burst 64kb latency 100ms
 }
@@ -113,7 +126,7 @@ wan_rx() {
 start_in_ns() {
     local ns=$1 dir=$2 ip=$3
     shift 3
-    in_ns "$ns" "$ARBOR" run --data "$dir" --listen "/ip4/$ip/tcp/0" "$@" 2>"$dir.log" &
+    spawn_in_ns "$ns" "$ARBOR" run --data "$dir" --listen "/ip4/$ip/tcp/0" "$@" 2>"$dir.log"
     PIDS+=("$!")
     for _ in $(seq 600); do
         if [ -s "$dir/admin.addr" ]; then
@@ -218,6 +231,8 @@ report() {
 
 run_nginx() {
     local before after t0 secs
+    # A fresh cache each run: a warm one would time nothing.
+    rm -rf "$WORK/nginx"
     mkdir -p "$WORK/nginx"
     cat >"$WORK/nginx/origin.conf" <<EOF
 daemon off; user root; worker_processes 1; pid $WORK/nginx/origin.pid;
@@ -226,7 +241,7 @@ events {}
 http { access_log off; sendfile on;
   server { listen 0.0.0.0:8080; root $WORK/input; } }
 EOF
-    in_ns r nginx -c "$WORK/nginx/origin.conf" -p "$WORK/nginx" &
+    spawn_in_ns r nginx -c "$WORK/nginx/origin.conf" -p "$WORK/nginx"
     PIDS+=("$!")
     for s in $(seq "$SITES"); do
         mkdir -p "$WORK/nginx/cache$s"
@@ -241,21 +256,25 @@ http { access_log off; sendfile on;
       proxy_cache_lock on; proxy_cache_lock_timeout 1h; proxy_cache_lock_age 1h;
       proxy_read_timeout 1h; } } }
 EOF
-        in_ns "b$s" nginx -c "$WORK/nginx/proxy$s.conf" -p "$WORK/nginx" &
+        spawn_in_ns "b$s" nginx -c "$WORK/nginx/proxy$s.conf" -p "$WORK/nginx"
         PIDS+=("$!")
     done
     for s in $(seq "$SITES"); do
         for _ in $(seq 200); do
-            in_ns "s${s}l1" curl -sf -o /dev/null "http://10.$((100 + s)).0.1:8080/" -r 0-0 -H 'Cache-Control: no-cache' --max-time 2 2>/dev/null && break
+            # Any HTTP answer (a 404 here, never cached) means the proxy is up.
+            [ "$(in_ns "s${s}l1" curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://10.$((100 + s)).0.1:8080/ready" 2>/dev/null)" != 000 ] && break
             sleep 0.05
         done
+    done
+    for p in "${PIDS[@]}"; do
+        kill -0 "$p" 2>/dev/null || { echo "an nginx did not start (see $WORK/nginx/*.err)" >&2; return 1; }
     done
     mapfile -t before < <(wan_rx)
     t0=$(now)
     local curls=()
     for s in $(seq "$SITES"); do
         for l in $(seq "$LEAVES"); do
-            in_ns "s${s}l$l" sh -c "curl -sf --max-time $LIMIT -o '$WORK/nginx/s${s}l$l.out' 'http://10.$((100 + s)).0.1:8080/payload.bin' && sync -f '$WORK/nginx/s${s}l$l.out'" &
+            spawn_in_ns "s${s}l$l" sh -c "curl -sf --max-time $LIMIT -o '$WORK/nginx/s${s}l$l.out' 'http://10.$((100 + s)).0.1:8080/payload.bin' && sync -f '$WORK/nginx/s${s}l$l.out'"
             curls+=("$!")
         done
     done

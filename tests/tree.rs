@@ -1494,15 +1494,20 @@ async fn bad_sites_and_addresses_and_strangers_at_a_site_are_refused() {
     root.stop().await;
 }
 
-/// Rewrites 5% of `file`'s bytes in `runs` evenly spread runs of fresh noise.
-fn rewrite_spread(file: &Path, runs: usize, seed: u64) {
-    let mut bytes = std::fs::read(file).expect("read");
-    let (size, run) = (bytes.len(), bytes.len() / 20 / runs);
+/// A copy of the input `v1` in `dir` with 5% of its engine's bytes rewritten in 512
+/// evenly spread runs of fresh noise: every 64 KiB chunk is touched.
+fn second_version(v1: &Path, dir: &Path, seed: u64) -> PathBuf {
+    std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+    std::fs::copy(v1.join("README"), dir.join("README")).expect("copy");
+    let mut bytes = std::fs::read(v1.join("bin/engine")).expect("read");
+    let (size, runs) = (bytes.len(), 512);
+    let run = size / 20 / runs;
     for i in 0..runs {
         let at = i * size / runs + size / (2 * runs);
         bytes[at..at + run].copy_from_slice(&noise(run, seed + i as u64));
     }
-    std::fs::write(file, bytes).expect("write");
+    std::fs::write(dir.join("bin/engine"), bytes).expect("write");
+    dir.to_path_buf()
 }
 
 fn update_figure(status: &serde_json::Value, update: &Hash, key: &str) -> u64 {
@@ -1528,13 +1533,7 @@ async fn a_new_version_moves_only_its_changed_bytes_down_every_link() {
     let first = publish(&root, &v1, "1.0").await;
     branch.wait(&first).await;
     leaf.wait(&first).await;
-    // 5% of the bytes rewritten in 512 runs: every 64 KiB chunk is touched.
-    let v2 = base.join("v2");
-    std::fs::create_dir_all(v2.join("bin")).expect("mkdir");
-    for rel in ["bin/engine", "README"] {
-        std::fs::copy(v1.join(rel), v2.join(rel)).expect("copy");
-    }
-    rewrite_spread(&v2.join("bin/engine"), 512, 32);
+    let v2 = second_version(&v1, &base.join("v2"), 32);
     let second = publish(&root, &v2, "2.0").await;
     branch.wait(&second).await;
     leaf.wait(&second).await;
@@ -1554,5 +1553,46 @@ async fn a_new_version_moves_only_its_changed_bytes_down_every_link() {
     for (dir, out) in [(&b, "out-branch"), (&l, "out-leaf")] {
         assert_identical_export(dir, &first, &v1, &base.join(out).join("1"));
         assert_identical_export(dir, &second, &v2, &base.join(out).join("2"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn siblings_pass_a_new_version_on_as_deltas_too() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let v1 = input(&base.join("v1"), 8, 41);
+    let root = root(&base.join("root")).await;
+    let nodes = site(&root, base, 0, &[0, 0, 0]).await;
+    let first = publish(&root, &v1, "1.0").await;
+    for n in &nodes {
+        n.wait(&first).await;
+    }
+    let v2 = second_version(&v1, &base.join("v2"), 42);
+    let second = publish(&root, &v2, "2.0").await;
+    for n in &nodes {
+        n.wait(&second).await;
+    }
+    let size = bytes_held(&root.status().await, &second);
+    // Across the site's uplink, one delta's worth; between the siblings, deltas too.
+    let uplink = update_figure(&root.status().await, &second, "bytes_out");
+    assert!(
+        uplink > 0 && uplink * 10 <= size,
+        "{uplink} bytes of 2.0 crossed the uplink; it has {size}"
+    );
+    let mut shared = 0;
+    for n in &nodes {
+        let s = n.status().await;
+        let moved = update_figure(&s, &second, "bytes_in");
+        assert!(moved * 10 <= size, "a member took {moved} bytes of {size}");
+        shared += update_figure(&s, &second, "bytes_out");
+    }
+    assert!(shared > 0, "the siblings shared nothing of 2.0");
+    let mut dirs = Vec::new();
+    for n in nodes {
+        dirs.push(n.stop().await);
+    }
+    root.stop().await;
+    for (i, d) in dirs.iter().enumerate() {
+        assert_identical_export(d, &second, &v2, &base.join(format!("out{i}")));
     }
 }
