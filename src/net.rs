@@ -1233,7 +1233,9 @@ async fn serve_chunks(
                 }
                 let mut kind = proto::CHUNK_DATA;
                 if let Some((update, base)) = &serving.delta {
-                    // Matching is CPU work of a millisecond or so: off the async threads.
+                    // Matching is CPU work of a millisecond or so: off the async threads,
+                    // a few at a time.
+                    let turn = server.deltas.turn().await;
                     let (server, update, base) = (server.clone(), update.clone(), base.clone());
                     let data = std::mem::take(&mut buf);
                     let (data, delta) = tokio::task::spawn_blocking(move || {
@@ -1250,6 +1252,7 @@ async fn serve_chunks(
                     })
                     .await
                     .map_err(|e| proto::ProtoError::Io(std::io::Error::other(e)))?;
+                    drop(turn);
                     buf = data;
                     if let Some(delta) = delta {
                         kind = proto::CHUNK_DELTA;
@@ -1321,7 +1324,7 @@ async fn fetch_worker(
             let Some(s) = stream.as_mut() else { break };
             let outcome = timeout(
                 fetch_timeout,
-                fetch_span(s, &job, &writer, &download, &node.store),
+                fetch_span(s, &job, &writer, &download, &node),
             )
             .await;
             let (span, n) = (job.first, job.expected.len());
@@ -1357,7 +1360,7 @@ async fn fetch_span(
     job: &FetchJob,
     writer: &mpsc::Sender<WriteJob>,
     download: &Option<Arc<Limiter>>,
-    store: &Store,
+    node: &Arc<Node>,
 ) -> Result<(), proto::ProtoError> {
     let count = job.expected.len() as u32;
     let base = job
@@ -1417,6 +1420,12 @@ async fn fetch_span(
             }
             proto::CHUNK_DELTA => {
                 let Some(base) = base.filter(|_| n < *len) else {
+                    let _ = writer
+                        .send(WriteJob::Bad {
+                            fetch: job.id,
+                            index,
+                        })
+                        .await;
                     return Err(proto::ProtoError::Violation(format!(
                         "chunk {index} sent as a delta of {n} bytes; it has {len} bytes and was asked for {}",
                         if base.is_some() {
@@ -1429,21 +1438,21 @@ async fn fetch_span(
                 pace(download, u64::from(n)).await;
                 let mut bytes = vec![0u8; n as usize];
                 s.read_exact(&mut bytes).await?;
-                let verdict = match delta::rebuild(store, base, &bytes, *len) {
-                    Ok(data) if Hash::of(&data) == *hash => Some(WriteJob::Chunk {
+                // Reading up to 8 base chunks and hashing: off the async threads.
+                let (node, base, expected) = (node.clone(), base.clone(), (*hash, *len));
+                let rebuilt = tokio::task::spawn_blocking(move || {
+                    delta::rebuild(&node.store, &base, &bytes, expected)
+                })
+                .await
+                .map_err(|e| proto::ProtoError::Io(std::io::Error::other(e)))?;
+                let verdict = match rebuilt {
+                    Ok(data) => Some(WriteJob::Chunk {
                         fetch: job.id,
                         index,
                         hash: *hash,
                         data,
                         wire: n,
                     }),
-                    Ok(_) => {
-                        tracing::warn!(update = %job.update, "chunk {index}: its delta builds the wrong bytes");
-                        Some(WriteJob::Bad {
-                            fetch: job.id,
-                            index,
-                        })
-                    }
                     Err(delta::Rebuild::Bad(why)) => {
                         tracing::warn!(update = %job.update, "chunk {index}: a bad delta: {why}");
                         Some(WriteJob::Bad {

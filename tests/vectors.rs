@@ -133,14 +133,14 @@ fn tree_expected() -> Value {
     };
     use arbor::trust::member::{self, JoinToken};
     let (root, root_node, child) = (test_root_key(), seed_key(0x20), seed_key(0x40));
-    // A chunk answer as a delta: 3 literal bytes, then 5 bytes of base chunk 2 from
-    // offset 100 (PROTOCOL.md §13.2).
+    // A chunk answer as a delta: 3 literal bytes, then 100 bytes of base chunk 2 from
+    // offset 100 (PROTOCOL.md §13.2): 21 bytes for a chunk of 103.
     let ops = arbor::content::delta::write(&[
         arbor::content::delta::Op::Literal(b"new"),
         arbor::content::delta::Op::Copy {
             base: 2,
             offset: 100,
-            len: 5,
+            len: 100,
         },
     ]);
     let mut delta_answer = proto::chunk_header(proto::CHUNK_DELTA, ops.len() as u32).to_vec();
@@ -280,12 +280,14 @@ fn tree_vectors_match_and_decode() {
     let with_base: ChunkRequest =
         arbor::wire::decode_canonical(&bytes("delta_chunk_request_cbor"), 256, "req").expect("req");
     assert_eq!(with_base.base, Some(Hash::of(b"base")));
-    // The delta answer parses as 3 literal bytes and a copy of 5 from base chunk 2.
+    // The delta answer parses as 3 literal bytes and a copy of 100 from base chunk 2.
     let answer = bytes("delta_answer");
     assert_eq!(answer[0], arbor::net::proto::CHUNK_DELTA);
-    let delta = arbor::content::delta::Delta::parse(&answer[5..], 8, |i| (i == 2).then_some(105))
+    let payload = &answer[5..];
+    let delta = arbor::content::delta::Delta::parse(payload, 103, |i| (i == 2).then_some(200))
         .expect("the delta parses");
-    assert_eq!(delta.bases(), vec![2]);
+    assert_eq!(delta.bases(), &[2]);
+    assert!(payload.len() < 103, "a delta is smaller than its chunk");
     for key in obj.keys().filter(|k| k.ends_with("_cbor")) {
         common::assert_maps_canonical(&bytes(key));
     }

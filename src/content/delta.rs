@@ -67,6 +67,8 @@ pub enum DeltaError {
     WrongLength { built: u64, expected: u32 },
     #[error("base chunk {0} was not supplied")]
     Missing(u32),
+    #[error("the delta copies from more than {MAX_REFERENCES} base chunks")]
+    TooManyBases,
 }
 
 /// One step of a delta.
@@ -80,18 +82,22 @@ pub enum Op<'a> {
 #[derive(Debug)]
 pub struct Delta<'a> {
     ops: Vec<Op<'a>>,
+    bases: Vec<u32>,
     len: u32,
 }
 
 impl<'a> Delta<'a> {
     /// Parses `bytes` as a delta for a chunk of `target_len` bytes. `base_len` gives
-    /// the length of each base chunk by index, `None` past the end of the base.
+    /// the length of each base chunk by index, `None` past the end of the base. A delta
+    /// may copy from at most [`MAX_REFERENCES`] distinct base chunks, so that rebuilding
+    /// it reads a bounded amount.
     pub fn parse(
         bytes: &'a [u8],
         target_len: u32,
         base_len: impl Fn(u32) -> Option<u32>,
     ) -> Result<Delta<'a>, DeltaError> {
         let mut ops = Vec::new();
+        let mut bases: Vec<u32> = Vec::new();
         let mut built = 0u64;
         let mut at = 0usize;
         let u32_at = |i: usize| -> Option<u32> {
@@ -131,6 +137,12 @@ impl<'a> Delta<'a> {
                             chunk_len,
                         });
                     }
+                    if !bases.contains(&base) {
+                        if bases.len() == MAX_REFERENCES {
+                            return Err(DeltaError::TooManyBases);
+                        }
+                        bases.push(base);
+                    }
                     built += u64::from(len);
                     ops.push(Op::Copy { base, offset, len });
                     at += COPY_LEN;
@@ -149,21 +161,15 @@ impl<'a> Delta<'a> {
         }
         Ok(Delta {
             ops,
+            bases,
             len: target_len,
         })
     }
 
-    /// The base chunks this delta copies from, each once, in order of first use.
-    pub fn bases(&self) -> Vec<u32> {
-        let mut seen = Vec::new();
-        for op in &self.ops {
-            if let Op::Copy { base, .. } = op
-                && !seen.contains(base)
-            {
-                seen.push(*base);
-            }
-        }
-        seen
+    /// The base chunks this delta copies from (at most [`MAX_REFERENCES`]), each once,
+    /// in order of first use.
+    pub fn bases(&self) -> &[u32] {
+        &self.bases
     }
 
     /// Rebuilds the chunk from the base chunks named by [`Delta::bases`].
@@ -221,6 +227,11 @@ pub struct Outline {
 }
 
 impl Outline {
+    /// Bytes of memory it takes, about.
+    pub fn footprint(&self) -> usize {
+        self.blocks.len() * std::mem::size_of::<(u64, u32, u32)>()
+    }
+
     pub fn of(data: &[u8]) -> Outline {
         Outline {
             blocks: blocks(data)
@@ -394,6 +405,15 @@ impl Plan {
         self.references
             .get(&index)
             .map_or(&[], |(_, r)| r.as_slice())
+    }
+
+    /// How many chunks it plans for: a measure of its size.
+    pub fn len(&self) -> usize {
+        self.references.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.references.is_empty()
     }
 
     /// The file (its index in the update's files) chunk `index` is drawn for.

@@ -15,23 +15,41 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Bounds of what [`Deltas`] keeps; past one, that cache starts afresh.
-const MAX_PLANS: usize = 16;
-const MAX_OUTLINES: usize = 16 * 1024;
+/// Bounds of what [`Deltas`] keeps. Plans are counted in chunks (of both manifests)
+/// and the least recently used goes first; past the other two, that cache starts
+/// afresh.
+const MAX_PLANNED_CHUNKS: usize = 4 * 1024 * 1024;
+const MAX_OUTLINE_BYTES: usize = 64 * 1024 * 1024;
 const MAX_ENCODED_BYTES: usize = 64 * 1024 * 1024;
+/// Deltas computed at once: the work is CPU-bound, so a crowd of requesters waits its
+/// turn rather than taking every core.
+const ENCODERS: usize = 2;
 /// Deltas tried for one file, none smaller than its chunk, before that file goes whole.
 const GIVE_UP_AFTER: u32 = 16;
 
 /// Deltas served by this node, and what they are made from.
-#[derive(Default)]
 pub(super) struct Deltas {
     inner: Mutex<Cache>,
+    encoders: tokio::sync::Semaphore,
+}
+
+impl Default for Deltas {
+    fn default() -> Deltas {
+        Deltas {
+            inner: Mutex::default(),
+            encoders: tokio::sync::Semaphore::new(ENCODERS),
+        }
+    }
 }
 
 #[derive(Default)]
 struct Cache {
-    plans: HashMap<(Hash, Hash), Arc<PlanFor>>,
+    /// Per (update, base): the plan and when it was last used (a counter).
+    plans: HashMap<(Hash, Hash), (Arc<PlanFor>, u64)>,
+    planned_chunks: usize,
+    uses: u64,
     outlines: HashMap<Hash, Arc<Outline>>,
+    outline_bytes: usize,
     /// Per (chunk, base): the delta, or `None` when the chunk goes whole.
     encoded: HashMap<(Hash, Hash), Option<Arc<[u8]>>>,
     encoded_bytes: usize,
@@ -40,6 +58,8 @@ struct Cache {
 struct PlanFor {
     plan: Plan,
     base_chunks: Vec<ChunkRef>,
+    /// Its size, as counted against [`MAX_PLANNED_CHUNKS`].
+    chunks: usize,
     /// Per file of the update: deltas tried, and found smaller than their chunk.
     tries: Vec<(AtomicU32, AtomicU32)>,
 }
@@ -63,6 +83,11 @@ impl PlanFor {
 }
 
 impl Deltas {
+    /// Waits for a turn to compute a delta.
+    pub(super) async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.encoders.acquire().await.ok()
+    }
+
     /// The delta of chunk `index` (`target`, of hash `hash`) of `update` against
     /// `base`, when it is smaller than the chunk. Blocking: it reads the store.
     pub(super) fn encode(
@@ -106,24 +131,38 @@ impl Deltas {
             .collect();
         let encoded: Option<Arc<[u8]>> = delta::encode(target, &refs).map(Arc::from);
         plan.count(file, encoded.is_some());
+        let size = |d: &Option<Arc<[u8]>>| d.as_ref().map_or(0, |d| d.len()) + 64;
         let mut cache = self.lock();
-        cache.encoded_bytes += encoded.as_ref().map_or(0, |d| d.len()) + 64;
-        if cache.encoded_bytes > MAX_ENCODED_BYTES {
+        if cache.encoded_bytes + size(&encoded) > MAX_ENCODED_BYTES {
             cache.encoded.clear();
             cache.encoded_bytes = 0;
         }
-        cache.encoded.insert(key, encoded.clone());
+        cache.encoded_bytes += size(&encoded);
+        if let Some(old) = cache.encoded.insert(key, encoded.clone()) {
+            cache.encoded_bytes -= size(&old);
+        }
         encoded
     }
 
     fn plan(&self, update: &SignedManifest, base: &SignedManifest) -> Arc<PlanFor> {
         let key = (update.id, base.id);
-        if let Some(plan) = self.lock().plans.get(&key) {
-            return plan.clone();
+        {
+            let mut cache = self.lock();
+            cache.uses += 1;
+            let now = cache.uses;
+            if let Some((plan, used)) = cache.plans.get_mut(&key) {
+                *used = now;
+                return plan.clone();
+            }
         }
+        let (built, base_chunks) = (
+            Plan::new(&update.manifest, &base.manifest),
+            base.manifest.distinct_chunk_list(),
+        );
         let plan = Arc::new(PlanFor {
-            plan: Plan::new(&update.manifest, &base.manifest),
-            base_chunks: base.manifest.distinct_chunk_list(),
+            chunks: built.len() + base_chunks.len(),
+            plan: built,
+            base_chunks,
             tries: update
                 .manifest
                 .files
@@ -132,10 +171,20 @@ impl Deltas {
                 .collect(),
         });
         let mut cache = self.lock();
-        if cache.plans.len() >= MAX_PLANS {
-            cache.plans.clear();
+        while cache.planned_chunks + plan.chunks > MAX_PLANNED_CHUNKS {
+            let Some(oldest) = cache.plans.iter().min_by_key(|(_, (_, used))| *used) else {
+                break;
+            };
+            let oldest = *oldest.0;
+            if let Some((gone, _)) = cache.plans.remove(&oldest) {
+                cache.planned_chunks -= gone.chunks;
+            }
         }
-        cache.plans.insert(key, plan.clone());
+        let now = cache.uses;
+        cache.planned_chunks += plan.chunks;
+        if let Some((old, _)) = cache.plans.insert(key, (plan.clone(), now)) {
+            cache.planned_chunks -= old.chunks;
+        }
         plan
     }
 
@@ -145,10 +194,14 @@ impl Deltas {
         }
         let outline = Arc::new(Outline::of(data));
         let mut cache = self.lock();
-        if cache.outlines.len() >= MAX_OUTLINES {
+        if cache.outline_bytes + outline.footprint() > MAX_OUTLINE_BYTES {
             cache.outlines.clear();
+            cache.outline_bytes = 0;
         }
-        cache.outlines.insert(hash, outline.clone());
+        cache.outline_bytes += outline.footprint();
+        if let Some(old) = cache.outlines.insert(hash, outline.clone()) {
+            cache.outline_bytes -= old.footprint();
+        }
         outline
     }
 
@@ -175,22 +228,23 @@ pub(super) enum Rebuild {
     Local(String),
 }
 
-/// Rebuilds a chunk of `len` bytes from a received delta and the base chunks in the
-/// store. The caller still checks the result's hash.
+/// Rebuilds the chunk `expected` (hash, length) from a received delta and the base
+/// chunks in the store, and checks it. Blocking: it reads the store.
 pub(super) fn rebuild(
     store: &Store,
     base: &Base,
     bytes: &[u8],
-    len: u32,
+    expected: (Hash, u32),
 ) -> Result<Vec<u8>, Rebuild> {
+    let (hash, len) = expected;
     let delta = Delta::parse(bytes, len, |i| base.chunks.get(i as usize).map(|c| c.1))
         .map_err(|e| Rebuild::Bad(e.to_string()))?;
     let mut bases = HashMap::new();
-    for i in delta.bases() {
-        let (hash, chunk_len) = base.chunks[i as usize];
+    for &i in delta.bases() {
+        let (chunk, chunk_len) = base.chunks[i as usize];
         let mut data = Vec::new();
         let read = store
-            .chunk_loc(&hash)
+            .chunk_loc(&chunk)
             .map_err(|e| e.to_string())
             .and_then(|loc| loc.ok_or_else(|| "not in the store".to_string()))
             .and_then(|loc| store.read_at(loc, &mut data).map_err(|e| e.to_string()));
@@ -199,15 +253,35 @@ pub(super) fn rebuild(
                 .then_some(())
                 .ok_or_else(|| format!("{} bytes read, {chunk_len} expected", data.len()))
         }) {
-            base.broken.store(true, Ordering::Relaxed);
-            return Err(Rebuild::Local(format!(
-                "base chunk {hash} of update {}: {e}",
-                base.id
-            )));
+            return Err(base.retire(&chunk, &e));
         }
         bases.insert(i, data);
     }
-    delta.apply(&bases).map_err(|e| Rebuild::Bad(e.to_string()))
+    let built = delta
+        .apply(&bases)
+        .map_err(|e| Rebuild::Bad(e.to_string()))?;
+    if Hash::of(&built) == hash {
+        return Ok(built);
+    }
+    // Either the sender's delta is wrong or this node's copy of a base chunk is: only
+    // the second is checked here, and then it is not the sender's fault.
+    for (i, data) in &bases {
+        let chunk = base.chunks[*i as usize].0;
+        if Hash::of(data) != chunk {
+            return Err(base.retire(&chunk, "its bytes no longer match its hash"));
+        }
+    }
+    Err(Rebuild::Bad(
+        "it builds bytes that do not match the chunk's hash".into(),
+    ))
+}
+
+impl Base {
+    /// A base chunk that cannot be used: name this base no more.
+    fn retire(&self, chunk: &Hash, why: &str) -> Rebuild {
+        self.broken.store(true, Ordering::Relaxed);
+        Rebuild::Local(format!("base chunk {chunk} of update {}: {why}", self.id))
+    }
 }
 
 #[cfg(test)]
@@ -257,8 +331,15 @@ mod tests {
                 len: 5,
             },
         ]);
-        let built = rebuild(&store, &base, &delta, 18).ok().expect("rebuilt");
+        let want = (Hash::of(b"jumps across quick"), 18);
+        let built = rebuild(&store, &base, &delta, want).ok().expect("rebuilt");
         assert_eq!(built, b"jumps across quick");
+        // Well formed, but not the chunk asked for.
+        let other = (Hash::of(b"something else"), 18);
+        assert!(matches!(
+            rebuild(&store, &base, &delta, other),
+            Err(Rebuild::Bad(_))
+        ));
         for garbage in [
             &b""[..],
             b"\x09",
@@ -266,7 +347,7 @@ mod tests {
             &delta[..7],
         ] {
             assert!(
-                matches!(rebuild(&store, &base, garbage, 18), Err(Rebuild::Bad(_))),
+                matches!(rebuild(&store, &base, garbage, want), Err(Rebuild::Bad(_))),
                 "{garbage:?}"
             );
         }
@@ -283,8 +364,35 @@ mod tests {
             offset: 0,
             len: 5,
         }]);
+        let want = (Hash::of(b"never"), 5);
         assert!(matches!(
-            rebuild(&store, &base, &delta, 5),
+            rebuild(&store, &base, &delta, want),
+            Err(Rebuild::Local(_))
+        ));
+        assert!(base.broken.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_base_chunk_damaged_here_is_not_blamed_on_the_sender() {
+        let good: &[u8] = b"the bytes the sender holds";
+        let rotted: &[u8] = b"the bytes thX sender holds";
+        // The store holds `good`'s hash with bytes that have rotted since.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path()).expect("store");
+        {
+            let mut w = store.writer().expect("writer");
+            w.put(Hash::of(good), rotted).expect("put");
+            w.flush().expect("flush");
+        }
+        let base = base_of(&[good]);
+        let delta = write(&[Op::Copy {
+            base: 0,
+            offset: 10,
+            len: 5,
+        }]);
+        let want = (Hash::of(b"the s"), 5);
+        assert!(matches!(
+            rebuild(&store, &base, &delta, want),
             Err(Rebuild::Local(_))
         ));
         assert!(base.broken.load(Ordering::Relaxed));

@@ -40,8 +40,8 @@ fn rebuild(delta: &[u8], target_len: u32, bases: &[(u32, Vec<u8>)]) -> Result<Ve
     let parsed = Delta::parse(delta, target_len, |i| lens.get(&i).copied())?;
     let supplied: HashMap<u32, Vec<u8>> = parsed
         .bases()
-        .into_iter()
-        .filter_map(|i| bases.iter().find(|(j, _)| *j == i).cloned())
+        .iter()
+        .filter_map(|i| bases.iter().find(|(j, _)| *j == *i).cloned())
         .collect();
     parsed.apply(&supplied)
 }
@@ -133,6 +133,21 @@ fn malformed_deltas_are_refused_with_the_reason() {
         let got = Delta::parse(&bytes, len, base).expect_err("refused");
         assert_eq!(got, want, "for {bytes:?}");
     }
+    // Copies from more base chunks than a sender ever draws from.
+    let many: Vec<Op<'_>> = (0..=MAX_REFERENCES as u32)
+        .map(|base| Op::Copy {
+            base,
+            offset: 0,
+            len: 1,
+        })
+        .collect();
+    let lens = |_| Some(100u32);
+    let bytes = write(&many);
+    assert_eq!(
+        Delta::parse(&bytes, many.len() as u32, lens).expect_err("refused"),
+        DeltaError::TooManyBases
+    );
+    assert!(Delta::parse(&write(&many[1..]), MAX_REFERENCES as u32, lens).is_ok());
     // A base chunk the caller could not supply.
     let bytes = copy(1, 0, 5);
     let parsed = Delta::parse(&bytes, 5, base).expect("well formed");
