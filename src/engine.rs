@@ -563,7 +563,7 @@ impl Engine {
         self.out.push_back(Output::Send {
             to: child,
             msg: Control::Offer {
-                manifest: u.manifest.bytes.clone().into(),
+                manifest: u.manifest.bytes.clone(),
             },
         });
         let ranges = u.have.ranges();

@@ -19,6 +19,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Domain-separation tag of update manifests.
 pub const TAG_MANIFEST: &str = "arbor/manifest/v1";
@@ -309,8 +310,9 @@ impl Envelope {
 pub struct SignedManifest {
     /// blake3 of `bytes`.
     pub id: Hash,
-    /// The canonical encoding of the envelope: what is stored and sent.
-    pub bytes: Vec<u8>,
+    /// The canonical encoding of the envelope: what is stored and sent, shared by
+    /// every offer of it (a parent offers the same bytes to each child).
+    pub bytes: Arc<[u8]>,
     /// The root's publish sequence number.
     pub seq: u64,
     pub manifest: Manifest,
@@ -338,7 +340,7 @@ impl SignedManifest {
         let bytes = wire::encode(&envelope);
         Ok(SignedManifest {
             id: Hash::of(&bytes),
-            bytes,
+            bytes: bytes.into(),
             seq,
             manifest,
         })
@@ -357,7 +359,7 @@ impl SignedManifest {
         manifest.validate()?;
         Ok(SignedManifest {
             id: Hash::of(bytes),
-            bytes: bytes.to_vec(),
+            bytes: bytes.into(),
             seq: envelope.seq,
             manifest,
         })
@@ -519,7 +521,7 @@ mod tests {
         #[test]
         fn mutated_manifests_never_open(pos in any::<proptest::sample::Index>(), bit in 0u8..8) {
             let signed = SignedManifest::sign(&root(), 1, two_files()).expect("valid");
-            let mut bytes = signed.bytes.clone();
+            let mut bytes = signed.bytes.to_vec();
             let i = pos.index(bytes.len());
             bytes[i] ^= 1 << bit;
             prop_assert!(SignedManifest::open(&bytes, &root().public(), 0).is_err());

@@ -281,7 +281,8 @@ mod tests {
         // Stored under an id that is not its hash.
         let mut tampered = SignedManifest::sign(node.root_secret().expect("root"), 2, two_files())
             .expect("sign")
-            .bytes;
+            .bytes
+            .to_vec();
         let id = Hash::of(&tampered);
         let last = tampered.len() - 1;
         tampered[last] ^= 1;

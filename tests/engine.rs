@@ -772,7 +772,7 @@ fn manifests_from_another_root_are_refused() {
     let [root, a] = chain(&mut h);
     h.run(100);
     let forged = update(10, &SecretKey::from_seed([201; 32]));
-    let bytes: Arc<[u8]> = forged.bytes.clone().into();
+    let bytes: Arc<[u8]> = forged.bytes.clone();
     h.with(a, |e, now| {
         e.handle_message(root, Control::Offer { manifest: bytes }, now)
     });
@@ -1013,7 +1013,7 @@ fn a_child_cannot_widen_what_its_parent_approved() {
     }
     h.set_rules(a, rules);
     // And offers the other one directly, as a rogue parent would.
-    let offer: Arc<[u8]> = other.bytes.clone().into();
+    let offer: Arc<[u8]> = other.bytes.clone();
     h.with(b, |e, now| {
         e.handle_message(a, Control::Offer { manifest: offer }, now)
     });

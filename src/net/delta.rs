@@ -401,7 +401,7 @@ mod tests {
     fn signed(manifest: crate::content::manifest::Manifest, seq: u64) -> SignedManifest {
         SignedManifest {
             id: Hash::of(&seq.to_be_bytes()),
-            bytes: Vec::new(),
+            bytes: Vec::new().into(),
             seq,
             manifest,
         }
