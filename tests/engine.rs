@@ -1680,3 +1680,57 @@ fn siblings_share_while_the_wan_window_is_closed() {
     );
     assert_eq!(h.nodes[&leaves[1]].engine.stats().bytes_from_parent, 0);
 }
+
+/// An update like [`update`], as version `version` of module `id`, at publish counter `seq`.
+fn version_of(id: &str, version: &str, seq: u64, chunks: u32) -> Arc<SignedManifest> {
+    let mut m = update(chunks, &root_secret()).manifest.clone();
+    m.id = id.into();
+    m.version = version.into();
+    Arc::new(SignedManifest::sign(&root_secret(), seq, m).expect("valid manifest"))
+}
+
+#[test]
+fn deltas_draw_only_on_a_whole_earlier_version_of_the_same_module() {
+    let root = key(1);
+    let mut e = Engine::new(
+        Role::Root,
+        root_secret().public(),
+        secret_of(root),
+        vec![root],
+        Config::default(),
+        1,
+    );
+    let (v1, v2, v3) = (
+        version_of("viewer", "1", 1, 8),
+        version_of("viewer", "2", 2, 9),
+        version_of("viewer", "3", 3, 10),
+    );
+    let other = version_of("editor", "1", 4, 11);
+    e.add_local_update(v1.clone(), &[true; 8], 0);
+    e.add_local_update(v2.clone(), &[true; 9], 0);
+    // Version 3 is held in part only: no base for anything.
+    e.add_local_update(
+        v3.clone(),
+        &[true, false, true, true, true, true, true, true, true, true],
+        0,
+    );
+    e.add_local_update(other.clone(), &[true; 11], 0);
+    // The newest whole other version of the same module.
+    assert_eq!(e.delta_base(&v3.id).map(|(b, _)| b), Some(v2.id));
+    assert_eq!(e.delta_base(&v1.id).map(|(b, _)| b), Some(v2.id));
+    assert_eq!(e.delta_base(&other.id), None);
+    // A server answers with deltas only against such a base, whatever a requester names.
+    assert!(e.delta_pair(&v2.id, &v1.id).is_some());
+    for (update, base) in [
+        (v2.id, v3.id),                // held in part
+        (v2.id, other.id),             // another module
+        (v2.id, v2.id),                // itself
+        (v2.id, Hash::of(b"unknown")), // never heard of
+        (Hash::of(b"unknown"), v1.id),
+    ] {
+        assert!(
+            e.delta_pair(&update, &base).is_none(),
+            "{update} against {base}"
+        );
+    }
+}
