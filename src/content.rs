@@ -2,7 +2,8 @@
 //!
 //! Owns content hashes ([`Hash`]), the chunker that cuts files into content-defined
 //! chunks ([`chunker`]), the manifest that lists an update's files and chunks
-//! ([`manifest`]), and the rules for safe names and relative paths ([`names`]).
+//! ([`manifest`]), chunk deltas against an earlier version ([`delta`]), and the rules
+//! for safe names and relative paths ([`names`]).
 //! Nothing here touches the store, keys or the network.
 
 pub mod chunker;

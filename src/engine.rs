@@ -1598,7 +1598,7 @@ impl Engine {
         self.updates
             .iter()
             .filter(|(id, u)| {
-                *id != update && same_module(&u.manifest.manifest, m) && self.is_complete(id)
+                *id != update && u.manifest.manifest.same_module_as(m) && self.is_complete(id)
             })
             .max_by_key(|(_, u)| u.manifest.seq)
             .map(|(id, u)| (*id, u.chunks.clone()))
@@ -1614,7 +1614,7 @@ impl Engine {
     ) -> Option<(Arc<SignedManifest>, Arc<SignedManifest>)> {
         let (u, b) = (self.updates.get(update)?, self.updates.get(base)?);
         (update != base
-            && same_module(&u.manifest.manifest, &b.manifest.manifest)
+            && u.manifest.manifest.same_module_as(&b.manifest.manifest)
             && self.is_complete(base))
         .then(|| (u.manifest.clone(), b.manifest.clone()))
     }
@@ -1700,11 +1700,4 @@ impl SplitMix64 {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-}
-
-fn same_module(
-    a: &crate::content::manifest::Manifest,
-    b: &crate::content::manifest::Manifest,
-) -> bool {
-    a.tenant == b.tenant && a.category == b.category && a.id == b.id
 }

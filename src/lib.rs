@@ -21,7 +21,7 @@
 //! | [`store`] | pack files and the redb index |
 //! | [`trust`] | keys, the signed envelope, signed manifests |
 //! | [`wire`] | canonical CBOR and size limits |
-//! | [`content`] | hashes, chunking, manifests, safe names |
+//! | [`content`] | hashes, chunking, manifests, chunk deltas, safe names |
 //!
 //! The wire format is specified in `protocol/PROTOCOL.md`, with test vectors in
 //! `protocol/vectors/`.

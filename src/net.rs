@@ -1217,6 +1217,19 @@ async fn serve_chunks(
                         continue;
                     }
                 };
+                // A delta made for an earlier requester goes as it is, unread.
+                let known = serving
+                    .delta
+                    .as_ref()
+                    .and_then(|(_, base)| server.deltas.known(&hash, &base.id));
+                if let Some(Some(delta)) = &known {
+                    buf.resize(H, 0);
+                    buf.extend_from_slice(delta);
+                    send_answer(&mut stream, &server, &mut buf, proto::CHUNK_DELTA, upload)
+                        .await?;
+                    sent += delta.len() as u64;
+                    continue;
+                }
                 // A page-cache read of one chunk: short enough to do in place.
                 // Every byte after the header is overwritten by the read.
                 buf.resize(H + len as usize, 0);
@@ -1232,7 +1245,7 @@ async fn serve_chunks(
                     continue;
                 }
                 let mut kind = proto::CHUNK_DATA;
-                if let Some((update, base)) = &serving.delta {
+                if let Some((update, base)) = serving.delta.as_ref().filter(|_| known.is_none()) {
                     // Matching is CPU work of a millisecond or so: off the async threads,
                     // a few at a time.
                     let turn = server.deltas.turn().await;
@@ -1260,18 +1273,8 @@ async fn serve_chunks(
                         buf.extend_from_slice(&delta);
                     }
                 }
-                let payload = (buf.len() - H) as u32;
-                if server.corrupt[usize::from(kind == proto::CHUNK_DELTA)]
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .is_ok()
-                    && let Some(b) = buf.get_mut(H)
-                {
-                    *b ^= 0xff;
-                }
-                buf[..H].copy_from_slice(&proto::chunk_header(kind, payload));
-                pace(upload, u64::from(payload)).await;
-                stream.write_all(&buf).await?;
-                sent += u64::from(payload);
+                send_answer(&mut stream, &server, &mut buf, kind, upload).await?;
+                sent += (buf.len() - H) as u64;
             }
             stream.flush().await?;
             Ok(sent)
@@ -1288,6 +1291,30 @@ async fn serve_chunks(
             Err(_) => return,
         }
     }
+}
+
+/// Sends one chunk answer of `kind` whose payload follows the header room in `buf`, as
+/// one write, paced by `upload`.
+async fn send_answer(
+    stream: &mut Stream,
+    server: &Server,
+    buf: &mut [u8],
+    kind: u8,
+    upload: &Option<Arc<Limiter>>,
+) -> Result<(), proto::ProtoError> {
+    const H: usize = proto::CHUNK_HEADER_LEN;
+    let payload = (buf.len() - H) as u32;
+    if server.corrupt[usize::from(kind == proto::CHUNK_DELTA)]
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+        && let Some(b) = buf.get_mut(H)
+    {
+        *b ^= 0xff;
+    }
+    buf[..H].copy_from_slice(&proto::chunk_header(kind, payload));
+    pace(upload, u64::from(payload)).await;
+    stream.write_all(buf).await?;
+    Ok(())
 }
 
 /// One of a node's persistent chunk streams to a source (its parent or a sibling).
@@ -1384,15 +1411,8 @@ async fn fetch_span(
         match kind {
             proto::CHUNK_DATA => {
                 if n != *len {
-                    let _ = writer
-                        .send(WriteJob::Bad {
-                            fetch: job.id,
-                            index,
-                        })
-                        .await;
-                    return Err(proto::ProtoError::Violation(format!(
-                        "chunk {index} sent with {n} bytes; the manifest says {len}"
-                    )));
+                    let why = format!("chunk {index} sent with {n} bytes; the manifest says {len}");
+                    return Err(bad_answer(writer, job.id, index, why).await);
                 }
                 // Read no faster than the limit: the parent's sending waits on the
                 // streams' flow control, so the link carries no more either.
@@ -1420,20 +1440,15 @@ async fn fetch_span(
             }
             proto::CHUNK_DELTA => {
                 let Some(base) = base.filter(|_| n < *len) else {
-                    let _ = writer
-                        .send(WriteJob::Bad {
-                            fetch: job.id,
-                            index,
-                        })
-                        .await;
-                    return Err(proto::ProtoError::Violation(format!(
-                        "chunk {index} sent as a delta of {n} bytes; it has {len} bytes and was asked for {}",
-                        if base.is_some() {
-                            "whole"
-                        } else {
-                            "without a base"
-                        }
-                    )));
+                    let asked = if base.is_some() {
+                        "whole"
+                    } else {
+                        "without a base"
+                    };
+                    let why = format!(
+                        "chunk {index} sent as a delta of {n} bytes; it has {len} bytes and was asked for {asked}"
+                    );
+                    return Err(bad_answer(writer, job.id, index, why).await);
                 };
                 pace(download, u64::from(n)).await;
                 let mut bytes = vec![0u8; n as usize];
@@ -1499,6 +1514,18 @@ async fn fetch_span(
         }
     }
     Ok(())
+}
+
+/// A chunk answer that breaks the protocol: counted as a bad chunk from its sender, and
+/// the stream is given up.
+async fn bad_answer(
+    writer: &mpsc::Sender<WriteJob>,
+    fetch: FetchId,
+    index: u32,
+    why: String,
+) -> proto::ProtoError {
+    let _ = writer.send(WriteJob::Bad { fetch, index }).await;
+    proto::ProtoError::Violation(why)
 }
 
 /// The store writer thread: stores verified chunks and received manifests, in arrival
@@ -1930,19 +1957,17 @@ impl Daemon {
                 index,
                 verdict,
             } => {
-                if let ChunkVerdict::Stored { wire } = verdict
-                    && let Some((from, update)) = self.engine.fetch_source(fetch)
-                {
+                let source = self.engine.fetch_source(fetch);
+                if let (ChunkVerdict::Stored { wire }, Some((from, update))) = (verdict, source) {
                     let wire = u64::from(wire);
                     self.transfers.entry(update).or_default().bytes_in += wire;
                     *self.received_from.entry(from).or_default() += wire;
                 }
-                let update = self.engine.fetch_source(fetch).map(|(_, u)| u);
                 self.engine.handle_chunk(fetch, index, verdict, now);
-                if let Some(u) = update
-                    && self.engine.is_complete(&u)
+                if let Some((_, update)) = source
+                    && self.engine.is_complete(&update)
                 {
-                    self.delta_bases.remove(&u);
+                    self.delta_bases.remove(&update);
                 }
             }
             Ev::FetchEnd { fetch } => self.engine.handle_fetch_end(fetch, now),

@@ -193,10 +193,6 @@ impl<'a> Delta<'a> {
         }
         Ok(out)
     }
-
-    pub fn ops(&self) -> &[Op<'a>] {
-        &self.ops
-    }
 }
 
 /// Writes ops in the wire encoding.
@@ -408,12 +404,8 @@ impl Plan {
     }
 
     /// How many chunks it plans for: a measure of its size.
-    pub fn len(&self) -> usize {
+    pub fn planned(&self) -> usize {
         self.references.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.references.is_empty()
     }
 
     /// The file (its index in the update's files) chunk `index` is drawn for.

@@ -169,6 +169,11 @@ impl Manifest {
         format!("{}/{}/{}", self.tenant, self.category, self.id)
     }
 
+    /// Whether `other` is a version of the same module.
+    pub fn same_module_as(&self, other: &Manifest) -> bool {
+        self.tenant == other.tenant && self.category == other.category && self.id == other.id
+    }
+
     /// Every chunk reference, in manifest order (with repeats).
     pub fn chunk_refs(&self) -> impl Iterator<Item = &ChunkRef> {
         self.files.iter().flat_map(|f| f.chunks.iter())

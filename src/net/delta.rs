@@ -83,6 +83,12 @@ impl PlanFor {
 }
 
 impl Deltas {
+    /// What is known of chunk `hash` against `base`: `Some(Some(delta))`, or
+    /// `Some(None)` when it goes whole; `None` when not yet computed.
+    pub(super) fn known(&self, hash: &Hash, base: &Hash) -> Option<Option<Arc<[u8]>>> {
+        self.lock().encoded.get(&(*hash, *base)).cloned()
+    }
+
     /// Waits for a turn to compute a delta.
     pub(super) async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
         self.encoders.acquire().await.ok()
@@ -100,8 +106,9 @@ impl Deltas {
         target: &[u8],
     ) -> Option<Arc<[u8]>> {
         let key = (hash, base.id);
-        if let Some(known) = self.lock().encoded.get(&key) {
-            return known.clone();
+        // Another requester's turn may have computed it meanwhile.
+        if let Some(known) = self.known(&hash, &base.id) {
+            return known;
         }
         let plan = self.plan(update, base);
         let file = plan.plan.file_of(index).filter(|&f| plan.worth_trying(f))?;
@@ -160,7 +167,7 @@ impl Deltas {
             base.manifest.distinct_chunk_list(),
         );
         let plan = Arc::new(PlanFor {
-            chunks: built.len() + base_chunks.len(),
+            chunks: built.planned() + base_chunks.len(),
             plan: built,
             base_chunks,
             tries: update
@@ -290,12 +297,18 @@ mod tests {
     use crate::content::delta::{Op, write};
 
     fn store_with(chunks: &[&[u8]]) -> (tempfile::TempDir, Store) {
+        let entries: Vec<(Hash, &[u8])> = chunks.iter().map(|c| (Hash::of(c), *c)).collect();
+        store_of(&entries)
+    }
+
+    /// A store holding each of `entries`' bytes under its hash (which need not match).
+    fn store_of(entries: &[(Hash, &[u8])]) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::create(dir.path()).expect("store");
         {
             let mut w = store.writer().expect("writer");
-            for c in chunks {
-                w.put(Hash::of(c), c).expect("put");
+            for (hash, bytes) in entries {
+                w.put(*hash, bytes).expect("put");
             }
             w.flush().expect("flush");
         }
@@ -377,13 +390,7 @@ mod tests {
         let good: &[u8] = b"the bytes the sender holds";
         let rotted: &[u8] = b"the bytes thX sender holds";
         // The store holds `good`'s hash with bytes that have rotted since.
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::create(dir.path()).expect("store");
-        {
-            let mut w = store.writer().expect("writer");
-            w.put(Hash::of(good), rotted).expect("put");
-            w.flush().expect("flush");
-        }
+        let (_dir, store) = store_of(&[(Hash::of(good), rotted)]);
         let base = base_of(&[good]);
         let delta = write(&[Op::Copy {
             base: 0,

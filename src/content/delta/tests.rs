@@ -252,7 +252,7 @@ fn share_moved(size: usize, runs: usize) -> f64 {
 #[test]
 fn five_percent_changed_anywhere_moves_under_ten_percent() {
     // 8 MiB keeps the test quick; the runs are as many per MiB as 64 MiB with
-    // 128 to 8,192 runs. benches/delta.sh measures the same through real nodes.
+    // 16 to 8,192 runs. benches/delta.sh measures the same through real nodes.
     for runs in [2, 16, 128, 512, 1024] {
         let share = share_moved(8 << 20, runs);
         assert!(share <= 0.10, "{runs} runs: {:.1}% moved", share * 100.0);
