@@ -290,6 +290,18 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Simulate a rollout to a whole fleet: the real engine for every node of the
+    /// scenario's tree, in virtual time, over modelled links (see simulations/README.md).
+    Simulate {
+        /// The scenario file (TOML), e.g. simulations/fleet-100k.toml.
+        scenario: PathBuf,
+        /// Write summary.json, timeline.csv and rollout.svg into DIR.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// The seed of every random draw [default: the scenario's `seed`, else 1].
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Run init, publish, verify and export on a generated sample in a temporary directory.
     Demo {
         /// Keep the demo's directory instead of removing it at the end.
@@ -721,9 +733,57 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
+        Command::Simulate {
+            scenario,
+            out,
+            seed,
+        } => simulate(&scenario, out.as_deref(), seed, json)?,
         Command::Demo { keep } => demo::run(keep)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `arbor simulate`: runs the scenario with a progress bar, prints the summary and
+/// writes the files asked for.
+fn simulate(path: &Path, out: Option<&Path>, seed: Option<u64>, json: bool) -> Result<()> {
+    let scenario = crate::sim::Scenario::load(path)?;
+    let seed = seed.unwrap_or(scenario.seed);
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(scenario.until / 1000);
+        let style = ProgressStyle::with_template(
+            "simulating [{bar:40}] {pos}/{len} virtual s, {msg} ({elapsed} wall)",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let started = std::time::Instant::now();
+    let run = crate::sim::simulate(&scenario, seed, &mut |p| {
+        bar.set_position(p.now / 1000);
+        bar.set_message(format!("{} of {} installs", p.installed, p.wanted));
+    })
+    .with_context(|| format!("cannot simulate {}", path.display()))?;
+    bar.finish_and_clear();
+    let wall = started.elapsed();
+    if let Some(dir) = out {
+        run.write(dir)?;
+    }
+    if json {
+        print_json(&run.summary)?;
+    } else {
+        print!("{}", run.summary.text());
+        println!("\nsimulated in {:.1} s of wall time", wall.as_secs_f64());
+        if let Some(dir) = out {
+            println!(
+                "wrote {0}/summary.json, {0}/timeline.csv and {0}/rollout.svg",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Reads a module package into a temporary directory inside the node directory.

@@ -272,8 +272,7 @@ enum ParentLink {
     },
 }
 
-/// An update's distinct chunks in manifest order: (hash, length).
-pub type ChunkList = Arc<[(Hash, u32)]>;
+pub use crate::trust::ChunkList;
 
 /// What a node knows of one update.
 struct Update {
@@ -306,12 +305,7 @@ struct Update {
 
 impl Update {
     fn new(manifest: Arc<SignedManifest>, awaiting_local: bool) -> Update {
-        let chunks: Arc<[(Hash, u32)]> = manifest
-            .manifest
-            .distinct_chunk_list()
-            .iter()
-            .map(|c| (c.hash(), c.size()))
-            .collect();
+        let chunks = manifest.chunks.clone();
         let n = chunks.len() as u32;
         Update {
             manifest,
@@ -1129,7 +1123,7 @@ impl Engine {
     }
 
     fn handle_offer(&mut self, peer: PeerId, bytes: Arc<[u8]>, now: Millis) {
-        let signed = match SignedManifest::open(&bytes, &self.root_key, now / 1000) {
+        let signed = match SignedManifest::open_shared(&bytes, &self.root_key, now / 1000) {
             Ok(m) => m,
             Err(e) => {
                 self.misbehaved(peer, &format!("offered a manifest that is refused: {e}"));
@@ -1150,7 +1144,6 @@ impl Engine {
             self.out
                 .push_back(Output::Event(Event::OfferWithheld { peer, update: id }));
         }
-        let signed = Arc::new(signed);
         self.order.push(id);
         let mut update = Update::new(signed.clone(), true);
         update.stored = available;

@@ -38,6 +38,7 @@ pub mod package;
 pub mod publish;
 pub mod report;
 pub mod rules;
+pub mod sim;
 pub mod store;
 pub mod trust;
 pub mod verify;

@@ -7,6 +7,7 @@
 //! the pinned root key. Time comes in as an argument; this module reads no clock.
 
 pub mod member;
+pub mod memo;
 
 use crate::content::Hash;
 use crate::content::manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestError};
@@ -259,7 +260,16 @@ impl Envelope {
             signer: key.public(),
             expires,
         };
-        envelope.sig = key.sign(&envelope.signed_bytes());
+        let signed = envelope.signed_bytes();
+        envelope.sig = key.sign(&signed);
+        if memo::enabled() {
+            // A signature this process just made is good: nobody needs to check it again.
+            memo::remember_signature(memo::signature_key(
+                &envelope.signer,
+                &envelope.sig,
+                &signed,
+            ));
+        }
         envelope
     }
 
@@ -293,11 +303,18 @@ impl Envelope {
                 trusted: *trusted,
             });
         }
-        let sig = ed25519_dalek::Signature::from_bytes(&self.sig);
-        trusted
-            .verifying_key()?
-            .verify_strict(&self.signed_bytes(), &sig)
-            .map_err(|_| TrustError::BadSignature)?;
+        let signed = self.signed_bytes();
+        let memo_key = memo::enabled().then(|| memo::signature_key(trusted, &self.sig, &signed));
+        if !memo_key.is_some_and(|k| memo::signature_known(&k)) {
+            let sig = ed25519_dalek::Signature::from_bytes(&self.sig);
+            trusted
+                .verifying_key()?
+                .verify_strict(&signed, &sig)
+                .map_err(|_| TrustError::BadSignature)?;
+            if let Some(k) = memo_key {
+                memo::remember_signature(k);
+            }
+        }
         match self.expires {
             Some(expires) if expires <= now => Err(TrustError::Expired { expires, now }),
             _ => Ok(()),
@@ -316,6 +333,9 @@ pub struct SignedManifest {
     /// The root's publish sequence number.
     pub seq: u64,
     pub manifest: Manifest,
+    /// The manifest's distinct chunks in order, listed once for every engine and
+    /// store that works on it.
+    pub chunks: ChunkList,
 }
 
 impl SignedManifest {
@@ -342,12 +362,45 @@ impl SignedManifest {
             id: Hash::of(&bytes),
             bytes: bytes.into(),
             seq,
+            chunks: chunk_list(&manifest),
             manifest,
         })
     }
 
     /// Decodes and checks untrusted bytes against the pinned root key.
     pub fn open(bytes: &[u8], root: &PublicKey, now: u64) -> Result<SignedManifest, TrustError> {
+        Self::open_envelope(bytes, root, now).map(|(_, m)| m)
+    }
+
+    /// [`SignedManifest::open`], shared: with the [`memo`] on, bytes opened before
+    /// against the same root key give the same manifest (its expiry checked at `now`).
+    pub fn open_shared(
+        bytes: &[u8],
+        root: &PublicKey,
+        now: u64,
+    ) -> Result<Arc<SignedManifest>, TrustError> {
+        if !memo::enabled() {
+            return Self::open(bytes, root, now).map(Arc::new);
+        }
+        let id = Hash::of(bytes);
+        if let Some((expires, manifest)) = memo::manifest(&id, root) {
+            return match expires {
+                Some(expires) if expires <= now => Err(TrustError::Expired { expires, now }),
+                _ => Ok(manifest),
+            };
+        }
+        let (expires, manifest) = Self::open_envelope(bytes, root, now)?;
+        let manifest = Arc::new(manifest);
+        memo::remember_manifest(*root, expires, manifest.clone());
+        Ok(manifest)
+    }
+
+    /// Opens the bytes, with the envelope's expiry.
+    fn open_envelope(
+        bytes: &[u8],
+        root: &PublicKey,
+        now: u64,
+    ) -> Result<(Option<u64>, SignedManifest), TrustError> {
         let envelope: Envelope = wire::decode_canonical(
             bytes,
             MAX_MANIFEST_BYTES + ENVELOPE_OVERHEAD,
@@ -357,13 +410,26 @@ impl SignedManifest {
         let manifest: Manifest =
             wire::decode_canonical(&envelope.body, MAX_MANIFEST_BYTES, "manifest")?;
         manifest.validate()?;
-        Ok(SignedManifest {
+        let signed = SignedManifest {
             id: Hash::of(bytes),
             bytes: bytes.into(),
             seq: envelope.seq,
+            chunks: chunk_list(&manifest),
             manifest,
-        })
+        };
+        Ok((envelope.expires, signed))
     }
+}
+
+/// An update's distinct chunks in manifest order: (hash, length).
+pub type ChunkList = Arc<[(Hash, u32)]>;
+
+fn chunk_list(manifest: &Manifest) -> ChunkList {
+    manifest
+        .distinct_chunk_list()
+        .iter()
+        .map(|c| (c.hash(), c.size()))
+        .collect()
 }
 
 #[cfg(test)]

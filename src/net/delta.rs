@@ -222,7 +222,7 @@ impl Deltas {
 pub(super) struct Base {
     pub id: Hash,
     /// Its distinct chunks: what a delta's copies index.
-    pub chunks: crate::engine::ChunkList,
+    pub chunks: crate::trust::ChunkList,
     /// Set when a base chunk could not be read here: name the base no more.
     pub broken: AtomicBool,
 }
@@ -410,6 +410,11 @@ mod tests {
             id: Hash::of(&seq.to_be_bytes()),
             bytes: Vec::new().into(),
             seq,
+            chunks: manifest
+                .distinct_chunk_list()
+                .iter()
+                .map(|c| (c.hash(), c.size()))
+                .collect(),
             manifest,
         }
     }

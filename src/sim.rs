@@ -1,0 +1,77 @@
+//! The fleet simulator: `arbor simulate`. It runs the real [`crate::engine::Engine`]
+//! for every node of a scenario's tree, in virtual time, over a modelled network, and
+//! reports how long a rollout takes and what it costs the links.
+//!
+//! Owns the public entry point ([`simulate`]) and what a run hands back ([`Run`]);
+//! the scenario format lives in `scenario`, the links in `network`, the event loop and
+//! the drivers of the engines in `world`, the figures in `summary` and `chart`.
+
+mod chart;
+mod network;
+pub mod scenario;
+mod summary;
+mod world;
+
+pub use scenario::{Scenario, ScenarioError};
+pub use summary::{Counters, OutputError, Summary, bytes};
+
+use std::path::Path;
+
+/// A run that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("cannot make the scenario's updates: {0}")]
+    Update(#[from] crate::trust::TrustError),
+}
+
+/// Where a running simulation is, for a progress display.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Virtual milliseconds simulated, and the scenario's limit.
+    pub now: u64,
+    pub until: u64,
+    /// Leaf installs so far, and leaves × updates.
+    pub installed: u64,
+    pub wanted: u64,
+}
+
+/// A finished run.
+pub struct Run {
+    pub summary: Summary,
+    tally: summary::Tally,
+}
+
+impl Run {
+    /// Writes `summary.json`, `timeline.csv` and `rollout.svg` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), OutputError> {
+        self.summary.write(&self.tally, dir)
+    }
+}
+
+/// Simulates `scenario` with `seed` (the same pair always gives the same summary).
+/// `progress` is called at every timeline sample.
+pub fn simulate(
+    scenario: &Scenario,
+    seed: u64,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Run, SimError> {
+    // Thousands of engines check the very same signatures: check each once.
+    crate::trust::memo::enable();
+    let mut world = world::World::new(scenario, seed)?;
+    let leaves = *scenario.tier_sizes().last().unwrap_or(&0);
+    let wanted = leaves * scenario.updates.len() as u64;
+    world.run(&mut |now, tally| {
+        progress(Progress {
+            now,
+            until: scenario.until,
+            installed: tally.installs_so_far(),
+            wanted,
+        })
+    });
+    let sizes = world.summary_group_sizes();
+    let summary = Summary::new(scenario, seed, &world.tally, &sizes, world.node_count());
+    Ok(Run {
+        summary,
+        tally: world.tally,
+    })
+}

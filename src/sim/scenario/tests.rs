@@ -1,0 +1,178 @@
+use super::*;
+
+const GOOD: &str = r#"
+name = "t"
+until = "1h"
+
+[root]
+up = "1Gbit"
+
+[[tier]]
+name = "branch"
+fanout = 2
+down = "100Mbit"
+up = "1Gbit"
+latency = "20ms"
+
+[[tier]]
+name = "client"
+fanout = 4
+down = "1Gbit"
+up = "1Gbit"
+latency = "1ms"
+site = { size = 2, down = "50Mbit", up = "10Mbit", latency = "10ms" }
+
+[[group]]
+name = "pilot"
+tier = "client"
+share = "25%"
+
+[[update]]
+name = "os"
+size = "8MiB"
+
+[[approval]]
+by = "root"
+update = "os"
+
+[[approval]]
+by = "branch"
+update = "os"
+group = "pilot"
+"#;
+
+/// The error for `GOOD` with `from` replaced by `to`.
+fn error_with(from: &str, to: &str) -> ScenarioError {
+    assert!(GOOD.contains(from), "{from:?} is in the base scenario");
+    Scenario::parse("t.toml", &GOOD.replacen(from, to, 1)).expect_err("refused")
+}
+
+fn line_of_text(text: &str, needle: &str) -> usize {
+    1 + text[..text.find(needle).expect("present")]
+        .matches('\n')
+        .count()
+}
+
+#[test]
+fn a_good_scenario_parses_into_simulator_units() {
+    let sc = Scenario::parse("t.toml", GOOD).expect("valid");
+    assert_eq!(sc.until, 3_600_000);
+    assert_eq!(sc.root_up, 125_000_000.0);
+    assert_eq!(sc.tier_sizes(), vec![2, 8]);
+    assert_eq!(sc.node_count(), 11);
+    assert_eq!(sc.chunk, 1 << 20);
+    assert_eq!(sc.updates[0].size, 8 << 20);
+    let site = sc.tiers[1].site.as_ref().expect("a site");
+    assert_eq!(site.size, 2);
+    assert!(site.siblings);
+    assert_eq!(sc.approvals[1].by, Some(0));
+    assert_eq!(sc.groups[0].share, 0.25);
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_line() {
+    let e = error_with("latency = \"1ms\"", "latency = \"1ms\"\nlatncy = 3");
+    assert_eq!(e.line, line_of_text(GOOD, "latency = \"1ms\"") + 1, "{e}");
+    assert!(e.message.contains("latncy"), "{e}");
+    assert!(e.to_string().starts_with("t.toml:"), "{e}");
+}
+
+#[test]
+fn impossible_values_are_refused_at_their_line() {
+    for (from, to, says) in [
+        ("down = \"100Mbit\"", "down = \"-3Mbit\"", "not a rate"),
+        ("down = \"100Mbit\"", "down = \"0Mbit\"", "above zero"),
+        ("fanout = 2", "fanout = 0", "out of range"),
+        ("until = \"1h\"", "until = \"soon\"", "not a duration"),
+        ("share = \"25%\"", "share = \"125%\"", "percentage"),
+        ("size = \"8MiB\"", "size = \"8 parsecs\"", "not a size"),
+        (
+            "group = \"pilot\"",
+            "group = \"pilot\"\nwave = \"120%\"",
+            "wave",
+        ),
+        (
+            "latency = \"20ms\"",
+            "latency = \"20ms\"\njitter = \"30ms\"",
+            "jitter",
+        ),
+    ] {
+        let e = error_with(from, to);
+        assert!(e.message.contains(says), "{to}: {e}");
+        let expected = line_of_text(
+            &GOOD.replacen(from, to, 1),
+            to.lines().last().expect("a line"),
+        );
+        assert_eq!(e.line, expected, "{to}: {e}");
+    }
+}
+
+#[test]
+fn an_inconsistent_topology_is_refused_with_the_line_at_fault() {
+    // (replace, with, the error says, at the line of)
+    for (from, to, says, at) in [
+        ("size = 2,", "size = 3,", "does not divide", "size = 3,"),
+        (
+            "tier = \"client\"",
+            "tier = \"desk\"",
+            "no tier",
+            "tier = \"desk\"",
+        ),
+        (
+            "update = \"os\"\ngroup",
+            "update = \"nope\"\ngroup",
+            "no [[update]]",
+            "\"nope\"",
+        ),
+        (
+            "by = \"branch\"",
+            "by = \"client\"",
+            "no children",
+            "by = \"client\"",
+        ),
+        // The group is of clients; the root approves for branches.
+        (
+            "by = \"branch\"",
+            "by = \"root\"",
+            "only their parents",
+            "group = \"pilot\"",
+        ),
+        (
+            "group = \"pilot\"",
+            "group = \"ghosts\"",
+            "no [[group]]",
+            "\"ghosts\"",
+        ),
+    ] {
+        let e = error_with(from, to);
+        assert!(e.message.contains(says), "{to}: {e}");
+        let text = GOOD.replacen(from, to, 1);
+        assert_eq!(e.line, line_of_text(&text, at), "{to}: {e}");
+    }
+}
+
+#[test]
+fn garbage_is_refused_not_panicked_on() {
+    for text in [
+        "",
+        "\u{0}\u{1}",
+        "name = 3",
+        "[[tier]]\nname = \"x\"",
+        "name = \"x\"\nuntil = \"1h\"\n[root]\nup = \"1Gbit\"\n",
+    ] {
+        assert!(Scenario::parse("g.toml", text).is_err(), "{text:?}");
+    }
+}
+
+#[test]
+fn units_mean_what_people_write() {
+    assert_eq!(parse_size("1GiB"), Some(1 << 30));
+    assert_eq!(parse_size("500MB"), Some(500_000_000));
+    assert_eq!(parse_size("12"), Some(12));
+    assert_eq!(parse_size("1.5KiB"), Some(1536));
+    assert_eq!(parse_size("GiB"), None);
+    assert_eq!(parse_rate("100Mbit"), Some(12_500_000.0));
+    assert_eq!(parse_rate("1Gbit/s"), Some(125_000_000.0));
+    assert_eq!(parse_rate("8kbit"), Some(1000.0));
+    assert_eq!(parse_rate("fast"), None);
+}

@@ -1,0 +1,92 @@
+//! A process-wide memo of signed objects already checked, off unless turned on.
+//!
+//! The simulator runs thousands of engines in one process, and each of them checks
+//! the very same signed manifest and rule sets on its own: the same ed25519
+//! verification, and the same parse of a manifest of thousands of chunks, a hundred
+//! thousand times over. With the memo on, a signature checked once (or made here) is
+//! known good by its exact bytes (signer, signature and signed bytes, hashed), and a
+//! manifest opened
+//! once is shared by every engine that opens the very same bytes. Every other check
+//! (tag, signer, expiry, canonical encoding of the envelope) still runs on every open,
+//! so the memo changes the cost of verification, never its verdict. A daemon runs one
+//! engine and leaves it off.
+
+use super::{PublicKey, SignedManifest};
+use crate::content::Hash;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Past this many remembered signatures the memo starts over, so that unique objects
+/// (reports) cannot grow it without bound.
+const MAX_SIGNATURES: usize = 1 << 20;
+/// Past this many remembered manifests the memo starts over.
+const MAX_MANIFESTS: usize = 4096;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// A manifest opened once: the root key it was checked against, its envelope's expiry
+/// and the shared result.
+type Opened = (PublicKey, Option<u64>, Arc<SignedManifest>);
+
+#[derive(Default)]
+struct Memo {
+    signatures: Mutex<HashSet<[u8; 32]>>,
+    manifests: Mutex<HashMap<Hash, Opened>>,
+}
+
+fn memo() -> &'static Memo {
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    MEMO.get_or_init(Memo::default)
+}
+
+/// Turns the memo on for the rest of the process.
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+pub(super) fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// The memo key of one signature over one message by one signer.
+pub(super) fn signature_key(signer: &PublicKey, sig: &[u8; 64], signed: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&signer.0);
+    h.update(sig);
+    h.update(signed);
+    *h.finalize().as_bytes()
+}
+
+pub(super) fn signature_known(key: &[u8; 32]) -> bool {
+    memo().signatures.lock().is_ok_and(|set| set.contains(key))
+}
+
+pub(super) fn remember_signature(key: [u8; 32]) {
+    if let Ok(mut set) = memo().signatures.lock() {
+        if set.len() >= MAX_SIGNATURES {
+            set.clear();
+        }
+        set.insert(key);
+    }
+}
+
+/// The manifest opened earlier from bytes with this id against `root`, and its expiry.
+pub(super) fn manifest(id: &Hash, root: &PublicKey) -> Option<(Option<u64>, Arc<SignedManifest>)> {
+    let map = memo().manifests.lock().ok()?;
+    let (key, expires, manifest) = map.get(id)?;
+    (key == root).then(|| (*expires, manifest.clone()))
+}
+
+pub(super) fn remember_manifest(
+    root: PublicKey,
+    expires: Option<u64>,
+    manifest: Arc<SignedManifest>,
+) {
+    if let Ok(mut map) = memo().manifests.lock() {
+        if map.len() >= MAX_MANIFESTS {
+            map.clear();
+        }
+        map.insert(manifest.id, (root, expires, manifest));
+    }
+}
