@@ -90,3 +90,62 @@ pub(super) fn remember_manifest(
         map.insert(manifest.id, (root, expires, manifest));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Envelope, SecretKey, TAG_MANIFEST, TrustError};
+    use super::*;
+    use crate::content::manifest::tests::two_files;
+    use crate::wire;
+
+    #[test]
+    fn the_memo_shares_work_and_never_changes_a_verdict() {
+        enable();
+        let root = SecretKey::from_seed([31; 32]);
+        let signed = SignedManifest::sign(&root, 1, two_files()).expect("valid");
+        let first = SignedManifest::open_shared(&signed.bytes, &root.public(), 0).expect("opens");
+        let second = SignedManifest::open_shared(&signed.bytes, &root.public(), 0).expect("opens");
+        assert!(Arc::ptr_eq(&first, &second), "opened once, shared");
+        // Known bytes against another root key are still refused.
+        let other = SecretKey::from_seed([32; 32]).public();
+        assert!(matches!(
+            SignedManifest::open_shared(&signed.bytes, &other, 0),
+            Err(TrustError::UnknownSigner { .. })
+        ));
+        // A signature made (so remembered) and then altered still fails.
+        let mut env = Envelope::sign(
+            &root,
+            TAG_MANIFEST,
+            2,
+            Some(100),
+            wire::encode(&two_files()),
+        );
+        assert_eq!(env.verify(TAG_MANIFEST, &root.public(), 99), Ok(()));
+        // The expiry is checked on every verify, remembered or not.
+        assert!(matches!(
+            env.verify(TAG_MANIFEST, &root.public(), 100),
+            Err(TrustError::Expired { .. })
+        ));
+        env.sig[0] ^= 1;
+        assert_eq!(
+            env.verify(TAG_MANIFEST, &root.public(), 0),
+            Err(TrustError::BadSignature)
+        );
+        let bytes = wire::encode(&env);
+        assert!(SignedManifest::open_shared(&bytes, &root.public(), 0).is_err());
+        // An expired manifest opened before is refused once its time has come.
+        let env = Envelope::sign(
+            &root,
+            TAG_MANIFEST,
+            3,
+            Some(100),
+            wire::encode(&two_files()),
+        );
+        let bytes = wire::encode(&env);
+        assert!(SignedManifest::open_shared(&bytes, &root.public(), 50).is_ok());
+        assert!(matches!(
+            SignedManifest::open_shared(&bytes, &root.public(), 100),
+            Err(TrustError::Expired { .. })
+        ));
+    }
+}
