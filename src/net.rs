@@ -611,10 +611,9 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
 
 /// Which distinct chunks of `m` the store holds, in distinct-chunk order.
 fn local_have(store: &Store, m: &SignedManifest) -> Result<Vec<bool>, StoreError> {
-    m.manifest
-        .distinct_chunk_list()
+    m.chunks
         .iter()
-        .map(|c| store.has_chunk(&c.hash()))
+        .map(|(hash, _)| store.has_chunk(hash))
         .collect()
 }
 

@@ -424,7 +424,8 @@ impl SignedManifest {
 /// An update's distinct chunks in manifest order: (hash, length).
 pub type ChunkList = Arc<[(Hash, u32)]>;
 
-fn chunk_list(manifest: &Manifest) -> ChunkList {
+/// The distinct-chunk list of `manifest` (what [`SignedManifest::chunks`] holds).
+pub(crate) fn chunk_list(manifest: &Manifest) -> ChunkList {
     manifest
         .distinct_chunk_list()
         .iter()

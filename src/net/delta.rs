@@ -410,11 +410,7 @@ mod tests {
             id: Hash::of(&seq.to_be_bytes()),
             bytes: Vec::new().into(),
             seq,
-            chunks: manifest
-                .distinct_chunk_list()
-                .iter()
-                .map(|c| (c.hash(), c.size()))
-                .collect(),
+            chunks: crate::trust::chunk_list(&manifest),
             manifest,
         }
     }

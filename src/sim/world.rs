@@ -79,7 +79,7 @@ struct Node {
     /// When each update was installed (leaves), by update index.
     installed: Vec<Option<Millis>>,
     failed: Vec<bool>,
-    /// A restart is due (after a leave or a crash) at a churn event.
+    /// Fetch timeouts counted by the engines this node ran before its last restart.
     fetch_timeouts: u64,
 }
 
@@ -232,11 +232,10 @@ impl std::hash::Hasher for KeyHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8).take(1) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(b);
-        }
+        let mut b = [0u8; 8];
+        let n = bytes.len().min(8);
+        b[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(b);
     }
 }
 
@@ -956,15 +955,12 @@ impl<'s> World<'s> {
         let engine = self.nodes[issuer as usize].engine.as_ref()?;
         let me = self.keys[issuer as usize];
         let secs = (EPOCH + self.now) / 1000;
-        let (mut rules, version) = match engine.rules().get(&me) {
-            Some(held) => (held.rules.clone(), held.version + 1),
-            None => (Rules::new(me, secs), 1),
+        let mut rules = match engine.rules().get(&me) {
+            Some(held) => held.rules.clone(),
+            None => Rules::new(me, secs),
         };
         rules.issued = secs;
         for g in &self.sc.groups {
-            if self.sc.tiers[g.tier].name.is_empty() || (g.tier > 0) != (issuer != 0) {
-                continue;
-            }
             let children = self.children_of(issuer);
             if children.is_empty() || self.nodes[children.start as usize].tier as usize != g.tier {
                 continue;
@@ -1005,7 +1001,7 @@ impl<'s> World<'s> {
                 tracing::warn!(node = issuer, error = %e, "a simulated approval is invalid");
             }
         }
-        let version = version.max(engine.rules().next_version(&me));
+        let version = engine.rules().next_version(&me);
         match SignedRules::sign(
             &secret(self.seed, issuer),
             version,
