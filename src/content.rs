@@ -48,6 +48,30 @@ impl fmt::Debug for Hash {
     }
 }
 
+/// Hashes map keys that are uniformly random already (blake3 digests, node keys) by
+/// their first bytes, where SipHash would spend more time than the lookup.
+///
+/// Only for maps no peer can fill with keys of its choosing: an engine inserts an
+/// update id (the hash of a manifest it verified) and nothing a message merely names.
+#[derive(Default, Clone, Copy)]
+pub struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut b = [0u8; 8];
+        let n = bytes.len().min(8);
+        b[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(b);
+    }
+}
+
+/// The [`std::hash::BuildHasher`] of [`DigestHasher`]s.
+pub type DigestState = std::hash::BuildHasherDefault<DigestHasher>;
+
 /// A string that is not 64 hex digits.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("not a blake3 hash (64 hex digits): {0:?}")]

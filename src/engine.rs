@@ -38,7 +38,7 @@ mod site;
 
 pub use site::{MAX_SIBLINGS, MAX_STRIKES, Served, SiblingInfo};
 
-use crate::content::Hash;
+use crate::content::{DigestState, Hash};
 use crate::report::{
     self, NodeDetail, Received, Report, Rollup, RuleRefusal, SignedReport, State, UpdateState,
 };
@@ -82,6 +82,12 @@ pub struct Config {
     /// Bytes per second of reports a node may send up on average: reports carrying
     /// much detail are spaced further apart, so that they never crowd a slow link.
     pub report_rate: u64,
+    /// The least time between two announcements of newly stored chunks to children
+    /// and siblings: chunks stored in a burst go out in one `Have` (the first after a
+    /// quiet spell, and the last of an update, at once). A node that receives fast so
+    /// sends a message per burst, not per chunk, to every child, and its children ask
+    /// for spans of chunks rather than one chunk at a time.
+    pub announce_interval: Millis,
     /// A client with an installer: for its own use it fetches only the updates the
     /// installer asks for ([`Engine::set_needed`]), not everything it may have, so that
     /// nothing already installed and no superseded version crosses the link.
@@ -100,6 +106,7 @@ impl Default for Config {
             report_delay: 100,
             report_interval: 1_000,
             report_rate: 64 * 1024,
+            announce_interval: 250,
             installer: false,
         }
     }
@@ -373,7 +380,7 @@ pub struct Engine {
     parent: Option<(PeerId, ParentLink)>,
     /// Certified children, and whether each is connected now.
     children: BTreeMap<PeerId, bool>,
-    updates: HashMap<Hash, Update>,
+    updates: HashMap<Hash, Update, DigestState>,
     /// Update ids in arrival order: the order fetches are scheduled in.
     order: Vec<Hash>,
     fetches: BTreeMap<FetchId, Fetch>,
@@ -401,6 +408,10 @@ pub struct Engine {
     rollup: Rollup,
     /// When to send the parent a report (only while it is connected).
     report_due: Option<Millis>,
+    /// When the chunks stored since the last announcement are announced, and when
+    /// the last announcement went out.
+    announce_due: Option<Millis>,
+    last_announce: Option<Millis>,
     /// The last report sent (its time cleared): an unchanged snapshot is not sent again.
     last_report: Option<Report>,
     /// When the last report was sent, and its size.
@@ -413,7 +424,7 @@ pub struct Engine {
     /// Approvals this node halted and has not seen set again since.
     halted: std::collections::BTreeSet<ApprovalKey>,
     /// On a client with an installer: the updates it wants the bytes of.
-    needed: std::collections::HashSet<Hash>,
+    needed: std::collections::HashSet<Hash, DigestState>,
     /// The parent is connected and has sent its path's rules since: what is available
     /// now is what the tree says, not what was kept from an earlier session.
     rules_heard: bool,
@@ -457,7 +468,7 @@ impl Engine {
                 )),
             },
             children: BTreeMap::new(),
-            updates: HashMap::new(),
+            updates: HashMap::default(),
             order: Vec::new(),
             fetches: BTreeMap::new(),
             next_fetch: 1,
@@ -474,13 +485,15 @@ impl Engine {
             key,
             rollup: Rollup::new(),
             report_due: None,
+            announce_due: None,
+            last_announce: None,
             last_report: None,
             last_report_at: 0,
             last_report_len: 0,
             report_seq: 0,
             refusals: Vec::new(),
             halted: std::collections::BTreeSet::new(),
-            needed: std::collections::HashSet::new(),
+            needed: std::collections::HashSet::default(),
             rules_heard: false,
             parent_paused: false,
             siblings: Vec::new(),
@@ -783,8 +796,10 @@ impl Engine {
                 let state = self
                     .rollup
                     .get(&child)
-                    .map(|r| (r.report.subtree.clone(), r.report.refusals.clone()))
-                    != before;
+                    .map(|r| (&r.report.subtree, &r.report.refusals))
+                    != before
+                        .as_ref()
+                        .map(|(subtree, refusals)| (subtree, refusals));
                 self.changed(now, state);
                 self.check_halts(now);
             }
@@ -855,19 +870,17 @@ impl Engine {
         if self.parent_connected() != Some(true) {
             return;
         }
-        let report = self.report(now);
-        let unchanged = Report {
-            issued: 0,
-            ..report.clone()
-        };
-        if self.last_report.as_ref() == Some(&unchanged) {
+        let mut report = self.report(now);
+        // Compared with its time cleared, as the last one is kept.
+        let issued = std::mem::take(&mut report.issued);
+        if self.last_report.as_ref() == Some(&report) {
             return;
         }
+        report.issued = issued;
         let seq = now.max(self.report_seq + 1);
         match SignedReport::sign(&self.key, seq, report) {
             Ok(signed) => {
                 self.report_seq = seq;
-                self.last_report = Some(unchanged);
                 self.last_report_at = now;
                 self.last_report_len = signed.bytes.len();
                 self.stats.reports_sent += 1;
@@ -877,6 +890,9 @@ impl Engine {
                         report: signed.bytes.into(),
                     },
                 });
+                let mut kept = signed.report;
+                kept.issued = 0;
+                self.last_report = Some(kept);
             }
             Err(e) => self.misbehaved(self.me(), &format!("cannot sign this node's report: {e}")),
         }
@@ -973,15 +989,20 @@ impl Engine {
             return;
         };
         let taken_up = std::mem::take(&mut u.awaiting_local);
+        let mut stored = false;
         for (i, _) in have.iter().enumerate().filter(|(_, h)| **h) {
             if u.have.set(i as u32) {
                 u.unannounced.set(i as u32);
+                stored = true;
             }
         }
         if taken_up {
             self.tell_siblings(update);
         }
-        self.check_complete(update);
+        let done = self.check_complete(update);
+        if stored {
+            self.stored_new(done, now);
+        }
         self.changed(now, true);
         self.schedule(now);
     }
@@ -1203,53 +1224,72 @@ impl Engine {
 
     /// The verdict on one chunk of fetch `id`.
     pub fn handle_chunk(&mut self, id: FetchId, index: u32, verdict: ChunkVerdict, now: Millis) {
-        let Some(f) = self.fetches.get_mut(&id) else {
+        self.handle_chunks(id, [(index, verdict)], now);
+    }
+
+    /// The verdicts on chunks of fetch `id`, in the order they came: the same as
+    /// [`Engine::handle_chunk`] for each, for a driver that judged several at once.
+    pub fn handle_chunks(
+        &mut self,
+        id: FetchId,
+        verdicts: impl IntoIterator<Item = (u32, ChunkVerdict)>,
+        now: Millis,
+    ) {
+        let Some(f) = self.fetches.get(&id) else {
             return;
         };
-        if index < f.first || index >= f.first + f.count {
-            return;
-        }
-        let (from, update) = (f.from, f.update);
+        let (from, update, span) = (f.from, f.update, f.first..f.first + f.count);
         let sibling = self.sibling_slot(&from).filter(|_| !self.is_parent(&from));
-        let Some(u) = self.updates.get_mut(&update) else {
-            return;
-        };
-        match verdict {
-            ChunkVerdict::Stored { wire } => {
-                u.busy.clear(index);
-                // The first chunk makes it downloading; the last, downloaded.
-                let started = u.have.count() == 0;
-                if u.have.set(index) {
-                    u.unannounced.set(index);
-                    let len = u64::from(wire);
-                    if let Some(slot) = sibling {
-                        u.from_siblings += len;
-                        self.count_from_sibling(slot, len);
-                    } else {
-                        u.from_parent += len;
-                        self.stats.chunks_from_parent += 1;
-                        self.stats.bytes_from_parent += len;
+        // The first chunk makes it downloading; the last, downloaded.
+        let mut started = false;
+        let mut stored = false;
+        for (index, verdict) in verdicts {
+            if !span.contains(&index) {
+                continue;
+            }
+            let Some(u) = self.updates.get_mut(&update) else {
+                return;
+            };
+            match verdict {
+                ChunkVerdict::Stored { wire } => {
+                    u.busy.clear(index);
+                    started |= !stored && u.have.count() == 0;
+                    stored = true;
+                    if u.have.set(index) {
+                        u.unannounced.set(index);
+                        let len = u64::from(wire);
+                        if let Some(slot) = sibling {
+                            u.from_siblings += len;
+                            self.count_from_sibling(slot, len);
+                        } else {
+                            u.from_parent += len;
+                            self.stats.chunks_from_parent += 1;
+                            self.stats.bytes_from_parent += len;
+                        }
                     }
                 }
-                self.progressed(&update, now);
-                let done = self.check_complete(update);
-                self.changed(now, started || done);
-            }
-            ChunkVerdict::Bad => {
-                // Keep it busy for a while, so a bad source is not hammered.
-                u.resting.push((index, now + self.config.bad_chunk_delay));
-                self.stats.bad_chunks += 1;
-                self.out.push_back(Output::Event(Event::BadChunk {
-                    peer: from,
-                    update,
-                    index,
-                }));
-                if let Some(slot) = sibling {
-                    // Asked of the parent next, not of a sibling that sends bad bytes.
-                    self.sibling_fetch_failed(&update, std::iter::once(index));
-                    self.strike_sibling(slot);
+                ChunkVerdict::Bad => {
+                    // Keep it busy for a while, so a bad source is not hammered.
+                    u.resting.push((index, now + self.config.bad_chunk_delay));
+                    self.stats.bad_chunks += 1;
+                    self.out.push_back(Output::Event(Event::BadChunk {
+                        peer: from,
+                        update,
+                        index,
+                    }));
+                    if let Some(slot) = sibling {
+                        // Asked of the parent next, not of a sibling that sends bad bytes.
+                        self.sibling_fetch_failed(&update, std::iter::once(index));
+                        self.strike_sibling(slot);
+                    }
                 }
             }
+        }
+        if stored {
+            self.progressed(&update, now);
+            let done = self.check_complete(update);
+            self.stored_new(done, now);
+            self.changed(now, started || done);
         }
     }
 
@@ -1307,6 +1347,9 @@ impl Engine {
         if self.report_due.is_some_and(|t| t <= now) {
             self.send_report(now);
         }
+        if self.announce_due.is_some_and(|t| t <= now) {
+            self.announce(now);
+        }
         if self.next_change.is_some_and(|t| t <= now) {
             // A deadline passed or a rule set expired; children are told by their own
             // clocks, and offered what they gained by this one.
@@ -1334,6 +1377,7 @@ impl Engine {
             rest,
             self.next_change,
             self.report_due,
+            self.announce_due,
             self.next_stall(),
         ]
         .into_iter()
@@ -1343,14 +1387,34 @@ impl Engine {
 
     /// The next thing to do, or `None` when idle. Drain it after every input.
     pub fn poll_output(&mut self) -> Option<Output> {
-        if self.out.is_empty() {
-            self.announce();
-        }
         self.out.pop_front()
     }
 
-    /// Tells connected children about chunks stored since they were last told.
-    fn announce(&mut self) {
+    /// Chunks were stored: they are announced now if the last announcement is old
+    /// enough or an update is `complete`, else when it is.
+    fn stored_new(&mut self, complete: bool, now: Millis) {
+        // A node nobody listens to (a client without siblings) has nothing to send: a
+        // child or sibling that connects later is told all it holds then.
+        let listened_to =
+            self.children.values().any(|up| *up) || self.connected_siblings().next().is_some();
+        if !listened_to {
+            return;
+        }
+        let interval = self.config.announce_interval;
+        let due = *self.announce_due.get_or_insert_with(|| {
+            self.last_announce
+                .map_or(now, |last| (last + interval).max(now))
+        });
+        if complete || due <= now {
+            self.announce(now);
+        }
+    }
+
+    /// Tells connected children (and siblings) about chunks stored since they were
+    /// last told.
+    fn announce(&mut self, now: Millis) {
+        self.announce_due = None;
+        self.last_announce = Some(now);
         let children = self.connected_children();
         for i in 0..self.order.len() {
             let id = self.order[i];

@@ -1977,9 +1977,8 @@ impl Daemon {
             } => self.engine.handle_elsewhere(fetch, index, holder, now),
             Ev::Serve { peer, req, reply } => {
                 let answer = if self.engine.may_request(&peer) {
-                    let chunks = (req.first..req.first + req.count)
-                        .map(|i| self.engine.serve(&peer, &req.update, i, req.direct))
-                        .collect();
+                    let span = req.first..req.first + req.count;
+                    let chunks = self.engine.serve(&peer, &req.update, span, req.direct);
                     Ok(Serving {
                         chunks,
                         sibling: self.engine.is_connected_sibling(&peer),

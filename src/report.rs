@@ -985,7 +985,7 @@ impl Rollup {
         }
         all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
 
-        let room = MAX_REPORT_BYTES.saturating_sub(wire::encode(base).len() + 16);
+        let room = MAX_REPORT_BYTES.saturating_sub(wire::encoded_len(base) + 16);
         let mut used = 0usize;
         let mut seen = BTreeSet::from([base.node]);
         let mut out = Vec::new();
@@ -1001,7 +1001,7 @@ impl Rollup {
                 },
                 Some(d) => NodeDetail { depth, ..d.clone() },
             };
-            let len = wire::encode(&detail).len();
+            let len = wire::encoded_len(&detail);
             if out.len() == MAX_DETAIL || used + len > room {
                 return (out, true);
             }

@@ -8,6 +8,7 @@
 
 mod chart;
 mod network;
+mod queue;
 pub mod scenario;
 mod summary;
 mod world;

@@ -38,6 +38,27 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     }
 }
 
+/// The length of `value`'s encoding, counted without keeping the bytes.
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    /// Counts what is written to it.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Counting never fails, so neither does the encoding.
+    match cbor4ii::serde::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(e) => panic!("CBOR encoding into a counter failed: {e:?}"),
+    }
+}
+
 /// Decodes untrusted bytes, enforcing `limit` and canonical form.
 ///
 /// `what` names the object in error messages ("manifest", "envelope", ...).

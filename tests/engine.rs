@@ -134,6 +134,8 @@ struct Node {
     chunks_received: u64,
     /// The issuers of the rule sets the engine asked to persist, in order.
     rules_stored: Vec<PeerId>,
+    /// `Have` messages delivered to this node.
+    haves_received: u64,
 }
 
 struct Harness {
@@ -161,8 +163,8 @@ struct Harness {
 /// Whether `server` answers `peer`'s request for chunk 0 of `update` with bytes.
 fn serves(h: &mut Harness, server: PeerId, peer: PeerId, update: &Hash) -> bool {
     matches!(
-        h.node(server).engine.serve(&peer, update, 0, false),
-        Served::Data { .. }
+        h.node(server).engine.serve(&peer, update, 0..1, false)[..],
+        [Served::Data { .. }]
     )
 }
 
@@ -230,6 +232,7 @@ impl Harness {
                 chunks_sent: BTreeMap::new(),
                 chunks_received: 0,
                 rules_stored: Vec::new(),
+                haves_received: 0,
             },
         );
     }
@@ -350,6 +353,9 @@ impl Harness {
         match ev {
             Ev::Deliver { to, from, msg } => {
                 if self.links.contains_key(&pair(to, from)) {
+                    if matches!(msg, Control::Have { .. }) {
+                        self.node(to).haves_received += 1;
+                    }
                     self.with(to, |e, now| e.handle_message(from, msg, now));
                 }
             }
@@ -370,12 +376,13 @@ impl Harness {
                     .get(&(server, client))
                     .unwrap_or(&(server, client));
                 let mut t = now.max(*self.busy_until.get(&link).unwrap_or(&0));
-                for index in first..first + count {
-                    match self
-                        .node(server)
+                let span = first..first + count;
+                let answers =
+                    self.node(server)
                         .engine
-                        .serve(&client, &update, index, direct)
-                    {
+                        .serve(&client, &update, span.clone(), direct);
+                for (index, answer) in span.zip(answers) {
+                    match answer {
                         Served::Data { .. } => {}
                         Served::Missing => continue,
                         Served::Elsewhere { holder } => {
@@ -643,10 +650,33 @@ fn depth_costs_chunk_times_not_file_times() {
         "one hop took {one_hop} ms for 2000 ms of chunks"
     );
     // Store-and-forward would take three times as long; cut-through adds a few chunk
-    // times per hop.
+    // times per hop, and at most one pause between announcements of new chunks.
+    let pause = Config::default().announce_interval;
     assert!(
-        three_hops * 100 <= one_hop * 110,
+        three_hops * 100 <= one_hop * 110 + 2 * pause * 100,
         "three hops {three_hops} ms vs one hop {one_hop} ms"
+    );
+}
+
+#[test]
+fn a_node_receiving_fast_announces_bursts_not_each_chunk() {
+    // root -> n1 -> n2: n1 stores 200 chunks, one every 10 ms, for 2 s.
+    let mut h = Harness::new(1, 10);
+    let [root, _, n2] = chain(&mut h);
+    h.run(100);
+    let m = update(200, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(600_000);
+    assert!(h.completed(n2).is_some(), "n2 completes");
+    assert_eq!(h.nodes[&n2].store.len(), 200);
+    // One `Have` when it connected, then one per pause between announcements (and
+    // the last chunk at once), not one per chunk.
+    let pause = Config::default().announce_interval;
+    let haves = h.nodes[&n2].haves_received;
+    let most = 2 + 2000 / pause + 2;
+    assert!(
+        (2..=most).contains(&haves),
+        "n2 was sent {haves} Haves for 200 chunks (at most {most} expected)"
     );
 }
 

@@ -386,52 +386,93 @@ impl Engine {
         }
     }
 
-    /// Which bytes to send `peer` for chunk `index` of `update`; `direct` asks for no
-    /// redirect. The driver asks for each chunk of a request it accepted
-    /// ([`Engine::may_request`]) before sending anything.
-    pub fn serve(&mut self, peer: &PeerId, update: &Hash, index: u32, direct: bool) -> Served {
-        let Some((hash, len)) = self.chunk(update, index) else {
-            return Served::Missing;
-        };
-        let held = self.updates.get(update).is_some_and(|u| u.have.get(index));
-        if !held {
-            return Served::Missing;
+    /// How to answer `peer`'s request for chunks `span` of `update`: one answer per
+    /// chunk, in order; `direct` asks for no redirect. The driver asks this of a
+    /// request it accepted ([`Engine::may_request`]) before sending anything.
+    pub fn serve(
+        &mut self,
+        peer: &PeerId,
+        update: &Hash,
+        span: std::ops::Range<u32>,
+        direct: bool,
+    ) -> Vec<Served> {
+        /// What the requester may be sent, decided once for the request.
+        enum Asker {
+            /// Nothing of this update.
+            Nobody,
+            /// Whatever is held.
+            Anyone,
+            /// Whatever is held, unless a sibling at its site (named by `members`
+            /// index `me`) was sent it already.
+            AtSite { me: usize, site: Arc<str> },
         }
-        if self.is_connected_sibling(peer) {
-            return if self.is_available_to_sibling(peer, update) {
-                Served::Data { hash, len }
+        let asker = if self.is_connected_sibling(peer) {
+            if self.is_available_to_sibling(peer, update) {
+                Asker::Anyone
             } else {
-                Served::Missing
-            };
-        }
-        if self.children.get(peer) != Some(&true) || !self.is_available_to(peer, update) {
-            return Served::Missing;
-        }
-        let Some(site) = self.sites.site_of.get(peer).cloned() else {
-            return Served::Data { hash, len };
-        };
-        let Some(me) = self.sites.members.iter().position(|m| m == peer) else {
-            return Served::Data { hash, len };
-        };
-        let chunks = self.updates.get(update).map_or(0, |u| u.have.len());
-        let owners = self
-            .sites
-            .owners
-            .entry((site.clone(), *update))
-            .or_insert_with(|| vec![0; chunks as usize]);
-        let owner = owners[index as usize];
-        if !direct && owner != 0 && owner as usize != me + 1 {
-            let holder = self.sites.members[owner as usize - 1];
-            let same_site = self.sites.site_of.get(&holder) == Some(&site);
-            if same_site && self.children.get(&holder) == Some(&true) {
-                self.stats.redirects += 1;
-                return Served::Elsewhere { holder };
+                Asker::Nobody
             }
+        } else if self.children.get(peer) != Some(&true) || !self.is_available_to(peer, update) {
+            Asker::Nobody
+        } else {
+            match (
+                self.sites.site_of.get(peer),
+                self.sites.members.iter().position(|m| m == peer),
+            ) {
+                (Some(site), Some(me)) => Asker::AtSite {
+                    me,
+                    site: site.clone(),
+                },
+                _ => Asker::Anyone,
+            }
+        };
+        let Some(u) = self.updates.get(update) else {
+            return vec![Served::Missing; span.len()];
+        };
+        let mut owners = match &asker {
+            Asker::AtSite { site, .. } => Some(
+                self.sites
+                    .owners
+                    .entry((site.clone(), *update))
+                    .or_insert_with(|| vec![0; u.have.len() as usize]),
+            ),
+            _ => None,
+        };
+        let mut answers = Vec::with_capacity(span.len());
+        for index in span {
+            let chunk = u.chunks.get(index as usize).filter(|_| u.have.get(index));
+            let Some(&(hash, len)) = chunk else {
+                answers.push(Served::Missing);
+                continue;
+            };
+            let answer = match (&asker, owners.as_deref_mut()) {
+                (Asker::Nobody, _) => Served::Missing,
+                (Asker::AtSite { me, site }, Some(owners)) => {
+                    let owner = owners[index as usize];
+                    let holder = (owner != 0 && owner as usize != me + 1)
+                        .then(|| self.sites.members[owner as usize - 1]);
+                    match holder {
+                        Some(holder)
+                            if !direct
+                                && self.sites.site_of.get(&holder) == Some(site)
+                                && self.children.get(&holder) == Some(&true) =>
+                        {
+                            self.stats.redirects += 1;
+                            Served::Elsewhere { holder }
+                        }
+                        _ => {
+                            if owner == 0 || !direct {
+                                owners[index as usize] = *me as u16 + 1;
+                            }
+                            Served::Data { hash, len }
+                        }
+                    }
+                }
+                _ => Served::Data { hash, len },
+            };
+            answers.push(answer);
         }
-        if owner == 0 || !direct {
-            owners[index as usize] = me as u16 + 1;
-        }
-        Served::Data { hash, len }
+        answers
     }
 
     /// Whether `peer` may send this node chunk requests at all: a connected child or a

@@ -157,9 +157,37 @@ pub struct EngineTuning {
     pub window: Option<usize>,
     pub fetch_timeout: Option<u64>,
     pub report_interval: Option<u64>,
+    pub announce_interval: Option<u64>,
+}
+
+/// The rule sets one tier's admins (or the root's) set at one moment: the approvals
+/// of a scenario with the same `at` and `by`, in the order the file lists them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleBatch {
+    pub at: u64,
+    pub by: Option<usize>,
+    /// Indices into the scenario's approvals.
+    pub approvals: Vec<usize>,
 }
 
 impl Scenario {
+    /// The approvals grouped into the batches that set them, in order of first
+    /// appearance.
+    pub fn rule_batches(&self) -> Vec<RuleBatch> {
+        let mut batches: Vec<RuleBatch> = Vec::new();
+        for (i, a) in self.approvals.iter().enumerate() {
+            match batches.iter_mut().find(|b| b.at == a.at && b.by == a.by) {
+                Some(b) => b.approvals.push(i),
+                None => batches.push(RuleBatch {
+                    at: a.at,
+                    by: a.by,
+                    approvals: vec![i],
+                }),
+            }
+        }
+        batches
+    }
+
     /// Nodes below the root in each tier.
     pub fn tier_sizes(&self) -> Vec<u64> {
         let mut n = 1u64;
@@ -344,6 +372,8 @@ struct RawEngine {
     fetch_timeout: Option<Text>,
     #[serde(default)]
     report_interval: Option<Text>,
+    #[serde(default)]
+    announce_interval: Option<Text>,
 }
 
 /// Turns raw values into checked ones, each error placed at its value's line.
@@ -673,6 +703,11 @@ impl Checker<'_> {
                     .report_interval
                     .as_ref()
                     .map(|v| self.duration(v, "report_interval"))
+                    .transpose()?,
+                announce_interval: e
+                    .announce_interval
+                    .as_ref()
+                    .map(|v| self.duration(v, "announce_interval"))
                     .transpose()?,
             },
         };

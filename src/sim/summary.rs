@@ -71,7 +71,9 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn new(sc: &Scenario, tier_start: &[u32]) -> Tally {
+    /// Counts for scenario `sc` with its nodes numbered from `tier_start` and `batches`
+    /// rule batches.
+    pub fn new(sc: &Scenario, tier_start: &[u32], batches: usize) -> Tally {
         let groups: Vec<String> = std::iter::once(crate::rules::ALL.to_string())
             .chain(sc.groups.iter().map(|g| g.name.clone()))
             .collect();
@@ -90,7 +92,7 @@ impl Tally {
             from_siblings: vec![0; n],
             root_egress: 0,
             site_wan: 0,
-            rules: vec![RuleSpread::default(); sc.approvals.len()],
+            rules: vec![RuleSpread::default(); batches],
             rows: Vec::new(),
             peaks: Vec::new(),
             never_online: 0,
@@ -304,9 +306,8 @@ impl Summary {
                 bytes_from_siblings: tally.from_siblings[t],
             })
             .collect();
-        let mut batches: Vec<(Ms, Option<usize>, Vec<String>)> = Vec::new();
-        for a in &sc.approvals {
-            let what = format!(
+        let describe = |a: &super::scenario::Approval| {
+            format!(
                 "{} for {} at {}%{}",
                 sc.updates[a.update].name,
                 a.group,
@@ -315,24 +316,25 @@ impl Summary {
                     ", deadline {}",
                     humantime::format_duration(std::time::Duration::from_millis(d))
                 ))
-            );
-            match batches
-                .iter_mut()
-                .find(|(at, by, _)| *at == a.at && *by == a.by)
-            {
-                Some(b) => b.2.push(what),
-                None => batches.push((a.at, a.by, vec![what])),
-            }
-        }
-        let rules = batches
+            )
+        };
+        let rules = sc
+            .rule_batches()
             .iter()
             .zip(&tally.rules)
-            .map(|((at, by, what), spread)| {
+            .map(|(batch, spread)| {
                 let mut d = spread.delays.clone();
                 d.sort_unstable();
+                let what: Vec<String> = batch
+                    .approvals
+                    .iter()
+                    .map(|&a| describe(&sc.approvals[a]))
+                    .collect();
                 RuleResult {
-                    at_s: secs(*at),
-                    by: by.map_or("root".to_string(), |t| sc.tiers[t].name.clone()),
+                    at_s: secs(batch.at),
+                    by: batch
+                        .by
+                        .map_or("root".to_string(), |t| sc.tiers[t].name.clone()),
                     what: what.join("; "),
                     issuers: spread.issuers,
                     reached: d.len() as u64,

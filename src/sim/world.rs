@@ -13,10 +13,11 @@
 //! contiguous range and its parent is found by arithmetic.
 
 use super::network::{Ms, Network};
-use super::scenario::{ChurnKind, Scenario};
+use super::queue::Calendar;
+use super::scenario::{ChurnKind, RuleBatch, Scenario};
 use super::summary::Tally;
-use crate::content::Hash;
 use crate::content::manifest::{ChunkRef, FileEntry, Manifest};
+use crate::content::{DigestState, Hash};
 use crate::engine::bitmap::Bitmap;
 use crate::engine::{
     ChunkVerdict, Config, Control, Engine, Event, FetchId, Millis, Outcome, Output, PeerId, Role,
@@ -24,8 +25,7 @@ use crate::engine::{
 };
 use crate::rules::{Approval, Halt, Rules, SignedRules};
 use crate::trust::{PublicKey, SecretKey, SignedManifest};
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Virtual time 0 is this Unix time (ms): rules and deadlines are in Unix seconds.
@@ -157,52 +157,15 @@ enum Ev {
     Sample,
 }
 
-/// A scheduled event: its time, its place in the order of scheduling, and its slot in
-/// [`World::events`] (the heap moves these small entries, not the events).
-struct Entry {
-    at: Millis,
-    seq: u64,
-    slot: u32,
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, o: &Entry) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, o: &Entry) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Entry {
-    /// Earliest first in the max-heap; ties in the order scheduled.
-    fn cmp(&self, o: &Entry) -> Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
-}
-
-/// The rule sets one tier's admins (or the root's) set at one moment.
-struct RuleBatch {
-    at: Millis,
-    by: Option<usize>,
-    /// Indices into the scenario's approvals, all with this `at` and `by`.
-    approvals: Vec<usize>,
-}
-
 /// A fleet ready to run.
 pub struct World<'s> {
     sc: &'s Scenario,
     seed: u64,
     now: Millis,
-    seq: u64,
-    queue: BinaryHeap<Entry>,
-    events: Vec<Option<Ev>>,
-    free: Vec<u32>,
+    queue: Calendar<Ev>,
     nodes: Vec<Node>,
     keys: Vec<PublicKey>,
-    index: HashMap<PublicKey, u32, KeyHash>,
+    index: HashMap<PublicKey, u32, DigestState>,
     /// First node of each tier (tier 0 is the root's children); one past the last at
     /// the end.
     tier_start: Vec<u32>,
@@ -220,26 +183,6 @@ pub struct World<'s> {
     finished: bool,
     config: Config,
 }
-
-/// Hashes node keys by their first bytes: they are uniformly random already, and the
-/// index is asked on every message.
-#[derive(Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut b = [0u8; 8];
-        let n = bytes.len().min(8);
-        b[..n].copy_from_slice(&bytes[..n]);
-        self.0 ^= u64::from_le_bytes(b);
-    }
-}
-
-type KeyHash = std::hash::BuildHasherDefault<KeyHasher>;
 
 /// A deterministic value in [0, 1) for a (seed, purpose, node) triple.
 fn draw(seed: u64, purpose: &str, node: u64) -> f64 {
@@ -321,17 +264,7 @@ impl<'s> World<'s> {
             .enumerate()
             .map(|(u, up)| synthetic_update(&root_key, u as u64 + 1, &up.name, up.size, sc.chunk))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut batches: Vec<RuleBatch> = Vec::new();
-        for (i, a) in sc.approvals.iter().enumerate() {
-            match batches.iter_mut().find(|b| b.at == a.at && b.by == a.by) {
-                Some(b) => b.approvals.push(i),
-                None => batches.push(RuleBatch {
-                    at: a.at,
-                    by: a.by,
-                    approvals: vec![i],
-                }),
-            }
-        }
+        let batches = sc.rule_batches();
         let mut config = Config::default();
         if let Some(s) = sc.engine.span {
             config.span = s;
@@ -345,15 +278,15 @@ impl<'s> World<'s> {
         if let Some(t) = sc.engine.report_interval {
             config.report_interval = t;
         }
-        let tally = Tally::new(sc, &tier_start);
+        if let Some(t) = sc.engine.announce_interval {
+            config.announce_interval = t;
+        }
+        let tally = Tally::new(sc, &tier_start, batches.len());
         let mut world = World {
             sc,
             seed,
             now: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
-            events: Vec::new(),
-            free: Vec::new(),
+            queue: Calendar::default(),
             nodes,
             keys,
             index,
@@ -518,22 +451,7 @@ impl<'s> World<'s> {
     }
 
     fn at(&mut self, at: Millis, ev: Ev) {
-        self.seq += 1;
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.events[slot as usize] = Some(ev);
-                slot
-            }
-            None => {
-                self.events.push(Some(ev));
-                (self.events.len() - 1) as u32
-            }
-        };
-        self.queue.push(Entry {
-            at,
-            seq: self.seq,
-            slot,
-        });
+        self.queue.push(at, ev);
     }
 
     fn scripted_at(&mut self, at: Millis, ev: Ev) {
@@ -550,14 +468,10 @@ impl<'s> World<'s> {
     /// Runs until the script is done and nothing has changed for a while, or until the
     /// scenario's time limit. `progress` is told the virtual time as it passes.
     pub fn run(&mut self, progress: &mut dyn FnMut(Millis, &Tally)) {
-        while let Some(Entry { at, slot, .. }) = self.queue.pop() {
+        while let Some((at, ev)) = self.queue.pop() {
             if at > self.sc.until || self.finished {
                 break;
             }
-            let Some(ev) = self.events[slot as usize].take() else {
-                continue;
-            };
-            self.free.push(slot);
             self.now = at;
             if let Ev::Sample = ev {
                 progress(at, &self.tally);
@@ -679,9 +593,10 @@ impl<'s> World<'s> {
                     self.last_change = now;
                 }
                 self.drive(to, |e, now| {
-                    for (index, wire) in chunks {
-                        e.handle_chunk(fetch, index, ChunkVerdict::Stored { wire }, now);
-                    }
+                    let verdicts = chunks
+                        .into_iter()
+                        .map(|(index, wire)| (index, ChunkVerdict::Stored { wire }));
+                    e.handle_chunks(fetch, verdicts, now);
                     if end {
                         e.handle_fetch_end(fetch, now);
                     }
@@ -1077,10 +992,7 @@ impl<'s> World<'s> {
             return;
         };
         let peer = self.keys[client as usize];
-        let mut answers: Vec<(u32, Served)> = Vec::with_capacity(span.len());
-        for index in span {
-            answers.push((index, engine.serve(&peer, &update, index, direct)));
-        }
+        let answers = span.clone().zip(engine.serve(&peer, &update, span, direct));
         let lat = self.latency(server, client);
         let path = self.path(server, client);
         // A node that serves others hears of every chunk as it lands, so that it can

@@ -176,3 +176,47 @@ fn units_mean_what_people_write() {
     assert_eq!(parse_rate("8kbit"), Some(1000.0));
     assert_eq!(parse_rate("fast"), None);
 }
+
+#[test]
+fn engine_tunables_are_read_and_checked() {
+    let text = format!(
+        "{GOOD}\n[engine]\nspan = 8\nwindow = 4\nfetch_timeout = \"90s\"\n\
+         report_interval = \"30s\"\nannounce_interval = \"100ms\"\n"
+    );
+    let sc = Scenario::parse("t.toml", &text).expect("valid");
+    assert_eq!(sc.engine.span, Some(8));
+    assert_eq!(sc.engine.window, Some(4));
+    assert_eq!(sc.engine.fetch_timeout, Some(90_000));
+    assert_eq!(sc.engine.report_interval, Some(30_000));
+    assert_eq!(sc.engine.announce_interval, Some(100));
+    let bad = format!("{GOOD}\n[engine]\nannounce_interval = \"soon\"\n");
+    let err = Scenario::parse("t.toml", &bad).expect_err("refused");
+    let line = line_of_text(&bad, "announce_interval");
+    assert!(
+        err.to_string().contains(&format!("t.toml:{line}:")) && err.to_string().contains("soon"),
+        "{err}"
+    );
+}
+
+#[test]
+fn approvals_are_batched_by_time_and_issuer_in_file_order() {
+    let text = GOOD.replacen(
+        "[[approval]]\nby = \"branch\"",
+        "[[approval]]\nat = \"10m\"\nby = \"branch\"\nupdate = \"os\"\n\n[[approval]]\nby = \"branch\"",
+        1,
+    );
+    let sc = Scenario::parse("t.toml", &text).expect("valid");
+    let batches = sc.rule_batches();
+    let shape: Vec<(u64, Option<usize>, Vec<usize>)> = batches
+        .into_iter()
+        .map(|b| (b.at, b.by, b.approvals))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (0, None, vec![0]),
+            (600_000, Some(0), vec![1]),
+            (0, Some(0), vec![2]),
+        ]
+    );
+}
