@@ -1060,7 +1060,7 @@ impl Engine {
             self.child_moved(&peer);
         }
         if let Some(slot) = self.sibling_slot(&peer) {
-            self.sibling_lost(slot);
+            self.sibling_lost(slot, now);
         }
         // Whatever was asked of that peer is asked again later.
         let lost: Vec<FetchId> = self
@@ -1280,7 +1280,7 @@ impl Engine {
                     if let Some(slot) = sibling {
                         // Asked of the parent next, not of a sibling that sends bad bytes.
                         self.sibling_fetch_failed(&update, std::iter::once(index));
-                        self.strike_sibling(slot);
+                        self.strike_sibling(slot, now);
                     }
                 }
             }
@@ -1326,6 +1326,7 @@ impl Engine {
             *link = ParentLink::Dialing { attempts };
             self.out.push_back(Output::Dial { peer: *parent });
         }
+        self.redial_siblings(now);
         let overdue: Vec<FetchId> = self
             .fetches
             .iter()
@@ -1379,6 +1380,7 @@ impl Engine {
             self.report_due,
             self.announce_due,
             self.next_stall(),
+            self.next_sibling_redial(),
         ]
         .into_iter()
         .flatten()

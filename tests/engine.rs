@@ -1618,13 +1618,12 @@ fn a_sibling_that_sends_bad_bytes_is_banned_and_its_chunks_come_from_the_parent(
     assert!(sent < 3 * 120, "{sent} chunks crossed the uplink");
 }
 
-#[test]
-fn an_unreachable_sibling_costs_bytes_never_completion() {
-    let mut h = Harness::new(1, 10);
+/// A root with `n` leaves at one site, the first two of which cannot reach each other;
+/// the root has sent the site's lists.
+fn site_with_a_cut(h: &mut Harness, n: u8) -> (PeerId, Vec<PeerId>) {
     let root = key(1);
     h.add(root, Role::Root, 1);
-    let leaves: Vec<PeerId> = (2..5).map(key).collect();
-    // Two of them cannot reach each other (a firewall between their LAN ports).
+    let leaves: Vec<PeerId> = (2..2 + n).map(key).collect();
     h.cut.insert(pair(leaves[0], leaves[1]));
     for (i, leaf) in leaves.iter().enumerate() {
         h.add(*leaf, Role::Member { parent: root }, 10 + i as u64);
@@ -1632,6 +1631,15 @@ fn an_unreachable_sibling_costs_bytes_never_completion() {
     }
     h.run(100);
     h.site(root, &leaves, "berlin");
+    h.with(root, |_, _| {});
+    (root, leaves)
+}
+
+#[test]
+fn an_unreachable_sibling_costs_bytes_never_completion() {
+    let mut h = Harness::new(1, 10);
+    // Two of them cannot reach each other (a firewall between their LAN ports).
+    let (root, leaves) = site_with_a_cut(&mut h, 3);
     let m = update(100, &root_secret());
     h.publish_at_root(root, &m);
     h.run(600_000);
@@ -1643,6 +1651,36 @@ fn an_unreachable_sibling_costs_bytes_never_completion() {
     assert!(
         (100..=2 * 100).contains(&sent),
         "{sent} chunks crossed the uplink"
+    );
+}
+
+#[test]
+fn a_sibling_that_could_not_be_reached_at_first_is_dialled_again() {
+    let mut h = Harness::new(1, 10);
+    // Their first dials fail (one of them was not listening yet)...
+    let (root, leaves) = site_with_a_cut(&mut h, 2);
+    h.run(h.now + 2_000);
+    // ...and later it would work: nothing else changes at the site.
+    h.cut.remove(&pair(leaves[0], leaves[1]));
+    h.run(h.now + 60_000);
+    for (leaf, other) in [(leaves[0], leaves[1]), (leaves[1], leaves[0])] {
+        assert!(
+            h.nodes[&leaf]
+                .engine
+                .siblings()
+                .iter()
+                .any(|s| s.peer == other && s.connected),
+            "the siblings never connected"
+        );
+    }
+    let m = update(100, &root_secret());
+    h.publish_at_root(root, &m);
+    h.run(600_000);
+    assert!(leaves.iter().all(|l| holds_all(&h, *l, &m)));
+    let sent = uplink_chunks(&h, root, &leaves);
+    assert!(
+        sent < 2 * 100,
+        "{sent} chunks crossed the uplink: no sibling fetch"
     );
 }
 

@@ -81,7 +81,8 @@ pub(super) enum SiblingState {
     Listed,
     Dialing,
     Connected,
-    /// Disconnected or unreachable; named again by the parent, it is dialled again.
+    /// Disconnected or unreachable. The dialling side dials again after a backoff
+    /// while the parent still lists it, and at once when the parent names it again.
     Gone,
     /// Sent bad bytes too often: never asked or served again in this run.
     Banned,
@@ -94,6 +95,12 @@ pub(super) struct Sibling {
     /// Updates it sent a `Have` of: answered once with everything held.
     heard: HashSet<Hash>,
     pub(super) bytes_from: u64,
+    /// In the parent's latest list of this node's siblings.
+    listed: bool,
+    /// Dials failed or connections lost since it was last connected, and when to dial
+    /// it again (on the dialling side).
+    attempts: u32,
+    retry_at: Option<Millis>,
 }
 
 /// The parent's record of its children's sites and which child of a site was sent
@@ -176,12 +183,21 @@ impl Engine {
     /// The parent's list of this node's connected siblings.
     pub(super) fn handle_siblings(&mut self, peers: Vec<PeerId>, now: Millis) {
         let me = self.me();
+        for s in &mut self.siblings {
+            // One the parent no longer lists has left the site: not dialled again.
+            s.listed = peers.contains(&s.peer);
+            if !s.listed {
+                s.retry_at = None;
+            }
+        }
         for peer in peers.into_iter().filter(|p| *p != me) {
             let Some(slot) = self.sibling_slot_or_add(peer) else {
                 continue;
             };
             let s = &mut self.siblings[slot];
+            s.listed = true;
             if matches!(s.state, SiblingState::Listed | SiblingState::Gone) {
+                s.retry_at = None;
                 // One side dials, so that two siblings make one connection.
                 if me < peer {
                     s.state = SiblingState::Dialing;
@@ -204,8 +220,11 @@ impl Engine {
         if self.siblings[slot].state == SiblingState::Banned {
             return false;
         }
-        self.siblings[slot].state = SiblingState::Connected;
-        self.siblings[slot].heard.clear();
+        let s = &mut self.siblings[slot];
+        s.state = SiblingState::Connected;
+        s.heard.clear();
+        s.attempts = 0;
+        s.retry_at = None;
         // What this node holds of everything it took up; the sibling answers with its own.
         let stored: Vec<Hash> = self
             .order
@@ -238,6 +257,9 @@ impl Engine {
             strikes: 0,
             heard: HashSet::new(),
             bytes_from: 0,
+            listed: false,
+            attempts: 0,
+            retry_at: None,
         });
         Some(self.siblings.len() - 1)
     }
@@ -294,11 +316,18 @@ impl Engine {
             .collect()
     }
 
-    /// A sibling's connection ended, or a dial to it failed.
-    pub(super) fn sibling_lost(&mut self, slot: usize) {
+    /// A sibling's connection ended, or a dial to it failed: the dialling side tries
+    /// again after a backoff while the parent lists it (a sibling that restarts, or
+    /// whose listener was not up yet, is reached again).
+    pub(super) fn sibling_lost(&mut self, slot: usize, now: Millis) {
+        let me = self.me();
         let s = &mut self.siblings[slot];
         if s.state != SiblingState::Banned {
             s.state = SiblingState::Gone;
+            if s.listed && me < s.peer {
+                s.retry_at = Some(now + super::backoff(&self.config, s.attempts, &mut self.rng));
+                s.attempts = s.attempts.saturating_add(1);
+            }
         }
         let mark = slot as u8 + 1;
         for u in self.updates.values_mut() {
@@ -310,6 +339,22 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Dials siblings whose backoff has passed.
+    pub(super) fn redial_siblings(&mut self, now: Millis) {
+        for s in &mut self.siblings {
+            if s.state == SiblingState::Gone && s.retry_at.is_some_and(|t| t <= now) {
+                s.retry_at = None;
+                s.state = SiblingState::Dialing;
+                self.out.push_back(Output::Dial { peer: s.peer });
+            }
+        }
+    }
+
+    /// When a sibling is to be dialled again next.
+    pub(super) fn next_sibling_redial(&self) -> Option<Millis> {
+        self.siblings.iter().filter_map(|s| s.retry_at).min()
     }
 
     /// A `Have` from a sibling: it holds these chunks and serves them.
@@ -493,7 +538,7 @@ impl Engine {
     }
 
     /// A bad chunk from a sibling: struck, and banned after [`MAX_STRIKES`].
-    pub(super) fn strike_sibling(&mut self, slot: usize) {
+    pub(super) fn strike_sibling(&mut self, slot: usize, now: Millis) {
         let s = &mut self.siblings[slot];
         s.strikes = s.strikes.saturating_add(1);
         if s.strikes >= MAX_STRIKES && s.state != SiblingState::Banned {
@@ -508,7 +553,7 @@ impl Engine {
                 peer,
                 reason: "a sibling that sends bad chunks".into(),
             });
-            self.sibling_lost(slot);
+            self.sibling_lost(slot, now);
         }
     }
 
