@@ -1049,6 +1049,8 @@ impl Rollup {
         rules
             .approvals
             .iter()
+            // Counting costs a pass over the children: only for a threshold that can halt.
+            .filter(|(_, approval)| approval.halt.is_some() && approval.halted.is_none())
             .filter_map(|(key, approval)| {
                 let outcomes =
                     self.outcomes(&rules.groups, &key.update, &key.group, approval.subtree);

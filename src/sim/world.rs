@@ -58,8 +58,8 @@ impl Store {
 }
 
 struct Node {
-    engine: Option<Engine>,
-    tier: u8,
+    /// Boxed: an engine is moved out and back for every event it handles.
+    engine: Option<Box<Engine>>,
     online: bool,
     /// The connection to the parent: its epoch, 0 when there is none.
     up_conn: u64,
@@ -229,7 +229,7 @@ impl<'s> World<'s> {
         // The root.
         let root_down = net.add(sc.root_up) as u32;
         let root_up = net.add(sc.root_up) as u32;
-        nodes.push(Node::new(0, 0, root_down, root_up, sc.updates.len()));
+        nodes.push(Node::new(0, root_down, root_up, sc.updates.len()));
         let mut site_links: HashMap<u64, u32> = HashMap::new();
         for i in 1..total {
             let tier = tier_start
@@ -241,7 +241,7 @@ impl<'s> World<'s> {
             let latency = (t.latency as f64 + jitter).round().max(0.0) as u32;
             let down = net.add(vary(t.down, t.spread, i, "down")) as u32;
             let up = net.add(vary(t.up, t.spread, i, "up")) as u32;
-            let mut node = Node::new(tier as u8, latency, down, up, sc.updates.len());
+            let mut node = Node::new(latency, down, up, sc.updates.len());
             if let Some(site) = &t.site
                 && let Some(link) = &site.link
             {
@@ -375,9 +375,17 @@ impl<'s> World<'s> {
         self.tier_start[tier]..self.tier_start[tier + 1]
     }
 
+    /// The tier of node `i` (0 for the root as for the first tier below it), from the
+    /// numbering alone: the hot paths ask it without touching the node.
+    fn tier_of(&self, i: u32) -> usize {
+        self.tier_start
+            .partition_point(|s| *s <= i)
+            .saturating_sub(1)
+    }
+
     /// The parent of node `i` (not the root).
     fn parent_of(&self, i: u32) -> u32 {
-        let tier = self.nodes[i as usize].tier as usize;
+        let tier = self.tier_of(i);
         if tier == 0 {
             return 0;
         }
@@ -387,11 +395,7 @@ impl<'s> World<'s> {
 
     /// The children of node `i`.
     fn children_of(&self, i: u32) -> std::ops::Range<u32> {
-        let tier = if i == 0 {
-            None
-        } else {
-            Some(self.nodes[i as usize].tier as usize)
-        };
+        let tier = if i == 0 { None } else { Some(self.tier_of(i)) };
         let child_tier = tier.map_or(0, |t| t + 1);
         if child_tier >= self.sc.tiers.len() {
             return 0..0;
@@ -404,7 +408,7 @@ impl<'s> World<'s> {
     }
 
     fn is_leaf(&self, i: u32) -> bool {
-        i != 0 && self.nodes[i as usize].tier as usize + 1 == self.sc.tiers.len()
+        i != 0 && self.tier_of(i) + 1 == self.sc.tiers.len()
     }
 
     /// The site of node `i` within its tier, if its tier has sites.
@@ -412,7 +416,7 @@ impl<'s> World<'s> {
         if i == 0 {
             return None;
         }
-        let tier = self.nodes[i as usize].tier as usize;
+        let tier = self.tier_of(i);
         let site = self.sc.tiers[tier].site.as_ref()?;
         Some((tier, (i - self.tier_start[tier]) / site.size))
     }
@@ -502,7 +506,7 @@ impl<'s> World<'s> {
         let mut sites = std::collections::BTreeSet::new();
         for i in 1..self.nodes.len() {
             let node = &self.nodes[i];
-            let name = &self.sc.tiers[node.tier as usize].name;
+            let name = &self.sc.tiers[self.tier_of(i as u32)].name;
             let down = self.net.queue(node.down as usize).peak();
             let up = self.net.queue(node.up as usize).peak();
             self.tally.note_peak(format!("{name} down"), down);
@@ -578,7 +582,7 @@ impl<'s> World<'s> {
                     return;
                 }
                 let sibling = self.same_site(to, from);
-                let tier = self.nodes[to as usize].tier as usize;
+                let tier = self.tier_of(to);
                 if let Some((_, have)) = self.nodes[to as usize].store.update(&update) {
                     for (index, _) in &chunks {
                         have.set(*index);
@@ -649,7 +653,7 @@ impl<'s> World<'s> {
                 }
                 if n.engine
                     .as_ref()
-                    .and_then(Engine::poll_timeout)
+                    .and_then(|e| e.poll_timeout())
                     .is_some_and(|t| t <= now)
                 {
                     self.drive(node, |e, now| e.handle_timeout(now));
@@ -782,7 +786,7 @@ impl<'s> World<'s> {
             }
         }
         self.nodes[i as usize].store = store;
-        self.nodes[i as usize].engine = Some(engine);
+        self.nodes[i as usize].engine = Some(Box::new(engine));
         self.drive(i, |e, now| e.handle_timeout(now));
     }
 
@@ -877,7 +881,7 @@ impl<'s> World<'s> {
         rules.issued = secs;
         for g in &self.sc.groups {
             let children = self.children_of(issuer);
-            if children.is_empty() || self.nodes[children.start as usize].tier as usize != g.tier {
+            if children.is_empty() || self.tier_of(children.start) != g.tier {
                 continue;
             }
             let _ = rules.create_group(&g.name);
@@ -969,7 +973,7 @@ impl<'s> World<'s> {
 
     /// The ancestor of leaf `i` in `tier` (itself for the leaf tier).
     pub(super) fn ancestor_in(&self, mut i: u32, tier: usize) -> u32 {
-        while i != 0 && self.nodes[i as usize].tier as usize > tier {
+        while i != 0 && self.tier_of(i) > tier {
             i = self.parent_of(i);
         }
         i
@@ -1279,10 +1283,9 @@ impl<'s> World<'s> {
 }
 
 impl Node {
-    fn new(tier: u8, latency: u32, down: u32, up: u32, updates: usize) -> Node {
+    fn new(latency: u32, down: u32, up: u32, updates: usize) -> Node {
         Node {
             engine: None,
-            tier,
             online: false,
             up_conn: 0,
             siblings: Vec::new(),
