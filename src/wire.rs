@@ -79,10 +79,33 @@ where
     })?;
     // Re-encoding is the canonical check: it also rejects trailing bytes, unknown
     // fields, non-shortest integers and indefinite lengths in one comparison.
-    if encode(&value) != bytes {
+    if !encodes_to(&value, bytes) {
         return Err(WireError::NonCanonical { what });
     }
     Ok(value)
+}
+
+/// Whether `value` encodes to exactly `bytes`: compared as it is encoded, without
+/// keeping a copy, and given up at the first byte that differs.
+fn encodes_to<T: Serialize>(value: &T, bytes: &[u8]) -> bool {
+    /// Checks what is written to it against the rest of the expected bytes.
+    struct Compare<'a>(&'a [u8]);
+    impl std::io::Write for Compare<'_> {
+        fn write(&mut self, written: &[u8]) -> std::io::Result<usize> {
+            match self.0.strip_prefix(written) {
+                Some(rest) => {
+                    self.0 = rest;
+                    Ok(written.len())
+                }
+                None => Err(std::io::ErrorKind::InvalidData.into()),
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut rest = Compare(bytes);
+    cbor4ii::serde::to_writer(&mut rest, value).is_ok() && rest.0.is_empty()
 }
 
 fn short_reason(e: &dyn std::fmt::Debug) -> String {
@@ -176,6 +199,18 @@ mod tests {
         let bytes = encode(&sample());
         let err = decode_canonical::<Sample>(&bytes, bytes.len() - 1, "sample").unwrap_err();
         assert!(matches!(err, WireError::TooLarge { .. }));
+    }
+
+    #[test]
+    fn the_canonical_check_wants_every_byte_and_no_more() {
+        let bytes = encode(&sample());
+        assert!(encodes_to(&sample(), &bytes));
+        assert!(!encodes_to(&sample(), &[&bytes[..], &[0]].concat()));
+        assert!(!encodes_to(&sample(), &bytes[..bytes.len() - 1]));
+        let mut other = bytes.clone();
+        let last = other.len() - 1;
+        other[last] ^= 1;
+        assert!(!encodes_to(&sample(), &other));
     }
 
     #[test]

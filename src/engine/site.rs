@@ -710,11 +710,11 @@ impl Engine {
             .map(|s| (&s.elsewhere, &s.direct))
     }
 
-    /// A sibling's fetch delivered a chunk.
-    pub(super) fn count_from_sibling(&mut self, slot: usize, len: u64) {
-        self.siblings[slot].bytes_from += len;
-        self.stats.chunks_from_siblings += 1;
-        self.stats.bytes_from_siblings += len;
+    /// A sibling's fetch delivered `chunks` new chunks of `bytes` in all.
+    pub(super) fn count_from_sibling(&mut self, slot: usize, chunks: u64, bytes: u64) {
+        self.siblings[slot].bytes_from += bytes;
+        self.stats.chunks_from_siblings += chunks;
+        self.stats.bytes_from_siblings += bytes;
     }
 
     /// Forgets a child's claim on chunks (it was revoked).

@@ -157,6 +157,8 @@ pub struct EngineTuning {
     pub window: Option<usize>,
     pub fetch_timeout: Option<u64>,
     pub report_interval: Option<u64>,
+    /// Bytes per second.
+    pub report_rate: Option<u64>,
     pub announce_interval: Option<u64>,
 }
 
@@ -372,6 +374,8 @@ struct RawEngine {
     fetch_timeout: Option<Text>,
     #[serde(default)]
     report_interval: Option<Text>,
+    #[serde(default)]
+    report_rate: Option<Text>,
     #[serde(default)]
     announce_interval: Option<Text>,
 }
@@ -704,6 +708,12 @@ impl Checker<'_> {
                     .as_ref()
                     .map(|v| self.duration(v, "report_interval"))
                     .transpose()?,
+                report_rate: e
+                    .report_rate
+                    .as_ref()
+                    .map(|v| self.rate(v, "report_rate"))
+                    .transpose()?
+                    .map(|r| (r.round() as u64).max(1)),
                 announce_interval: e
                     .announce_interval
                     .as_ref()

@@ -165,6 +165,8 @@ pub struct World<'s> {
     queue: Calendar<Ev>,
     nodes: Vec<Node>,
     keys: Vec<PublicKey>,
+    /// Each node's key, made once: deriving one costs a scalar multiplication.
+    secrets: Vec<SecretKey>,
     index: HashMap<PublicKey, u32, DigestState>,
     /// First node of each tier (tier 0 is the root's children); one past the last at
     /// the end.
@@ -203,6 +205,21 @@ fn secret(seed: u64, node: u32) -> SecretKey {
     SecretKey::from_seed(*h.finalize().as_bytes())
 }
 
+/// The keys of nodes `0..total`, derived on two threads (the same keys either way).
+fn node_secrets(seed: u64, total: u32) -> Vec<SecretKey> {
+    let half = total / 2;
+    std::thread::scope(|s| {
+        let upper = s.spawn(|| (half..total).map(|i| secret(seed, i)).collect::<Vec<_>>());
+        let mut keys: Vec<SecretKey> = (0..half).map(|i| secret(seed, i)).collect();
+        match upper.join() {
+            Ok(rest) => keys.extend(rest),
+            // Deriving a key cannot panic; should it, the work is simply redone here.
+            Err(_) => keys.extend((half..total).map(|i| secret(seed, i))),
+        }
+        keys
+    })
+}
+
 impl<'s> World<'s> {
     /// Builds the tree, its links and its script.
     pub fn new(sc: &'s Scenario, seed: u64) -> Result<World<'s>, crate::trust::TrustError> {
@@ -213,9 +230,8 @@ impl<'s> World<'s> {
             tier_start.push(last + *s as u32);
         }
         let total = *tier_start.last().unwrap_or(&1) as usize;
-        let keys: Vec<PublicKey> = (0..total as u32)
-            .map(|i| secret(seed, i).public())
-            .collect();
+        let secrets = node_secrets(seed, total as u32);
+        let keys: Vec<PublicKey> = secrets.iter().map(SecretKey::public).collect();
         let index = keys
             .iter()
             .enumerate()
@@ -257,7 +273,7 @@ impl<'s> World<'s> {
             }
             nodes.push(node);
         }
-        let root_key = secret(seed, 0);
+        let root_key = secrets[0].clone();
         let manifests = sc
             .updates
             .iter()
@@ -278,6 +294,9 @@ impl<'s> World<'s> {
         if let Some(t) = sc.engine.report_interval {
             config.report_interval = t;
         }
+        if let Some(r) = sc.engine.report_rate {
+            config.report_rate = r;
+        }
         if let Some(t) = sc.engine.announce_interval {
             config.announce_interval = t;
         }
@@ -289,6 +308,7 @@ impl<'s> World<'s> {
             queue: Calendar::default(),
             nodes,
             keys,
+            secrets,
             index,
             tier_start,
             net,
@@ -738,7 +758,7 @@ impl<'s> World<'s> {
         let mut engine = Engine::new(
             role,
             self.root_key.public(),
-            secret(self.seed, i),
+            self.secrets[i as usize].clone(),
             path,
             config,
             self.seed ^ u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15),
@@ -922,7 +942,7 @@ impl<'s> World<'s> {
         }
         let version = engine.rules().next_version(&me);
         match SignedRules::sign(
-            &secret(self.seed, issuer),
+            &self.secrets[issuer as usize],
             version,
             secs + RULES_LIFETIME,
             rules,

@@ -181,21 +181,24 @@ fn units_mean_what_people_write() {
 fn engine_tunables_are_read_and_checked() {
     let text = format!(
         "{GOOD}\n[engine]\nspan = 8\nwindow = 4\nfetch_timeout = \"90s\"\n\
-         report_interval = \"30s\"\nannounce_interval = \"100ms\"\n"
+         report_interval = \"30s\"\nreport_rate = \"256kbit\"\nannounce_interval = \"100ms\"\n"
     );
     let sc = Scenario::parse("t.toml", &text).expect("valid");
     assert_eq!(sc.engine.span, Some(8));
     assert_eq!(sc.engine.window, Some(4));
     assert_eq!(sc.engine.fetch_timeout, Some(90_000));
     assert_eq!(sc.engine.report_interval, Some(30_000));
+    assert_eq!(sc.engine.report_rate, Some(32_000));
     assert_eq!(sc.engine.announce_interval, Some(100));
-    let bad = format!("{GOOD}\n[engine]\nannounce_interval = \"soon\"\n");
-    let err = Scenario::parse("t.toml", &bad).expect_err("refused");
-    let line = line_of_text(&bad, "announce_interval");
-    assert!(
-        err.to_string().contains(&format!("t.toml:{line}:")) && err.to_string().contains("soon"),
-        "{err}"
-    );
+    for (key, value) in [("announce_interval", "soon"), ("report_rate", "0kbit")] {
+        let bad = format!("{GOOD}\n[engine]\n{key} = \"{value}\"\n");
+        let err = Scenario::parse("t.toml", &bad).expect_err("refused");
+        let line = line_of_text(&bad, key);
+        assert!(
+            err.to_string().contains(&format!("t.toml:{line}:")) && err.to_string().contains(value),
+            "{err}"
+        );
+    }
 }
 
 #[test]
