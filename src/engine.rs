@@ -1187,9 +1187,9 @@ impl Engine {
         }
         let mut changed = false;
         for bytes in sets {
-            let applied = SignedRules::open(bytes, &self.path, now / 1000).and_then(|r| {
+            let applied = SignedRules::open_shared(bytes, &self.path, now / 1000).and_then(|r| {
                 let issuer = r.issuer();
-                self.book.apply(r).map(|new| new.then_some(issuer))
+                self.book.apply_shared(r).map(|new| new.then_some(issuer))
             });
             match applied {
                 Ok(Some(issuer)) => {

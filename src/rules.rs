@@ -22,10 +22,11 @@ pub use wave::{BadWave, HaltReason, Outcomes, bucket, in_wave, parse_wave, shoul
 use crate::content::Hash;
 use crate::content::names::{NameError, check_name};
 use crate::trust::member::Membership;
-use crate::trust::{Envelope, PublicKey, SecretKey, TrustError};
+use crate::trust::{Envelope, PublicKey, SecretKey, TrustError, memo};
 use crate::wire::{self, WireError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Domain-separation tag of rule sets.
 pub const TAG_RULES: &str = "arbor/rules/v1";
@@ -479,6 +480,39 @@ impl SignedRules {
         open_inner(bytes, ancestors, Some(now))
     }
 
+    /// [`SignedRules::open`], sharing the result with every other opener of the very
+    /// same bytes when the verification memo is on ([`crate::trust::memo`]). What the
+    /// bytes alone decide (encoding, tag, signature, body) was checked when they were
+    /// first opened; what depends on the receiver (a signer on its path, the expiry at
+    /// `now`) is checked on every open, in the same order, so the verdict is the same.
+    pub fn open_shared(
+        bytes: &[u8],
+        path: &[PublicKey],
+        now: u64,
+    ) -> Result<Arc<SignedRules>, RulesError> {
+        if !memo::enabled() {
+            return SignedRules::open(bytes, path, now).map(Arc::new);
+        }
+        let id = Hash::of(bytes);
+        let Some(known) = memo::opened::<SignedRules>(&id) else {
+            let opened = Arc::new(SignedRules::open(bytes, path, now)?);
+            memo::remember_opened(id, opened.clone());
+            return Ok(opened);
+        };
+        let ancestors = path.split_last().map_or(&[][..], |(_, a)| a);
+        let signer = known.issuer();
+        if !ancestors.contains(&signer) {
+            return Err(RulesError::WrongSigner { signer });
+        }
+        if known.expires <= now {
+            return Err(RulesError::Expired {
+                expires: known.expires,
+                now,
+            });
+        }
+        Ok(known)
+    }
+
     /// The node that set these rules.
     pub fn issuer(&self) -> PublicKey {
         self.rules.issuer
@@ -638,7 +672,8 @@ impl Availability {
 /// the newest version of each issuer directly; intermediate versions are not needed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuleBook {
-    held: BTreeMap<PublicKey, SignedRules>,
+    /// Shared: in the simulator every engine below an issuer holds the same set.
+    held: BTreeMap<PublicKey, Arc<SignedRules>>,
 }
 
 impl RuleBook {
@@ -651,6 +686,12 @@ impl RuleBook {
     /// changes). `Err(Rollback)`: an older version, or another rule set with the version
     /// held.
     pub fn apply(&mut self, rules: SignedRules) -> Result<bool, RulesError> {
+        self.apply_shared(Arc::new(rules))
+    }
+
+    /// [`RuleBook::apply`] for a rule set shared with others
+    /// ([`SignedRules::open_shared`]).
+    pub fn apply_shared(&mut self, rules: Arc<SignedRules>) -> Result<bool, RulesError> {
         let issuer = rules.issuer();
         if let Some(held) = self.held.get(&issuer) {
             if held.bytes == rules.bytes {
@@ -688,7 +729,7 @@ impl RuleBook {
 
     /// The rule set held from `issuer`, live or not.
     pub fn get(&self, issuer: &PublicKey) -> Option<&SignedRules> {
-        self.held.get(issuer)
+        self.held.get(issuer).map(|r| &**r)
     }
 
     /// The version held from `issuer`: what the store persists as its high-water mark.
@@ -713,6 +754,7 @@ impl RuleBook {
         path.iter()
             .filter_map(|n| self.held.get(n))
             .filter(|r| r.is_live(now))
+            .map(|r| &**r)
             .collect()
     }
 

@@ -736,3 +736,41 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn shared_rule_sets_are_opened_once_and_judged_as_ever() {
+    crate::trust::memo::enable();
+    let good = approve_all(2, 1, &[7], false);
+    let child = path_to(1);
+    let first = SignedRules::open_shared(&good.bytes, &child, T0).expect("opens");
+    let second = SignedRules::open_shared(&good.bytes, &child, T0).expect("opens");
+    assert!(Arc::ptr_eq(&first, &second), "opened once, shared");
+    assert_eq!(
+        *first,
+        SignedRules::open(&good.bytes, &child, T0).expect("opens")
+    );
+    // What depends on the receiver is judged again on every open, as by `open`.
+    for (path, now) in [
+        (path_to(0), T0),
+        (vec![pk(9), pk(8)], T0),
+        (child, T0 + DAY),
+    ] {
+        assert_eq!(
+            SignedRules::open_shared(&good.bytes, &path, now).map(|r| (*r).clone()),
+            SignedRules::open(&good.bytes, &path, now),
+            "path {path:?} at {now}"
+        );
+        assert!(SignedRules::open(&good.bytes, &path, now).is_err());
+    }
+    // Bytes that fail are never remembered as good.
+    let mut forged = good.bytes.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    for _ in 0..2 {
+        assert!(SignedRules::open_shared(&forged, &path_to(1), T0).is_err());
+    }
+    // A shared set is applied like any other.
+    let mut book = RuleBook::new();
+    assert_eq!(book.apply_shared(first), Ok(true));
+    assert_eq!(book.apply_shared(second), Ok(false));
+}

@@ -5,14 +5,15 @@
 //! verification, and the same parse of a manifest of thousands of chunks, a hundred
 //! thousand times over. With the memo on, a signature checked once (or made here) is
 //! known good by its exact bytes (signer, signature and signed bytes, hashed), and a
-//! manifest opened
-//! once is shared by every engine that opens the very same bytes. Every other check
+//! manifest or rule set opened once is shared by every engine that opens the very
+//! same bytes (one copy in memory, not one per engine). Every other check
 //! (tag, signer, expiry, canonical encoding of the envelope) still runs on every open,
 //! so the memo changes the cost of verification, never its verdict. A daemon runs one
 //! engine and leaves it off.
 
 use super::{PublicKey, SignedManifest};
 use crate::content::Hash;
+use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,6 +23,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 const MAX_SIGNATURES: usize = 1 << 20;
 /// Past this many remembered manifests the memo starts over.
 const MAX_MANIFESTS: usize = 4096;
+/// Past this many other opened objects (rule sets) the memo starts over.
+const MAX_OPENED: usize = 1 << 16;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
@@ -33,6 +36,8 @@ type Opened = (PublicKey, Option<u64>, Arc<SignedManifest>);
 struct Memo {
     signatures: Mutex<HashSet<[u8; 32]>>,
     manifests: Mutex<HashMap<Hash, Opened>>,
+    /// Other objects opened from bytes (blake3 of the bytes), of whatever type.
+    opened: Mutex<HashMap<Hash, Arc<dyn Any + Send + Sync>>>,
 }
 
 fn memo() -> &'static Memo {
@@ -45,7 +50,7 @@ pub fn enable() {
     ENABLED.store(true, Ordering::Relaxed);
 }
 
-pub(super) fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
@@ -88,6 +93,22 @@ pub(super) fn remember_manifest(
             map.clear();
         }
         map.insert(manifest.id, (root, expires, manifest));
+    }
+}
+
+/// The object of type `T` opened earlier from the bytes with blake3 `id`, if any.
+pub(crate) fn opened<T: Any + Send + Sync>(id: &Hash) -> Option<Arc<T>> {
+    let map = memo().opened.lock().ok()?;
+    map.get(id)?.clone().downcast::<T>().ok()
+}
+
+/// Remembers `object`, opened from the bytes with blake3 `id`, for the next opener.
+pub(crate) fn remember_opened<T: Any + Send + Sync>(id: Hash, object: Arc<T>) {
+    if let Ok(mut map) = memo().opened.lock() {
+        if map.len() >= MAX_OPENED {
+            map.clear();
+        }
+        map.insert(id, object);
     }
 }
 
