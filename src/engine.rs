@@ -81,8 +81,8 @@ pub struct Config {
     pub report_interval: Millis,
     /// Bytes per second of reports a node may send up on average: reports carrying
     /// much detail are spaced further apart, so that they never crowd a slow link
-    /// (16 KiB/s is 1.3% of a 10 Mbit/s link; a branch's 10 KB report of 100 clients
-    /// goes up at most every 0.6 s, a region's 2,048-node detail every 12 s or so).
+    /// (16 KiB/s is 1.3% of a 10 Mbit/s link; a 10 KB report goes up at most every
+    /// 0.6 s, a 200 KB one every 12 s).
     pub report_rate: u64,
     /// The least time between two announcements of newly stored chunks to children
     /// and siblings: chunks stored in a burst go out in one `Have` (the first after a

@@ -322,6 +322,14 @@ impl Envelope {
     }
 }
 
+/// A manifest opened once, as the [`memo`] keeps it: the root key it was checked
+/// against, its envelope's expiry and the shared result.
+struct OpenedManifest {
+    root: PublicKey,
+    expires: Option<u64>,
+    manifest: Arc<SignedManifest>,
+}
+
 /// A manifest whose root signature and invariants have been checked, with its update id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedManifest {
@@ -383,15 +391,22 @@ impl SignedManifest {
             return Self::open(bytes, root, now).map(Arc::new);
         }
         let id = Hash::of(bytes);
-        if let Some((expires, manifest)) = memo::manifest(&id, root) {
-            return match expires {
+        if let Some(known) = memo::opened::<OpenedManifest>(&id)
+            && known.root == *root
+        {
+            return match known.expires {
                 Some(expires) if expires <= now => Err(TrustError::Expired { expires, now }),
-                _ => Ok(manifest),
+                _ => Ok(known.manifest.clone()),
             };
         }
         let (expires, manifest) = Self::open_envelope(bytes, root, now)?;
         let manifest = Arc::new(manifest);
-        memo::remember_manifest(*root, expires, manifest.clone());
+        let known = OpenedManifest {
+            root: *root,
+            expires,
+            manifest: manifest.clone(),
+        };
+        memo::remember_opened(id, Arc::new(known));
         Ok(manifest)
     }
 

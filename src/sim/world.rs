@@ -205,17 +205,23 @@ fn secret(seed: u64, node: u32) -> SecretKey {
     SecretKey::from_seed(*h.finalize().as_bytes())
 }
 
+/// The tier of node `i` given the first node of each tier (0 for the root as for the
+/// first tier below it).
+fn tier_of(tier_start: &[u32], i: u32) -> usize {
+    tier_start.partition_point(|s| *s <= i).saturating_sub(1)
+}
+
 /// The keys of nodes `0..total`, derived on two threads (the same keys either way).
 fn node_secrets(seed: u64, total: u32) -> Vec<SecretKey> {
     let half = total / 2;
     std::thread::scope(|s| {
         let upper = s.spawn(|| (half..total).map(|i| secret(seed, i)).collect::<Vec<_>>());
         let mut keys: Vec<SecretKey> = (0..half).map(|i| secret(seed, i)).collect();
-        match upper.join() {
-            Ok(rest) => keys.extend(rest),
-            // Deriving a key cannot panic; should it, the work is simply redone here.
-            Err(_) => keys.extend((half..total).map(|i| secret(seed, i))),
-        }
+        keys.extend(
+            upper
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        );
         keys
     })
 }
@@ -248,10 +254,7 @@ impl<'s> World<'s> {
         nodes.push(Node::new(0, root_down, root_up, sc.updates.len()));
         let mut site_links: HashMap<u64, u32> = HashMap::new();
         for i in 1..total {
-            let tier = tier_start
-                .iter()
-                .rposition(|s| *s as usize <= i)
-                .unwrap_or(0);
+            let tier = tier_of(&tier_start, i as u32);
             let t = &sc.tiers[tier];
             let jitter = t.jitter as f64 * (2.0 * draw(seed, "latency", i as u64) - 1.0);
             let latency = (t.latency as f64 + jitter).round().max(0.0) as u32;
@@ -398,9 +401,7 @@ impl<'s> World<'s> {
     /// The tier of node `i` (0 for the root as for the first tier below it), from the
     /// numbering alone: the hot paths ask it without touching the node.
     fn tier_of(&self, i: u32) -> usize {
-        self.tier_start
-            .partition_point(|s| *s <= i)
-            .saturating_sub(1)
+        tier_of(&self.tier_start, i)
     }
 
     /// The parent of node `i` (not the root).

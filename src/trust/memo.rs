@@ -11,7 +11,7 @@
 //! so the memo changes the cost of verification, never its verdict. A daemon runs one
 //! engine and leaves it off.
 
-use super::{PublicKey, SignedManifest};
+use super::PublicKey;
 use crate::content::Hash;
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -21,22 +21,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// Past this many remembered signatures the memo starts over, so that unique objects
 /// (reports) cannot grow it without bound.
 const MAX_SIGNATURES: usize = 1 << 20;
-/// Past this many remembered manifests the memo starts over.
-const MAX_MANIFESTS: usize = 4096;
-/// Past this many other opened objects (rule sets) the memo starts over.
+/// Past this many opened objects (manifests and rule sets) the memo starts over. A
+/// fleet has a few manifests and a few rule sets per issuer.
 const MAX_OPENED: usize = 1 << 16;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
-/// A manifest opened once: the root key it was checked against, its envelope's expiry
-/// and the shared result.
-type Opened = (PublicKey, Option<u64>, Arc<SignedManifest>);
-
 #[derive(Default)]
 struct Memo {
     signatures: Mutex<HashSet<[u8; 32]>>,
-    manifests: Mutex<HashMap<Hash, Opened>>,
-    /// Other objects opened from bytes (blake3 of the bytes), of whatever type.
+    /// Objects opened from bytes (by blake3 of the bytes), of whatever type.
     opened: Mutex<HashMap<Hash, Arc<dyn Any + Send + Sync>>>,
 }
 
@@ -76,26 +70,6 @@ pub(super) fn remember_signature(key: [u8; 32]) {
     }
 }
 
-/// The manifest opened earlier from bytes with this id against `root`, and its expiry.
-pub(super) fn manifest(id: &Hash, root: &PublicKey) -> Option<(Option<u64>, Arc<SignedManifest>)> {
-    let map = memo().manifests.lock().ok()?;
-    let (key, expires, manifest) = map.get(id)?;
-    (key == root).then(|| (*expires, manifest.clone()))
-}
-
-pub(super) fn remember_manifest(
-    root: PublicKey,
-    expires: Option<u64>,
-    manifest: Arc<SignedManifest>,
-) {
-    if let Ok(mut map) = memo().manifests.lock() {
-        if map.len() >= MAX_MANIFESTS {
-            map.clear();
-        }
-        map.insert(manifest.id, (root, expires, manifest));
-    }
-}
-
 /// The object of type `T` opened earlier from the bytes with blake3 `id`, if any.
 pub(crate) fn opened<T: Any + Send + Sync>(id: &Hash) -> Option<Arc<T>> {
     let map = memo().opened.lock().ok()?;
@@ -114,7 +88,7 @@ pub(crate) fn remember_opened<T: Any + Send + Sync>(id: Hash, object: Arc<T>) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Envelope, SecretKey, TAG_MANIFEST, TrustError};
+    use super::super::{Envelope, SecretKey, SignedManifest, TAG_MANIFEST, TrustError};
     use super::*;
     use crate::content::manifest::tests::two_files;
     use crate::wire;
