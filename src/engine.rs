@@ -553,13 +553,7 @@ impl Engine {
 
     /// Offers a taken-up update to every connected child it is available to.
     fn offer_to_children(&mut self, id: Hash) {
-        let children: Vec<PeerId> = self
-            .children
-            .iter()
-            .filter(|(c, connected)| **connected && self.is_available_to(c, &id))
-            .map(|(c, _)| *c)
-            .collect();
-        for child in children {
+        for child in self.connected_children_with(&id) {
             self.offer(child, id);
         }
     }
@@ -592,6 +586,28 @@ impl Engine {
                 .child_avail
                 .get(child)
                 .is_some_and(|a| a.is_available(update))
+    }
+
+    /// The connected children `update` is available to, in key order. `children` and
+    /// `child_avail` are walked side by side, as they are ordered alike, rather than
+    /// searched once per child: a branch node asks this at every announcement, of
+    /// every child (4% of the CPU time of `simulations/fleet-100k.toml`).
+    fn connected_children_with(&self, update: &Hash) -> Vec<PeerId> {
+        if !self.updates.get(update).is_some_and(|u| u.stored) {
+            return Vec::new();
+        }
+        let mut avail = self.child_avail.iter().peekable();
+        self.children
+            .iter()
+            .filter(|(_, connected)| **connected)
+            .filter_map(|(child, _)| {
+                while avail.next_if(|(c, _)| *c < child).is_some() {}
+                avail
+                    .peek()
+                    .filter(|(c, a)| *c == child && a.is_available(update))
+                    .map(|_| *child)
+            })
+            .collect()
     }
 
     /// Whether this node fetches `update`: it may have it, and it will use it itself
@@ -1426,7 +1442,6 @@ impl Engine {
     fn announce(&mut self, now: Millis) {
         self.announce_due = None;
         self.last_announce = Some(now);
-        let children = self.connected_children();
         for i in 0..self.order.len() {
             let id = self.order[i];
             if self
@@ -1438,11 +1453,7 @@ impl Engine {
             }
             // Only children it is available to: the others were never offered it, and
             // one that gains it later is offered it with every range held then.
-            let to: Vec<PeerId> = children
-                .iter()
-                .filter(|c| self.is_available_to(c, &id))
-                .copied()
-                .collect();
+            let to = self.connected_children_with(&id);
             let Some(u) = self.updates.get_mut(&id) else {
                 continue;
             };

@@ -1093,7 +1093,7 @@ fn wave_membership_is_deterministic_and_grows_with_the_wave() {
             .copied()
             .collect();
         assert_eq!(got, expected, "wave {wave}");
-        // Those outside the wave are not even told of its chunks.
+        // Those outside the wave are not even offered it, nor told of its chunks.
         for c in &children {
             let complaints: Vec<&Event> = h.nodes[c]
                 .events
@@ -1101,6 +1101,15 @@ fn wave_membership_is_deterministic_and_grows_with_the_wave() {
                 .filter(|e| matches!(e, Event::Misbehaved { .. }))
                 .collect();
             assert!(complaints.is_empty(), "wave {wave}: {complaints:?}");
+            if !expected.contains(c) {
+                let node = &h.nodes[c];
+                let offered = node
+                    .events
+                    .iter()
+                    .any(|e| matches!(e, Event::OfferWithheld { .. }));
+                assert!(!offered, "wave {wave}: offered to a node outside it");
+                assert_eq!(node.haves_received, 0, "wave {wave}: told of chunks");
+            }
         }
         got
     };
@@ -1108,6 +1117,58 @@ fn wave_membership_is_deterministic_and_grows_with_the_wave() {
     assert_eq!(w25, w25_again);
     assert!(w25.is_subset(&w60));
     assert!(!w25.is_empty() && w25.len() < w60.len() && w60.len() < 40);
+}
+
+/// A branch that takes an update up while its children are connected offers it, and
+/// announces the chunks it receives, to exactly the children its wave reaches.
+#[test]
+fn a_branch_tells_only_the_children_in_its_wave_of_an_update() {
+    let mut h = Harness::new(1, 2);
+    let (root, branch) = (key(1), key(2));
+    h.add(root, Role::Root, 1);
+    h.add(branch, Role::Member { parent: root }, 2);
+    h.attach(root, branch);
+    let children: Vec<PeerId> = (10..50).map(key).collect();
+    for (i, c) in children.iter().enumerate() {
+        h.add(*c, Role::Member { parent: branch }, 100 + i as u64);
+        h.attach(branch, *c);
+    }
+    h.run(1_000);
+    let m = update(8, &root_secret());
+    let wave = 3_000;
+    let mut rules = h.own_rules(branch);
+    rules
+        .approve(m.id, ALL, Approval::wave(wave))
+        .expect("valid");
+    h.set_rules(branch, rules);
+    h.run(h.now + 1_000);
+    h.publish_only(root, &m);
+    h.approve_for_children(root, m.id);
+    h.run(h.now + 30_000);
+    let (inside, outside): (Vec<PeerId>, Vec<PeerId>) = children
+        .iter()
+        .partition(|c| arbor::rules::in_wave(&m.id, c, wave));
+    assert!(!inside.is_empty() && !outside.is_empty());
+    for c in &inside {
+        assert!(
+            holds_all(&h, *c, &m),
+            "a child in the wave lacks the update"
+        );
+        assert!(h.nodes[c].haves_received > 0);
+    }
+    for c in &outside {
+        let node = &h.nodes[c];
+        assert!(node.store.is_empty(), "a child outside the wave got chunks");
+        let offered = node
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::OfferWithheld { .. }));
+        assert!(!offered, "a child outside the wave was offered the update");
+        assert_eq!(
+            node.haves_received, 0,
+            "a child outside the wave was told of chunks"
+        );
+    }
 }
 
 #[test]
