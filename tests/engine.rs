@@ -1102,13 +1102,7 @@ fn wave_membership_is_deterministic_and_grows_with_the_wave() {
                 .collect();
             assert!(complaints.is_empty(), "wave {wave}: {complaints:?}");
             if !expected.contains(c) {
-                let node = &h.nodes[c];
-                let offered = node
-                    .events
-                    .iter()
-                    .any(|e| matches!(e, Event::OfferWithheld { .. }));
-                assert!(!offered, "wave {wave}: offered to a node outside it");
-                assert_eq!(node.haves_received, 0, "wave {wave}: told of chunks");
+                assert_never_told(&h, *c);
             }
         }
         got
@@ -1157,18 +1151,26 @@ fn a_branch_tells_only_the_children_in_its_wave_of_an_update() {
         assert!(h.nodes[c].haves_received > 0);
     }
     for c in &outside {
-        let node = &h.nodes[c];
-        assert!(node.store.is_empty(), "a child outside the wave got chunks");
-        let offered = node
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::OfferWithheld { .. }));
-        assert!(!offered, "a child outside the wave was offered the update");
-        assert_eq!(
-            node.haves_received, 0,
-            "a child outside the wave was told of chunks"
+        assert!(
+            h.nodes[c].store.is_empty(),
+            "a child outside the wave got chunks"
         );
+        assert_never_told(&h, *c);
     }
+}
+
+/// `node`, outside a wave, was neither offered the update nor told of its chunks.
+fn assert_never_told(h: &Harness, node: PeerId) {
+    let n = &h.nodes[&node];
+    let offered = n
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::OfferWithheld { .. }));
+    assert!(!offered, "{node} outside the wave was offered the update");
+    assert_eq!(
+        n.haves_received, 0,
+        "{node} outside the wave was told of chunks"
+    );
 }
 
 #[test]
