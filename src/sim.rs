@@ -3,10 +3,13 @@
 //! reports how long a rollout takes and what it costs the links.
 //!
 //! Owns the public entry point ([`simulate`]) and what a run hands back ([`Run`]);
-//! the scenario format lives in `scenario`, the links in `network`, the event loop and
-//! the drivers of the engines in `world`, the figures in `summary` and `chart`.
+//! the scenario format lives in `scenario`, the tree's fixed shape in `fleet`, the links
+//! in `network`, the event loop and the drivers of the engines in `lane`, the lanes run
+//! side by side in `world`, the figures in `summary` and `chart`.
 
 mod chart;
+mod fleet;
+mod lane;
 mod network;
 mod queue;
 pub mod scenario;
@@ -58,21 +61,18 @@ pub fn simulate(
 ) -> Result<Run, SimError> {
     // Thousands of engines check the very same signatures: check each once.
     crate::trust::memo::enable();
-    let mut world = world::World::new(scenario, seed)?;
+    let world = world::World::new(scenario, seed)?;
     let leaves = *scenario.tier_sizes().last().unwrap_or(&0);
     let wanted = leaves * scenario.updates.len() as u64;
-    world.run(&mut |now, tally| {
+    let tally = world.run(&mut |now, installed| {
         progress(Progress {
             now,
             until: scenario.until,
-            installed: tally.installs_so_far(),
+            installed,
             wanted,
         })
     });
-    let sizes = world.summary_group_sizes();
-    let summary = Summary::new(scenario, seed, &world.tally, &sizes, world.node_count());
-    Ok(Run {
-        summary,
-        tally: world.tally,
-    })
+    let sizes = world.fleet.summary_group_sizes();
+    let summary = Summary::new(scenario, seed, &tally, &sizes, world.fleet.node_count());
+    Ok(Run { summary, tally })
 }

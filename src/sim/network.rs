@@ -63,7 +63,7 @@ impl Queue {
 }
 
 /// Every queue of the network, addressed by index.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Network {
     queues: Vec<Queue>,
 }

@@ -59,8 +59,9 @@ impl<T> Calendar<T> {
         }
     }
 
-    /// The earliest event and its time, or `None` when nothing is pending.
-    pub fn pop(&mut self) -> Option<(Ms, T)> {
+    /// The earliest event and its time if it is before `end`. Time is not moved on
+    /// past `end`, so that events still to come for `end` or later may be pushed.
+    pub fn pop_before(&mut self, end: Ms) -> Option<(Ms, T)> {
         loop {
             if let Some(event) = self.current.pop_front() {
                 return Some((self.cursor - 1, event));
@@ -68,7 +69,13 @@ impl<T> Calendar<T> {
             if self.in_ring == 0 {
                 // Nothing close: jump to the first later event.
                 let first = *self.later.keys().next()?;
+                if first >= end {
+                    return None;
+                }
                 self.cursor = self.cursor.max(first);
+            }
+            if self.cursor >= end {
+                return None;
             }
             let t = self.cursor;
             self.cursor += 1;
@@ -85,9 +92,21 @@ impl<T> Calendar<T> {
         }
     }
 
-    /// Whether nothing is pending.
-    pub fn is_empty(&self) -> bool {
-        self.current.is_empty() && self.in_ring == 0 && self.later.is_empty()
+    /// The time of the earliest pending event.
+    pub fn next_at(&self) -> Option<Ms> {
+        if !self.current.is_empty() {
+            return Some(self.cursor - 1);
+        }
+        let later = self.later.keys().next().copied();
+        if self.in_ring == 0 {
+            return later;
+        }
+        let ring = (self.cursor..self.cursor + HORIZON as Ms)
+            .find(|t| !self.ring[(t % HORIZON as Ms) as usize].is_empty());
+        match (ring, later) {
+            (Some(r), Some(l)) => Some(r.min(l)),
+            (r, l) => r.or(l),
+        }
     }
 }
 
@@ -103,14 +122,20 @@ mod tests {
         c.push(far, "scheduled first, beyond the ring");
         c.push(3, "near");
         // Time moves on so that `far` is within the ring now.
-        assert_eq!(c.pop(), Some((3, "near")));
+        assert_eq!(c.pop_before(Ms::MAX), Some((3, "near")));
         c.push(far, "scheduled second, within the ring");
         c.push(4, "before it");
-        assert_eq!(c.pop(), Some((4, "before it")));
-        assert_eq!(c.pop(), Some((far, "scheduled first, beyond the ring")));
-        assert_eq!(c.pop(), Some((far, "scheduled second, within the ring")));
-        assert_eq!(c.pop(), None);
-        assert!(c.is_empty());
+        assert_eq!(c.pop_before(Ms::MAX), Some((4, "before it")));
+        assert_eq!(
+            c.pop_before(Ms::MAX),
+            Some((far, "scheduled first, beyond the ring"))
+        );
+        assert_eq!(
+            c.pop_before(Ms::MAX),
+            Some((far, "scheduled second, within the ring"))
+        );
+        assert_eq!(c.pop_before(Ms::MAX), None);
+        assert_eq!(c.next_at(), None);
     }
 
     #[test]
@@ -118,13 +143,37 @@ mod tests {
         let mut c = Calendar::default();
         c.push(10, 1);
         c.push(10, 2);
-        assert_eq!(c.pop(), Some((10, 1)));
+        assert_eq!(c.pop_before(Ms::MAX), Some((10, 1)));
         c.push(2, 3);
         c.push(10, 4);
-        assert_eq!(c.pop(), Some((10, 2)));
-        assert_eq!(c.pop(), Some((10, 3)));
-        assert_eq!(c.pop(), Some((10, 4)));
-        assert_eq!(c.pop(), None);
+        assert_eq!(c.pop_before(Ms::MAX), Some((10, 2)));
+        assert_eq!(c.pop_before(Ms::MAX), Some((10, 3)));
+        assert_eq!(c.pop_before(Ms::MAX), Some((10, 4)));
+        assert_eq!(c.pop_before(Ms::MAX), None);
+    }
+
+    #[test]
+    fn pop_before_stops_at_the_end_and_leaves_room_for_later_pushes() {
+        let mut c = Calendar::default();
+        c.push(5, "a");
+        c.push(30, "b");
+        assert_eq!(c.next_at(), Some(5));
+        assert_eq!(c.pop_before(20), Some((5, "a")));
+        assert_eq!(c.next_at(), Some(30));
+        assert_eq!(c.pop_before(20), None);
+        // An event for the end of the window, pushed after the window ran, still
+        // comes out in time order.
+        c.push(20, "c");
+        assert_eq!(c.next_at(), Some(20));
+        assert_eq!(c.pop_before(30), Some((20, "c")));
+        assert_eq!(c.pop_before(30), None);
+        c.push(HORIZON as Ms * 3, "far");
+        assert_eq!(c.next_at(), Some(30));
+        assert_eq!(c.pop_before(Ms::MAX), Some((30, "b")));
+        assert_eq!(c.next_at(), Some(HORIZON as Ms * 3));
+        assert_eq!(c.pop_before(HORIZON as Ms * 3), None);
+        assert_eq!(c.pop_before(Ms::MAX), Some((HORIZON as Ms * 3, "far")));
+        assert_eq!(c.next_at(), None);
     }
 
     proptest! {
@@ -142,14 +191,14 @@ mod tests {
                 pushed.push((now + delay, i as u32));
                 c.push(now + delay, i as u32);
                 for _ in 0..*pops {
-                    if let Some((at, v)) = c.pop() {
+                    if let Some((at, v)) = c.pop_before(Ms::MAX) {
                         prop_assert!(at >= now);
                         now = at;
                         popped.push((at, v));
                     }
                 }
             }
-            while let Some(e) = c.pop() {
+            while let Some(e) = c.pop_before(Ms::MAX) {
                 popped.push(e);
             }
             // Nothing is scheduled before the last pop, so a heap by (time, order of

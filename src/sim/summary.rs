@@ -25,9 +25,40 @@ pub struct Counters {
     pub leaves: u64,
 }
 
-/// One row of the timeline.
+impl Counters {
+    /// Adds the counts of `other` (another lane's).
+    fn add(&mut self, other: &Counters) {
+        // Taken apart whole, so that a new counter cannot be left out.
+        let Counters {
+            install_failures,
+            halts,
+            fetch_timeouts,
+            bad_chunks,
+            redirects,
+            siblings_banned,
+            misbehaved,
+            rules_refused,
+            rules_missed,
+            crashes,
+            leaves,
+        } = other;
+        self.install_failures += install_failures;
+        self.halts += halts;
+        self.fetch_timeouts += fetch_timeouts;
+        self.bad_chunks += bad_chunks;
+        self.redirects += redirects;
+        self.siblings_banned += siblings_banned;
+        self.misbehaved += misbehaved;
+        self.rules_refused += rules_refused;
+        self.rules_missed += rules_missed;
+        self.crashes += crashes;
+        self.leaves += leaves;
+    }
+}
+
+/// One row of the timeline: the counts so far at one time.
 #[derive(Clone, Debug, PartialEq)]
-struct Row {
+pub struct Row {
     at: Ms,
     /// Installs so far, per summary group (all leaves first).
     installed: Vec<u64>,
@@ -38,13 +69,51 @@ struct Row {
     site_wan: u64,
 }
 
+impl Row {
+    /// Nothing counted yet, at `at`.
+    pub fn empty(at: Ms) -> Row {
+        Row {
+            at,
+            installed: Vec::new(),
+            failed: 0,
+            tier_bytes: Vec::new(),
+            root_egress: 0,
+            site_wan: 0,
+        }
+    }
+
+    /// Adds the counts of `other` (another lane's, at the same time).
+    pub fn add(&mut self, other: &Row) {
+        add_each(&mut self.installed, &other.installed);
+        add_each(&mut self.tier_bytes, &other.tier_bytes);
+        self.failed += other.failed;
+        self.root_egress += other.root_egress;
+        self.site_wan += other.site_wan;
+    }
+
+    /// Installs so far across all leaves.
+    pub fn installed_of_all(&self) -> u64 {
+        self.installed.first().copied().unwrap_or(0)
+    }
+}
+
+/// Adds `b` to `a` element by element, `a` growing to `b`'s length.
+fn add_each(a: &mut Vec<u64>, b: &[u64]) {
+    if a.len() < b.len() {
+        a.resize(b.len(), 0);
+    }
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
 /// One rule batch's spread through the tree.
 #[derive(Clone, Debug, Default)]
 struct RuleSpread {
     issued_at: Option<Ms>,
     issuers: u64,
-    /// How long after it was set each receiving node stored it.
-    delays: Vec<Ms>,
+    /// When each receiving node stored it.
+    arrived: Vec<Ms>,
 }
 
 /// Counts kept while the simulation runs.
@@ -119,11 +188,6 @@ impl Tally {
         }
     }
 
-    /// Installs so far across all leaves.
-    pub fn installs_so_far(&self) -> u64 {
-        self.installed_now[0]
-    }
-
     pub fn rules_issued(&mut self, batch: usize, at: Ms) {
         let r = &mut self.rules[batch];
         r.issued_at.get_or_insert(at);
@@ -131,10 +195,7 @@ impl Tally {
     }
 
     pub fn rules_arrived(&mut self, batch: usize, at: Ms) {
-        let r = &mut self.rules[batch];
-        if let Some(t) = r.issued_at {
-            r.delays.push(at.saturating_sub(t));
-        }
+        self.rules[batch].arrived.push(at);
     }
 
     /// The busiest second of one link, by its class ("branch down", "root up").
@@ -145,26 +206,62 @@ impl Tally {
         }
     }
 
+    /// The counts so far, as a timeline row at `at`.
+    pub fn row(&self, at: Ms) -> Row {
+        Row {
+            at,
+            installed: self.installed_now.clone(),
+            failed: self.counters.install_failures,
+            tier_bytes: self
+                .from_parent
+                .iter()
+                .zip(&self.from_siblings)
+                .map(|(p, s)| p + s)
+                .collect(),
+            root_egress: self.root_egress,
+            site_wan: self.site_wan,
+        }
+    }
+
     /// Adds a timeline row at `at` (`last`: the end of the run, even if a row was
     /// taken at that time).
     pub fn record(&mut self, at: Ms, last: bool) {
         if last && self.rows.last().is_some_and(|r| r.at == at) {
             self.rows.pop();
         }
-        let tier_bytes = self
-            .from_parent
-            .iter()
-            .zip(&self.from_siblings)
-            .map(|(p, s)| p + s)
-            .collect();
-        self.rows.push(Row {
-            at,
-            installed: self.installed_now.clone(),
-            failed: self.counters.install_failures,
-            tier_bytes,
-            root_egress: self.root_egress,
-            site_wan: self.site_wan,
-        });
+        self.rows.push(self.row(at));
+    }
+
+    /// Sets the timeline (taken across lanes while they ran).
+    pub fn set_rows(&mut self, rows: Vec<Row>) {
+        self.rows = rows;
+    }
+
+    /// Adds the counts of `other`, another lane's share of the same fleet. Timeline
+    /// rows and link peaks are not lanes' to keep.
+    pub fn absorb(&mut self, other: Tally) {
+        self.counters.add(&other.counters);
+        add_each(&mut self.from_parent, &other.from_parent);
+        add_each(&mut self.from_siblings, &other.from_siblings);
+        self.root_egress += other.root_egress;
+        self.site_wan += other.site_wan;
+        for (mine, theirs) in self.installs.iter_mut().zip(other.installs) {
+            for (m, t) in mine.iter_mut().zip(theirs) {
+                m.extend(t);
+            }
+        }
+        add_each(&mut self.installed_now, &other.installed_now);
+        for (mine, theirs) in self.rules.iter_mut().zip(other.rules) {
+            mine.issued_at = match (mine.issued_at, theirs.issued_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            mine.issuers += theirs.issuers;
+            mine.arrived.extend(theirs.arrived);
+        }
+        self.never_online += other.never_online;
+        self.ended = self.ended.max(other.ended);
+        self.last_change = self.last_change.max(other.last_change);
     }
 }
 
@@ -323,7 +420,17 @@ impl Summary {
             .iter()
             .zip(&tally.rules)
             .map(|(batch, spread)| {
-                let mut d = spread.delays.clone();
+                // How long after the batch was set each receiving node stored it.
+                let mut d: Vec<Ms> = spread
+                    .issued_at
+                    .map(|set| {
+                        spread
+                            .arrived
+                            .iter()
+                            .map(|a| a.saturating_sub(set))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 d.sort_unstable();
                 let what: Vec<String> = batch
                     .approvals

@@ -1,0 +1,523 @@
+//! The simulated fleet's fixed shape: the tree, every node's keys and links, the
+//! scenario's updates and rule batches, and how the nodes are shared out among the
+//! lanes that run them. Built once before the run; every lane reads it, none changes
+//! it (apart from the map of rule sets to the batch that made them, behind a lock).
+//!
+//! Nodes are numbered tier by tier (the root is 0), so that a node's children are one
+//! contiguous range and its parent is found by arithmetic.
+//!
+//! Lanes: the subtrees under the first tier are split into [`LANES`] contiguous runs,
+//! each run by its own thread ([`super::world`]); the root goes with the first. A
+//! subtree never talks to another one, only to the root, so whatever one lane sends
+//! another goes over a link from the root to the first tier and arrives no sooner
+//! than that link's latency: the lanes can run that far ahead of each other
+//! ([`Fleet::lookahead`]) without missing anything.
+
+use super::network::{Ms, Network};
+use super::scenario::{RuleBatch, Scenario};
+use crate::content::manifest::{ChunkRef, FileEntry, Manifest};
+use crate::content::{DigestState, Hash};
+use crate::engine::{Config, Millis, PeerId};
+use crate::trust::{PublicKey, SecretKey, SignedManifest};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Virtual time 0 is this Unix time (ms): rules and deadlines are in Unix seconds.
+pub const EPOCH: Millis = 1_800_000_000_000;
+
+/// How many lanes a fleet is run in when its shape allows it. A fixed number, not the
+/// machine's cores: the lanes are part of what a run computes (events from another
+/// lane join a lane's queue at the end of a window), and the same scenario and seed
+/// must give the same summary on every machine.
+pub const LANES: usize = 2;
+
+/// No node (or queue): a marker in `u32` fields.
+pub const NONE: u32 = u32::MAX;
+
+/// What never changes about one node: its links, and the lane that runs it.
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// One-way latency to the parent.
+    pub latency: u32,
+    /// Index of its queues in the network: what it receives with, what it sends with.
+    pub down: u32,
+    pub up: u32,
+    /// Its site's shared link (down queue; the up queue follows), or NONE.
+    pub site_link: u32,
+    pub site_latency: u32,
+    pub lane: u8,
+}
+
+/// The fleet of one scenario and seed.
+pub struct Fleet<'s> {
+    pub sc: &'s Scenario,
+    pub seed: u64,
+    pub keys: Vec<PublicKey>,
+    /// Each node's key, made once: deriving one costs a scalar multiplication.
+    pub secrets: Vec<SecretKey>,
+    pub index: HashMap<PublicKey, u32, DigestState>,
+    /// First node of each tier (tier 0 is the root's children); one past the last at
+    /// the end.
+    pub tier_start: Vec<u32>,
+    pub links: Vec<Link>,
+    /// Every queue at its rate, idle: each lane starts from a copy.
+    pub net: Network,
+    pub root_key: SecretKey,
+    pub manifests: Vec<Arc<SignedManifest>>,
+    pub batches: Vec<RuleBatch>,
+    pub config: Config,
+    /// How many lanes run the fleet, and how far ahead of each other they may run.
+    pub lanes: usize,
+    pub lookahead: Ms,
+    /// Rule-set bytes (hashed) to the batch that made them. The issuer's lane writes an
+    /// entry before any other lane can hear of the rule set.
+    pub rule_origin: Mutex<HashMap<Hash, u32>>,
+}
+
+/// A deterministic value in [0, 1) for a (seed, purpose, node) triple.
+pub fn draw(seed: u64, purpose: &str, node: u64) -> f64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.update(purpose.as_bytes());
+    h.update(&node.to_le_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn secret(seed: u64, node: u32) -> SecretKey {
+    let mut h = blake3::Hasher::new();
+    h.update(b"arbor/sim/node-key");
+    h.update(&seed.to_le_bytes());
+    h.update(&node.to_le_bytes());
+    SecretKey::from_seed(*h.finalize().as_bytes())
+}
+
+/// The tier of node `i` given the first node of each tier (0 for the root as for the
+/// first tier below it).
+fn tier_of(tier_start: &[u32], i: u32) -> usize {
+    tier_start.partition_point(|s| *s <= i).saturating_sub(1)
+}
+
+/// The keys of nodes `0..total`, derived on two threads (the same keys either way).
+fn node_secrets(seed: u64, total: u32) -> Vec<SecretKey> {
+    let half = total / 2;
+    std::thread::scope(|s| {
+        let upper = s.spawn(|| (half..total).map(|i| secret(seed, i)).collect::<Vec<_>>());
+        let mut keys: Vec<SecretKey> = (0..half).map(|i| secret(seed, i)).collect();
+        keys.extend(
+            upper
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        );
+        keys
+    })
+}
+
+impl<'s> Fleet<'s> {
+    /// Builds the tree and its links.
+    pub fn new(sc: &'s Scenario, seed: u64) -> Result<Fleet<'s>, crate::trust::TrustError> {
+        let sizes = sc.tier_sizes();
+        let mut tier_start = vec![1u32];
+        for s in &sizes {
+            let last = *tier_start.last().unwrap_or(&1);
+            tier_start.push(last + *s as u32);
+        }
+        let total = *tier_start.last().unwrap_or(&1) as usize;
+        let secrets = node_secrets(seed, total as u32);
+        let keys: Vec<PublicKey> = secrets.iter().map(SecretKey::public).collect();
+        let index = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (*k, i as u32))
+            .collect();
+        let mut net = Network::default();
+        let mut links = Vec::with_capacity(total);
+        let vary = |rate: f64, spread: f64, i: usize, what: &str| {
+            rate * (1.0 + spread * (2.0 * draw(seed, what, i as u64) - 1.0))
+        };
+        // The root.
+        let root_down = net.add(sc.root_up) as u32;
+        let root_up = net.add(sc.root_up) as u32;
+        links.push(Link::new(0, root_down, root_up));
+        let mut site_links: HashMap<u64, u32> = HashMap::new();
+        for i in 1..total {
+            let tier = tier_of(&tier_start, i as u32);
+            let t = &sc.tiers[tier];
+            let jitter = t.jitter as f64 * (2.0 * draw(seed, "latency", i as u64) - 1.0);
+            let latency = (t.latency as f64 + jitter).round().max(0.0) as u32;
+            let down = net.add(vary(t.down, t.spread, i, "down")) as u32;
+            let up = net.add(vary(t.up, t.spread, i, "up")) as u32;
+            let mut link = Link::new(latency, down, up);
+            if let Some(site) = &t.site
+                && let Some(site_link) = &site.link
+            {
+                let site_id = (i as u64 - u64::from(tier_start[tier])) / u64::from(site.size);
+                let key = (tier as u64) << 40 | site_id;
+                let q = *site_links.entry(key).or_insert_with(|| {
+                    let d = net.add(site_link.down) as u32;
+                    net.add(site_link.up);
+                    d
+                });
+                link.site_link = q;
+                link.site_latency = site_link.latency as u32;
+            }
+            links.push(link);
+        }
+        let root_key = secrets[0].clone();
+        let manifests = sc
+            .updates
+            .iter()
+            .enumerate()
+            .map(|(u, up)| synthetic_update(&root_key, u as u64 + 1, &up.name, up.size, sc.chunk))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut config = Config::default();
+        if let Some(s) = sc.engine.span {
+            config.span = s;
+        }
+        if let Some(w) = sc.engine.window {
+            config.window = w;
+        }
+        if let Some(t) = sc.engine.fetch_timeout {
+            config.fetch_timeout = t;
+        }
+        if let Some(t) = sc.engine.report_interval {
+            config.report_interval = t;
+        }
+        if let Some(r) = sc.engine.report_rate {
+            config.report_rate = r;
+        }
+        if let Some(t) = sc.engine.announce_interval {
+            config.announce_interval = t;
+        }
+        let mut fleet = Fleet {
+            sc,
+            seed,
+            keys,
+            secrets,
+            index,
+            tier_start,
+            links,
+            net,
+            root_key,
+            manifests,
+            batches: sc.rule_batches(),
+            config,
+            lanes: 1,
+            lookahead: Ms::MAX,
+            rule_origin: Mutex::new(HashMap::new()),
+        };
+        fleet.share_out();
+        Ok(fleet)
+    }
+
+    /// Shares the subtrees under the first tier out among [`LANES`] lanes, if the
+    /// fleet's shape keeps every lane to itself apart from the root's links: no sites
+    /// in the first tier (siblings there would fetch from one another across lanes),
+    /// and a latency above zero on every link between the root and a subtree that
+    /// another lane runs. A site further down never spans two lanes: its size divides
+    /// its tier's fan-out (the scenario is checked for it), so its members share a
+    /// parent.
+    fn share_out(&mut self) {
+        let regions = self.tier_start.get(1).map_or(0, |end| end - 1);
+        let lanes = LANES.min(regions as usize);
+        if lanes < 2 || self.sc.tiers[0].site.is_some() {
+            return;
+        }
+        let lane_of_region = |r: u32| (r as usize * lanes / regions as usize) as u8;
+        let lookahead = (1..=regions)
+            .filter(|r| lane_of_region(r - 1) != 0)
+            .map(|r| Ms::from(self.links[r as usize].latency))
+            .min()
+            .unwrap_or(Ms::MAX);
+        if lookahead == 0 {
+            return;
+        }
+        for i in 1..self.links.len() as u32 {
+            let region = self.ancestor_in(i, 0);
+            self.links[i as usize].lane = lane_of_region(region - 1);
+        }
+        self.lanes = lanes;
+        self.lookahead = lookahead;
+    }
+
+    pub fn node_count(&self) -> u64 {
+        self.links.len() as u64
+    }
+
+    /// The lane that runs node `i`.
+    pub fn lane_of(&self, i: u32) -> usize {
+        usize::from(self.links[i as usize].lane)
+    }
+
+    pub fn tier_range(&self, tier: usize) -> std::ops::Range<u32> {
+        self.tier_start[tier]..self.tier_start[tier + 1]
+    }
+
+    /// The tier of node `i` (0 for the root as for the first tier below it), from the
+    /// numbering alone: the hot paths ask it without touching the node.
+    pub fn tier_of(&self, i: u32) -> usize {
+        tier_of(&self.tier_start, i)
+    }
+
+    /// The parent of node `i` (not the root).
+    pub fn parent_of(&self, i: u32) -> u32 {
+        let tier = self.tier_of(i);
+        if tier == 0 {
+            return 0;
+        }
+        let fanout = self.sc.tiers[tier].fanout;
+        self.tier_start[tier - 1] + (i - self.tier_start[tier]) / fanout
+    }
+
+    /// The children of node `i`.
+    pub fn children_of(&self, i: u32) -> std::ops::Range<u32> {
+        let tier = if i == 0 { None } else { Some(self.tier_of(i)) };
+        let child_tier = tier.map_or(0, |t| t + 1);
+        if child_tier >= self.sc.tiers.len() {
+            return 0..0;
+        }
+        let fanout = self.sc.tiers[child_tier].fanout;
+        let first_of_tier = tier.map_or(0, |t| self.tier_start[t]);
+        let offset = if i == 0 { 0 } else { i - first_of_tier };
+        let start = self.tier_start[child_tier] + offset * fanout;
+        start..start + fanout
+    }
+
+    pub fn is_leaf(&self, i: u32) -> bool {
+        i != 0 && self.tier_of(i) + 1 == self.sc.tiers.len()
+    }
+
+    /// The site of node `i` within its tier, if its tier has sites.
+    pub fn site_of(&self, i: u32) -> Option<(usize, u32)> {
+        if i == 0 {
+            return None;
+        }
+        let tier = self.tier_of(i);
+        let site = self.sc.tiers[tier].site.as_ref()?;
+        Some((tier, (i - self.tier_start[tier]) / site.size))
+    }
+
+    pub fn same_site(&self, a: u32, b: u32) -> bool {
+        matches!((self.site_of(a), self.site_of(b)), (Some(x), Some(y)) if x == y)
+    }
+
+    /// Whether `a` and `b` are siblings of one site (the others are parent and child).
+    pub fn are_siblings(&self, a: u32, b: u32) -> bool {
+        self.same_site(a, b) && self.parent_of(a) == self.parent_of(b)
+    }
+
+    /// One-way latency between two connected nodes.
+    pub fn latency(&self, a: u32, b: u32) -> Ms {
+        let (la, lb) = (&self.links[a as usize], &self.links[b as usize]);
+        if self.same_site(a, b) {
+            return u64::from(la.latency + lb.latency);
+        }
+        let child = if a != 0 && self.parent_of(a) == b {
+            la
+        } else {
+            lb
+        };
+        u64::from(child.latency + child.site_latency)
+    }
+
+    pub fn crosses_site(&self, from: u32, to: u32) -> bool {
+        self.links[from as usize].site_link != self.links[to as usize].site_link
+    }
+
+    /// The queues bytes from `from` to `to` go through.
+    pub fn path(&self, from: u32, to: u32) -> Vec<usize> {
+        let (a, b) = (&self.links[from as usize], &self.links[to as usize]);
+        let mut path = vec![a.up as usize];
+        if a.site_link != b.site_link {
+            if a.site_link != NONE {
+                path.push(a.site_link as usize + 1);
+            }
+            if b.site_link != NONE {
+                path.push(b.site_link as usize);
+            }
+        }
+        path.push(b.down as usize);
+        path
+    }
+
+    /// The node of a key, if it is one of the fleet's.
+    pub fn node_of(&self, key: &PeerId) -> Option<u32> {
+        self.index.get(key).copied()
+    }
+
+    /// Which summary groups leaf `i` counts in: all leaves, then each scenario group
+    /// that holds it or one of its ancestors.
+    pub fn summary_groups_of(&self, i: u32) -> Vec<bool> {
+        std::iter::once(true)
+            .chain(self.sc.groups.iter().map(|g| {
+                let a = self.ancestor_in(i, g.tier);
+                self.in_group(a, g.tier, &g.name)
+            }))
+            .collect()
+    }
+
+    /// The size of each summary group, in leaves.
+    pub fn summary_group_sizes(&self) -> Vec<u64> {
+        let leaves = self.tier_range(self.sc.tiers.len() - 1);
+        let mut sizes = vec![0u64; 1 + self.sc.groups.len()];
+        for i in leaves {
+            for (g, member) in self.summary_groups_of(i).iter().enumerate() {
+                sizes[g] += u64::from(*member);
+            }
+        }
+        sizes
+    }
+
+    /// Whether node `i` of `tier` is in group `name` (a fixed draw per node).
+    pub fn in_group(&self, i: u32, tier: usize, name: &str) -> bool {
+        self.sc
+            .groups
+            .iter()
+            .find(|g| g.name == name && g.tier == tier)
+            .is_some_and(|g| draw(self.seed, &format!("group-{name}"), u64::from(i)) < g.share)
+    }
+
+    /// The ancestor of node `i` in `tier` (itself for its own tier).
+    pub fn ancestor_in(&self, mut i: u32, tier: usize) -> u32 {
+        while i != 0 && self.tier_of(i) > tier {
+            i = self.parent_of(i);
+        }
+        i
+    }
+}
+
+impl Link {
+    fn new(latency: u32, down: u32, up: u32) -> Link {
+        Link {
+            latency,
+            down,
+            up,
+            site_link: NONE,
+            site_latency: 0,
+            lane: 0,
+        }
+    }
+}
+
+/// A signed update of `size` bytes in one file, in chunks of `chunk` bytes whose
+/// hashes stand for content the simulator never makes.
+fn synthetic_update(
+    root: &SecretKey,
+    seq: u64,
+    name: &str,
+    size: u64,
+    chunk: u32,
+) -> Result<Arc<SignedManifest>, crate::trust::TrustError> {
+    let chunks = size.div_ceil(u64::from(chunk));
+    let refs: Vec<ChunkRef> = (0..chunks)
+        .map(|i| {
+            let len = (size - i * u64::from(chunk)).min(u64::from(chunk)) as u32;
+            let mut h = blake3::Hasher::new();
+            h.update(name.as_bytes());
+            h.update(&i.to_le_bytes());
+            ChunkRef(Hash(*h.finalize().as_bytes()), len)
+        })
+        .collect();
+    let manifest = Manifest {
+        id: name.into(),
+        files: vec![FileEntry {
+            mode: 0o644,
+            path: format!("{name}.bin"),
+            size,
+            chunks: refs,
+        }],
+        tenant: "simulation".into(),
+        created: EPOCH / 1000,
+        version: "1".into(),
+        category: "simulated".into(),
+        total_size: size,
+        description: None,
+        post_install: None,
+    };
+    SignedManifest::sign(root, seq, manifest).map(Arc::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A root, `regions` regions, 4 branches under each and 2 clients under each
+    /// branch; `region` and `branch` are added to those tiers' keys.
+    fn scenario(regions: u32, region: &str, branch: &str) -> Scenario {
+        let text = format!(
+            r#"
+name = "lanes"
+until = "1h"
+[root]
+up = "1Gbit"
+[[tier]]
+name = "region"
+fanout = {regions}
+down = "1Gbit"
+up = "1Gbit"
+{region}
+[[tier]]
+name = "branch"
+fanout = 4
+down = "100Mbit"
+up = "1Gbit"
+latency = "5ms"
+{branch}
+[[tier]]
+name = "client"
+fanout = 2
+down = "1Gbit"
+up = "1Gbit"
+latency = "1ms"
+[[update]]
+name = "u"
+size = "1MiB"
+[[approval]]
+by = "root"
+update = "u"
+subtree = true
+"#
+        );
+        Scenario::parse("lanes.toml", &text).expect("a valid scenario")
+    }
+
+    #[test]
+    fn subtrees_are_shared_out_between_two_lanes_that_keep_a_link_latency_apart() {
+        let sc = scenario(4, "latency = \"30ms\"", "");
+        let fleet = Fleet::new(&sc, 1).expect("builds");
+        assert_eq!((fleet.lanes, fleet.lookahead), (2, 30));
+        assert_eq!(fleet.lane_of(0), 0, "the root goes with the first lane");
+        // Regions 1 and 2 and everything under them in lane 0, regions 3 and 4 in 1.
+        let lane_of_subtree = |region: u32| {
+            let mut lanes: Vec<usize> = (0..fleet.links.len() as u32)
+                .filter(|i| *i != 0 && fleet.ancestor_in(*i, 0) == region)
+                .map(|i| fleet.lane_of(i))
+                .collect();
+            lanes.dedup();
+            lanes
+        };
+        assert_eq!(lane_of_subtree(1), vec![0]);
+        assert_eq!(lane_of_subtree(2), vec![0]);
+        assert_eq!(lane_of_subtree(3), vec![1]);
+        assert_eq!(lane_of_subtree(4), vec![1]);
+    }
+
+    #[test]
+    fn a_fleet_that_lanes_would_cut_across_runs_in_one() {
+        // Sites in the first tier: siblings there would fetch across lanes.
+        let sites = scenario(4, "latency = \"30ms\"\nsite = { size = 2 }", "");
+        // Nothing between the root and a subtree to run ahead by.
+        let instant = scenario(4, "latency = \"0ms\"", "");
+        // A single subtree.
+        let one = scenario(1, "latency = \"30ms\"", "");
+        for sc in [sites, instant, one] {
+            let fleet = Fleet::new(&sc, 1).expect("builds");
+            assert_eq!(fleet.lanes, 1);
+            assert!((0..fleet.links.len() as u32).all(|i| fleet.lane_of(i) == 0));
+        }
+        // Sites further down do not stop the sharing out.
+        let branch_sites = scenario(4, "latency = \"30ms\"", "site = { size = 2 }");
+        assert_eq!(Fleet::new(&branch_sites, 1).expect("builds").lanes, 2);
+    }
+}
