@@ -425,6 +425,13 @@ impl<'f> Lane<'f> {
     /// Takes events another lane sent this one.
     pub fn receive(&mut self, events: &mut Vec<(Millis, Ev)>) {
         for (at, ev) in events.drain(..) {
+            // An event due inside a window already run would be run late, silently:
+            // the lookahead the lanes keep was not enough.
+            assert!(
+                at >= self.window_end,
+                "an event from another lane is due at {at} ms, before the window end {} ms",
+                self.window_end
+            );
             self.queue.push(at, ev);
         }
     }
@@ -537,22 +544,10 @@ impl<'f> Lane<'f> {
                     self.disconnected_at(from, to, epoch, 0);
                     return;
                 }
-                if self.conn(to, from) != 0 {
-                    // Both dialled and both took the other's: this one goes.
-                    self.disconnected_at(from, to, epoch, 0);
-                    return;
-                }
-                self.set_conn(to, from, epoch);
-                let key = fleet.keys[from as usize];
-                if fleet.are_siblings(to, from) {
-                    let mut banned = false;
-                    self.drive(to, |e, now| banned = !e.handle_sibling_connected(key, now));
-                    if banned {
-                        self.close(to, from, 0);
-                    }
-                } else {
-                    self.drive(to, |e, now| e.handle_connected(key, now));
-                }
+                // A connection it still holds with the listener is stale: it dialled
+                // again, or both dialled.
+                self.drop_stale(to, from);
+                self.connected(to, from, epoch);
             }
             Ev::DialFailed { to, from } => {
                 // A dial that failed while another connection came up changes nothing.
@@ -624,9 +619,10 @@ impl<'f> Lane<'f> {
     }
 
     /// The handshake of a dial from `from` reaches `to`: a node that is up takes it and
-    /// answers; otherwise the dial fails. A new connection from a peer replaces the one
-    /// the listener held with it (the peer came back before its crash was noticed, or
-    /// both dialled), and both ends hear that the old one closed.
+    /// answers; otherwise the dial fails. A new connection replaces one the listener
+    /// still held with the dialer (it came back before its crash was noticed, or both
+    /// dialled), and the dialer hears that the old one closed. The dialer does the
+    /// same when the answer reaches it.
     fn accept(&mut self, to: u32, from: u32) {
         let fleet = self.fleet;
         let lat = fleet.latency(to, from);
@@ -637,15 +633,9 @@ impl<'f> Lane<'f> {
             );
             return;
         }
-        if self.conn(to, from) != 0 {
-            self.close(to, from, 0);
-            let key = fleet.keys[from as usize];
-            self.drive(to, |e, now| e.handle_disconnected(key, now));
-        }
+        self.drop_stale(to, from);
         let epoch = self.next_epoch << EPOCH_LANE_BITS | self.id as u64;
         self.next_epoch += 1;
-        self.set_conn(to, from, epoch);
-        let key = fleet.keys[from as usize];
         // The answer goes before anything the engine sends on the new connection.
         self.at(
             self.now + lat,
@@ -655,14 +645,32 @@ impl<'f> Lane<'f> {
                 epoch,
             },
         );
-        if fleet.are_siblings(to, from) {
+        self.connected(to, from, epoch);
+    }
+
+    /// Closes the connection `i` holds with `peer`, if any, before a new one replaces
+    /// it: `peer` hears of it, and `i`'s engine sees the old one go.
+    fn drop_stale(&mut self, i: u32, peer: u32) {
+        if self.conn(i, peer) != 0 {
+            self.close(i, peer, 0);
+            let key = self.fleet.keys[peer as usize];
+            self.drive(i, |e, now| e.handle_disconnected(key, now));
+        }
+    }
+
+    /// Node `i` holds connection `epoch` with `peer` now, and tells its engine; a
+    /// sibling its engine has banned is closed again at once.
+    fn connected(&mut self, i: u32, peer: u32, epoch: u64) {
+        self.set_conn(i, peer, epoch);
+        let key = self.fleet.keys[peer as usize];
+        if self.fleet.are_siblings(i, peer) {
             let mut banned = false;
-            self.drive(to, |e, now| banned = !e.handle_sibling_connected(key, now));
+            self.drive(i, |e, now| banned = !e.handle_sibling_connected(key, now));
             if banned {
-                self.close(to, from, 0);
+                self.close(i, peer, 0);
             }
         } else {
-            self.drive(to, |e, now| e.handle_connected(key, now));
+            self.drive(i, |e, now| e.handle_connected(key, now));
         }
     }
 

@@ -94,6 +94,13 @@ impl Meeting {
     }
 }
 
+/// Locks what the lanes share. A lock is only poisoned by a lane that panicked, and
+/// then the run is over anyway; what it holds is still whole (every write is one
+/// assignment or swap), so every lane reads the same.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Tells the other lanes when this one panics, so that they do not wait for it.
 struct FailOnPanic<'m>(&'m Meeting);
 
@@ -210,22 +217,16 @@ fn run_lane<'f>(
         let sample = end == next_sample && end <= sc.until;
         lane.run_window(end);
         let standing = lane.standing(sample, |to, events| {
-            if let Ok(mut mail) = meeting.mail[parity][id * lanes + to].lock() {
-                std::mem::swap(&mut *mail, events);
-            }
+            std::mem::swap(&mut *lock(&meeting.mail[parity][id * lanes + to]), events);
         });
-        if let Ok(mut slot) = meeting.standing[parity][id].lock() {
-            *slot = standing;
-        }
+        *lock(&meeting.standing[parity][id]) = standing;
         meeting.wait();
         for from in (0..lanes).filter(|l| *l != id) {
-            if let Ok(mut mail) = meeting.mail[parity][from * lanes + id].lock() {
-                lane.receive(&mut mail);
-            }
+            lane.receive(&mut lock(&meeting.mail[parity][from * lanes + id]));
         }
         let all: Vec<Standing> = meeting.standing[parity]
             .iter()
-            .map(|s| s.lock().map(|s| s.clone()).unwrap_or_default())
+            .map(|s| lock(s).clone())
             .collect();
         parity ^= 1;
         let next = all.iter().flat_map(|s| [s.next, s.sent]).flatten().min();
