@@ -1316,6 +1316,11 @@ async fn send_answer(
     Ok(())
 }
 
+/// How often a chunk stream that fails before its first answer is opened, and the
+/// wait before the second attempt (doubling after each).
+const OPEN_ATTEMPTS: u32 = 6;
+const REOPEN_AFTER: Duration = Duration::from_millis(10);
+
 /// One of a node's persistent chunk streams to a source (its parent or a sibling).
 async fn fetch_worker(
     mut control: libp2p_stream::Control,
@@ -1332,8 +1337,10 @@ async fn fetch_worker(
         let Some(job) = job else { return };
         // A peer drops inbound streams it cannot accept fast enough (libp2p-stream's
         // accept queue holds one), so a stream that fails before its first answer is
-        // opened again, a few times, before the fetch is given up.
-        for attempt in 0..3 {
+        // opened again, a few times and further apart each time (a burst of new
+        // streams from a whole site at once takes a while to be accepted), before the
+        // fetch is given up and its chunks are asked of another source.
+        for attempt in 0..OPEN_ATTEMPTS {
             let fresh = stream.is_none();
             if fresh {
                 match timeout(
@@ -1356,11 +1363,12 @@ async fn fetch_worker(
             let (span, n) = (job.first, job.expected.len());
             match outcome {
                 Ok(Ok(())) => break,
-                Ok(Err(proto::ProtoError::Io(e))) if fresh && attempt < 2 => {
+                Ok(Err(proto::ProtoError::Io(e))) if fresh && attempt + 1 < OPEN_ATTEMPTS => {
                     tracing::debug!(
                         "a new chunk stream failed before answering ({e}); opening another"
                     );
                     stream = None;
+                    tokio::time::sleep(REOPEN_AFTER * (1 << attempt)).await;
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(update = %job.update, "fetch of chunks {span}+{n} failed: {e}");
@@ -1945,10 +1953,20 @@ impl Daemon {
                 self.engine.handle_message(peer, msg, now);
             }
             Ev::ControlDown { peer, why } => {
-                if Some(&peer) == self.engine.parent() && !self.sessions.contains_key(&peer) {
+                let is_parent = Some(&peer) == self.engine.parent();
+                let came_up =
+                    self.sessions.contains_key(&peer) || self.sibling_sessions.contains(&peer);
+                if is_parent && !came_up {
                     tracing::error!("{why}");
                 }
                 self.end_session(peer, &why);
+                if !is_parent && !came_up {
+                    // A sibling session that never came up (say, the sibling still had
+                    // the certificate of its join, without the site): the dial is over.
+                    // The engine is told, so that it dials again after its backoff
+                    // instead of waiting on this dial forever.
+                    self.engine.handle_disconnected(peer, now);
+                }
                 self.disconnect(peer);
             }
             Ev::Verdict {
