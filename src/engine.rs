@@ -578,10 +578,15 @@ impl Engine {
         }
     }
 
+    /// Whether this node took `update` up (it stores it, to use or pass on).
+    fn is_taken_up(&self, update: &Hash) -> bool {
+        self.updates.get(update).is_some_and(|u| u.stored)
+    }
+
     /// Whether `child` may be offered and served `update`: taken up here, and
     /// available to the child.
     fn is_available_to(&self, child: &PeerId, update: &Hash) -> bool {
-        self.updates.get(update).is_some_and(|u| u.stored)
+        self.is_taken_up(update)
             && self
                 .child_avail
                 .get(child)
@@ -594,7 +599,7 @@ impl Engine {
     /// announcement; searching both maps per child was 3.75% of a `perf record` of
     /// `simulations/fleet-100k.toml`.
     fn connected_children_with(&self, update: &Hash) -> Vec<PeerId> {
-        if !self.updates.get(update).is_some_and(|u| u.stored) {
+        if !self.is_taken_up(update) {
             return Vec::new();
         }
         let mut avail = self.child_avail.iter().peekable();

@@ -184,7 +184,7 @@ impl Ev {
 }
 
 /// Where a lane stands at the end of a window, for the others.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub(super) struct Standing {
     /// Its earliest pending event, and the earliest it sent another lane.
     pub next: Option<Millis>,

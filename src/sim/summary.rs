@@ -238,7 +238,7 @@ impl Tally {
     }
 
     /// Adds the counts of `other`, another lane's share of the same fleet. Timeline
-    /// rows and link peaks are not lanes' to keep.
+    /// rows, link peaks and the end of the run are not lanes' to keep.
     pub fn absorb(&mut self, other: Tally) {
         self.counters.add(&other.counters);
         add_each(&mut self.from_parent, &other.from_parent);
@@ -260,7 +260,6 @@ impl Tally {
             mine.arrived.extend(theirs.arrived);
         }
         self.never_online += other.never_online;
-        self.ended = self.ended.max(other.ended);
         self.last_change = self.last_change.max(other.last_change);
     }
 }

@@ -224,23 +224,24 @@ fn run_lane<'f>(
         for from in (0..lanes).filter(|l| *l != id) {
             lane.receive(&mut lock(&meeting.mail[parity][from * lanes + id]));
         }
-        let all: Vec<Standing> = meeting.standing[parity]
-            .iter()
-            .map(|s| lock(s).clone())
-            .collect();
-        parity ^= 1;
-        let next = all.iter().flat_map(|s| [s.next, s.sent]).flatten().min();
-        if sample {
-            let mut row = Row::empty(end);
-            for s in &all {
-                if let Some(r) = &s.row {
-                    row.add(r);
-                }
+        // What every lane makes of the standings, read in place.
+        let mut next = None;
+        let mut scripted = 0;
+        let mut last_change = 0;
+        let mut row = sample.then(|| Row::empty(end));
+        for slot in &meeting.standing[parity] {
+            let s = lock(slot);
+            next = [next, s.next, s.sent].into_iter().flatten().min();
+            scripted += s.scripted;
+            last_change = last_change.max(s.last_change);
+            if let (Some(row), Some(r)) = (row.as_mut(), &s.row) {
+                row.add(r);
             }
+        }
+        parity ^= 1;
+        if let Some(row) = row {
             progress(end, row.installed_of_all());
             rows.push(row);
-            let scripted: usize = all.iter().map(|s| s.scripted).sum();
-            let last_change = all.iter().map(|s| s.last_change).max().unwrap_or(0);
             if (scripted == 0 && end.saturating_sub(last_change) >= QUIET) || next.is_none() {
                 break end;
             }
