@@ -1,0 +1,226 @@
+//! Carrying out the engine's outputs: sends, fetches, stores, dials, and the log of its
+//! events; and answering waits once an update is durable.
+
+use super::*;
+
+impl Daemon {
+    /// Carries out everything the engine asked for, consulting the installer (which
+    /// may ask the engine for more) whenever something it decides on changed.
+    pub(super) fn drain(&mut self, now: u64) {
+        loop {
+            self.drain_engine(now);
+            if !std::mem::take(&mut self.client_dirty) {
+                break;
+            }
+            self.plan_installs(now);
+        }
+        self.answer_waiters();
+    }
+
+    /// Lets the installer decide, and starts its next job if it has one.
+    pub(super) fn plan_installs(&mut self, now: u64) {
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        if let Some(job) = client.plan(&mut self.engine, now) {
+            let ctx = client::JobContext {
+                node: self.node.clone(),
+                writer: self.writer_tx.clone(),
+                opts: client.options().clone(),
+                hook_logs: self.opts.dir.join("hook-logs"),
+            };
+            self.tasks.spawn(client::run(job, ctx, self.ev_tx.clone()));
+        }
+    }
+
+    pub(super) fn drain_engine(&mut self, now: u64) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Send { to, msg } => {
+                    let frame = match msg {
+                        Control::Offer { manifest } => ControlFrame::Offer {
+                            manifest: manifest.to_vec(),
+                        },
+                        Control::Have { update, ranges } => ControlFrame::Have { update, ranges },
+                        Control::Rules { sets } => ControlFrame::Rules {
+                            sets: sets
+                                .iter()
+                                .map(|b| serde_bytes::ByteBuf::from(b.to_vec()))
+                                .collect(),
+                        },
+                        Control::Report { report } => ControlFrame::Report {
+                            report: serde_bytes::ByteBuf::from(report.to_vec()),
+                        },
+                        Control::Siblings { peers } => ControlFrame::Siblings {
+                            peers: peers
+                                .into_iter()
+                                .map(|node| SiblingAddr {
+                                    node,
+                                    addrs: self
+                                        .peer_addrs
+                                        .get(&node)
+                                        .map(|a| a.iter().map(|a| a.to_string()).collect())
+                                        .unwrap_or_default(),
+                                })
+                                .collect(),
+                        },
+                    };
+                    if let Some(tx) = self.sessions.get(&to) {
+                        let _ = tx.send(frame);
+                    }
+                }
+                Output::Fetch {
+                    id,
+                    from,
+                    update,
+                    first,
+                    count,
+                    direct,
+                } => {
+                    let expected: Vec<(Hash, u32)> = (first..first + count)
+                        .filter_map(|i| self.engine.chunk(&update, i))
+                        .collect();
+                    let job = FetchJob {
+                        id,
+                        update,
+                        first,
+                        direct,
+                        expected,
+                        base: self.delta_base(&update),
+                    };
+                    let sent = self
+                        .fetchers
+                        .get(&from)
+                        .is_some_and(|tx| tx.send(job).is_ok());
+                    if !sent {
+                        self.engine.handle_fetch_end(id, now);
+                    }
+                }
+                Output::StoreManifest { manifest } => {
+                    tracing::info!(update = %manifest.id, module = %module_name(&manifest), "new update offered");
+                    if self
+                        .writer_tx
+                        .try_send(WriteJob::Manifest {
+                            manifest: manifest.clone(),
+                        })
+                        .is_err()
+                    {
+                        // The queue is full of chunks: wait for room off the event loop.
+                        let tx = self.writer_tx.clone();
+                        self.tasks.spawn(async move {
+                            let _ = tx.send(WriteJob::Manifest { manifest }).await;
+                        });
+                    }
+                }
+                Output::Dial { peer } if Some(&peer) != self.engine.parent() => {
+                    self.dial_sibling(peer, now);
+                }
+                Output::Dial { peer } => {
+                    let (Ok(pid), Some(addr)) = (peer_of(&peer), self.parent_addr.clone()) else {
+                        continue;
+                    };
+                    if self.swarm.is_connected(&pid) {
+                        // Still connected (after joining, or a session that broke on
+                        // its own): only the control session needs to start again.
+                        self.open_parent_session(peer);
+                        continue;
+                    }
+                    tracing::info!(addr = %addr, "dialling the parent");
+                    if let Err(e) = self
+                        .swarm
+                        .dial(DialOpts::peer_id(pid).addresses(vec![addr]).build())
+                    {
+                        tracing::warn!("cannot dial the parent: {e}");
+                        self.engine.handle_disconnected(peer, now);
+                    }
+                }
+                Output::Disconnect { peer, reason } => {
+                    tracing::info!(peer = %peer.node_id(), "disconnecting: {reason}");
+                    self.sessions.remove(&peer);
+                    self.disconnect(peer);
+                }
+                Output::StoreRules { issuer, rules } => self.keep_rules(&issuer, &rules),
+                Output::StoreReport { child, report } => {
+                    self.reports_to_keep.insert(child, report);
+                }
+                Output::Event(e) => self.log_event(e),
+            }
+        }
+    }
+
+    pub(super) fn log_event(&mut self, e: Event) {
+        match e {
+            Event::UpdateComplete { update } => {
+                self.client_dirty = true;
+                tracing::info!(update = %update, "update complete")
+            }
+            Event::BadChunk {
+                peer,
+                update,
+                index,
+            } => tracing::warn!(
+                peer = %peer.node_id(), update = %update, index,
+                "chunk failed verification: discarded, will be fetched again"
+            ),
+            Event::Misbehaved { peer, reason } => {
+                tracing::warn!(peer = %peer.node_id(), "misbehaving peer: {reason}")
+            }
+            Event::Refused { peer } => {
+                self.refused += 1;
+                tracing::warn!(peer = %peer.node_id(), "refused a peer outside this node's part of the tree")
+            }
+            Event::ParentLost => tracing::warn!(
+                "lost the parent; serving children what this node has, retrying with backoff"
+            ),
+            Event::ParentConnected => {
+                self.client_dirty = true;
+                tracing::info!("connected to the parent")
+            }
+            Event::RulesRefused { peer, reason } => {
+                self.rules_refused += 1;
+                tracing::warn!(peer = %peer.node_id(), "rule set refused: {reason}")
+            }
+            Event::RulesApplied => {
+                self.client_dirty = true;
+                tracing::debug!("availability re-evaluated")
+            }
+            Event::Halted {
+                update,
+                group,
+                reason,
+            } => tracing::warn!(update = %update, group = %group, "rollout halted: {reason}"),
+            Event::OfferWithheld { peer, update } => tracing::warn!(
+                peer = %peer.node_id(), update = %update,
+                "the parent offered an update not available to this node by its rules; kept aside"
+            ),
+        }
+    }
+
+    pub(super) fn answer_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(u, _)| self.engine.is_complete(u));
+        self.waiters = waiting;
+        for (u, reply) in done {
+            // Complete means durable: the writer commits what it holds first.
+            let writer = self.writer_tx.clone();
+            self.tasks.spawn(async move {
+                let stopping = || "the daemon is stopping".to_string();
+                let (done, synced) = oneshot::channel();
+                let answer = match writer.send(WriteJob::Sync { done }).await {
+                    Err(_) => Err(stopping()),
+                    Ok(()) => synced.await.unwrap_or_else(|_| Err(stopping())),
+                };
+                let _ = reply.send(match answer {
+                    Ok(()) => Ok(serde_json::json!({ "update_id": u, "complete": true })),
+                    Err(e) => Err(Refusal::internal(format!(
+                        "the update is here but could not be committed: {e}"
+                    ))),
+                });
+            });
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The event loop's handling of what its tasks report: handshakes, sessions, control
+//! frames, chunk verdicts, serve requests and finished jobs.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn on_event(&mut self, ev: Ev) {
+        let now = now_ms();
+        match ev {
+            Ev::Local { req, reply } => self.on_local(req, reply),
+            Ev::Join {
+                peer,
+                secret,
+                reply,
+            } => {
+                let _ = reply.send(self.on_join(peer, secret));
+            }
+            Ev::Hello {
+                peer,
+                chain,
+                site,
+                addrs,
+                reply,
+            } => {
+                let verdict = self.check_child(&peer, &chain, site.as_deref(), &addrs);
+                match &verdict {
+                    Ok(_) => self.engine.set_child_site(peer, site.as_deref()),
+                    Err(reason) => {
+                        self.refused += 1;
+                        tracing::warn!(peer = %peer.node_id(), "refused: {reason}");
+                    }
+                }
+                let _ = reply.send(verdict);
+            }
+            Ev::SiblingHello { peer, chain, reply } => {
+                let verdict = match self.sibling_check() {
+                    Some(check) => {
+                        check_sibling(&peer, &chain, &check).map(|()| self.chain.clone())
+                    }
+                    None => Err("this node has no site, so it has no siblings".to_string()),
+                };
+                if verdict.is_err() {
+                    self.refused += 1;
+                }
+                let _ = reply.send(verdict);
+            }
+            Ev::Renewed { chain } => {
+                if let Err(e) = self.node.set_chain(&chain) {
+                    tracing::error!("cannot keep the renewed certificate chain: {e}");
+                }
+                self.chain = chain;
+            }
+            Ev::ControlUp { peer, sibling, tx } => {
+                if sibling {
+                    if self.sessions.contains_key(&peer) {
+                        // Both sides dialled at once: one session is enough.
+                        return;
+                    }
+                    self.sessions.insert(peer, tx);
+                    self.sibling_sessions.insert(peer);
+                    self.start_fetchers(peer, self.local_download.clone());
+                    if !self.engine.handle_sibling_connected(peer, now) {
+                        self.end_session(peer, "a banned sibling");
+                        self.disconnect(peer);
+                    } else {
+                        tracing::info!(peer = %peer.node_id(), "sibling session up");
+                    }
+                    return;
+                }
+                self.sessions.insert(peer, tx);
+                if Some(&peer) == self.engine.parent() {
+                    self.start_fetchers(peer, self.download.clone());
+                }
+                self.engine.handle_connected(peer, now);
+            }
+            Ev::ControlMsg { peer, frame } => {
+                let msg = match frame {
+                    ControlFrame::Offer { manifest } => Control::Offer {
+                        manifest: manifest.into(),
+                    },
+                    ControlFrame::Have { update, ranges } if ranges.len() <= proto::MAX_RANGES => {
+                        Control::Have { update, ranges }
+                    }
+                    ControlFrame::Rules { sets } => Control::Rules {
+                        sets: sets.into_iter().map(|b| b.into_vec().into()).collect(),
+                    },
+                    ControlFrame::Report { report } => Control::Report {
+                        report: report.into_vec().into(),
+                    },
+                    ControlFrame::Siblings { peers } if Some(&peer) == self.engine.parent() => {
+                        match self.take_sibling_addrs(peers) {
+                            Ok(peers) => Control::Siblings { peers },
+                            Err(why) => {
+                                tracing::warn!(peer = %peer.node_id(), "bad sibling list: {why}; closing");
+                                self.disconnect(peer);
+                                return;
+                            }
+                        }
+                    }
+                    other => {
+                        tracing::warn!(peer = %peer.node_id(), "unexpected control frame {:?}; closing", frame_kind(&other));
+                        self.disconnect(peer);
+                        return;
+                    }
+                };
+                // New offers and rules change what the installer decides; chunk
+                // announcements and reports do not (completion comes as an event).
+                if matches!(msg, Control::Offer { .. } | Control::Rules { .. }) {
+                    self.client_dirty = true;
+                }
+                self.engine.handle_message(peer, msg, now);
+            }
+            Ev::ControlDown { peer, why } => {
+                let is_parent = Some(&peer) == self.engine.parent();
+                let came_up =
+                    self.sessions.contains_key(&peer) || self.sibling_sessions.contains(&peer);
+                if is_parent && !came_up {
+                    tracing::error!("{why}");
+                }
+                self.end_session(peer, &why);
+                if !is_parent && !came_up {
+                    // A sibling session that never came up (say, the sibling still had
+                    // the certificate of its join, without the site): the dial is over.
+                    // The engine is told, so that it dials again after its backoff
+                    // instead of waiting on this dial forever.
+                    self.engine.handle_disconnected(peer, now);
+                }
+                self.disconnect(peer);
+            }
+            Ev::Verdict {
+                fetch,
+                index,
+                verdict,
+            } => {
+                let source = self.engine.fetch_source(fetch);
+                if let (ChunkVerdict::Stored { wire }, Some((from, update))) = (verdict, source) {
+                    let wire = u64::from(wire);
+                    self.transfers.entry(update).or_default().bytes_in += wire;
+                    *self.received_from.entry(from).or_default() += wire;
+                }
+                self.engine.handle_chunk(fetch, index, verdict, now);
+                if let Some((_, update)) = source
+                    && self.engine.is_complete(&update)
+                {
+                    self.delta_bases.remove(&update);
+                }
+            }
+            Ev::FetchEnd { fetch } => self.engine.handle_fetch_end(fetch, now),
+            Ev::Elsewhere {
+                fetch,
+                index,
+                holder,
+            } => self.engine.handle_elsewhere(fetch, index, holder, now),
+            Ev::Serve { peer, req, reply } => {
+                let answer = if self.engine.may_request(&peer) {
+                    let span = req.first..req.first + req.count;
+                    let chunks = self.engine.serve(&peer, &req.update, span, req.direct);
+                    Ok(Serving {
+                        chunks,
+                        sibling: self.engine.is_connected_sibling(&peer),
+                        delta: req
+                            .base
+                            .and_then(|base| self.engine.delta_pair(&req.update, &base)),
+                    })
+                } else {
+                    self.refused += 1;
+                    tracing::warn!(peer = %peer.node_id(), "refused a chunk request: not a connected child or sibling");
+                    Err(
+                        "this node serves chunks only to its own connected children and siblings"
+                            .to_string(),
+                    )
+                };
+                let _ = reply.send(answer);
+            }
+            Ev::Served {
+                peer,
+                update,
+                bytes,
+            } => {
+                self.transfers.entry(update).or_default().bytes_out += bytes;
+                *self.sent_to.entry(peer).or_default() += bytes;
+            }
+            Ev::LocalHave { update, have } => {
+                self.engine.handle_local_have(update, &have, now);
+                self.client_dirty = true;
+            }
+            Ev::Installer { done } => {
+                if let Some(c) = self.client.as_mut() {
+                    c.finish(done, &mut self.engine, &self.node, now);
+                }
+                self.client_dirty = true;
+            }
+            Ev::Published { result, reply } => {
+                let response = match result {
+                    Ok(outcome) => {
+                        if let Err(e) = self.add_published(&outcome.update_id, now) {
+                            tracing::error!("published update cannot be offered: {e}");
+                        }
+                        Ok(serde_json::to_value(&outcome).unwrap_or_default())
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(response);
+            }
+        }
+    }
+
+    /// The base this node names when it fetches chunks of `update`, kept per update
+    /// so that every span names the same one.
+    pub(super) fn delta_base(&mut self, update: &Hash) -> Option<Arc<delta::Base>> {
+        if let Some(base) = self.delta_bases.get(update) {
+            return Some(base.clone());
+        }
+        let (id, chunks) = self.engine.delta_base(update)?;
+        let base = Arc::new(delta::Base {
+            id,
+            chunks,
+            broken: Default::default(),
+        });
+        self.delta_bases.insert(*update, base.clone());
+        Some(base)
+    }
+
+    pub(super) fn add_published(&mut self, id: &Hash, now: u64) -> Result<(), String> {
+        let bytes = self
+            .node
+            .store
+            .manifest_bytes(id)
+            .map_err(|e| e.to_string())?
+            .ok_or("the manifest is not in the store")?;
+        let m = SignedManifest::open(&bytes, &self.node.root_key, now / 1000)
+            .map_err(|e| e.to_string())?;
+        let have = local_have(&self.node.store, &m).map_err(|e| e.to_string())?;
+        self.engine.add_local_update(Arc::new(m), &have, now);
+        Ok(())
+    }
+
+    /// Starts the chunk streams to a source (the parent or a sibling), paced by `limit`.
+    pub(super) fn start_fetchers(&mut self, source: PublicKey, limit: Option<Arc<Limiter>>) {
+        let Some(pid) = source.peer_id() else { return };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..self.opts.engine.window {
+            self.tasks.spawn(fetch_worker(
+                self.control.clone(),
+                pid,
+                rx.clone(),
+                self.writer_tx.clone(),
+                Duration::from_millis(self.engine.config().fetch_timeout),
+                limit.clone(),
+                self.node.clone(),
+            ));
+        }
+        self.fetchers.insert(source, tx);
+    }
+
+    /// The parent's list of siblings: checked, their addresses kept for dialling.
+    pub(super) fn take_sibling_addrs(
+        &mut self,
+        peers: Vec<SiblingAddr>,
+    ) -> Result<Vec<PublicKey>, String> {
+        if peers.len() > engine::MAX_SIBLINGS {
+            return Err(format!(
+                "{} siblings, over the limit of {}",
+                peers.len(),
+                engine::MAX_SIBLINGS
+            ));
+        }
+        let mut keys = Vec::with_capacity(peers.len());
+        for p in peers {
+            let addrs = parse_addrs(&p.addrs)?;
+            self.peer_addrs.insert(p.node, addrs);
+            keys.push(p.node);
+        }
+        Ok(keys)
+    }
+
+    pub(super) fn disconnect(&mut self, peer: PublicKey) {
+        if let Some(pid) = peer.peer_id() {
+            let _ = self.swarm.disconnect_peer_id(pid);
+        }
+    }
+}
