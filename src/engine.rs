@@ -34,13 +34,18 @@
 //! approvals whose failure threshold the roll-up passes.
 
 pub mod bitmap;
+mod conduct;
 mod fetching;
 mod links;
+mod liveness;
 mod offers;
 mod reporting;
 mod rulebook;
 mod site;
+mod sources;
 
+pub use conduct::{BanInfo, Offence, Standing};
+pub use liveness::clock_note;
 pub use site::{MAX_SIBLINGS, MAX_STRIKES, Served, SiblingInfo};
 
 use crate::content::{DigestState, Hash};
@@ -70,12 +75,20 @@ pub struct Config {
     pub span: u32,
     /// Fetch requests in flight towards one peer: enough to keep a long link full.
     pub window: usize,
-    /// A fetch not ended by then is given up and its chunks asked again.
+    /// A fetch not ended by then is given up and its chunks asked again; also the
+    /// longest the parent may deliver nothing while fetches are in flight
+    /// (`engine::sources`).
     pub fetch_timeout: Millis,
+    /// The longest a sibling may deliver nothing while fetches are in flight to it,
+    /// before its rate is measured (then four times what the rate needs, if less), and
+    /// the longest chunks wait on a sibling the parent pointed to while nothing of
+    /// their update arrives. Siblings share a LAN: a silent one costs little.
+    pub sibling_stall: Millis,
     /// First and longest wait before dialling a lost parent again (doubling between).
     pub retry_min: Millis,
     pub retry_max: Millis,
-    /// How long a chunk that arrived bad waits before it is asked again.
+    /// How long a chunk that arrived bad waits before it is asked again, doubling with
+    /// each bad copy of it (up to 64 times as long).
     pub bad_chunk_delay: Millis,
     /// How long after a change the parent is sent a report, so that a burst of changes
     /// makes one report.
@@ -89,6 +102,12 @@ pub struct Config {
     /// (16 KiB/s is 1.3% of a 10 Mbit/s link; a 10 KB report goes up at most every
     /// 0.6 s, a 200 KB one every 12 s).
     pub report_rate: u64,
+    /// How often every session carries a `Ping` (0: never; the simulator, which models
+    /// no frozen peers, saves the events).
+    pub heartbeat: Millis,
+    /// A peer not heard from for this long is taken for gone (a frozen process keeps
+    /// its connection up).
+    pub silence: Millis,
     /// The least time between two announcements of newly stored chunks to children
     /// and siblings: chunks stored in a burst go out in one `Have` (the first after a
     /// quiet spell, and the last of an update, at once). A node that receives fast so
@@ -107,6 +126,7 @@ impl Default for Config {
             span: 16,
             window: 8,
             fetch_timeout: 60_000,
+            sibling_stall: 3_000,
             retry_min: 500,
             retry_max: 30_000,
             bad_chunk_delay: 1_000,
@@ -114,6 +134,8 @@ impl Default for Config {
             report_interval: 1_000,
             report_rate: 16 * 1024,
             announce_interval: 250,
+            heartbeat: 5_000,
+            silence: 15_000,
             installer: false,
         }
     }
@@ -144,6 +166,9 @@ pub enum Control {
     /// From the parent: the receiver's connected siblings, the other children of the
     /// parent at the receiver's site (PROTOCOL.md §13.1).
     Siblings { peers: Vec<PeerId> },
+    /// Either way, every [`Config::heartbeat`]: the sender is alive, and its clock
+    /// (Unix ms) says `time` (PROTOCOL.md §12.4).
+    Ping { time: Millis },
 }
 
 /// How the driver judged one chunk of a fetch.
@@ -154,6 +179,9 @@ pub enum ChunkVerdict {
     Stored { wire: u32 },
     /// The bytes did not match the manifest's hash: nothing was stored.
     Bad,
+    /// The source said it does not hold the chunk: it is not asked for it again until
+    /// it announces it again.
+    Missing,
 }
 
 /// Something the driver should do, or know.
@@ -215,9 +243,21 @@ pub enum Event {
         update: Hash,
         index: u32,
     },
-    /// A peer sent something that cannot be accepted (a bad manifest, an unknown update).
+    /// A peer did something wrong ([`Offence`]): counted against it.
     Misbehaved {
         peer: PeerId,
+        offence: Offence,
+        reason: String,
+    },
+    /// A peer was banned until `until` after repeated offences: its connections are
+    /// closed and refused until then.
+    Banned {
+        peer: PeerId,
+        until: Millis,
+        reason: String,
+    },
+    /// Something this node could not do itself (sign its report or a halt).
+    Error {
         reason: String,
     },
     /// A peer that is neither this node's parent nor one of its children.
@@ -245,6 +285,12 @@ pub enum Event {
     },
     ParentLost,
     ParentConnected,
+    /// Nothing came from `peer` since `since` for [`Config::silence`]: its session was
+    /// ended, as if its connection had dropped.
+    Unresponsive {
+        peer: PeerId,
+        since: Millis,
+    },
 }
 
 /// Counters for status and reports.
@@ -303,6 +349,8 @@ struct Update {
     awaiting_local: bool,
     /// Chunks that came back bad and when they may be asked again.
     resting: Vec<(u32, Millis)>,
+    /// How many bad copies of each chunk came: each waits twice as long as the last.
+    bad_copies: HashMap<u32, u8>,
     /// [`Event::UpdateComplete`] was reported.
     completed: bool,
     /// Taken up: [`Output::StoreManifest`] was asked for. An offer of an update that is
@@ -330,6 +378,7 @@ impl Update {
             unannounced: Bitmap::new(n),
             awaiting_local,
             resting: Vec::new(),
+            bad_copies: HashMap::new(),
             completed: false,
             stored: !awaiting_local,
             from_parent: 0,
@@ -353,6 +402,10 @@ struct Fetch {
     first: u32,
     count: u32,
     deadline: Millis,
+    /// The bytes of the chunks asked for.
+    bytes: u64,
+    /// Chunks answered with bytes that were stored, or with "elsewhere".
+    answered: u32,
 }
 
 /// The installer's word on an update (a client's), reported up with the update's state.
@@ -441,6 +494,18 @@ pub struct Engine {
     siblings: Vec<site::Sibling>,
     /// On a parent: its children's sites and who was sent which chunk.
     sites: site::Sites,
+    /// What peers did wrong, and who is banned.
+    conduct: conduct::Conduct,
+    /// The health of each source fetched from.
+    sources: sources::Sources,
+    /// When each peer with a session was last heard from (only with a heartbeat).
+    heard: HashMap<PeerId, Millis>,
+    /// When the next `Ping`s go out.
+    next_heartbeat: Option<Millis>,
+    /// How far the parent's clock is ahead of this node's, in ms.
+    clock_offset: Option<i64>,
+    /// The parent was given up for silence at this time, and not heard from since.
+    parent_silent_since: Option<Millis>,
 }
 
 impl Engine {
@@ -505,6 +570,12 @@ impl Engine {
             parent_paused: false,
             siblings: Vec::new(),
             sites: site::Sites::default(),
+            conduct: conduct::Conduct::default(),
+            sources: sources::Sources::default(),
+            heard: HashMap::new(),
+            next_heartbeat: None,
+            clock_offset: None,
+            parent_silent_since: None,
         }
     }
 
@@ -628,11 +699,23 @@ impl Engine {
 
     /// A control message from a connected peer.
     pub fn handle_message(&mut self, peer: PeerId, msg: Control, now: Millis) {
+        self.heard(peer, now);
+        if let Control::Ping { time } = msg {
+            if self.is_parent(&peer) {
+                self.set_parent_clock(time, now);
+            }
+            return;
+        }
         if let Control::Report { report } = msg {
             if self.is_connected_child(&peer) {
                 self.handle_report(peer, report, now);
             } else {
-                self.misbehaved(peer, "a report from a peer that is not a connected child");
+                self.handle_offence(
+                    peer,
+                    Offence::WrongRole,
+                    "a report from a peer that is not a connected child",
+                    now,
+                );
             }
             return;
         }
@@ -643,25 +726,37 @@ impl Engine {
                 Control::Have { update, ranges } => {
                     self.handle_sibling_have(slot, update, ranges, now)
                 }
-                _ => self.misbehaved(peer, "a sibling sent something other than a Have"),
+                _ => self.handle_offence(
+                    peer,
+                    Offence::WrongRole,
+                    "a sibling sent something other than a Have",
+                    now,
+                ),
             }
             return;
         }
         if !self.is_parent(&peer) {
-            self.misbehaved(
+            self.handle_offence(
                 peer,
+                Offence::WrongRole,
                 "a control message only a parent sends, from a peer that is not this node's parent",
+                now,
             );
             return;
         }
         match msg {
             Control::Offer { manifest } => self.handle_offer(peer, manifest, now),
             Control::Rules { sets } => self.handle_rules(peer, &sets, now),
-            Control::Report { .. } => {}
+            Control::Report { .. } | Control::Ping { .. } => {}
             Control::Siblings { peers } => self.handle_siblings(peers, now),
             Control::Have { update, ranges } => {
                 let Some(u) = self.updates.get_mut(&update) else {
-                    self.misbehaved(peer, "announced chunks of an update it never offered");
+                    self.handle_offence(
+                        peer,
+                        Offence::BadFrame,
+                        "announced chunks of an update it never offered",
+                        now,
+                    );
                     return;
                 };
                 for (start, end) in ranges {
@@ -692,8 +787,11 @@ impl Engine {
             .collect();
         for id in overdue {
             self.stats.fetch_timeouts += 1;
-            self.end_fetch(id);
+            self.end_fetch(id, Some(now));
         }
+        self.check_liveness(now);
+        self.stats.fetch_timeouts += self.check_source_stalls(now) as u64;
+        self.end_backoffs(now);
         self.check_stalls(now);
         for u in self.updates.values_mut() {
             let (awake, still): (Vec<_>, Vec<_>) = u.resting.iter().partition(|(_, at)| *at <= now);
@@ -738,6 +836,8 @@ impl Engine {
             self.announce_due,
             self.next_stall(),
             self.next_sibling_redial(),
+            self.next_source_check(),
+            self.next_liveness_check(),
         ]
         .into_iter()
         .flatten()
@@ -764,11 +864,9 @@ impl Engine {
         false
     }
 
-    fn misbehaved(&mut self, peer: PeerId, reason: &str) {
-        self.out.push_back(Output::Event(Event::Misbehaved {
-            peer,
-            reason: reason.to_string(),
-        }));
+    /// Something this node could not do itself: said, not counted against anyone.
+    fn failed(&mut self, reason: String) {
+        self.out.push_back(Output::Event(Event::Error { reason }));
     }
 
     fn is_parent(&self, peer: &PeerId) -> bool {
@@ -936,10 +1034,13 @@ impl Engine {
 /// Exponential backoff with jitter: `retry_min * 2^attempts`, capped at `retry_max`,
 /// then spread over its upper half so that many children do not come back at once.
 fn backoff(config: &Config, attempts: u32, rng: &mut SplitMix64) -> Millis {
-    let base = config
-        .retry_min
-        .saturating_mul(1 << attempts.min(20))
-        .min(config.retry_max);
+    backoff_between(config.retry_min, config.retry_max, attempts, rng)
+}
+
+/// Exponential backoff with jitter: `min * 2^attempts`, capped at `max`, then spread
+/// over its upper half.
+fn backoff_between(min: Millis, max: Millis, attempts: u32, rng: &mut SplitMix64) -> Millis {
+    let base = min.saturating_mul(1 << attempts.min(20)).min(max);
     base / 2 + rng.next() % (base / 2 + 1)
 }
 

@@ -24,12 +24,16 @@ mod accept;
 pub mod admin;
 mod chunks;
 mod client;
+mod conduct;
 mod delta;
 mod drive;
 mod events;
 mod join;
 mod limit;
+mod limits;
 mod local;
+#[doc(hidden)]
+pub mod logcap;
 mod membership;
 #[doc(hidden)]
 pub mod probe;
@@ -37,6 +41,7 @@ pub mod proto;
 mod reports;
 mod rules;
 mod session;
+mod transport;
 mod writer;
 
 use crate::content::Hash;
@@ -51,7 +56,7 @@ pub use client::{ClientOptions, Withdrawn};
 use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
-use libp2p::{Multiaddr, PeerId as Libp2pPeerId, Stream, Swarm, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId as Libp2pPeerId, Stream, Swarm};
 pub use limit::BandwidthOptions;
 use limit::{Limiter, pace};
 use proto::{ChunkRequest, ControlFrame, JoinReply, JoinRequest, SiblingAddr};
@@ -70,6 +75,7 @@ use chunks::*;
 use join::*;
 use membership::*;
 use session::*;
+use transport::{Behaviour, BehaviourEvent, build_swarm};
 use writer::*;
 
 /// How long a certificate issued to a child is valid. Renewed on every connection.
@@ -138,8 +144,6 @@ pub enum NetError {
     Install(#[from] crate::install::InstallError),
 }
 
-type Behaviour = libp2p_stream::Behaviour;
-
 /// Every task a daemon spawns, so that stopping it ends them all before the store is
 /// closed.
 #[derive(Clone, Default)]
@@ -178,6 +182,14 @@ impl Tasks {
 
 /// Something for the event loop.
 enum Ev {
+    /// A peer opened a stream: admit it or drop it.
+    Inbound(Inbound),
+    /// A task saw a peer do something wrong.
+    Offence {
+        peer: PublicKey,
+        offence: engine::Offence,
+        reason: String,
+    },
     Local {
         req: Request,
         reply: oneshot::Sender<Answer>,
@@ -200,9 +212,11 @@ enum Ev {
         chain: Vec<Envelope>,
         reply: oneshot::Sender<Result<Vec<Envelope>, String>>,
     },
-    /// A child-side control handshake succeeded: the parent renewed our chain.
+    /// A child-side control handshake succeeded: the parent renewed our chain, and its
+    /// clock said `time`.
     Renewed {
         chain: Vec<Envelope>,
+        time: u64,
     },
     ControlUp {
         peer: PublicKey,
@@ -212,6 +226,8 @@ enum Ev {
     ControlMsg {
         peer: PublicKey,
         frame: ControlFrame,
+        /// The frame's share of its session's queue, given back once it is handled.
+        held: tokio::sync::OwnedSemaphorePermit,
     },
     ControlDown {
         peer: PublicKey,
@@ -311,6 +327,12 @@ pub struct Daemon {
     /// Fetches from siblings, all together, go no faster than this.
     local_download: Option<Arc<Limiter>>,
     admin_url: String,
+    /// What every chunk stream this node serves shares.
+    server: Arc<Server>,
+    /// Streams open now, per peer and for all strangers.
+    gate: Arc<limits::StreamGate>,
+    /// Connections of strangers, and when each came up (`limits`).
+    strangers: HashMap<libp2p::swarm::ConnectionId, (PublicKey, std::time::Instant)>,
     tasks: Tasks,
     opts: Options,
 }
@@ -355,26 +377,6 @@ fn now_secs() -> u64 {
 fn peer_of(key: &PublicKey) -> Result<Libp2pPeerId, NetError> {
     key.peer_id()
         .ok_or_else(|| NetError::Transport(format!("{key} is not a valid node key")))
-}
-
-/// The transport: TCP with TCP_NODELAY, noise, yamux (see README "Transport").
-fn build_swarm(key: &SecretKey) -> Result<Swarm<Behaviour>, NetError> {
-    let t = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
-    Ok(
-        libp2p::SwarmBuilder::with_existing_identity(key.to_keypair())
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| t(&e))?
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .map_err(|e| t(&e))?
-            // The control stream keeps a tree connection busy; idle ones are strays.
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build(),
-    )
 }
 
 /// Opens the node in `opts.dir`, redeems its join token if it has not joined yet,
@@ -425,11 +427,11 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
             }
         }
     }
-    let control = swarm.behaviour().new_control();
+    let control = swarm.behaviour().streams.new_control();
     {
         let store = Store::open(&dir)?;
         if let Some(token) = Node::pending_join(&store)? {
-            join(&mut swarm, control.clone(), &key, &store, &token).await?;
+            join_with_retries(&mut swarm, control.clone(), &key, &store, &token).await?;
         }
     }
     let node = Arc::new(Node::open(&dir)?);
@@ -465,6 +467,12 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         // when it has taken twice what a full window of large chunks would.
         let in_flight = config.window as u64 * u64::from(config.span) * (256 << 10);
         config.fetch_timeout = config.fetch_timeout.max(in_flight * 2000 / rate.0.max(1));
+    }
+    if let Some(rate) = opts.bandwidth.max_local_download {
+        // Likewise a sibling under a LAN limit: its first chunk on each stream comes
+        // after a window of chunks has crossed at that rate.
+        let first = config.window as u64 * (256 << 10);
+        config.sibling_stall = config.sibling_stall.max(first * 4000 / rate.0.max(1));
     }
     let mut engine = Engine::new(role, node.root_key, key.clone(), path, config, seed);
     engine.set_parent_paused(!opts.bandwidth.wan_open(limit::local_minute()), now);
@@ -513,17 +521,16 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
             }
         });
     }
-    spawn_acceptors(
-        &tasks,
-        control.clone(),
-        ev_tx.clone(),
-        node.clone(),
-        [opts.corrupt_first_chunks, opts.corrupt_first_deltas],
-        Uploads {
+    spawn_acceptors(&tasks, control.clone(), ev_tx.clone())?;
+    let server = Arc::new(Server {
+        node: node.clone(),
+        corrupt: [opts.corrupt_first_chunks, opts.corrupt_first_deltas].map(AtomicU32::new),
+        uploads: Uploads {
             children: opts.bandwidth.max_upload.map(Limiter::new),
             siblings: opts.bandwidth.max_local_upload.map(Limiter::new),
         },
-    )?;
+        deltas: delta::Deltas::default(),
+    });
     tracing::info!(
         node = %node.node_id(),
         root = node.is_root(),
@@ -562,6 +569,9 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         download: opts.bandwidth.max_download.map(Limiter::new),
         local_download: opts.bandwidth.max_local_download.map(Limiter::new),
         admin_url,
+        server,
+        gate: Default::default(),
+        strangers: HashMap::new(),
         tasks,
         opts,
     };
@@ -620,6 +630,10 @@ impl Daemon {
         tracing::info!(node = %self.node.node_id(), "stopping");
         // Answer pending waits now: the admin API stops once its requests are done.
         self.waiters.clear();
+        // What the tick keeps is kept now too: a child's report that came in since the
+        // last tick would otherwise be lost with the process.
+        self.keep_reports();
+        self.keep_report_seq();
         let Daemon {
             writer,
             writer_tx,
@@ -647,6 +661,8 @@ impl Daemon {
             t.last_out = t.bytes_out;
         }
         let _ = self.writer_tx.try_send(WriteJob::Tick);
+        self.expire_strangers();
+        logcap::flush();
         // Waits whose caller gave up (an admin API timeout) need no answer.
         self.waiters.retain(|(_, reply)| !reply.is_closed());
         self.renew_rules();
@@ -664,14 +680,20 @@ impl Daemon {
         }
     }
 
-    fn on_swarm(&mut self, ev: SwarmEvent<()>) {
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
                 let Some(peer) = PublicKey::from_peer_id(&peer_id) else {
                     return;
                 };
+                if !self.admit_connection(peer, connection_id) {
+                    return;
+                }
                 self.remote_addrs
                     .insert(peer, endpoint.get_remote_address().clone());
                 if endpoint.is_dialer() && !self.sessions.contains_key(&peer) {
@@ -686,10 +708,14 @@ impl Daemon {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                if let Some(peer) = PublicKey::from_peer_id(&peer_id) {
+                self.strangers.remove(&connection_id);
+                if num_established == 0
+                    && let Some(peer) = PublicKey::from_peer_id(&peer_id)
+                {
                     self.remote_addrs.remove(&peer);
                     self.end_session(peer, "connection closed");
                 }
@@ -704,7 +730,7 @@ impl Daemon {
                         tracing::warn!("cannot reach the parent: {error}");
                         self.engine.handle_disconnected(peer, now_ms());
                     } else if !self.sessions.contains_key(&peer) {
-                        tracing::warn!(peer = %peer.node_id(), "cannot reach a sibling: {error}");
+                        crate::peer_warn!(peer, "dial failed", "cannot reach a sibling: {error}");
                         self.engine.handle_disconnected(peer, now_ms());
                     }
                 }
@@ -737,5 +763,6 @@ fn frame_kind(f: &ControlFrame) -> &'static str {
         ControlFrame::Have { .. } => "Have",
         ControlFrame::Rules { .. } => "Rules",
         ControlFrame::Report { .. } => "Report",
+        ControlFrame::Ping { .. } => "Ping",
     }
 }

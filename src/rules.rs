@@ -197,6 +197,14 @@ pub enum RulesError {
         held: u64,
         got: u64,
     },
+    #[error(
+        "rules version {version} is more than a day ahead of the time they say they were issued ({issued}): forged or misdated, refused"
+    )]
+    VersionAhead { version: u64, issued: u64 },
+    #[error(
+        "rules say they were issued at {issued} (Unix seconds), more than a day ahead of this node's clock ({now})"
+    )]
+    IssuedAhead { issued: u64, now: u64 },
     #[error("invalid rules: {0}")]
     Invalid(#[from] InvalidRules),
     #[error("update {update} is not available to this node")]
@@ -477,7 +485,7 @@ impl SignedRules {
     /// PROTOCOL.md §14.3; the version is checked by [`RuleBook::apply`].
     pub fn open(bytes: &[u8], path: &[PublicKey], now: u64) -> Result<SignedRules, RulesError> {
         let ancestors = path.split_last().map_or(&[][..], |(_, a)| a);
-        open_inner(bytes, ancestors, Some(now))
+        open_inner(bytes, ancestors, now, true)
     }
 
     /// [`SignedRules::open`], sharing the result with every other opener of the very
@@ -504,7 +512,8 @@ impl SignedRules {
         if !ancestors.contains(&signer) {
             return Err(RulesError::WrongSigner { signer });
         }
-        if known.expires <= now {
+        check_issued(&known.rules, now)?;
+        if crate::trust::expired(known.expires, now) {
             return Err(RulesError::Expired {
                 expires: known.expires,
                 now,
@@ -520,7 +529,7 @@ impl SignedRules {
 
     /// Whether the rules apply at `now`.
     pub fn is_live(&self, now: u64) -> bool {
-        now < self.expires
+        !crate::trust::expired(self.expires, now)
     }
 }
 
@@ -535,12 +544,31 @@ fn check_body(rules: &Rules, expires: u64) -> Result<(), InvalidRules> {
     Ok(())
 }
 
-/// Opens a rule set signed by one of `signers`; `now: None` skips the expiry check
+/// How far a rule set's version may be ahead of the time it says it was issued. Versions
+/// follow the issuer's clock (PROTOCOL.md §14.1), so a version far ahead of it was
+/// forged or misdated, and would lock out the issuer's real rules until it lapsed.
+pub const MAX_VERSION_AHEAD: u64 = 86_400;
+/// How far ahead of the receiver's clock a rule set may say it was issued.
+pub const MAX_ISSUED_AHEAD: u64 = 86_400;
+
+/// Refuses rules issued further ahead of `now` (Unix seconds) than clocks drift.
+fn check_issued(rules: &Rules, now: u64) -> Result<(), RulesError> {
+    if rules.issued > now.saturating_add(MAX_ISSUED_AHEAD) {
+        return Err(RulesError::IssuedAhead {
+            issued: rules.issued,
+            now,
+        });
+    }
+    Ok(())
+}
+
+/// Opens a rule set signed by one of `signers`; `expiry: false` skips the expiry check
 /// (for rule sets restored from the store, kept for their version).
 fn open_inner(
     bytes: &[u8],
     signers: &[PublicKey],
-    now: Option<u64>,
+    now: u64,
+    expiry: bool,
 ) -> Result<SignedRules, RulesError> {
     let envelope: Envelope =
         wire::decode_canonical(bytes, MAX_RULES_ENVELOPE_BYTES, "rules envelope")?;
@@ -554,8 +582,8 @@ fn open_inner(
             signer: envelope.signer,
         });
     }
-    // Without a clock, check at time 0: the signature, and nothing expires.
-    envelope.verify(TAG_RULES, &envelope.signer, now.unwrap_or(0))?;
+    // Without the expiry, check at time 0: the signature, and nothing expires.
+    envelope.verify(TAG_RULES, &envelope.signer, if expiry { now } else { 0 })?;
     let expires = envelope.expires.ok_or(RulesError::NoExpiry)?;
     let rules: Rules = wire::decode_canonical(&envelope.body, MAX_RULES_BYTES, "rules")?;
     if rules.issuer != envelope.signer {
@@ -565,6 +593,13 @@ fn open_inner(
         });
     }
     check_body(&rules, expires)?;
+    if envelope.seq > rules.issued.saturating_add(MAX_VERSION_AHEAD) {
+        return Err(RulesError::VersionAhead {
+            version: envelope.seq,
+            issued: rules.issued,
+        });
+    }
+    check_issued(&rules, now)?;
     Ok(SignedRules {
         bytes: bytes.to_vec(),
         version: envelope.seq,
@@ -721,10 +756,15 @@ impl RuleBook {
     }
 
     /// Reloads a rule set this node stored earlier: signed by a node of `path` (an
-    /// ancestor or the node itself), checked like [`SignedRules::open`] but for the
-    /// expiry, so that an expired set still holds its issuer's version.
-    pub fn restore(&mut self, bytes: &[u8], path: &[PublicKey]) -> Result<bool, RulesError> {
-        self.apply(open_inner(bytes, path, None)?)
+    /// ancestor or the node itself), checked like [`SignedRules::open`] at `now` but for
+    /// the expiry, so that an expired set still holds its issuer's version.
+    pub fn restore(
+        &mut self,
+        bytes: &[u8],
+        path: &[PublicKey],
+        now: u64,
+    ) -> Result<bool, RulesError> {
+        self.apply(open_inner(bytes, path, now, false)?)
     }
 
     /// The rule set held from `issuer`, live or not.
@@ -852,7 +892,9 @@ impl RuleBook {
                     .values()
                     .filter(|a| a.halted.is_none())
                     .filter_map(|a| a.deadline);
-                std::iter::once(r.expires).chain(deadlines)
+                // The set lapses once the clock tolerance past its expiry.
+                let lapses = r.expires.saturating_add(crate::trust::CLOCK_TOLERANCE);
+                std::iter::once(lapses).chain(deadlines)
             })
             .filter(|t| *t > now)
             .min()

@@ -26,6 +26,15 @@ use std::sync::Arc;
 pub const TAG_MANIFEST: &str = "arbor/manifest/v1";
 /// Room an envelope needs beyond its body.
 const ENVELOPE_OVERHEAD: usize = 256;
+/// How far apart two nodes' clocks may be before expiries bite: a signed object is
+/// taken as expired only this many seconds after its expiry (PROTOCOL.md §5).
+pub const CLOCK_TOLERANCE: u64 = 300;
+
+/// Whether something that expires at `expires` has expired at `now` (Unix seconds),
+/// allowing for [`CLOCK_TOLERANCE`].
+pub fn expired(expires: u64, now: u64) -> bool {
+    expires.saturating_add(CLOCK_TOLERANCE) <= now
+}
 
 /// Why a signed object was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -316,7 +325,7 @@ impl Envelope {
             }
         }
         match self.expires {
-            Some(expires) if expires <= now => Err(TrustError::Expired { expires, now }),
+            Some(expires) if expired(expires, now) => Err(TrustError::Expired { expires, now }),
             _ => Ok(()),
         }
     }
@@ -395,7 +404,7 @@ impl SignedManifest {
             && known.root == *root
         {
             return match known.expires {
-                Some(expires) if expires <= now => Err(TrustError::Expired { expires, now }),
+                Some(expires) if expired(expires, now) => Err(TrustError::Expired { expires, now }),
                 _ => Ok(known.manifest.clone()),
             };
         }
@@ -497,12 +506,17 @@ mod tests {
             Some(100),
             wire::encode(&two_files()),
         );
-        assert_eq!(env.verify(TAG_MANIFEST, &root().public(), 99), Ok(()));
+        // Expiries allow for clocks that are a little apart.
+        let lapse = 100 + CLOCK_TOLERANCE;
         assert_eq!(
-            env.verify(TAG_MANIFEST, &root().public(), 100),
+            env.verify(TAG_MANIFEST, &root().public(), lapse - 1),
+            Ok(())
+        );
+        assert_eq!(
+            env.verify(TAG_MANIFEST, &root().public(), lapse),
             Err(TrustError::Expired {
                 expires: 100,
-                now: 100
+                now: lapse
             })
         );
     }

@@ -260,16 +260,30 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
     }
     println!("admin    {}", v["admin"].as_str().unwrap_or("?"));
     if let Some(p) = v["parent"].as_object() {
-        let state = if p["connected"].as_bool() == Some(true) {
-            "connected"
-        } else {
-            "NOT connected"
+        let state = match (p["connected"].as_bool(), p["unresponsive_since"].as_u64()) {
+            (Some(true), _) => "connected".to_string(),
+            (_, Some(since)) => format!("unresponsive since {}", local_time(since)),
+            _ => "NOT connected".to_string(),
         };
         println!(
             "parent   {} at {} ({state}), {} received",
             p["node_id"].as_str().unwrap_or("?"),
             p["addr"].as_str().unwrap_or("?"),
             HumanBytes(p["bytes_received"].as_u64().unwrap_or(0))
+        );
+        if let Some(note) = p["clock_note"].as_str() {
+            println!(
+                "clock    {note}: set it right, or signed rules and certificates will be refused"
+            );
+        }
+    }
+    for b in v["bans"].as_array().into_iter().flatten() {
+        println!(
+            "banned   {} for {} s more, after {} offences; the last: {}",
+            b["node_id"].as_str().unwrap_or("?"),
+            b["seconds_left"].as_u64().unwrap_or(0),
+            b["offences"].as_u64().unwrap_or(0),
+            b["reason"].as_str().unwrap_or("?")
         );
     }
     if let Some(site) = v["site"].as_str() {
@@ -535,4 +549,15 @@ pub fn parse_ttl(s: &str) -> Result<Duration> {
         bail!("the token lifetime must be more than zero");
     }
     Ok(d)
+}
+
+/// Unix seconds as local time, "2026-12-07 14:03:05".
+fn local_time(secs: u64) -> String {
+    jiff::Timestamp::from_second(secs as i64)
+        .map(|t| {
+            t.to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|_| format!("{secs} (Unix seconds)"))
 }

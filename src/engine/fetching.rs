@@ -31,6 +31,8 @@ impl Engine {
         // New chunks and their bytes, and the bad chunks, dealt with after the loop.
         let (mut chunks, mut bytes) = (0u64, 0u64);
         let mut bad = Vec::new();
+        let mut missing = Vec::new();
+        let mut answered = 0;
         for (index, verdict) in verdicts {
             if !span.contains(&index) {
                 continue;
@@ -40,6 +42,7 @@ impl Engine {
                     u.busy.clear(index);
                     started |= !stored && u.have.count() == 0;
                     stored = true;
+                    answered += 1;
                     if u.have.set(index) {
                         u.unannounced.set(index);
                         chunks += 1;
@@ -47,12 +50,28 @@ impl Engine {
                     }
                 }
                 ChunkVerdict::Bad => {
-                    // Keep it busy for a while, so a bad source is not hammered.
-                    u.resting.push((index, now + self.config.bad_chunk_delay));
+                    // Keep it busy for a while, longer with each bad copy of it, so
+                    // that a bad source is not hammered.
+                    let copies = u.bad_copies.entry(index).or_insert(0);
+                    let wait = self.config.bad_chunk_delay << (*copies).min(6);
+                    *copies = copies.saturating_add(1);
+                    u.resting.push((index, now + wait));
                     bad.push(index);
                 }
+                ChunkVerdict::Missing => missing.push(index),
             }
         }
+
+        if let Some(f) = self.fetches.get_mut(&id) {
+            f.answered += answered;
+        }
+        if stored {
+            self.source_delivered(from, bytes, now);
+        }
+        self.source_lacks(from, &update, &missing);
+        let Some(u) = self.updates.get_mut(&update) else {
+            return;
+        };
         if let Some(slot) = sibling {
             u.from_siblings += bytes;
             self.count_from_sibling(slot, chunks, bytes);
@@ -84,14 +103,23 @@ impl Engine {
 
     /// Fetch `id` ended (completely or not); unanswered chunks are asked again.
     pub fn handle_fetch_end(&mut self, id: FetchId, now: Millis) {
-        self.end_fetch(id);
+        self.end_fetch(id, Some(now));
         self.schedule(now);
     }
 
-    pub(super) fn end_fetch(&mut self, id: FetchId) {
+    /// Forgets fetch `id`; its unanswered chunks may be asked again. `judged` is the
+    /// time when the fetch ended on its own or was given up: one that delivered nothing
+    /// counts against its source then (`engine::sources`). A fetch cut short by a lost
+    /// connection is not judged.
+    pub(super) fn end_fetch(&mut self, id: FetchId, judged: Option<Millis>) {
         let Some(f) = self.fetches.remove(&id) else {
             return;
         };
+        if let Some(now) = judged
+            && f.answered == 0
+        {
+            self.source_failed(f.from, now);
+        }
         if let Some(u) = self.updates.get_mut(&f.update) {
             let resting: Vec<u32> = u.resting.iter().map(|(i, _)| *i).collect();
             for i in f.first..f.first + f.count {
@@ -117,13 +145,14 @@ impl Engine {
             return;
         }
         let mut in_flight = self.fetches.values().filter(|f| f.from == parent).count();
+        let allowance = self.source_allowance(&parent, now);
         let wanted: Vec<Hash> = self
             .order
             .iter()
             .filter(|id| self.is_wanted(id))
             .copied()
             .collect();
-        'outer: while in_flight < self.config.window {
+        'outer: while in_flight < allowance {
             for id in &wanted {
                 let Some((first, count, direct)) = self.next_parent_span(id) else {
                     continue;
@@ -155,6 +184,13 @@ impl Engine {
         let id = self.next_fetch;
         self.next_fetch += 1;
         let deadline = now + self.config.fetch_timeout;
+        let bytes = self.updates.get(&update).map_or(0, |u| {
+            u.chunks[first as usize..(first + count) as usize]
+                .iter()
+                .map(|c| u64::from(c.1))
+                .sum()
+        });
+        self.source_asked(from, now);
         self.fetches.insert(
             id,
             Fetch {
@@ -163,6 +199,8 @@ impl Engine {
                 first,
                 count,
                 deadline,
+                bytes,
+                answered: 0,
             },
         );
         self.out.push_back(Output::Fetch {

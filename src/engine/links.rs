@@ -11,6 +11,8 @@ impl Engine {
         {
             *link = ParentLink::Connected;
             self.rules_heard = false;
+            self.parent_silent_since = None;
+            self.session_up(peer, now);
             self.out.push_back(Output::Event(Event::ParentConnected));
             // The parent may have missed anything while away: a fresh snapshot at once.
             self.last_report = None;
@@ -21,6 +23,7 @@ impl Engine {
         match self.children.get_mut(&peer) {
             Some(connected) => {
                 *connected = true;
+                self.session_up(peer, now);
                 self.greet_child(peer, now);
                 self.child_moved(&peer);
             }
@@ -51,6 +54,7 @@ impl Engine {
 
     /// The connection to `peer` is gone (closed, failed, or a dial failed).
     pub fn handle_disconnected(&mut self, peer: PeerId, now: Millis) {
+        self.session_down(&peer);
         if let Some(connected) = self.children.get_mut(&peer)
             && std::mem::take(connected)
         {
@@ -67,7 +71,7 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for id in lost {
-            self.end_fetch(id);
+            self.end_fetch(id, None);
         }
         if let Some((parent, link)) = &mut self.parent
             && *parent == peer

@@ -73,7 +73,8 @@ impl Engine {
         let signed = match SignedManifest::open_shared(&bytes, &self.root_key, now / 1000) {
             Ok(m) => m,
             Err(e) => {
-                self.misbehaved(peer, &format!("offered a manifest that is refused: {e}"));
+                let why = format!("offered a manifest that is refused: {e}");
+                self.handle_offence(peer, Offence::BadData, &why, now);
                 return;
             }
         };
@@ -85,7 +86,12 @@ impl Engine {
         if !available {
             let withheld = self.updates.values().filter(|u| !u.stored).count();
             if withheld >= MAX_WITHHELD {
-                self.misbehaved(peer, "offered too many updates not available to this node");
+                self.handle_offence(
+                    peer,
+                    Offence::Flood,
+                    "offered too many updates not available to this node",
+                    now,
+                );
                 return;
             }
             self.out

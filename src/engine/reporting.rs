@@ -150,7 +150,10 @@ impl Engine {
                 self.check_halts(now);
             }
             Ok(Received::Duplicate | Received::Stale { .. }) => {}
-            Err(e) => self.misbehaved(child, &format!("sent a report that is refused: {e}")),
+            Err(e) => {
+                let why = format!("sent a report that is refused: {e}");
+                self.handle_offence(child, Offence::BadData, &why, now);
+            }
         }
     }
 
@@ -185,7 +188,7 @@ impl Engine {
         let signed = match SignedRules::sign(&self.key, version, expires.max(secs + 1), rules) {
             Ok(signed) => signed,
             Err(e) => {
-                self.misbehaved(me, &format!("cannot sign a halt: {e}"));
+                self.failed(format!("cannot sign a halt: {e}"));
                 return;
             }
         };
@@ -240,7 +243,7 @@ impl Engine {
                 kept.issued = 0;
                 self.last_report = Some(kept);
             }
-            Err(e) => self.misbehaved(self.me(), &format!("cannot sign this node's report: {e}")),
+            Err(e) => self.failed(format!("cannot sign this node's report: {e}")),
         }
     }
 }

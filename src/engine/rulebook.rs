@@ -30,7 +30,7 @@ impl Engine {
     /// Reloads a rule set the driver stored earlier (an ancestor's or this node's own),
     /// at start-up. An expired one still holds its issuer's version.
     pub fn restore_rules(&mut self, bytes: &[u8], now: Millis) -> Result<(), RulesError> {
-        self.book.restore(bytes, &self.path)?;
+        self.book.restore(bytes, &self.path, now / 1000)?;
         self.refresh(now);
         self.check_halts(now);
         Ok(())
@@ -115,7 +115,12 @@ impl Engine {
     /// one is reported and the others still applied.
     pub(super) fn handle_rules(&mut self, peer: PeerId, sets: &[Arc<[u8]>], now: Millis) {
         if sets.len() > MAX_RULE_SETS {
-            self.misbehaved(peer, "sent more rule sets than any path has nodes");
+            self.handle_offence(
+                peer,
+                Offence::BadFrame,
+                "sent more rule sets than any path has nodes",
+                now,
+            );
             return;
         }
         let mut changed = false;
@@ -139,15 +144,21 @@ impl Engine {
                         RulesError::WrongSigner { signer } => Some(*signer),
                         _ => None,
                     };
-                    let refusal =
-                        RuleRefusal::new(self.me(), issuer, &error.to_string(), now / 1000);
+                    // A time check that fails on a node whose clock is off says so.
+                    let timely = matches!(
+                        error,
+                        RulesError::Expired { .. } | RulesError::IssuedAhead { .. }
+                    );
+                    let reason = match self.clock_note().filter(|_| timely) {
+                        Some(note) => format!("{error} ({note})"),
+                        None => error.to_string(),
+                    };
+                    let refusal = RuleRefusal::new(self.me(), issuer, &reason, now / 1000);
                     self.refusals.insert(0, refusal);
                     self.refusals.truncate(report::MAX_REFUSALS);
                     self.changed(now, true);
-                    self.out.push_back(Output::Event(Event::RulesRefused {
-                        peer,
-                        reason: error.to_string(),
-                    }));
+                    self.out
+                        .push_back(Output::Event(Event::RulesRefused { peer, reason }));
                 }
             }
         }

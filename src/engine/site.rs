@@ -220,6 +220,7 @@ impl Engine {
         if self.siblings[slot].state == SiblingState::Banned {
             return false;
         }
+        self.session_up(peer, now);
         let s = &mut self.siblings[slot];
         s.state = SiblingState::Connected;
         s.heard.clear();
@@ -402,6 +403,10 @@ impl Engine {
             return;
         }
         let update = f.update;
+        // A redirect is an answer: the parent is not failing.
+        if let Some(f) = self.fetches.get_mut(&id) {
+            f.answered += 1;
+        }
         let slot = self.sibling_slot(&holder);
         let usable = slot.is_some_and(|s| {
             !matches!(
@@ -409,7 +414,7 @@ impl Engine {
                 SiblingState::Gone | SiblingState::Banned
             )
         });
-        let timeout = self.config.fetch_timeout;
+        let stall = self.config.sibling_stall;
         let Some(u) = self.updates.get_mut(&update) else {
             return;
         };
@@ -422,7 +427,7 @@ impl Engine {
                     site.source[index as usize] = slot as u8 + 1;
                 }
                 site.elsewhere.set(index);
-                site.stall_at.get_or_insert(now + timeout);
+                site.stall_at.get_or_insert(now + stall);
             }
             // A sibling this node cannot reach: the parent must send it after all.
             _ => {
@@ -547,6 +552,7 @@ impl Engine {
             self.stats.siblings_banned += 1;
             self.out.push_back(Output::Event(Event::Misbehaved {
                 peer,
+                offence: super::Offence::BadData,
                 reason: format!("sent {MAX_STRIKES} bad chunks: banned as a sibling"),
             }));
             self.out.push_back(Output::Disconnect {
@@ -587,6 +593,12 @@ impl Engine {
             return;
         }
         let mut in_flight = vec![0usize; self.siblings.len()];
+        // A sibling whose fetches keep failing backs off (`engine::sources`).
+        let allowed: Vec<usize> = self
+            .siblings
+            .iter()
+            .map(|s| self.source_allowance(&s.peer, now))
+            .collect();
         for f in self.fetches.values() {
             if let Some(s) = self.sibling_slot(&f.from) {
                 in_flight[s] += 1;
@@ -618,7 +630,7 @@ impl Engine {
                     continue;
                 };
                 if self.siblings[slot].state != SiblingState::Connected
-                    || in_flight[slot] >= self.config.window
+                    || in_flight[slot] >= allowed[slot]
                 {
                     continue;
                 }
@@ -693,12 +705,12 @@ impl Engine {
 
     /// A chunk arrived: chunks waiting on siblings are not stalled.
     pub(super) fn progressed(&mut self, update: &Hash, now: Millis) {
-        let timeout = self.config.fetch_timeout;
+        let stall = self.config.sibling_stall;
         if let Some(u) = self.updates.get_mut(update)
             && let Some(site) = u.site.as_mut()
             && site.stall_at.is_some()
         {
-            site.stall_at = (site.elsewhere.count() > 0).then_some(now + timeout);
+            site.stall_at = (site.elsewhere.count() > 0).then_some(now + stall);
         }
     }
 

@@ -1,7 +1,9 @@
 //! Chunk streams: serving span requests to children and siblings, and the persistent
 //! fetch streams to the parent and siblings that hash every chunk as it arrives.
 
+use super::limits::{CHUNK_STREAM_IDLE, Permit};
 use super::*;
+use crate::engine::Offence;
 
 /// How to answer a chunk request; or why the peer is refused altogether.
 pub(super) type ServeAnswer = Result<Serving, String>;
@@ -18,6 +20,8 @@ pub(super) struct Serving {
 /// A chunk span to fetch, with what each chunk must hash to.
 pub(super) struct FetchJob {
     pub(super) id: FetchId,
+    /// Whom it is asked of.
+    pub(super) source: PublicKey,
     pub(super) update: Hash,
     pub(super) first: u32,
     pub(super) direct: bool,
@@ -47,24 +51,31 @@ pub(super) async fn serve_chunks(
     mut stream: Stream,
     ev: mpsc::UnboundedSender<Ev>,
     server: Arc<Server>,
+    _permit: Permit,
 ) {
     // One chunk answer, header then bytes, is one write: the header does not go out
     // as a frame of its own.
     let mut buf = Vec::new();
-    pub(super) const H: usize = proto::CHUNK_HEADER_LEN;
+    const H: usize = proto::CHUNK_HEADER_LEN;
+    let bad = |why: String| {
+        let _ = ev.send(Ev::Offence {
+            peer,
+            offence: Offence::BadFrame,
+            reason: format!("chunk stream: {why}"),
+        });
+    };
     loop {
-        let req: ChunkRequest =
-            match proto::read_frame(&mut stream, proto::MAX_REQUEST_FRAME, "chunk request").await {
-                Ok(Some(r)) => r,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(peer = %peer.node_id(), "chunk stream: {e}");
-                    return;
-                }
-            };
+        // A stream idle this long is closed: the fetching side opens another when it
+        // next needs one.
+        let read = proto::read_frame(&mut stream, proto::MAX_REQUEST_FRAME, "chunk request");
+        let req: ChunkRequest = match timeout(CHUNK_STREAM_IDLE, read).await {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) | Err(_) => return,
+            Ok(Err(proto::ProtoError::Io(_))) => return,
+            Ok(Err(e)) => return bad(e.to_string()),
+        };
         if let Err(e) = req.check() {
-            tracing::warn!(peer = %peer.node_id(), "chunk stream: {e}");
-            return;
+            return bad(e.to_string());
         }
         let (reply, rx) = oneshot::channel();
         if ev
@@ -200,7 +211,7 @@ pub(super) async fn send_answer(
     kind: u8,
     upload: &Option<Arc<Limiter>>,
 ) -> Result<(), proto::ProtoError> {
-    pub(super) const H: usize = proto::CHUNK_HEADER_LEN;
+    const H: usize = proto::CHUNK_HEADER_LEN;
     let payload = (buf.len() - H) as u32;
     if server.corrupt[usize::from(kind == proto::CHUNK_DELTA)]
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -223,13 +234,14 @@ pub(super) const REOPEN_AFTER: Duration = Duration::from_millis(10);
 /// One of a node's persistent chunk streams to a source (its parent or a sibling).
 pub(super) async fn fetch_worker(
     mut control: libp2p_stream::Control,
-    source: Libp2pPeerId,
+    source: PublicKey,
     jobs: Arc<Mutex<mpsc::UnboundedReceiver<FetchJob>>>,
     writer: mpsc::Sender<WriteJob>,
     fetch_timeout: Duration,
     download: Option<Arc<Limiter>>,
     node: Arc<Node>,
 ) {
+    let Some(pid) = source.peer_id() else { return };
     let mut stream: Option<Stream> = None;
     loop {
         let job = { jobs.lock().await.recv().await };
@@ -238,19 +250,23 @@ pub(super) async fn fetch_worker(
         // accept queue holds one), so a stream that fails before its first answer is
         // opened again, a few times and further apart each time (a burst of new
         // streams from a whole site at once takes a while to be accepted), before the
-        // fetch is given up and its chunks are asked of another source.
+        // fetch is given up and its chunks are asked of another source. A kept stream
+        // that fails at once was closed by the source while idle: another is opened.
         for attempt in 0..OPEN_ATTEMPTS {
             let fresh = stream.is_none();
             if fresh {
-                match timeout(
-                    HANDSHAKE_TIMEOUT,
-                    control.open_stream(source, proto::CHUNKS),
-                )
-                .await
-                {
+                match timeout(HANDSHAKE_TIMEOUT, control.open_stream(pid, proto::CHUNKS)).await {
                     Ok(Ok(s)) => stream = Some(s),
-                    Ok(Err(e)) => tracing::warn!("cannot open a chunk stream: {e}"),
-                    Err(_) => tracing::warn!("opening a chunk stream timed out"),
+                    Ok(Err(e)) => crate::peer_warn!(
+                        source,
+                        "chunk stream not opened",
+                        "cannot open a chunk stream: {e}"
+                    ),
+                    Err(_) => crate::peer_warn!(
+                        source,
+                        "chunk stream not opened",
+                        "opening a chunk stream timed out"
+                    ),
                 }
             }
             let Some(s) = stream.as_mut() else { break };
@@ -262,20 +278,26 @@ pub(super) async fn fetch_worker(
             let (span, n) = (job.first, job.expected.len());
             match outcome {
                 Ok(Ok(())) => break,
-                Ok(Err(proto::ProtoError::Io(e))) if fresh && attempt + 1 < OPEN_ATTEMPTS => {
-                    tracing::debug!(
-                        "a new chunk stream failed before answering ({e}); opening another"
-                    );
+                Ok(Err(proto::ProtoError::Io(e))) if attempt + 1 < OPEN_ATTEMPTS => {
+                    tracing::debug!("a chunk stream failed ({e}); opening another");
                     stream = None;
-                    tokio::time::sleep(REOPEN_AFTER * (1 << attempt)).await;
+                    if fresh {
+                        tokio::time::sleep(REOPEN_AFTER * (1 << attempt)).await;
+                    }
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(update = %job.update, "fetch of chunks {span}+{n} failed: {e}");
+                    crate::peer_warn!(
+                        source, "fetch failed", update = %job.update,
+                        "fetch of chunks {span}+{n} failed: {e}"
+                    );
                     stream = None;
                     break;
                 }
                 Err(_) => {
-                    tracing::warn!(update = %job.update, "fetch of chunks {span}+{n} timed out");
+                    crate::peer_warn!(
+                        source, "fetch failed", update = %job.update,
+                        "fetch of chunks {span}+{n} timed out"
+                    );
                     stream = None;
                     break;
                 }
@@ -375,7 +397,10 @@ pub(super) async fn fetch_span(
                         wire: n,
                     }),
                     Err(delta::Rebuild::Bad(why)) => {
-                        tracing::warn!(update = %job.update, "chunk {index}: a bad delta: {why}");
+                        crate::peer_warn!(
+                            job.source, "bad delta", update = %job.update,
+                            "chunk {index}: a bad delta: {why}"
+                        );
                         Some(WriteJob::Bad {
                             fetch: job.id,
                             index,
@@ -396,7 +421,15 @@ pub(super) async fn fetch_span(
                     return Ok(());
                 }
             }
-            proto::CHUNK_MISSING => {}
+            proto::CHUNK_MISSING => {
+                let missing = WriteJob::Missing {
+                    fetch: job.id,
+                    index,
+                };
+                if writer.send(missing).await.is_err() {
+                    return Ok(());
+                }
+            }
             proto::CHUNK_ELSEWHERE => {
                 let mut key = [0u8; 32];
                 s.read_exact(&mut key).await?;

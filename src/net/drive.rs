@@ -42,6 +42,7 @@ impl Daemon {
                             manifest: manifest.to_vec(),
                         },
                         Control::Have { update, ranges } => ControlFrame::Have { update, ranges },
+                        Control::Ping { time } => ControlFrame::Ping { time },
                         Control::Rules { sets } => ControlFrame::Rules {
                             sets: sets
                                 .iter()
@@ -82,6 +83,7 @@ impl Daemon {
                         .collect();
                     let job = FetchJob {
                         id,
+                        source: from,
                         update,
                         first,
                         direct,
@@ -158,17 +160,44 @@ impl Daemon {
                 peer,
                 update,
                 index,
-            } => tracing::warn!(
-                peer = %peer.node_id(), update = %update, index,
+            } => crate::peer_warn!(
+                peer, "bad chunk", update = %update, index,
                 "chunk failed verification: discarded, will be fetched again"
             ),
-            Event::Misbehaved { peer, reason } => {
-                tracing::warn!(peer = %peer.node_id(), "misbehaving peer: {reason}")
-            }
+            Event::Misbehaved {
+                peer,
+                offence,
+                reason,
+            } => crate::peer_warn!(
+                peer,
+                offence.as_str(),
+                offence = offence.as_str(),
+                "misbehaving peer: {reason}"
+            ),
+            Event::Banned {
+                peer,
+                until,
+                reason,
+            } => tracing::warn!(
+                peer = %peer.node_id(),
+                "banned for {}s after repeated offences; the last: {reason}",
+                until.saturating_sub(now_ms()) / 1000
+            ),
+            Event::Error { reason } => tracing::error!("{reason}"),
             Event::Refused { peer } => {
                 self.refused += 1;
-                tracing::warn!(peer = %peer.node_id(), "refused a peer outside this node's part of the tree")
+                crate::peer_warn!(
+                    peer,
+                    "refused",
+                    "refused a peer outside this node's part of the tree"
+                )
             }
+            Event::Unresponsive { peer, since } => crate::peer_warn!(
+                peer,
+                "unresponsive",
+                "nothing heard since {} s ago: the session is ended and the peer taken for gone",
+                now_ms().saturating_sub(since) / 1000
+            ),
             Event::ParentLost => tracing::warn!(
                 "lost the parent; serving children what this node has, retrying with backoff"
             ),
@@ -178,7 +207,7 @@ impl Daemon {
             }
             Event::RulesRefused { peer, reason } => {
                 self.rules_refused += 1;
-                tracing::warn!(peer = %peer.node_id(), "rule set refused: {reason}")
+                crate::peer_warn!(peer, "rules refused", "rule set refused: {reason}")
             }
             Event::RulesApplied => {
                 self.client_dirty = true;
@@ -189,8 +218,8 @@ impl Daemon {
                 group,
                 reason,
             } => tracing::warn!(update = %update, group = %group, "rollout halted: {reason}"),
-            Event::OfferWithheld { peer, update } => tracing::warn!(
-                peer = %peer.node_id(), update = %update,
+            Event::OfferWithheld { peer, update } => crate::peer_warn!(
+                peer, "offer withheld", update = %update,
                 "the parent offered an update not available to this node by its rules; kept aside"
             ),
         }

@@ -2,11 +2,18 @@
 //! frames, chunk verdicts, serve requests and finished jobs.
 
 use super::*;
+use crate::engine::Offence;
 
 impl Daemon {
     pub(super) fn on_event(&mut self, ev: Ev) {
         let now = now_ms();
         match ev {
+            Ev::Inbound(inbound) => self.on_inbound(inbound),
+            Ev::Offence {
+                peer,
+                offence,
+                reason,
+            } => self.engine.handle_offence(peer, offence, &reason, now),
             Ev::Local { req, reply } => self.on_local(req, reply),
             Ev::Join {
                 peer,
@@ -25,10 +32,7 @@ impl Daemon {
                 let verdict = self.check_child(&peer, &chain, site.as_deref(), &addrs);
                 match &verdict {
                     Ok(_) => self.engine.set_child_site(peer, site.as_deref()),
-                    Err(reason) => {
-                        self.refused += 1;
-                        tracing::warn!(peer = %peer.node_id(), "refused: {reason}");
-                    }
+                    Err(reason) => self.refuse_hello(peer, reason, now),
                 }
                 let _ = reply.send(verdict);
             }
@@ -39,12 +43,13 @@ impl Daemon {
                     }
                     None => Err("this node has no site, so it has no siblings".to_string()),
                 };
-                if verdict.is_err() {
-                    self.refused += 1;
+                if let Err(reason) = &verdict {
+                    self.refuse_hello(peer, reason, now);
                 }
                 let _ = reply.send(verdict);
             }
-            Ev::Renewed { chain } => {
+            Ev::Renewed { chain, time } => {
+                self.engine.set_parent_clock(time, now);
                 if let Err(e) = self.node.set_chain(&chain) {
                     tracing::error!("cannot keep the renewed certificate chain: {e}");
                 }
@@ -63,7 +68,7 @@ impl Daemon {
                         self.end_session(peer, "a banned sibling");
                         self.disconnect(peer);
                     } else {
-                        tracing::info!(peer = %peer.node_id(), "sibling session up");
+                        crate::peer_info!(peer, "session up", "sibling session up");
                     }
                     return;
                 }
@@ -73,7 +78,9 @@ impl Daemon {
                 }
                 self.engine.handle_connected(peer, now);
             }
-            Ev::ControlMsg { peer, frame } => {
+            Ev::ControlMsg { peer, frame, held } => {
+                // Handled here: its bytes no longer count against the session's queue.
+                drop(held);
                 let msg = match frame {
                     ControlFrame::Offer { manifest } => Control::Offer {
                         manifest: manifest.into(),
@@ -81,6 +88,7 @@ impl Daemon {
                     ControlFrame::Have { update, ranges } if ranges.len() <= proto::MAX_RANGES => {
                         Control::Have { update, ranges }
                     }
+                    ControlFrame::Ping { time } => Control::Ping { time },
                     ControlFrame::Rules { sets } => Control::Rules {
                         sets: sets.into_iter().map(|b| b.into_vec().into()).collect(),
                     },
@@ -91,15 +99,20 @@ impl Daemon {
                         match self.take_sibling_addrs(peers) {
                             Ok(peers) => Control::Siblings { peers },
                             Err(why) => {
-                                tracing::warn!(peer = %peer.node_id(), "bad sibling list: {why}; closing");
+                                let why = format!("bad sibling list: {why}");
+                                self.engine
+                                    .handle_offence(peer, Offence::BadFrame, &why, now);
                                 self.disconnect(peer);
                                 return;
                             }
                         }
                     }
                     other => {
-                        tracing::warn!(peer = %peer.node_id(), "unexpected control frame {:?}; closing", frame_kind(&other));
-                        self.disconnect(peer);
+                        // A handshake frame mid-session, an oversized `Have`, or a
+                        // sibling list from a peer that is not the parent.
+                        let why = format!("sent an unexpected {} frame", frame_kind(&other));
+                        self.engine
+                            .handle_offence(peer, Offence::WrongRole, &why, now);
                         return;
                     }
                 };
@@ -164,7 +177,11 @@ impl Daemon {
                     })
                 } else {
                     self.refused += 1;
-                    tracing::warn!(peer = %peer.node_id(), "refused a chunk request: not a connected child or sibling");
+                    crate::peer_warn!(
+                        peer,
+                        "chunks refused",
+                        "refused a chunk request: not a connected child or sibling"
+                    );
                     Err(
                         "this node serves chunks only to its own connected children and siblings"
                             .to_string(),
@@ -237,13 +254,12 @@ impl Daemon {
 
     /// Starts the chunk streams to a source (the parent or a sibling), paced by `limit`.
     pub(super) fn start_fetchers(&mut self, source: PublicKey, limit: Option<Arc<Limiter>>) {
-        let Some(pid) = source.peer_id() else { return };
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..self.opts.engine.window {
             self.tasks.spawn(fetch_worker(
                 self.control.clone(),
-                pid,
+                source,
                 rx.clone(),
                 self.writer_tx.clone(),
                 Duration::from_millis(self.engine.config().fetch_timeout),
@@ -278,6 +294,17 @@ impl Daemon {
     pub(super) fn disconnect(&mut self, peer: PublicKey) {
         if let Some(pid) = peer.peer_id() {
             let _ = self.swarm.disconnect_peer_id(pid);
+        }
+    }
+
+    /// A hello was refused: counted, logged within the peer's share, and held against a
+    /// stranger (a member refused for, say, a site name is misconfigured, not hostile).
+    pub(super) fn refuse_hello(&mut self, peer: PublicKey, reason: &str, now: u64) {
+        self.refused += 1;
+        crate::peer_warn!(peer, "hello refused", "refused: {reason}");
+        if self.engine.standing(&peer, now) == crate::engine::Standing::Stranger {
+            self.engine
+                .handle_offence(peer, crate::engine::Offence::Unauthorised, reason, now);
         }
     }
 }

@@ -10,11 +10,14 @@ impl Daemon {
             Request::Token(t) => self.issue_token(t),
             Request::Revoke { node } => self.revoke(&node),
             Request::Group(g) => {
+                // Only a change signs the rules again: a read (the web UI lists the groups
+                // every second) or an assignment that was already so leaves their version,
+                // and the subtree, alone.
                 let answer = self.group(g);
-                if answer.is_ok() {
+                if let Ok((_, true)) = &answer {
                     self.resign_rules();
                 }
-                answer
+                answer.map(|(view, _)| view)
             }
             Request::Approve(a) => self.approve(a),
             Request::Decline { update, group } => self.decline(&update, &group),
@@ -246,7 +249,11 @@ impl Daemon {
         }
     }
 
-    pub(super) fn group(&mut self, req: admin::GroupRequest) -> Answer {
+    /// Carries out a group request; says whether it changed the groups.
+    pub(super) fn group(
+        &mut self,
+        req: admin::GroupRequest,
+    ) -> Result<(serde_json::Value, bool), Refusal> {
         use crate::store::{ALL, MemberChange};
         use admin::GroupRequest as G;
         let store = &self.node.store;
@@ -259,7 +266,7 @@ impl Daemon {
             )
         };
         let (group, node, member) = match req {
-            G::List => return self.list_groups(),
+            G::List => return self.list_groups().map(|v| (v, false)),
             G::Create { name } => {
                 crate::content::names::check_name("group", &name)
                     .map_err(|e| Refusal::bad(e.to_string()))?;
@@ -273,7 +280,7 @@ impl Daemon {
                     ));
                 }
                 tracing::info!(group = %name, "group created");
-                return Ok(serde_json::json!({ "created": name }));
+                return Ok((serde_json::json!({ "created": name }), true));
             }
             G::Delete { name } => {
                 if name == ALL {
@@ -283,7 +290,7 @@ impl Daemon {
                     return Err(not_found(format!("there is no group {name:?}")));
                 }
                 tracing::info!(group = %name, "group deleted");
-                return Ok(serde_json::json!({ "deleted": name }));
+                return Ok((serde_json::json!({ "deleted": name }), true));
             }
             G::Assign { group, node } => (group, node, true),
             G::Unassign { group, node } => (group, node, false),
@@ -297,9 +304,10 @@ impl Daemon {
                 if changed {
                     tracing::info!(group = %group, child = %node, member, "group membership changed");
                 }
-                Ok(serde_json::json!({
+                let view = serde_json::json!({
                     "group": group, "node_id": node, "member": member, "changed": changed,
-                }))
+                });
+                Ok((view, changed))
             }
             MemberChange::NoSuchGroup => Err(not_found(format!("there is no group {group:?}"))),
             MemberChange::NoSuchChild => {
@@ -405,7 +413,12 @@ impl Daemon {
                 "node_id": p.node_id(),
                 "addr": self.parent_addr.as_ref().map(|a| a.to_string()),
                 "connected": self.engine.parent_connected() == Some(true),
+                // Given up for silence (a frozen or hung parent), and not heard since.
+                "unresponsive_since": self.engine.parent_silent_since().map(|t| t / 1000),
                 "bytes_received": self.engine.stats().bytes_from_parent,
+                // How far the parent's clock is ahead of this node's, and what that means.
+                "clock_offset_ms": self.engine.clock_offset(),
+                "clock_note": self.engine.clock_note(),
             })
         });
         let stats = self.engine.stats();
@@ -443,6 +456,7 @@ impl Daemon {
             "rules": rules,
             "halted": self.halted_approvals(),
             "rules_refused": self.rules_refused,
+            "bans": self.bans_view(),
             "installed": self.client.as_ref().map(|c| c.view()),
         })
     }

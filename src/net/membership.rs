@@ -2,6 +2,7 @@
 //! chain and addresses, and issuing its renewed certificate.
 
 use super::*;
+use crate::store::TokenRefusal;
 
 impl Daemon {
     pub(super) fn on_join(&mut self, peer: PublicKey, secret: [u8; 32]) -> JoinReply {
@@ -17,13 +18,37 @@ impl Daemon {
                     self.resign_rules();
                 }
                 JoinReply::Accepted {
-                    root: self.node.root_key,
                     chain: self.child_chain(&peer, &record, None),
+                    root: self.node.root_key,
+                    time: now_ms(),
+                }
+            }
+            // The same node asking again, its first answer lost on the way: it is a
+            // member already, and gets its certificate again.
+            Ok(Err(TokenRefusal::Used)) if self.is_member(&peer) => {
+                let Ok(Some(record)) = self.node.store.child(&peer.0) else {
+                    return JoinReply::Refused {
+                        reason: "the parent could not read its record of this node; try again"
+                            .into(),
+                    };
+                };
+                tracing::info!(child = %peer.node_id(), "a child asked to join again; answered again");
+                JoinReply::Accepted {
+                    chain: self.child_chain(&peer, &record, None),
+                    root: self.node.root_key,
+                    time: now_ms(),
                 }
             }
             Ok(Err(refusal)) => {
                 self.refused += 1;
-                tracing::warn!(peer = %peer.node_id(), "join refused: {refusal}");
+                crate::peer_warn!(peer, "join refused", "join refused: {refusal}");
+                let why = format!("join refused: {refusal}");
+                self.engine.handle_offence(
+                    peer,
+                    crate::engine::Offence::Unauthorised,
+                    &why,
+                    now_ms(),
+                );
                 JoinReply::Refused {
                     reason: refusal.to_string(),
                 }
@@ -35,6 +60,11 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Whether `peer` is a child of this node that was not revoked.
+    fn is_member(&self, peer: &PublicKey) -> bool {
+        matches!(self.node.store.child(&peer.0), Ok(Some(r)) if !r.revoked)
     }
 
     /// This node's chain followed by a fresh certificate for `child`, at `site`.

@@ -16,7 +16,7 @@ where
     Fut: std::future::Future<Output = Result<T, proto::ProtoError>>,
 {
     let mut swarm = build_swarm(key).map_err(|e| e.to_string())?;
-    let mut control = swarm.behaviour().new_control();
+    let mut control = swarm.behaviour().streams.new_control();
     let peer = node.peer_id().ok_or("bad node key")?;
     exchange(&mut swarm, addr, peer, async move {
         let s = control

@@ -15,6 +15,8 @@
 
 use crate::content::Hash;
 use crate::content::manifest::{MAX_CHUNK_LEN, MAX_MANIFEST_BYTES};
+use crate::report::MAX_REPORT_ENVELOPE_BYTES;
+use crate::trust::member::MAX_CHAIN_BYTES;
 use crate::trust::{Envelope, PublicKey};
 use crate::wire::{self, WireError, fixed};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -26,12 +28,24 @@ pub const CONTROL: StreamProtocol = StreamProtocol::new("/arbor/control/1");
 pub const CHUNKS: StreamProtocol = StreamProtocol::new("/arbor/chunks/1");
 pub const SIBLINGS: StreamProtocol = StreamProtocol::new("/arbor/siblings/1");
 
-/// Largest join frame.
-pub const MAX_JOIN_FRAME: usize = 128 * 1024;
-/// Largest control frame: an offer carries a whole signed manifest.
+/// Largest join request: a 32-byte secret in a one-key map.
+pub const MAX_JOIN_REQUEST_FRAME: usize = 128;
+/// Largest join reply, and sibling welcome: a root key or reason and a certificate
+/// chain.
+pub const MAX_JOIN_FRAME: usize = MAX_CHAIN_BYTES + 64 * 1024;
+/// Largest hello: a certificate chain, the addresses and the site.
+pub const MAX_HELLO_FRAME: usize = MAX_CHAIN_BYTES + MAX_ADDRS * (MAX_ADDR_LEN + 8) + 1024;
+/// Largest control frame from a parent: an offer carries a whole signed manifest.
 pub const MAX_CONTROL_FRAME: usize = MAX_MANIFEST_BYTES + 128 * 1024;
+/// Largest control frame from a child: its signed report.
+pub const MAX_FROM_CHILD_FRAME: usize = MAX_REPORT_ENVELOPE_BYTES + 1024;
+/// Largest control frame from a sibling: a `Have` of [`MAX_RANGES`] ranges.
+pub const MAX_FROM_SIBLING_FRAME: usize = MAX_RANGES * 12 + 1024;
 /// Largest chunk request frame.
 pub const MAX_REQUEST_FRAME: usize = 256;
+/// Frame bytes read before the buffer grows to the length announced: a buffer grows
+/// with the bytes that arrive, never ahead of them.
+const READ_STEP: usize = 64 * 1024;
 /// Most chunks one request may ask for.
 pub const MAX_SPAN: u32 = 64;
 /// Most ranges one `Have` may carry.
@@ -50,9 +64,11 @@ pub struct JoinRequest {
 /// The parent's answer to a [`JoinRequest`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JoinReply {
-    /// The root key and the new member's certificate chain.
+    /// The root key, the new member's certificate chain, and the parent's clock (Unix
+    /// ms), so that a joining node whose clock is off is told so.
     Accepted {
         root: PublicKey,
+        time: u64,
         chain: Vec<Envelope>,
     },
     Refused {
@@ -74,8 +90,9 @@ pub enum ControlFrame {
         chain: Vec<Envelope>,
     },
     /// The answer to a good `Hello`: on the control stream the child's renewed chain;
-    /// on a sibling stream the answering sibling's own chain.
-    Welcome { chain: Vec<Envelope> },
+    /// on a sibling stream the answering sibling's own chain. `time` is the sender's
+    /// clock (Unix ms), so that the other side knows how far its own is off.
+    Welcome { time: u64, chain: Vec<Envelope> },
     /// The connection is refused, and why. The sender closes the stream.
     Refused { reason: String },
     /// A signed manifest the parent makes available (canonical envelope bytes).
@@ -98,6 +115,9 @@ pub enum ControlFrame {
     /// From the parent: the receiver's connected siblings at its site, and where they
     /// listen (PROTOCOL.md §13.1).
     Siblings { peers: Vec<SiblingAddr> },
+    /// Either way, every few seconds: the sender is alive, and its clock (Unix ms)
+    /// says `time` (PROTOCOL.md §12.4).
+    Ping { time: u64 },
 }
 
 /// A sibling and its addresses. Fields in canonical key order.
@@ -176,6 +196,19 @@ where
     R: AsyncRead + Unpin,
     T: Serialize + DeserializeOwned,
 {
+    Ok(read_frame_sized(r, limit, what).await?.map(|(msg, _)| msg))
+}
+
+/// [`read_frame`], also returning the frame's length in bytes.
+pub async fn read_frame_sized<R, T>(
+    r: &mut R,
+    limit: usize,
+    what: &'static str,
+) -> Result<Option<(T, usize)>, ProtoError>
+where
+    R: AsyncRead + Unpin,
+    T: Serialize + DeserializeOwned,
+{
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(()) => {}
@@ -186,9 +219,17 @@ where
     if len > limit {
         return Err(ProtoError::TooLarge { len, limit });
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await?;
-    Ok(Some(wire::decode_canonical(&buf, limit, what)?))
+    // Read in steps, so that a peer that announces a large frame and sends little
+    // makes this node hold only what it sent.
+    let mut buf = Vec::with_capacity(len.min(READ_STEP));
+    while buf.len() < len {
+        let step = (len - buf.len()).min(READ_STEP);
+        let got = (&mut *r).take(step as u64).read_to_end(&mut buf).await?;
+        if got < step {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+    Ok(Some((wire::decode_canonical(&buf, limit, what)?, len)))
 }
 
 /// Bytes in the header of one chunk answer.

@@ -249,6 +249,7 @@ impl Daemon {
             "Reports sent to the parent.",
         );
         m.sample("arbor_reports_sent_total", &[], stats.reports_sent);
+        self.conduct_metrics(&mut m);
         m.text
     }
 }
@@ -292,16 +293,16 @@ fn state_json(s: &UpdateState) -> Value {
 
 /// Prometheus text exposition, written as it goes.
 #[derive(Default)]
-struct Metrics {
+pub(super) struct Metrics {
     text: String,
 }
 
 impl Metrics {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    pub(super) fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    pub(super) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
         self.text.push_str(name);
         if !labels.is_empty() {
             let list: Vec<String> = labels

@@ -1,15 +1,29 @@
 //! Sessions: the join, control and sibling handshakes, and the live control and sibling
 //! sessions that carry frames between the event loop and a peer.
 
+use super::limits::{HELLO_TIMEOUT, Permit};
 use super::*;
+use crate::engine::Offence;
 
-pub(super) async fn serve_join(peer: PublicKey, mut stream: Stream, ev: mpsc::UnboundedSender<Ev>) {
-    let req: Result<Option<JoinRequest>, _> = match timeout(
-        HANDSHAKE_TIMEOUT,
-        proto::read_frame(&mut stream, proto::MAX_JOIN_FRAME, "join request"),
-    )
-    .await
-    {
+/// Tells the event loop that `peer` broke the protocol on a stream.
+fn offend(ev: &mpsc::UnboundedSender<Ev>, peer: PublicKey, offence: Offence, reason: String) {
+    let _ = ev.send(Ev::Offence {
+        peer,
+        offence,
+        reason,
+    });
+}
+
+/// The answering side of a join: one request, within [`HELLO_TIMEOUT`] and
+/// [`proto::MAX_JOIN_REQUEST_FRAME`], then the event loop's verdict.
+pub(super) async fn serve_join(
+    peer: PublicKey,
+    mut stream: Stream,
+    ev: mpsc::UnboundedSender<Ev>,
+    _permit: Permit,
+) {
+    let read = proto::read_frame(&mut stream, proto::MAX_JOIN_REQUEST_FRAME, "join request");
+    let req: Result<Option<JoinRequest>, _> = match timeout(HELLO_TIMEOUT, read).await {
         Ok(r) => r,
         Err(_) => return,
     };
@@ -33,13 +47,12 @@ pub(super) async fn serve_join(peer: PublicKey, mut stream: Stream, ev: mpsc::Un
         }
         Ok(None) => return,
         Err(e) => {
-            tracing::warn!(peer = %peer.node_id(), "bad join request: {e}");
-            JoinReply::Refused {
-                reason: format!("bad join request: {e}"),
-            }
+            let reason = format!("bad join request: {e}");
+            offend(&ev, peer, Offence::BadFrame, reason.clone());
+            JoinReply::Refused { reason }
         }
     };
-    let _ = timeout(HANDSHAKE_TIMEOUT, async {
+    let _ = timeout(HELLO_TIMEOUT, async {
         proto::write_frame(&mut stream, &reply).await?;
         stream.close().await?;
         Ok::<_, proto::ProtoError>(())
@@ -48,25 +61,18 @@ pub(super) async fn serve_join(peer: PublicKey, mut stream: Stream, ev: mpsc::Un
 }
 
 /// The answering side of a control stream (from a child) or a sibling stream (from a
-/// sibling): the event loop checks the hello's chain; the answer is `Welcome` and the
-/// session, or `Refused` with the reason.
+/// sibling): the hello must come within [`HELLO_TIMEOUT`] and
+/// [`proto::MAX_HELLO_FRAME`]; the event loop checks its chain; the answer is `Welcome`
+/// and the session, or `Refused` with the reason.
 pub(super) async fn accept_hello(
     peer: PublicKey,
     mut stream: Stream,
     ev: mpsc::UnboundedSender<Ev>,
     sibling: bool,
+    _permit: Permit,
 ) {
-    let limit = if sibling {
-        proto::MAX_JOIN_FRAME
-    } else {
-        proto::MAX_CONTROL_FRAME
-    };
-    let hello = timeout(
-        HANDSHAKE_TIMEOUT,
-        proto::read_frame::<_, ControlFrame>(&mut stream, limit, "hello"),
-    )
-    .await;
-    let verdict = match hello {
+    let read = proto::read_frame::<_, ControlFrame>(&mut stream, proto::MAX_HELLO_FRAME, "hello");
+    let verdict = match timeout(HELLO_TIMEOUT, read).await {
         Ok(Ok(Some(ControlFrame::Hello { site, addrs, chain }))) => {
             let (reply, rx) = oneshot::channel();
             let check = if sibling {
@@ -86,24 +92,32 @@ pub(super) async fn accept_hello(
             rx.await
                 .unwrap_or_else(|_| Err("the node is shutting down".into()))
         }
-        Ok(Ok(_)) => Err("the first frame must be Hello".to_string()),
-        Ok(Err(e)) => Err(format!("bad hello: {e}")),
+        Ok(Ok(None)) => return,
+        Ok(Ok(_)) => {
+            let reason = "the first frame must be Hello".to_string();
+            offend(&ev, peer, Offence::BadFrame, reason.clone());
+            Err(reason)
+        }
+        Ok(Err(e)) => {
+            let reason = format!("bad hello: {e}");
+            offend(&ev, peer, Offence::BadFrame, reason.clone());
+            Err(reason)
+        }
         Err(_) => Err("no hello in time".to_string()),
     };
     match verdict {
         Ok(chain) => {
-            if proto::write_frame(&mut stream, &ControlFrame::Welcome { chain })
-                .await
-                .is_ok()
-            {
-                run_control(peer, sibling, stream, ev).await;
+            let welcome = ControlFrame::Welcome {
+                chain,
+                time: now_ms(),
+            };
+            if proto::write_frame(&mut stream, &welcome).await.is_ok() {
+                let from = if sibling { Side::Sibling } else { Side::Child };
+                run_control(peer, from, stream, ev).await;
             }
         }
         Err(reason) => {
-            if sibling {
-                tracing::warn!(peer = %peer.node_id(), "refused as a sibling: {reason}");
-            }
-            let _ = timeout(HANDSHAKE_TIMEOUT, async {
+            let _ = timeout(HELLO_TIMEOUT, async {
                 proto::write_frame(&mut stream, &ControlFrame::Refused { reason }).await?;
                 stream.close().await?;
                 Ok::<_, proto::ProtoError>(())
@@ -132,14 +146,18 @@ pub(super) async fn open_control(
         proto::write_frame(&mut s, &hello)
             .await
             .map_err(|e| e.to_string())?;
-        match proto::read_frame(&mut s, proto::MAX_CONTROL_FRAME, "control frame").await {
-            Ok(Some(ControlFrame::Welcome { chain })) => {
-                let members = verify_chain(&chain, &root, now_secs())
-                    .map_err(|e| format!("the parent sent a chain that is refused: {e}"))?;
+        match proto::read_frame(&mut s, proto::MAX_JOIN_FRAME, "welcome").await {
+            Ok(Some(ControlFrame::Welcome { chain, time })) => {
+                let members = verify_chain(&chain, &root, now_secs()).map_err(|e| {
+                    with_clock_note(
+                        format!("the parent sent a chain that is refused: {e}"),
+                        time,
+                    )
+                })?;
                 if members.last().map(|m| (m.node, m.issuer)) != Some((me, parent)) {
                     return Err("the parent sent a chain for another node".to_string());
                 }
-                Ok((s, chain))
+                Ok((s, chain, time))
             }
             Ok(Some(ControlFrame::Refused { reason })) => {
                 Err(format!("the parent refused this node: {reason}"))
@@ -149,9 +167,9 @@ pub(super) async fn open_control(
         }
     };
     match timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok((stream, chain))) => {
-            let _ = ev.send(Ev::Renewed { chain });
-            run_control(parent, false, stream, ev).await;
+        Ok(Ok((stream, chain, time))) => {
+            let _ = ev.send(Ev::Renewed { chain, time });
+            run_control(parent, Side::Parent, stream, ev).await;
         }
         Ok(Err(why)) => {
             let _ = ev.send(Ev::ControlDown { peer: parent, why });
@@ -230,7 +248,7 @@ pub(super) async fn open_sibling(
                 .await
                 .map_err(|e| io(&e))?;
             match proto::read_frame(&mut s, proto::MAX_JOIN_FRAME, "sibling welcome").await {
-                Ok(Some(ControlFrame::Welcome { chain })) => {
+                Ok(Some(ControlFrame::Welcome { chain, .. })) => {
                     check_sibling(&peer, &chain, &check).map_err(|e| (false, e))?;
                     Ok(s)
                 }
@@ -242,7 +260,7 @@ pub(super) async fn open_sibling(
             }
         };
         match timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(stream)) => return run_control(peer, true, stream, ev).await,
+            Ok(Ok(stream)) => return run_control(peer, Side::Sibling, stream, ev).await,
             Ok(Err((retry, e))) => {
                 why = e;
                 if !retry {
@@ -255,18 +273,46 @@ pub(super) async fn open_sibling(
             }
         }
     }
-    tracing::warn!(peer = %peer.node_id(), "no sibling session: {why}");
+    crate::peer_warn!(peer, "no sibling session", "no sibling session: {why}");
     let _ = ev.send(Ev::ControlDown { peer, why });
+}
+
+/// Who is at the other end of a session, which sets how large its frames may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Side {
+    Parent,
+    Child,
+    Sibling,
+}
+
+impl Side {
+    /// The largest frame this side sends: an offer from a parent, a report from a
+    /// child, a `Have` from a sibling.
+    fn frame_limit(self) -> usize {
+        match self {
+            Side::Parent => proto::MAX_CONTROL_FRAME,
+            Side::Child => proto::MAX_FROM_CHILD_FRAME,
+            Side::Sibling => proto::MAX_FROM_SIBLING_FRAME,
+        }
+    }
+}
+
+/// Bytes of a session's frames that may wait for the event loop at once: a peer that
+/// sends faster than the node handles its frames waits on its stream's flow control.
+/// Twice its largest frame, so that one large frame never waits on itself.
+fn queue_budget(side: Side) -> usize {
+    (2 * side.frame_limit()).max(4 << 20)
 }
 
 /// A live control or sibling session: frames out from the event loop, frames in to it.
 pub(super) async fn run_control(
     peer: PublicKey,
-    sibling: bool,
+    from: Side,
     stream: Stream,
     ev: mpsc::UnboundedSender<Ev>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<ControlFrame>();
+    let sibling = from == Side::Sibling;
     if ev.send(Ev::ControlUp { peer, sibling, tx }).is_err() {
         return;
     }
@@ -279,17 +325,21 @@ pub(super) async fn run_control(
         w.close().await?;
         Ok::<_, proto::ProtoError>(())
     };
+    let budget = Arc::new(tokio::sync::Semaphore::new(queue_budget(from)));
     let reader = async {
         loop {
-            match proto::read_frame::<_, ControlFrame>(
+            let read = proto::read_frame_sized::<_, ControlFrame>(
                 &mut r,
-                proto::MAX_CONTROL_FRAME,
+                from.frame_limit(),
                 "control frame",
-            )
-            .await?
-            {
-                Some(frame) => {
-                    if ev.send(Ev::ControlMsg { peer, frame }).is_err() {
+            );
+            match read.await? {
+                Some((frame, len)) => {
+                    let Ok(held) = budget.clone().acquire_many_owned(len.max(1) as u32).await
+                    else {
+                        return Ok(());
+                    };
+                    if ev.send(Ev::ControlMsg { peer, frame, held }).is_err() {
                         return Ok(());
                     }
                 }
@@ -299,7 +349,15 @@ pub(super) async fn run_control(
     };
     let why = tokio::select! {
         r = writer => match r { Ok(()) => "closed".to_string(), Err(e) => e.to_string() },
-        r = reader => match r { Ok(()) => "closed by the peer".to_string(), Err(e) => e.to_string() },
+        r = reader => match r {
+            Ok(()) => "closed by the peer".to_string(),
+            Err(e) => {
+                if matches!(e, proto::ProtoError::TooLarge { .. } | proto::ProtoError::Wire(_)) {
+                    offend(&ev, peer, Offence::BadFrame, e.to_string());
+                }
+                e.to_string()
+            }
+        },
     };
     let _ = ev.send(Ev::ControlDown { peer, why });
 }
@@ -355,10 +413,15 @@ impl Daemon {
         let is_parent = Some(&peer) == self.engine.parent();
         self.fetchers.remove(&peer);
         if was_sibling {
-            tracing::info!(peer = %peer.node_id(), "sibling session ended: {why}");
+            crate::peer_info!(peer, "session ended", "sibling session ended: {why}");
             self.engine.handle_disconnected(peer, now_ms());
         } else if had_session || is_parent {
-            tracing::info!(peer = %peer.node_id(), parent = is_parent, "session ended: {why}");
+            crate::peer_info!(
+                peer,
+                "session ended",
+                parent = is_parent,
+                "session ended: {why}"
+            );
             self.engine.handle_disconnected(peer, now_ms());
         }
     }
@@ -381,8 +444,17 @@ impl Daemon {
             .swarm
             .dial(DialOpts::peer_id(pid).addresses(addrs).build())
         {
-            tracing::warn!(peer = %peer.node_id(), "cannot dial a sibling: {e}");
+            crate::peer_warn!(peer, "dial failed", "cannot dial a sibling: {e}");
             self.engine.handle_disconnected(peer, now);
         }
+    }
+}
+
+/// `why`, with what this node's clock has to do with it when it is far from the
+/// parent's `time` (Unix ms).
+pub(super) fn with_clock_note(why: String, time: u64) -> String {
+    match crate::engine::clock_note(time as i64 - now_ms() as i64) {
+        Some(note) => format!("{why} ({note}: set it right)"),
+        None => why,
     }
 }

@@ -17,6 +17,11 @@ pub(super) enum WriteJob {
         fetch: FetchId,
         index: u32,
     },
+    /// The source does not hold the chunk.
+    Missing {
+        fetch: FetchId,
+        index: u32,
+    },
     Elsewhere {
         fetch: FetchId,
         index: u32,
@@ -95,6 +100,13 @@ pub(super) fn write_loop(
                     fetch,
                     index,
                     verdict: ChunkVerdict::Bad,
+                });
+            }
+            WriteJob::Missing { fetch, index } => {
+                let _ = ev.send(Ev::Verdict {
+                    fetch,
+                    index,
+                    verdict: ChunkVerdict::Missing,
                 });
             }
             WriteJob::Elsewhere {

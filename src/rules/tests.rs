@@ -6,6 +6,8 @@ use proptest::prelude::*;
 
 const T0: u64 = 1_767_225_600;
 const DAY: u64 = 86_400;
+/// When a rule set that expires at `T0 + DAY` lapses: the clock tolerance later.
+const LAPSE: u64 = T0 + DAY + crate::trust::CLOCK_TOLERANCE;
 
 fn key(n: u8) -> SecretKey {
     SecretKey::from_seed([n; 32])
@@ -136,10 +138,10 @@ fn forged_rules_are_refused_with_distinct_errors() {
 
     // Expired, and never expiring.
     assert_eq!(
-        SignedRules::open(&good.bytes, &child, T0 + DAY),
+        SignedRules::open(&good.bytes, &child, LAPSE),
         Err(RulesError::Expired {
             expires: T0 + DAY,
-            now: T0 + DAY
+            now: LAPSE
         })
     );
     let forever = Envelope::sign(
@@ -395,20 +397,20 @@ fn restored_expired_rules_still_refuse_rollbacks_but_approve_nothing() {
     let v3 = approve_all(2, 3, &[1], false);
     let mut book = RuleBook::new();
     // Stored earlier, reloaded after the expiry: kept for its version only.
-    assert_eq!(book.restore(&v3.bytes, &child), Ok(true));
+    assert_eq!(book.restore(&v3.bytes, &child, T0), Ok(true));
     let late = T0 + 2 * DAY;
     assert!(listed(&book.availability(&child, late)).is_empty());
     assert!(book.forward(&child, late).is_empty());
     let v2 = approve_all(2, 2, &[1], false);
     assert!(matches!(
-        book.restore(&v2.bytes, &child),
+        book.restore(&v2.bytes, &child, T0),
         Err(RulesError::Rollback { .. })
     ));
     // A node's own rules restore too (it is on its own path); a stranger's do not.
     let own = approve_all(3, 1, &[1], false);
-    assert_eq!(book.restore(&own.bytes, &child), Ok(true));
+    assert_eq!(book.restore(&own.bytes, &child, T0), Ok(true));
     assert!(matches!(
-        book.restore(&approve_all(9, 1, &[1], false).bytes, &child),
+        book.restore(&approve_all(9, 1, &[1], false).bytes, &child, T0),
         Err(RulesError::WrongSigner { .. })
     ));
     book.retain_path(&path_to(0));
@@ -547,14 +549,14 @@ fn waves_deadlines_halts_and_groups_decide_availability() {
     assert!(n > 20 && n < 80, "{n} of 156 in a 30% wave");
     assert!(children.iter().all(|c| has(c, &u, T0 + 100)));
     assert_eq!(book.next_change(&[parent], T0), Some(T0 + 100));
-    assert_eq!(book.next_change(&[parent], T0 + 100), Some(T0 + DAY));
-    assert_eq!(book.next_change(&[parent], T0 + DAY), None);
+    assert_eq!(book.next_change(&[parent], T0 + 100), Some(LAPSE));
+    assert_eq!(book.next_change(&[parent], LAPSE), None);
     // Only the group's members get what is approved for the group.
     for (i, c) in children.iter().enumerate() {
         assert_eq!(has(c, &other, T0), i < 50);
     }
     // After the rule set expires, nothing.
-    assert!(!has(&children[0], &other, T0 + DAY));
+    assert!(!has(&children[0], &other, LAPSE));
     // A halted approval makes nothing available, deadline or not.
     rules.halt(&u, ALL, T0, "too many failures").expect("valid");
     let book = book_of(&[SignedRules::sign(&key(2), 2, T0 + DAY, rules).expect("signs")]);
@@ -750,11 +752,7 @@ fn shared_rule_sets_are_opened_once_and_judged_as_ever() {
         SignedRules::open(&good.bytes, &child, T0).expect("opens")
     );
     // What depends on the receiver is judged again on every open, as by `open`.
-    for (path, now) in [
-        (path_to(0), T0),
-        (vec![pk(9), pk(8)], T0),
-        (child, T0 + DAY),
-    ] {
+    for (path, now) in [(path_to(0), T0), (vec![pk(9), pk(8)], T0), (child, LAPSE)] {
         assert_eq!(
             SignedRules::open_shared(&good.bytes, &path, now).map(|r| (*r).clone()),
             SignedRules::open(&good.bytes, &path, now),
@@ -773,4 +771,39 @@ fn shared_rule_sets_are_opened_once_and_judged_as_ever() {
     let mut book = RuleBook::new();
     assert_eq!(book.apply_shared(first), Ok(true));
     assert_eq!(book.apply_shared(second), Ok(false));
+}
+
+#[test]
+fn a_version_far_ahead_of_its_clock_is_refused_so_a_stolen_key_cannot_pin_it() {
+    let child = path_to(1);
+    let forge = |version: u64, issued: u64| {
+        let rules = Rules::new(pk(2), issued);
+        SignedRules::sign(&key(2), version, issued + DAY, rules).expect("signs")
+    };
+    // Version 4,000,000,000 on rules that say they were issued now.
+    assert_eq!(
+        SignedRules::open(&forge(4_000_000_000, T0).bytes, &child, T0),
+        Err(RulesError::VersionAhead {
+            version: 4_000_000_000,
+            issued: T0
+        })
+    );
+    // ... or that say they were issued then too: ahead of the receiver's clock.
+    let late = forge(4_000_000_000, 4_000_000_000);
+    assert_eq!(
+        SignedRules::open(&late.bytes, &child, T0),
+        Err(RulesError::IssuedAhead {
+            issued: 4_000_000_000,
+            now: T0
+        })
+    );
+    // Kept from before this check, it is refused on restore as well, so the real
+    // issuer's next version is taken.
+    let mut book = RuleBook::new();
+    assert!(book.restore(&late.bytes, &child, T0).is_err());
+    assert_eq!(book.receive(&forge(T0 + 5, T0).bytes, &child, T0), Ok(true));
+    // A version a few changes ahead of the clock, as quick edits make, is fine; so is
+    // a set issued by a clock a little ahead.
+    assert!(SignedRules::open(&forge(T0 + 100, T0).bytes, &child, T0).is_ok());
+    assert!(SignedRules::open(&forge(T0 + 3600, T0 + 3600).bytes, &child, T0).is_ok());
 }

@@ -171,7 +171,12 @@ impl<'s> Fleet<'s> {
             .enumerate()
             .map(|(u, up)| synthetic_update(&root_key, u as u64 + 1, &up.name, up.size, sc.chunk))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut config = Config::default();
+        // No peer of a simulated fleet freezes with its connection up, so liveness
+        // pings would only cost events: a node's sessions end with its links.
+        let mut config = Config {
+            heartbeat: 0,
+            ..Config::default()
+        };
         if let Some(s) = sc.engine.span {
             config.span = s;
         }
@@ -180,6 +185,9 @@ impl<'s> Fleet<'s> {
         }
         if let Some(t) = sc.engine.fetch_timeout {
             config.fetch_timeout = t;
+        }
+        if let Some(t) = sc.engine.sibling_stall {
+            config.sibling_stall = t;
         }
         if let Some(t) = sc.engine.report_interval {
             config.report_interval = t;

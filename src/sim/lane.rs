@@ -676,7 +676,8 @@ impl<'f> Lane<'f> {
 
     /// Starts node `i` from what its store holds (nothing, the first time).
     fn boot(&mut self, i: u32) {
-        let now = self.now;
+        // The engine's clock: Unix time, as the rules it checks carry.
+        let now = EPOCH + self.now;
         let fleet = self.fleet;
         if self.nodes[i as usize].online {
             return;
@@ -1044,13 +1045,15 @@ impl<'f> Lane<'f> {
         let Some(mut engine) = self.nodes[i as usize].engine.take() else {
             return;
         };
+        // The engine's clock is Unix time, as the rules it checks carry: virtual time 0
+        // is [`EPOCH`].
         let now = self.now;
-        input(&mut engine, now);
+        input(&mut engine, EPOCH + now);
         while let Some(out) = engine.poll_output() {
             self.carry_out(i, &mut engine, out);
         }
         if let Some(t) = engine.poll_timeout() {
-            let t = t.max(now);
+            let t = t.saturating_sub(EPOCH).max(now);
             let node = &mut self.nodes[i as usize];
             if node.timer.is_none_or(|pending| t < pending) {
                 node.timer = Some(t);
@@ -1112,12 +1115,12 @@ impl<'f> Lane<'f> {
                     .update(&id)
                     .map(|(_, b)| (0..n).map(|c| b.get(c)).collect())
                     .unwrap_or_default();
-                engine.handle_local_have(id, &have, now);
+                engine.handle_local_have(id, &have, EPOCH + now);
                 if fleet.is_leaf(i)
                     && let Some(u) = fleet.manifests.iter().position(|m| m.id == id)
                     && self.nodes[i as usize].installed[u].is_none()
                 {
-                    engine.set_needed(&id, true, now);
+                    engine.set_needed(&id, true, EPOCH + now);
                 }
             }
             Output::Dial { peer } => {
@@ -1134,7 +1137,7 @@ impl<'f> Lane<'f> {
                 };
                 if self.conn(i, j) != 0 {
                     self.close(i, j, 0);
-                    engine.handle_disconnected(peer, now);
+                    engine.handle_disconnected(peer, EPOCH + now);
                 }
             }
             Output::StoreRules { issuer, rules } => {

@@ -156,6 +156,7 @@ pub struct EngineTuning {
     pub span: Option<u32>,
     pub window: Option<usize>,
     pub fetch_timeout: Option<u64>,
+    pub sibling_stall: Option<u64>,
     pub report_interval: Option<u64>,
     /// Bytes per second.
     pub report_rate: Option<u64>,
@@ -372,6 +373,8 @@ struct RawEngine {
     window: Option<Spanned<i64>>,
     #[serde(default)]
     fetch_timeout: Option<Text>,
+    #[serde(default)]
+    sibling_stall: Option<Text>,
     #[serde(default)]
     report_interval: Option<Text>,
     #[serde(default)]
@@ -702,6 +705,11 @@ impl Checker<'_> {
                     .fetch_timeout
                     .as_ref()
                     .map(|v| self.duration(v, "fetch_timeout"))
+                    .transpose()?,
+                sibling_stall: e
+                    .sibling_stall
+                    .as_ref()
+                    .map(|v| self.duration(v, "sibling_stall"))
                     .transpose()?,
                 report_interval: e
                     .report_interval

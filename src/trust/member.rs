@@ -277,7 +277,7 @@ mod tests {
             })
         ));
         assert!(matches!(
-            verify_chain(&chain(), &root, 950),
+            verify_chain(&chain(), &root, 900 + crate::trust::CLOCK_TOLERANCE),
             Err(ChainError::Cert {
                 index: 2,
                 source: TrustError::Expired { .. }

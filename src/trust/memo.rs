@@ -118,7 +118,11 @@ mod tests {
         assert_eq!(env.verify(TAG_MANIFEST, &root.public(), 99), Ok(()));
         // The expiry is checked on every verify, remembered or not.
         assert!(matches!(
-            env.verify(TAG_MANIFEST, &root.public(), 100),
+            env.verify(
+                TAG_MANIFEST,
+                &root.public(),
+                100 + crate::trust::CLOCK_TOLERANCE
+            ),
             Err(TrustError::Expired { .. })
         ));
         env.sig[0] ^= 1;
@@ -139,7 +143,11 @@ mod tests {
         let bytes = wire::encode(&env);
         assert!(SignedManifest::open_shared(&bytes, &root.public(), 50).is_ok());
         assert!(matches!(
-            SignedManifest::open_shared(&bytes, &root.public(), 100),
+            SignedManifest::open_shared(
+                &bytes,
+                &root.public(),
+                100 + crate::trust::CLOCK_TOLERANCE
+            ),
             Err(TrustError::Expired { .. })
         ));
     }
