@@ -9,12 +9,18 @@ pub struct Server {
     url: String,
     addr_file: PathBuf,
     token: String,
+    max_connections: usize,
 }
 
 impl Server {
     /// Binds `addr`, loads (or makes) the node's token and writes the URL it answers
-    /// on to `DIR/admin.addr`.
-    pub async fn bind(dir: &Path, addr: SocketAddr) -> Result<Server, AdminError> {
+    /// on to `DIR/admin.addr`. It will hold at most `max_connections` connections
+    /// (`net::fds` derives the figure from the open-files limit).
+    pub async fn bind(
+        dir: &Path,
+        addr: SocketAddr,
+        max_connections: usize,
+    ) -> Result<Server, AdminError> {
         let token = load_or_make_token(dir)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -51,6 +57,7 @@ impl Server {
             url,
             addr_file,
             token,
+            max_connections,
         })
     }
 
@@ -60,20 +67,10 @@ impl Server {
     }
 
     /// Serves until `stop` is cancelled, then removes `DIR/admin.addr`.
-    pub async fn serve(
-        self,
-        handle: Handle,
-        stop: tokio_util::sync::CancellationToken,
-    ) -> Result<(), AdminError> {
+    pub async fn serve(self, handle: Handle, stop: tokio_util::sync::CancellationToken) {
         let app = router(handle, &self.token);
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
+        conns::serve(self.listener, app, self.max_connections, stop).await;
         let _ = std::fs::remove_file(&self.addr_file);
-        served.map_err(|e| AdminError::Transport {
-            url: self.url,
-            why: e.to_string(),
-        })
     }
 }
 
@@ -117,6 +114,8 @@ pub(super) fn router(handle: Handle, token: &str) -> Router {
             post(rollback),
         )
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
+        // Inside authorise: only the token holder's bodies are read.
+        .layer(axum::middleware::from_fn(conns::read_body))
         .layer(axum::middleware::from_fn_with_state(app.clone(), authorise))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(app);
