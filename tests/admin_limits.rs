@@ -1,5 +1,6 @@
 //! The admin API cannot starve the node: a real root (`arbor run`) at a 1,024
-//! open-files limit, its admin port held by 1,000 slow connections, still answers its
+//! open-files limit, its admin port held by 1,000 slow connections (and 100 more that
+//! promise a body they never send), still answers its
 //! token holder, takes a client into the tree and gets an update installed on it, and
 //! gives every descriptor back once the slow connections time out. Garbage on the
 //! admin port gets a 4xx or a close, and the node keeps running.
@@ -19,8 +20,10 @@ use std::time::{Duration, Instant};
 
 /// The attacked root's open-files limit, soft and hard.
 const OPEN_FILES: u64 = 1024;
-/// Slow connections kept open against the admin port.
+/// Slow connections kept open against the admin port: headers that never end.
 const SLOW: usize = 1000;
+/// Connections that promise a 1 MB body and send a few bytes of it.
+const LIARS: usize = 100;
 /// How long the token holder's status call may take under attack: generous, a
 /// bound on waiting behind slow connections, not a figure (benches/adversary-admin.sh
 /// measures it).
@@ -78,8 +81,9 @@ fn status_call(addr: SocketAddr, token: &str) -> (u16, Duration) {
     (resp.status().as_u16(), t0.elapsed())
 }
 
-/// 1,000 connections that each send half a request and wait, on a runtime of their
-/// own; each opens again a second after the server closes it, until told to stop.
+/// [`SLOW`] + [`LIARS`] connections that each send part of a request and wait, on a
+/// runtime of their own; each opens again a second after the server closes it, until
+/// told to stop.
 struct Attack {
     stop: Arc<AtomicBool>,
     opened: Arc<AtomicU64>,
@@ -99,7 +103,7 @@ impl Attack {
                     .expect("runtime");
                 rt.block_on(async move {
                     let mut tasks = Vec::new();
-                    for i in 0..SLOW {
+                    for i in 0..SLOW + LIARS {
                         let (stop, opened) = (stop.clone(), opened.clone());
                         tasks.push(tokio::spawn(slow_connection(addr, i, stop, opened)));
                     }
@@ -133,7 +137,7 @@ impl Attack {
     }
 }
 
-/// One attacker: seven in ten send a header that never ends, three in ten a
+/// One attacker: the first [`SLOW`] send a header that never ends, the others a
 /// Content-Length of 1 MB followed by a few bytes.
 async fn slow_connection(
     addr: SocketAddr,
@@ -142,7 +146,7 @@ async fn slow_connection(
     opened: Arc<AtomicU64>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let half: &[u8] = if i % 10 < 7 {
+    let half: &[u8] = if i < SLOW {
         b"GET /api/status HTTP/1.1\r\nHost: x\r\nX-Slow: "
     } else {
         b"POST /api/tokens HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{\"ttl"
@@ -162,7 +166,7 @@ async fn slow_connection(
 /// hold the attack's connections.
 fn room_for_the_attack() -> bool {
     let budget = arbor::net::fds::raise_limit();
-    if budget.open_files < SLOW as u64 + 256 {
+    if budget.open_files < (SLOW + LIARS) as u64 + 256 {
         eprintln!(
             "skipped: this process may open only {} files (ulimit -Hn)",
             budget.open_files
@@ -187,7 +191,7 @@ fn a_thousand_slow_connections_starve_neither_installs_nor_the_tree_nor_the_toke
     let tmp = tempfile::tempdir().expect("tempdir");
     let base = tmp.path();
     let root = common::root_node(base);
-    let root_proc = Process::start_with_open_files(&root, &[], &[], OPEN_FILES);
+    let root_proc = Process::start_with_open_files(&root, &[], &[], (OPEN_FILES, OPEN_FILES));
     let pid = root_proc.id();
     let (addr, token) = admin(&root);
     let (code, quiet) = status_call(addr, &token);
@@ -197,7 +201,7 @@ fn a_thousand_slow_connections_starve_neither_installs_nor_the_tree_nor_the_toke
 
     let attack = Attack::start(addr);
     let t0 = Instant::now();
-    while attack.opened.load(Ordering::SeqCst) < SLOW as u64 {
+    while attack.opened.load(Ordering::SeqCst) < (SLOW + LIARS) as u64 {
         assert!(
             t0.elapsed() < HANG,
             "the attack never got its connections open"
@@ -263,7 +267,7 @@ fn a_thousand_slow_connections_starve_neither_installs_nor_the_tree_nor_the_toke
     );
     // The attack was on the whole time.
     assert!(
-        attack.opened.load(Ordering::SeqCst) > SLOW as u64,
+        attack.opened.load(Ordering::SeqCst) > (SLOW + LIARS) as u64,
         "the slow connections were not reopened"
     );
     assert!(alive(pid), "the root is running");
@@ -298,6 +302,29 @@ fn a_thousand_slow_connections_starve_neither_installs_nor_the_tree_nor_the_toke
         opened.load(Ordering::SeqCst)
     );
     client_proc.stop();
+    root_proc.stop();
+}
+
+/// The soft open-files limit of process `pid`.
+fn soft_open_files(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("an open-files line");
+    line.split_whitespace()
+        .nth(3)
+        .expect("a soft limit")
+        .parse()
+        .expect("a number")
+}
+
+#[test]
+fn the_daemon_raises_its_open_files_limit_to_the_hard_limit() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = common::root_node(tmp.path());
+    let root_proc = Process::start_with_open_files(&root, &[], &[], (256, 2048));
+    assert_eq!(soft_open_files(root_proc.id()), 2048);
     root_proc.stop();
 }
 

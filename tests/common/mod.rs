@@ -179,18 +179,18 @@ impl Process {
         Process::start_command(Command::new(env!("CARGO_BIN_EXE_arbor")), data, extra, env)
     }
 
-    /// As [`Process::start`], with the open-files limit (soft and hard) at `limit`.
+    /// As [`Process::start`], with the open-files limit at `(soft, hard)`.
     pub fn start_with_open_files(
         data: &str,
         extra: &[&str],
         env: &[(&str, &str)],
-        limit: u64,
+        (soft, hard): (u64, u64),
     ) -> Process {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbor"));
         let lim = libc::rlimit {
-            rlim_cur: limit as libc::rlim_t,
-            rlim_max: limit as libc::rlim_t,
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
         };
         // SAFETY: setrlimit is async-signal-safe and touches only the child.
         unsafe {

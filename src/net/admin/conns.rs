@@ -334,18 +334,19 @@ impl Table {
         }
     }
 
-    /// Warns of what the tally counted, unless it did within [`LOG_EVERY`].
-    fn warn(&mut self, cap: usize) {
+    /// Warns of what the tally counted, unless it did within [`LOG_EVERY`]; whether
+    /// it did.
+    fn warn(&mut self, cap: usize) -> bool {
         let now = Instant::now();
         let t = &mut self.tally;
         if t.last_warned.is_some_and(|at| now - at < LOG_EVERY) {
-            return;
+            return false;
         }
         if t.evicted + t.refused > 0 {
             tracing::warn!(
-                "the admin API had all of its {cap} connections open: {} that had sent no \
-                 request were closed to make room and {} refused while all were \
-                 answering requests (counted over the last minute at most)",
+                "admin API: all {cap} connections open; closed {} that had sent no request \
+                 to make room, refused {} while all were answering requests (warned at most \
+                 once a minute)",
                 t.evicted,
                 t.refused
             );
@@ -361,6 +362,7 @@ impl Table {
             last_warned: Some(now),
             ..Tally::default()
         };
+        true
     }
 }
 

@@ -79,12 +79,43 @@ pub(super) struct App {
     handle: Handle,
     /// The token's hash: `blake3::Hash` compares in constant time.
     token: Arc<blake3::Hash>,
+    /// Requests refused for want of the token since the last warning of them.
+    refused: Arc<std::sync::Mutex<Refused>>,
+}
+
+/// At most one warning of refused requests per [`Refused::EVERY`]: a stranger's
+/// requests cannot flood the log.
+#[derive(Default)]
+pub(super) struct Refused {
+    count: u64,
+    warned: Option<std::time::Instant>,
+}
+
+impl Refused {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// Counts a refusal; warns unless it did within [`Refused::EVERY`]. Whether it did.
+    pub(super) fn note(&mut self, path: &str) -> bool {
+        self.count += 1;
+        if self.warned.is_some_and(|at| at.elapsed() < Refused::EVERY) {
+            return false;
+        }
+        tracing::warn!(
+            "admin API: {} request(s) without the right bearer token refused, the latest \
+             for {path} (warned at most once a minute)",
+            self.count
+        );
+        self.count = 0;
+        self.warned = Some(std::time::Instant::now());
+        true
+    }
 }
 
 pub(super) fn router(handle: Handle, token: &str) -> Router {
     let app = App {
         handle,
         token: Arc::new(blake3::hash(token.as_bytes())),
+        refused: Arc::default(),
     };
     let api = Router::new()
         .route("/api/status", get(status))
@@ -176,7 +207,10 @@ pub(super) async fn authorise(
     if given.is_some_and(|t| blake3::hash(t.as_bytes()) == *app.token) {
         return next.run(req).await;
     }
-    tracing::warn!(path = %req.uri().path(), "admin API request without the right bearer token refused");
+    app.refused
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .note(req.uri().path());
     let mut resp = error_response(
         StatusCode::UNAUTHORIZED,
         "this needs the node's admin token: send Authorization: Bearer <contents of DIR/admin.token>",

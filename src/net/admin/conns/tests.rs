@@ -302,3 +302,21 @@ async fn when_every_connection_is_answering_a_newcomer_gets_503() {
     drop(waits);
     server.stop().await;
 }
+
+#[test]
+fn strangers_and_slow_connections_are_warned_of_at_most_once_a_minute() {
+    let mut refused = super::super::http::Refused::default();
+    let warned = (0..1000).filter(|_| refused.note("/api/status")).count();
+    assert_eq!(warned, 1, "warnings of 1,000 requests without the token");
+    let mut table = Table::default();
+    let warned = (0..1000)
+        .filter(|_| {
+            table.tally.evicted += 1;
+            table.warn(4)
+        })
+        .count();
+    assert_eq!(
+        warned, 1,
+        "warnings of 1,000 connections closed to make room"
+    );
+}
