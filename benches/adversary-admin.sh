@@ -162,7 +162,9 @@ alive=no; kill -0 "$ROOT_PID" 2>/dev/null && alive=yes
 t0=$(now)
 kill -USR1 "$ATTACK"
 # The attacker ends once the root has closed all of its connections (or after 60 s).
+closed_by_root=yes
 for _ in $(seq 1200); do kill -0 "$ATTACK" 2>/dev/null || break; sleep 0.05; done
+kill -0 "$ATTACK" 2>/dev/null && closed_by_root="no, the attacker was killed after 60 s"
 kill "$ATTACK" 2>/dev/null || true
 wait "$ATTACK" 2>/dev/null || true
 for _ in $(seq 1200); do # 60 s at most
@@ -175,6 +177,7 @@ log_bytes=$(($(wc -c <"$WORK/root.log") - log_before))
 
 echo "status call (ms, median / max of those answered within 10 s, of $CALLS): quiet $quiet_med / $quiet_max, $quiet_fail failed; under $SLOW slow + $LIARS lying connections $attacked_med / $attacked_max, $attacked_fail failed"
 echo "approve to installed on the client (2 MiB): quiet $quiet_install s; attacked $attacked_install s"
-echo "root open descriptors: $quiet_fds before, at most $most during the attack, $after_fds after; back $drained s after the attack stopped"
+echo "root open descriptors: $quiet_fds before, at most $most during the attack, $after_fds after; back $drained s after the attack stopped (slow connections closed by the root: $closed_by_root)"
 echo "slow connections opened: $(cat "$WORK/opened"); root still running: $alive; root log grew $log_bytes bytes during the attack"
-grep -h "admin API" "$WORK/root.log" | sed 's/^/  root log: /' || true
+echo "root log lines about the admin API: $(grep -c "admin API" "$WORK/root.log" || true), the last two:"
+grep -h "admin API" "$WORK/root.log" | tail -2 | sed 's/^/  /' || true
