@@ -28,6 +28,7 @@ mod conduct;
 mod delta;
 mod drive;
 mod events;
+pub mod fds;
 mod join;
 mod limit;
 mod limits;
@@ -382,6 +383,7 @@ fn peer_of(key: &PublicKey) -> Result<Libp2pPeerId, NetError> {
 /// Opens the node in `opts.dir`, redeems its join token if it has not joined yet,
 /// listens, and binds the admin API. The node runs once [`Daemon::run`] is awaited.
 pub async fn start(opts: Options) -> Result<Daemon, NetError> {
+    let fds = fds::raise_limit();
     let dir = opts.dir.clone();
     // An unusable install directory stops a client before it joins or listens.
     let client = match &opts.client {
@@ -510,16 +512,12 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
             .map_err(|e| NetError::Transport(format!("cannot start the writer thread: {e}")))?
     };
     let tasks = Tasks::default();
-    let admin = admin::Server::bind(&dir, opts.admin).await?;
+    let admin = admin::Server::bind(&dir, opts.admin, fds.admin_connections).await?;
     let admin_url = admin.url().to_string();
     {
         let handle = Handle { tx: ev_tx.clone() };
         let stop = tasks.cancel.clone();
-        tasks.tracker.spawn(async move {
-            if let Err(e) = admin.serve(handle, stop).await {
-                tracing::error!("the admin API stopped: {e}");
-            }
-        });
+        tasks.tracker.spawn(admin.serve(handle, stop));
     }
     spawn_acceptors(&tasks, control.clone(), ev_tx.clone())?;
     let server = Arc::new(Server {

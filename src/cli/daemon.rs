@@ -23,6 +23,11 @@ pub fn run(data: &Path, flags: RunFlags) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Watched before the node starts: a signal during the start stops it cleanly
+        // once it is up, instead of killing it.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?;
         let daemon = net::start(Options {
             admin: settings.admin,
             client: settings.client,
@@ -32,11 +37,9 @@ pub fn run(data: &Path, flags: RunFlags) -> Result<()> {
         })
         .await
         .with_context(|| format!("cannot start the node in {}", data.display()))?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot watch for SIGTERM")?;
         let shutdown = async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
                 _ = term.recv() => {}
             }
         };

@@ -10,6 +10,7 @@
 //! the two files and the client; what each request does is the daemon's (`net`).
 
 mod client;
+mod conns;
 mod http;
 
 use super::Handle;
@@ -21,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 pub use client::{Client, call};
+pub use conns::{BODY_TIMEOUT, HEADER_TIMEOUT, MAX_HEADER, WRITE_TIMEOUT};
 pub use http::{OPENAPI, Server};
 use serde::{Deserialize, Serialize};
 use std::io::Write;

@@ -176,7 +176,42 @@ pub struct Process {
 impl Process {
     /// Starts `arbor run` on `data` with `extra` flags and waits for "listening".
     pub fn start(data: &str, extra: &[&str], env: &[(&str, &str)]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        Process::start_command(Command::new(env!("CARGO_BIN_EXE_arbor")), data, extra, env)
+    }
+
+    /// As [`Process::start`], with the open-files limit at `(soft, hard)`.
+    pub fn start_with_open_files(
+        data: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        (soft, hard): (u64, u64),
+    ) -> Process {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbor"));
+        let lim = libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Process::start_command(cmd, data, extra, env)
+    }
+
+    fn start_command(
+        mut cmd: Command,
+        data: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Process {
+        let mut child = cmd
             .args(["run", "--data", data, "--listen", "/ip4/127.0.0.1/tcp/0"])
             .args(extra)
             .envs(env.iter().copied())
@@ -195,6 +230,11 @@ impl Process {
         });
         rx.recv_timeout(HANG).expect("the node comes up");
         Process { child }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits for the process to end by itself (a test fault aborts it).

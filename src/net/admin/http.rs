@@ -9,12 +9,18 @@ pub struct Server {
     url: String,
     addr_file: PathBuf,
     token: String,
+    max_connections: usize,
 }
 
 impl Server {
     /// Binds `addr`, loads (or makes) the node's token and writes the URL it answers
-    /// on to `DIR/admin.addr`.
-    pub async fn bind(dir: &Path, addr: SocketAddr) -> Result<Server, AdminError> {
+    /// on to `DIR/admin.addr`. It will hold at most `max_connections` connections
+    /// (`net::fds` derives the figure from the open-files limit).
+    pub async fn bind(
+        dir: &Path,
+        addr: SocketAddr,
+        max_connections: usize,
+    ) -> Result<Server, AdminError> {
         let token = load_or_make_token(dir)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -51,6 +57,7 @@ impl Server {
             url,
             addr_file,
             token,
+            max_connections,
         })
     }
 
@@ -60,20 +67,10 @@ impl Server {
     }
 
     /// Serves until `stop` is cancelled, then removes `DIR/admin.addr`.
-    pub async fn serve(
-        self,
-        handle: Handle,
-        stop: tokio_util::sync::CancellationToken,
-    ) -> Result<(), AdminError> {
+    pub async fn serve(self, handle: Handle, stop: tokio_util::sync::CancellationToken) {
         let app = router(handle, &self.token);
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
+        conns::serve(self.listener, app, self.max_connections, stop).await;
         let _ = std::fs::remove_file(&self.addr_file);
-        served.map_err(|e| AdminError::Transport {
-            url: self.url,
-            why: e.to_string(),
-        })
     }
 }
 
@@ -82,12 +79,43 @@ pub(super) struct App {
     handle: Handle,
     /// The token's hash: `blake3::Hash` compares in constant time.
     token: Arc<blake3::Hash>,
+    /// Requests refused for want of the token since the last warning of them.
+    refused: Arc<std::sync::Mutex<Refused>>,
+}
+
+/// At most one warning of refused requests per [`Refused::EVERY`]: a stranger's
+/// requests cannot flood the log.
+#[derive(Default)]
+pub(super) struct Refused {
+    count: u64,
+    warned: Option<std::time::Instant>,
+}
+
+impl Refused {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// Counts a refusal; warns unless it did within [`Refused::EVERY`]. Whether it did.
+    pub(super) fn note(&mut self, path: &str) -> bool {
+        self.count += 1;
+        if self.warned.is_some_and(|at| at.elapsed() < Refused::EVERY) {
+            return false;
+        }
+        tracing::warn!(
+            "admin API: {} request(s) without the right bearer token refused, the latest \
+             for {path} (warned at most once a minute)",
+            self.count
+        );
+        self.count = 0;
+        self.warned = Some(std::time::Instant::now());
+        true
+    }
 }
 
 pub(super) fn router(handle: Handle, token: &str) -> Router {
     let app = App {
         handle,
         token: Arc::new(blake3::hash(token.as_bytes())),
+        refused: Arc::default(),
     };
     let api = Router::new()
         .route("/api/status", get(status))
@@ -117,6 +145,8 @@ pub(super) fn router(handle: Handle, token: &str) -> Router {
             post(rollback),
         )
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
+        // Inside authorise: only the token holder's bodies are read.
+        .layer(axum::middleware::from_fn(conns::read_body))
         .layer(axum::middleware::from_fn_with_state(app.clone(), authorise))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(app);
@@ -177,7 +207,10 @@ pub(super) async fn authorise(
     if given.is_some_and(|t| blake3::hash(t.as_bytes()) == *app.token) {
         return next.run(req).await;
     }
-    tracing::warn!(path = %req.uri().path(), "admin API request without the right bearer token refused");
+    app.refused
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .note(req.uri().path());
     let mut resp = error_response(
         StatusCode::UNAUTHORIZED,
         "this needs the node's admin token: send Authorization: Bearer <contents of DIR/admin.token>",
