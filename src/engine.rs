@@ -36,6 +36,7 @@
 pub mod bitmap;
 mod fetching;
 mod links;
+mod local;
 mod offers;
 mod reporting;
 mod rulebook;
@@ -441,6 +442,8 @@ pub struct Engine {
     siblings: Vec<site::Sibling>,
     /// On a parent: its children's sites and who was sent which chunk.
     sites: site::Sites,
+    /// Why the store cannot be written, while it cannot: nothing new is fetched.
+    store_fault: Option<String>,
 }
 
 impl Engine {
@@ -505,6 +508,7 @@ impl Engine {
             parent_paused: false,
             siblings: Vec::new(),
             sites: site::Sites::default(),
+            store_fault: None,
         }
     }
 
@@ -581,9 +585,12 @@ impl Engine {
             .collect()
     }
 
-    /// Whether this node fetches `update`: it may have it, and it will use it itself
-    /// (a node without children) or one of its children may have it.
+    /// Whether this node fetches `update`: it may have it, it can store it, and it will
+    /// use it itself (a node without children) or one of its children may have it.
     fn is_wanted(&self, update: &Hash) -> bool {
+        if self.store_fault.is_some() {
+            return false;
+        }
         let own_use = if self.config.installer {
             self.needed.contains(update)
         } else {
