@@ -668,6 +668,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 for p in &report.problems {
                     println!("BAD {p}");
                 }
+                for note in report.notes() {
+                    println!("note: {note}");
+                }
                 let summary = format!(
                     "{} updates, {} chunks, {} checked",
                     report.updates,

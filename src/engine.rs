@@ -38,6 +38,7 @@ mod conduct;
 mod fetching;
 mod links;
 mod liveness;
+mod local;
 mod offers;
 mod reporting;
 mod rulebook;
@@ -506,6 +507,8 @@ pub struct Engine {
     clock_offset: Option<i64>,
     /// The parent was given up for silence at this time, and not heard from since.
     parent_silent_since: Option<Millis>,
+    /// Why the store cannot be written, while it cannot: nothing new is fetched.
+    store_fault: Option<String>,
 }
 
 impl Engine {
@@ -576,6 +579,7 @@ impl Engine {
             next_heartbeat: None,
             clock_offset: None,
             parent_silent_since: None,
+            store_fault: None,
         }
     }
 
@@ -652,9 +656,12 @@ impl Engine {
             .collect()
     }
 
-    /// Whether this node fetches `update`: it may have it, and it will use it itself
-    /// (a node without children) or one of its children may have it.
+    /// Whether this node fetches `update`: it may have it, it can store it, and it will
+    /// use it itself (a node without children) or one of its children may have it.
     fn is_wanted(&self, update: &Hash) -> bool {
+        if self.store_fault.is_some() {
+            return false;
+        }
         let own_use = if self.config.installer {
             self.needed.contains(update)
         } else {

@@ -270,6 +270,19 @@ enum Ev {
     Installer {
         done: client::Done,
     },
+    /// The writer thread found the store failing (`Some`, why) or writable again.
+    StoreFault {
+        fault: Option<String>,
+    },
+    /// The store no longer holds these chunks (quarantined, or never committed).
+    LocalLost {
+        chunks: Vec<Hash>,
+    },
+    /// A chunk read to be served was damaged at `loc`: quarantine it.
+    Damaged {
+        chunk: Hash,
+        loc: crate::store::Loc,
+    },
 }
 
 /// Transfer counters of one update.

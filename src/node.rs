@@ -37,12 +37,11 @@ pub enum NodeError {
     Exists(String),
     #[error("{0} is not an arbor node directory (no {NODE_KEY_FILE}); create one with arbor init")]
     NotANode(String),
-    #[error("cannot {action} {path}")]
+    #[error("cannot {action} {path}: {why}")]
     Io {
         action: &'static str,
         path: String,
-        #[source]
-        source: std::io::Error,
+        why: std::io::Error,
     },
     #[error(transparent)]
     Key(#[from] KeyFileError),
@@ -63,10 +62,10 @@ pub enum NodeError {
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> NodeError + 'a {
-    move |source| NodeError::Io {
+    move |why| NodeError::Io {
         action,
         path: path.display().to_string(),
-        source,
+        why,
     }
 }
 

@@ -14,16 +14,23 @@
 //! the next publish of the same content reuses.
 //!
 //! This module stores what it is given: hashing and signature checks happen before
-//! (`publish`, `trust`), and re-checks after (`verify`).
+//! (`publish`, `trust`), and re-checks after (`verify`), except that a chunk read to be
+//! served is checked against its hash ([`Store::read_checked`]) and a damaged one is
+//! quarantined (`quarantine`). After a failed write the store is reopened (`health`):
+//! redb refuses every later write once one has failed.
 
 mod groups;
+mod health;
 mod kept;
 mod packs;
+mod quarantine;
 
 pub use packs::ChunkWriter;
 use packs::*;
 
 pub use groups::{ALL, GroupRecord, MemberChange};
+pub use health::PROBE_BYTES;
+pub use quarantine::{Quarantined, Unreadable};
 
 use crate::content::Hash;
 use crate::content::manifest::MAX_CHUNK_LEN;
@@ -34,7 +41,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, mpsc};
 
 /// Chunk hash → location of its record (see [`Loc`]).
 const CHUNKS: TableDefinition<&[u8; 32], &[u8; 16]> = TableDefinition::new("chunks");
@@ -79,12 +86,13 @@ pub enum StoreError {
     Busy(String),
     #[error("the store database failed: {0}")]
     Db(#[from] redb::Error),
-    #[error("cannot {action} {path}")]
+    /// The OS reason is part of the message (and not a separate source), so that every
+    /// message a user sees says why, once.
+    #[error("cannot {action} {path}: {why}")]
     Io {
         action: &'static str,
         path: String,
-        #[source]
-        source: std::io::Error,
+        why: std::io::Error,
     },
     #[error("{path} is not an arbor store ({why})")]
     NotAStore { path: String, why: String },
@@ -104,6 +112,10 @@ pub enum StoreError {
     ChunkTooLarge { len: usize },
     #[error("the store is damaged, so nothing is written to it: {0}; run arbor verify")]
     Damaged(String),
+    #[error(
+        "the store is closed after a failed write ({0}); it reopens once the disk takes writes again"
+    )]
+    Closed(String),
 }
 
 /// Opens a table that stores made before it existed do not have until it is first
@@ -127,10 +139,10 @@ fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
+    move |why| StoreError::Io {
         action,
         path: path.display().to_string(),
-        source,
+        why,
     }
 }
 
@@ -177,12 +189,16 @@ struct Appender {
 
 /// A node's chunk and metadata store. Cheap to share across threads by reference.
 pub struct Store {
-    db: Database,
+    /// The node directory.
+    dir: PathBuf,
+    /// The open database, or why it is closed. Every transaction holds it for reading,
+    /// so that a reopen ([`Store::reopen`]) waits for them and swaps it whole.
+    db: RwLock<Result<Database, String>>,
     packs_dir: PathBuf,
     /// Written at the start of every pack of this store.
     pack_header: [u8; PACK_HEADER],
     /// Why writes are refused: committed packs that are missing or cut short.
-    damage: Vec<String>,
+    damage: Mutex<Vec<String>>,
     appender: Mutex<Appender>,
     readers: Mutex<HashMap<u32, Arc<File>>>,
     /// Chunks written to a pack but not yet committed: readable by this process at once,
@@ -210,7 +226,7 @@ impl Store {
             getrandom::fill(&mut id).map_err(|e| StoreError::Io {
                 action: "generate an id for",
                 path: dir.display().to_string(),
-                source: std::io::Error::other(e.to_string()),
+                why: std::io::Error::other(e.to_string()),
             })?;
             meta.insert(META_STORE_ID, id.as_slice()).map_err(db_err)?;
         }
@@ -240,60 +256,28 @@ impl Store {
 
     /// Checks that `db` is an arbor store, then recovers its packs from a crash.
     fn from_db(db: Database, dir: &Path) -> Result<Store, StoreError> {
-        let not_a_store = |why: &str| StoreError::NotAStore {
-            path: dir.display().to_string(),
-            why: why.to_string(),
-        };
-        let (format, id, committed) = {
-            let txn = db.begin_read().map_err(db_err)?;
-            let meta = txn
-                .open_table(META)
-                .map_err(|_| not_a_store("no metadata table"))?;
-            let get = |key| -> Result<Option<Vec<u8>>, StoreError> {
-                Ok(meta.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
-            };
-            let (format, id) = (get(META_FORMAT)?, get(META_STORE_ID)?);
-            let table = txn.open_table(PACKS).map_err(db_err)?;
-            let mut packs = HashMap::new();
-            for entry in table.iter().map_err(db_err)? {
-                let (k, v) = entry.map_err(db_err)?;
-                packs.insert(k.value(), v.value());
-            }
-            (format, id, packs)
-        };
-        if format.as_deref() != Some(FORMAT_VERSION) {
-            return Err(not_a_store("unknown store format"));
-        }
-        let id: [u8; 16] = id
-            .and_then(|v| v.try_into().ok())
-            .ok_or(StoreError::BadMeta { key: META_STORE_ID })?;
-        let mut pack_header = [0u8; PACK_HEADER];
-        pack_header[..PACK_MAGIC.len()].copy_from_slice(PACK_MAGIC);
-        pack_header[PACK_MAGIC.len()..].copy_from_slice(&id);
-        let packs_dir = dir.join(PACKS_DIR);
-        let damage = recover_packs(&packs_dir, &committed, &pack_header)?;
-        for d in &damage {
-            tracing::error!("{d}; run arbor verify");
-        }
-        let (pack, len) = committed
-            .iter()
-            .max_by_key(|(p, _)| **p)
-            .map(|(p, l)| (*p, *l))
-            .unwrap_or((0, 0));
+        let opened = recover(&db, dir)?;
         Ok(Store {
-            db,
-            packs_dir,
-            pack_header,
-            damage,
-            appender: Mutex::new(Appender {
-                pack,
-                file: None,
-                len,
-                new_pack: false,
-            }),
+            dir: dir.to_path_buf(),
+            db: RwLock::new(Ok(db)),
+            packs_dir: dir.join(PACKS_DIR),
+            pack_header: opened.pack_header,
+            damage: Mutex::new(opened.damage),
+            appender: Mutex::new(opened.appender),
             readers: Mutex::new(HashMap::new()),
             uncommitted: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// A hold on the open database for one transaction (hold it until the transaction
+    /// ends). Never take a second hold in the same thread while one is held: a reopen
+    /// waiting in between would wait forever.
+    fn db(&self) -> Result<Db<'_>, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        match &*guard {
+            Ok(_) => Ok(Db(guard)),
+            Err(why) => Err(StoreError::Closed(why.clone())),
+        }
     }
 
     fn pack_path(&self, pack: u32) -> PathBuf {
@@ -302,14 +286,16 @@ impl Store {
 
     /// A node metadata value (the node layer names its keys).
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(db_err)?;
         let table = txn.open_table(META).map_err(db_err)?;
         Ok(table.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
     }
 
     /// Sets and removes node metadata values in one durable transaction.
     pub fn update_meta(&self, set: &[(&str, &[u8])], remove: &[&str]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(META).map_err(db_err)?;
             for (k, v) in set {
@@ -365,7 +351,8 @@ impl Store {
         {
             return Ok(Some(*loc));
         }
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(db_err)?;
         let table = txn.open_table(CHUNKS).map_err(db_err)?;
         Ok(table
             .get(&hash.0)
@@ -416,7 +403,8 @@ impl Store {
         after: Option<&Hash>,
         limit: usize,
     ) -> Result<Vec<(Hash, Loc)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(db_err)?;
         let table = txn.open_table(CHUNKS).map_err(db_err)?;
         let range = match after {
             Some(h) => table
@@ -434,7 +422,8 @@ impl Store {
 
     /// Each pack number with its committed length.
     pub fn packs(&self) -> Result<Vec<(u32, u64)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(db_err)?;
         let table = txn.open_table(PACKS).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(db_err)? {
@@ -446,7 +435,8 @@ impl Store {
 
     /// The signed manifest bytes of an update.
     pub fn manifest_bytes(&self, id: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(db_err)?;
         let table = txn.open_table(MANIFESTS).map_err(db_err)?;
         Ok(table
             .get(&id.0)
@@ -456,7 +446,8 @@ impl Store {
 
     /// Every stored update: id and signed manifest bytes, in id order.
     pub fn manifests(&self) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(db_err)?;
         let table = txn.open_table(MANIFESTS).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(db_err)? {
@@ -468,7 +459,8 @@ impl Store {
 
     /// The update published as this module version, if any.
     pub fn update_by_name(&self, name: &ModuleVersion) -> Result<Option<Hash>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(db_err)?;
         let table = txn.open_table(NAMES).map_err(db_err)?;
         Ok(table
             .get(name.key().as_str())
@@ -483,7 +475,8 @@ impl Store {
         if lower.len() < 4 || lower.len() > 64 || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(StoreError::BadUpdatePrefix(shown));
         }
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(db_err)?;
         let table = txn.open_table(MANIFESTS).map_err(db_err)?;
         let mut matches = Vec::new();
         for entry in table.iter().map_err(db_err)? {
@@ -510,14 +503,16 @@ impl Store {
         bytes: &[u8],
         name: &ModuleVersion,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         insert_manifest(&txn, id, bytes, name)?;
         txn.commit().map_err(db_err)
     }
 
     /// Records a join token this node will redeem once.
     pub fn add_token(&self, secret_hash: &Hash, record: &TokenRecord) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(TOKENS)
             .map_err(db_err)?
             .insert(&secret_hash.0, wire::encode(record).as_slice())
@@ -533,7 +528,8 @@ impl Store {
         child: &[u8; 32],
         now: u64,
     ) -> Result<Result<ChildRecord, TokenRefusal>, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         let outcome = {
             let mut tokens = txn.open_table(TOKENS).map_err(db_err)?;
             let record: Option<TokenRecord> = match tokens.get(&secret_hash.0).map_err(db_err)? {
@@ -580,7 +576,8 @@ impl Store {
 
     /// Every child this node has certified, revoked ones included.
     pub fn children(&self) -> Result<Vec<([u8; 32], ChildRecord)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(db_err)?;
         let table = txn.open_table(CHILDREN).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(db_err)? {
@@ -592,13 +589,15 @@ impl Store {
 
     /// The record of one child, if this node certified it.
     pub fn child(&self, child: &[u8; 32]) -> Result<Option<ChildRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(db_err)?;
         read_child(&txn.open_table(CHILDREN).map_err(db_err)?, child)
     }
 
     /// Marks a child revoked. Returns false if it was never a child of this node.
     pub fn revoke_child(&self, child: &[u8; 32]) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         let found = {
             let mut table = txn.open_table(CHILDREN).map_err(db_err)?;
             match read_child(&table, child)? {
@@ -615,6 +614,83 @@ impl Store {
         txn.commit().map_err(db_err)?;
         Ok(found)
     }
+}
+
+/// A read hold on the open database (see [`Store::db`]).
+struct Db<'a>(RwLockReadGuard<'a, Result<Database, String>>);
+
+impl std::ops::Deref for Db<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        match &*self.0 {
+            Ok(db) => db,
+            // Store::db hands out holds on an open database only, and a reopen cannot
+            // close it while a hold exists.
+            Err(_) => unreachable!("a hold on a closed database"),
+        }
+    }
+}
+
+/// What opening a store's database finds: its pack header, its damage, and where
+/// appending resumes, after cutting off what a crash left uncommitted.
+struct Opened {
+    pack_header: [u8; PACK_HEADER],
+    damage: Vec<String>,
+    appender: Appender,
+}
+
+/// Checks that `db` is an arbor store, then recovers its packs from a crash.
+fn recover(db: &Database, dir: &Path) -> Result<Opened, StoreError> {
+    let not_a_store = |why: &str| StoreError::NotAStore {
+        path: dir.display().to_string(),
+        why: why.to_string(),
+    };
+    let (format, id, committed) = {
+        let txn = db.begin_read().map_err(db_err)?;
+        let meta = txn
+            .open_table(META)
+            .map_err(|_| not_a_store("no metadata table"))?;
+        let get = |key| -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(meta.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
+        };
+        let (format, id) = (get(META_FORMAT)?, get(META_STORE_ID)?);
+        let table = txn.open_table(PACKS).map_err(db_err)?;
+        let mut packs = HashMap::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            packs.insert(k.value(), v.value());
+        }
+        (format, id, packs)
+    };
+    if format.as_deref() != Some(FORMAT_VERSION) {
+        return Err(not_a_store("unknown store format"));
+    }
+    let id: [u8; 16] = id
+        .and_then(|v| v.try_into().ok())
+        .ok_or(StoreError::BadMeta { key: META_STORE_ID })?;
+    let mut pack_header = [0u8; PACK_HEADER];
+    pack_header[..PACK_MAGIC.len()].copy_from_slice(PACK_MAGIC);
+    pack_header[PACK_MAGIC.len()..].copy_from_slice(&id);
+    let damage = recover_packs(&dir.join(PACKS_DIR), &committed, &pack_header)?;
+    for d in &damage {
+        tracing::error!("{d}; run arbor verify");
+    }
+    let (pack, len) = committed
+        .iter()
+        .max_by_key(|(p, _)| **p)
+        .map(|(p, l)| (*p, *l))
+        .unwrap_or((0, 0));
+    Ok(Opened {
+        pack_header,
+        damage,
+        appender: Appender {
+            pack,
+            file: None,
+            len,
+            new_pack: false,
+        },
+    })
 }
 
 /// A child this node certified. Fields in canonical key order.

@@ -6,10 +6,14 @@
 //! against its hash and its record header; manifests are re-opened against the pinned
 //! root key. A bad chunk is reported once for every place an update uses it: which
 //! update, which file, which chunk of that file, at which byte.
+//!
+//! The verdict is about what the index holds. A chunk the daemon quarantined (its
+//! bytes were found damaged when read) is no longer in the index: its old record stays
+//! in its pack as an orphan, which is listed and counted, not judged.
 
 use crate::content::Hash;
 use crate::node::Node;
-use crate::store::{Loc, RECORD_HEADER, Store, StoreError};
+use crate::store::{Loc, Quarantined, RECORD_HEADER, Store, StoreError};
 use crate::trust::SignedManifest;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,11 +60,38 @@ pub struct VerifyReport {
     pub chunks: u64,
     pub bytes: u64,
     pub problems: Vec<Problem>,
+    /// Damaged records the daemon quarantined: no longer used, left in their packs.
+    pub quarantined: Vec<Quarantined>,
+    /// Bytes of pack records no index entry points at (whole-store checks only):
+    /// quarantined records, and anything else left there.
+    pub orphan_bytes: u64,
 }
 
 impl VerifyReport {
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// What a user should know beyond the verdict: records the index no longer uses.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let record = |q: &Quarantined| u64::from(q.len) + RECORD_HEADER as u64;
+        let quarantined: u64 = self.quarantined.iter().map(record).sum();
+        if let (Some(first), n) = (self.quarantined.first(), self.quarantined.len()) {
+            notes.push(format!(
+                "{n} damaged chunk record{} quarantined since {} (Unix seconds): the store no longer uses {}, and the {quarantined} bytes stay in the packs as orphans; the chunks were fetched again if an update uses them",
+                if n == 1 { " was" } else { "s were" },
+                self.quarantined.iter().map(|q| q.at).min().unwrap_or(first.at),
+                if n == 1 { "it" } else { "them" },
+            ));
+        }
+        if self.orphan_bytes > quarantined {
+            notes.push(format!(
+                "{} bytes in the packs belong to no chunk the index holds",
+                self.orphan_bytes - quarantined
+            ));
+        }
+        notes
     }
 }
 
@@ -85,6 +116,7 @@ pub fn verify(
         None => store.manifests()?,
     };
     report.updates = manifests.len();
+    report.quarantined = store.quarantined()?;
 
     let mut opened = Vec::with_capacity(manifests.len());
     for (id, bytes) in manifests {
@@ -132,12 +164,18 @@ pub fn verify(
         check_page(store, locs, &mut report, &mut bad, &done, progress);
     } else {
         let mut after: Option<Hash> = None;
+        let mut indexed = 0u64;
         loop {
             let page = store.chunk_index_page(after.as_ref(), PAGE)?;
             let Some(last) = page.last() else { break };
             after = Some(last.0);
+            indexed += page
+                .iter()
+                .map(|(_, loc)| u64::from(loc.len) + RECORD_HEADER as u64)
+                .sum::<u64>();
             check_page(store, page, &mut report, &mut bad, &done, progress);
         }
+        report.orphan_bytes = store.committed_record_bytes()?.saturating_sub(indexed);
         for m in &opened {
             for c in m.manifest.chunk_refs() {
                 if !bad.contains_key(&c.hash()) && !store.has_chunk(&c.hash())? {
@@ -302,6 +340,58 @@ mod tests {
                 .iter()
                 .any(|r| r.contains("does not hash to its update id")),
             "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn a_quarantined_chunk_is_judged_by_the_index_and_its_old_record_noted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = Node::init_root(&dir.path().join("n")).expect("init");
+        let signed =
+            SignedManifest::sign(node.root_secret().expect("root"), 1, two_files()).expect("sign");
+        let mut w = node.store.writer().expect("writer");
+        for c in [&b"a"[..], b"bc"] {
+            w.put(Hash::of(c), c).expect("put");
+        }
+        w.flush().expect("flush");
+        drop(w);
+        store_manifest(&node, &signed.id, &signed.bytes, "1");
+        let clean = verify(&node, None, 0, &|_| {}).expect("verify runs");
+        assert!(clean.ok() && clean.notes().is_empty(), "{clean:?}");
+        assert_eq!(clean.orphan_bytes, 0);
+
+        let bc = Hash::of(b"bc");
+        let loc = node.store.chunk_loc(&bc).expect("lookup").expect("held");
+        assert!(
+            node.store
+                .quarantine(&bc, loc, 1_800_000_000)
+                .expect("quarantine")
+        );
+        let lacking = verify(&node, None, 0, &|_| {}).expect("verify runs");
+        assert!(!lacking.ok());
+        assert!(
+            lacking
+                .problems
+                .iter()
+                .all(|p| p.chunk == Some(bc) && p.reason.contains("missing")),
+            "{:?}",
+            lacking.problems
+        );
+
+        // Fetched again: the verdict is clean, and the old record is noted, not judged.
+        let mut w = node.store.writer().expect("writer");
+        w.put(bc, b"bc").expect("put");
+        w.flush().expect("flush");
+        drop(w);
+        let healed = verify(&node, None, 0, &|_| {}).expect("verify runs");
+        assert!(healed.ok(), "{:?}", healed.problems);
+        assert_eq!(healed.orphan_bytes, 2 + RECORD_HEADER as u64);
+        let notes = healed.notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains("1 damaged chunk record was quarantined since 1800000000")
+                && notes[0].contains("38 bytes stay in the packs as orphans"),
+            "{notes:?}"
         );
     }
 

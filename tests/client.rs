@@ -9,9 +9,8 @@
 
 mod common;
 
-use common::{HANG, Process, arbor, arbor_err, arbor_json, arbor_ok, noise};
+use common::{HANG, Process, Tmpfs, arbor, arbor_err, arbor_json, arbor_ok, is_root, noise};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MODULE: &str = "acme/plugins/viewer";
@@ -229,37 +228,6 @@ fn refused_start(fleet: &Fleet, dir: &Path) -> String {
         "--install-dir",
         &dir,
     ])
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// A tmpfs mounted for the test's lifetime, always unmounted.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, options: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).expect("mkdir");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(at)
-            .output()
-            .expect("mount runs");
-        assert!(
-            out.status.success(),
-            "mount failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -77,6 +77,13 @@ impl Engine {
                     Some(Outcome::NotInstalled(note)) => (by_chunks, note.clone()),
                     None => (by_chunks, None),
                 };
+                // A store that cannot be written fails whatever it has not completed.
+                let (state, reason) = match &self.store_fault {
+                    Some(fault) if matches!(state, State::Available | State::Downloading) => {
+                        (State::Failed, Some(fault.clone()))
+                    }
+                    _ => (state, reason),
+                };
                 let mut state = UpdateState::new(*id, state, done, total);
                 state.reason = reason;
                 state.bytes_done = done.min(total);

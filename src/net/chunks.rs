@@ -4,6 +4,7 @@
 use super::limits::{CHUNK_STREAM_IDLE, Permit};
 use super::*;
 use crate::engine::Offence;
+use crate::store::Unreadable;
 
 /// How to answer a chunk request; or why the peer is refused altogether.
 pub(super) type ServeAnswer = Result<Serving, String>;
@@ -98,8 +99,12 @@ pub(super) async fn serve_chunks(
                 Err(reason) => {
                     let reason = reason.as_bytes();
                     let reason = &reason[..reason.len().min(1024)];
-                    proto::write_chunk_header(&mut stream, proto::CHUNK_REFUSED, reason.len() as u32)
-                        .await?;
+                    proto::write_chunk_header(
+                        &mut stream,
+                        proto::CHUNK_REFUSED,
+                        reason.len() as u32,
+                    )
+                    .await?;
                     stream.write_all(reason).await?;
                     stream.close().await?;
                     return Err(proto::ProtoError::Violation("refused".into()));
@@ -134,22 +139,19 @@ pub(super) async fn serve_chunks(
                 if let Some(Some(delta)) = &known {
                     buf.resize(H, 0);
                     buf.extend_from_slice(delta);
-                    send_answer(&mut stream, &server, &mut buf, proto::CHUNK_DELTA, upload)
-                        .await?;
+                    send_answer(&mut stream, &server, &mut buf, proto::CHUNK_DELTA, upload).await?;
                     sent += delta.len() as u64;
                     continue;
                 }
-                // A page-cache read of one chunk: short enough to do in place.
-                // Every byte after the header is overwritten by the read.
+                // A page-cache read and hash of one chunk: short enough to do in place.
+                // Every byte after the header is overwritten by the read. A damaged
+                // copy is never sent: it is quarantined and fetched again.
                 buf.resize(H + len as usize, 0);
-                let read = store
-                    .chunk_loc(&hash)
-                    .ok()
-                    .flatten()
-                    .filter(|loc| loc.len == len)
-                    .is_some_and(|loc| store.read_into(loc, &mut buf[H..]).is_ok());
-                if !read {
-                    tracing::error!(chunk = %hash, "a chunk this node holds cannot be read; run arbor verify");
+                if let Err(e) = store.read_checked(&hash, &mut buf[H..]) {
+                    if let Unreadable::Damaged { loc, .. } = e {
+                        let _ = ev.send(Ev::Damaged { chunk: hash, loc });
+                    }
+                    tracing::debug!(chunk = %hash, "a chunk to serve cannot be read: {e}");
                     proto::write_chunk_header(&mut stream, proto::CHUNK_MISSING, 0).await?;
                     continue;
                 }
@@ -160,21 +162,25 @@ pub(super) async fn serve_chunks(
                     let turn = server.deltas.turn().await;
                     let (server, update, base) = (server.clone(), update.clone(), base.clone());
                     let data = std::mem::take(&mut buf);
-                    let (data, delta) = tokio::task::spawn_blocking(move || {
+                    let (data, delta, damaged) = tokio::task::spawn_blocking(move || {
                         let target = &data[H..];
+                        let mut damaged = Vec::new();
                         let delta = server.deltas.encode(
                             &server.node.store,
-                            &update,
-                            &base,
+                            (&update, &base),
                             index,
                             hash,
                             target,
+                            &mut damaged,
                         );
-                        (data, delta)
+                        (data, delta, damaged)
                     })
                     .await
                     .map_err(|e| proto::ProtoError::Io(std::io::Error::other(e)))?;
                     drop(turn);
+                    for (chunk, loc) in damaged {
+                        let _ = ev.send(Ev::Damaged { chunk, loc });
+                    }
                     buf = data;
                     if let Some(delta) = delta {
                         kind = proto::CHUNK_DELTA;
@@ -407,12 +413,12 @@ pub(super) async fn fetch_span(
                         })
                     }
                     // Not the sender's fault: left unanswered, asked again without a base.
-                    Err(delta::Rebuild::Local(why)) => {
+                    Err(delta::Rebuild::Local { why, damaged }) => {
                         tracing::error!(
-                            "cannot rebuild chunk {index} of update {}: {why}; run arbor verify",
+                            "cannot rebuild chunk {index} of update {}: {why}",
                             job.update
                         );
-                        None
+                        damaged.map(|(chunk, loc)| WriteJob::Quarantine { chunk, loc })
                     }
                 };
                 if let Some(verdict) = verdict

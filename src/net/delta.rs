@@ -9,7 +9,7 @@
 use crate::content::Hash;
 use crate::content::delta::{self, Delta, Outline, Plan, Reference};
 use crate::content::manifest::ChunkRef;
-use crate::store::Store;
+use crate::store::{Loc, Store, Unreadable};
 use crate::trust::SignedManifest;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -95,15 +95,18 @@ impl Deltas {
     }
 
     /// The delta of chunk `index` (`target`, of hash `hash`) of `update` against
-    /// `base`, when it is smaller than the chunk. Blocking: it reads the store.
+    /// `base`, when it is smaller than the chunk. Blocking: it reads the store. Base
+    /// chunks are checked against their hashes as they are read, so that damage found
+    /// there heals too: damaged ones are not used, and are added to `damaged` with
+    /// where they are, for quarantine.
     pub(super) fn encode(
         &self,
         store: &Store,
-        update: &SignedManifest,
-        base: &SignedManifest,
+        (update, base): (&SignedManifest, &SignedManifest),
         index: u32,
         hash: Hash,
         target: &[u8],
+        damaged: &mut Vec<(Hash, Loc)>,
     ) -> Option<Arc<[u8]>> {
         let key = (hash, base.id);
         // Another requester's turn may have computed it meanwhile.
@@ -117,15 +120,13 @@ impl Deltas {
             let Some(c) = plan.base_chunks.get(r as usize) else {
                 continue;
             };
-            let mut data = Vec::new();
-            let read = store
-                .chunk_loc(&c.hash())
-                .ok()
-                .flatten()
-                .is_some_and(|loc| store.read_at(loc, &mut data).is_ok());
-            if read && data.len() == c.size() as usize {
-                let outline = self.outline(c.hash(), &data);
-                held.push((r, data, outline));
+            match store.read_chunk(&c.hash(), c.size()) {
+                Ok(data) => {
+                    let outline = self.outline(c.hash(), &data);
+                    held.push((r, data, outline));
+                }
+                Err(Unreadable::Damaged { loc, .. }) => damaged.push((c.hash(), loc)),
+                Err(_) => {}
             }
         }
         let refs: Vec<Reference<'_>> = held
@@ -231,8 +232,12 @@ pub(super) struct Base {
 pub(super) enum Rebuild {
     /// The sender's fault: a malformed delta (or one that builds the wrong bytes).
     Bad(String),
-    /// This node's: a base chunk it should hold cannot be read.
-    Local(String),
+    /// This node's: a base chunk it should hold cannot be read, or is damaged (then
+    /// `damaged` says which, and where, for quarantine).
+    Local {
+        why: String,
+        damaged: Option<(Hash, Loc)>,
+    },
 }
 
 /// Rebuilds the chunk `expected` (hash, length) from a received delta and the base
@@ -247,22 +252,24 @@ pub(super) fn rebuild(
     let delta = Delta::parse(bytes, len, |i| base.chunks.get(i as usize).map(|c| c.1))
         .map_err(|e| Rebuild::Bad(e.to_string()))?;
     let mut bases = HashMap::new();
+    let mut locs = HashMap::new();
     for &i in delta.bases() {
         let (chunk, chunk_len) = base.chunks[i as usize];
+        let loc = match store.chunk_loc(&chunk) {
+            Ok(Some(loc)) => loc,
+            Ok(None) => return Err(base.retire(&chunk, "not in the store", None)),
+            Err(e) => return Err(base.retire(&chunk, &e.to_string(), None)),
+        };
         let mut data = Vec::new();
-        let read = store
-            .chunk_loc(&chunk)
-            .map_err(|e| e.to_string())
-            .and_then(|loc| loc.ok_or_else(|| "not in the store".to_string()))
-            .and_then(|loc| store.read_at(loc, &mut data).map_err(|e| e.to_string()));
-        if let Err(e) = read.and_then(|()| {
-            (data.len() == chunk_len as usize)
-                .then_some(())
-                .ok_or_else(|| format!("{} bytes read, {chunk_len} expected", data.len()))
-        }) {
-            return Err(base.retire(&chunk, &e));
+        if let Err(e) = store.read_at(loc, &mut data) {
+            return Err(base.retire(&chunk, &e.to_string(), Some(loc)));
+        }
+        if data.len() != chunk_len as usize {
+            let why = format!("{} bytes read, {chunk_len} expected", data.len());
+            return Err(base.retire(&chunk, &why, Some(loc)));
         }
         bases.insert(i, data);
+        locs.insert(i, loc);
     }
     let built = delta
         .apply(&bases)
@@ -275,7 +282,8 @@ pub(super) fn rebuild(
     for (i, data) in &bases {
         let chunk = base.chunks[*i as usize].0;
         if Hash::of(data) != chunk {
-            return Err(base.retire(&chunk, "its bytes no longer match its hash"));
+            let loc = locs.get(i).copied();
+            return Err(base.retire(&chunk, "its bytes no longer match its hash", loc));
         }
     }
     Err(Rebuild::Bad(
@@ -285,9 +293,12 @@ pub(super) fn rebuild(
 
 impl Base {
     /// A base chunk that cannot be used: name this base no more.
-    fn retire(&self, chunk: &Hash, why: &str) -> Rebuild {
+    fn retire(&self, chunk: &Hash, why: &str, at: Option<Loc>) -> Rebuild {
         self.broken.store(true, Ordering::Relaxed);
-        Rebuild::Local(format!("base chunk {chunk} of update {}: {why}", self.id))
+        Rebuild::Local {
+            why: format!("base chunk {chunk} of update {}: {why}", self.id),
+            damaged: at.map(|loc| (*chunk, loc)),
+        }
     }
 }
 
@@ -380,7 +391,7 @@ mod tests {
         let want = (Hash::of(b"never"), 5);
         assert!(matches!(
             rebuild(&store, &base, &delta, want),
-            Err(Rebuild::Local(_))
+            Err(Rebuild::Local { damaged: None, .. })
         ));
         assert!(base.broken.load(Ordering::Relaxed));
     }
@@ -398,10 +409,17 @@ mod tests {
             len: 5,
         }]);
         let want = (Hash::of(b"the s"), 5);
-        assert!(matches!(
-            rebuild(&store, &base, &delta, want),
-            Err(Rebuild::Local(_))
-        ));
+        let at = store.chunk_loc(&Hash::of(good)).expect("lookup");
+        match rebuild(&store, &base, &delta, want) {
+            Err(Rebuild::Local { damaged, .. }) => {
+                assert_eq!(
+                    damaged,
+                    at.map(|loc| (Hash::of(good), loc)),
+                    "not named for quarantine"
+                )
+            }
+            _ => panic!("a damaged base chunk was not found"),
+        }
         assert!(base.broken.load(Ordering::Relaxed));
     }
 
@@ -413,6 +431,68 @@ mod tests {
             chunks: crate::trust::chunk_list(&manifest),
             manifest,
         }
+    }
+
+    #[test]
+    fn a_damaged_base_chunk_is_never_used_for_a_delta_and_is_named_for_quarantine() {
+        use crate::content::delta::tests::{manifest_of, noise};
+        let old_bytes = noise(3, 2 << 20);
+        let mut new_bytes = old_bytes.clone();
+        for at in (0..new_bytes.len()).step_by(100_000) {
+            new_bytes[at] ^= 1;
+        }
+        let (old, old_chunks) = manifest_of(&old_bytes);
+        let (new, new_chunks) = manifest_of(&new_bytes);
+        let base_list = old.distinct_chunk_list();
+        // A base chunk the new version changed: deltas of its new chunk draw on it.
+        let rotten = base_list
+            .iter()
+            .map(|c| c.hash())
+            .find(|h| !new_chunks.contains_key(h))
+            .expect("a changed chunk");
+        let mut rotted = old_chunks[&rotten].clone();
+        let mid = rotted.len() / 2;
+        for b in &mut rotted[mid..mid + 8] {
+            *b ^= 0xff;
+        }
+        let held: Vec<(Hash, &[u8])> = base_list
+            .iter()
+            .map(|c| match c.hash() == rotten {
+                true => (rotten, rotted.as_slice()),
+                false => (c.hash(), old_chunks[&c.hash()].as_slice()),
+            })
+            .collect();
+        let (_dir, store) = store_of(&held);
+        let good: Vec<&[u8]> = base_list
+            .iter()
+            .map(|c| old_chunks[&c.hash()].as_slice())
+            .collect();
+        let (_good_dir, good_store) = store_with(&good);
+        let (update, base) = (signed(new, 2), signed(old, 1));
+        let receiver = Base {
+            id: base.id,
+            chunks: base.chunks.clone(),
+            broken: AtomicBool::new(false),
+        };
+        let deltas = Deltas::default();
+        let (mut damaged, mut sent) = (Vec::new(), 0);
+        for (i, c) in update.manifest.distinct_chunk_list().iter().enumerate() {
+            let target = &new_chunks[&c.hash()];
+            let pair = (&update, &base);
+            let Some(d) = deltas.encode(&store, pair, i as u32, c.hash(), target, &mut damaged)
+            else {
+                continue;
+            };
+            sent += 1;
+            let built = rebuild(&good_store, &receiver, &d, (c.hash(), c.size()));
+            assert!(
+                built.ok().as_ref() == Some(target),
+                "chunk {i} builds wrong bytes"
+            );
+        }
+        assert!(sent > 0, "no delta was made: the test proves nothing");
+        let at = store.chunk_loc(&rotten).expect("lookup").expect("held");
+        assert!(damaged.contains(&(rotten, at)), "{damaged:?}");
     }
 
     #[test]
@@ -428,8 +508,10 @@ mod tests {
         assert!(list.len() > 2 * GIVE_UP_AFTER as usize);
         for (i, c) in list.iter().enumerate() {
             let target = &new_chunks[&c.hash()];
-            let d = deltas.encode(&store, &update, &base, i as u32, c.hash(), target);
-            assert!(d.is_none());
+            let mut damaged = Vec::new();
+            let pair = (&update, &base);
+            let d = deltas.encode(&store, pair, i as u32, c.hash(), target, &mut damaged);
+            assert!(d.is_none() && damaged.is_empty());
         }
         let plan = deltas.plan(&update, &base);
         assert_eq!(plan.tries[0].0.load(Ordering::Relaxed), GIVE_UP_AFTER);

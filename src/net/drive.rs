@@ -234,22 +234,39 @@ impl Daemon {
             .partition(|(u, _)| self.engine.is_complete(u));
         self.waiters = waiting;
         for (u, reply) in done {
-            // Complete means durable: the writer commits what it holds first.
-            let writer = self.writer_tx.clone();
+            // Complete means durable: the writer commits what it holds, and the store's
+            // committed index must hold every chunk. Until it does (a failed write took
+            // some), the wait goes on.
+            let (writer, node, ev) = (
+                self.writer_tx.clone(),
+                self.node.clone(),
+                self.ev_tx.clone(),
+            );
+            let chunks = self.engine.manifest(&u).map(|m| m.chunks.clone());
             self.tasks.spawn(async move {
-                let stopping = || "the daemon is stopping".to_string();
-                let (done, synced) = oneshot::channel();
-                let answer = match writer.send(WriteJob::Sync { done }).await {
-                    Err(_) => Err(stopping()),
-                    Ok(()) => synced.await.unwrap_or_else(|_| Err(stopping())),
+                let durable = match chunks {
+                    Some(chunks) => is_durable(&writer, &node, chunks).await,
+                    None => Ok(false),
                 };
-                let _ = reply.send(match answer {
-                    Ok(()) => Ok(serde_json::json!({ "update_id": u, "complete": true })),
-                    Err(e) => Err(Refusal::internal(format!(
-                        "the update is here but could not be committed: {e}"
-                    ))),
-                });
+                match durable {
+                    Ok(true) => {
+                        let _ =
+                            reply.send(Ok(serde_json::json!({ "update_id": u, "complete": true })));
+                    }
+                    Ok(false) => {
+                        tokio::time::sleep(RECHECK_DURABLE).await;
+                        let req = Request::Wait { update: u.to_hex() };
+                        let _ = ev.send(Ev::Local { req, reply });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Refusal::new(RefusalKind::Unavailable, e)));
+                    }
+                }
             });
         }
     }
 }
+
+/// How long a wait whose update is complete but not yet durable waits before the
+/// engine is asked again: a failed write takes chunks the engine then fetches again.
+const RECHECK_DURABLE: Duration = Duration::from_secs(1);

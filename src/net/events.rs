@@ -201,6 +201,20 @@ impl Daemon {
                 self.engine.handle_local_have(update, &have, now);
                 self.client_dirty = true;
             }
+            Ev::StoreFault { fault } => self.engine.set_store_fault(fault, now),
+            Ev::LocalLost { chunks } => {
+                self.engine.handle_local_lost(&chunks, now);
+                self.client_dirty = true;
+            }
+            Ev::Damaged { chunk, loc } => {
+                let job = WriteJob::Quarantine { chunk, loc };
+                if let Err(mpsc::error::TrySendError::Full(job)) = self.writer_tx.try_send(job) {
+                    let tx = self.writer_tx.clone();
+                    self.tasks.spawn(async move {
+                        let _ = tx.send(job).await;
+                    });
+                }
+            }
             Ev::Installer { done } => {
                 if let Some(c) = self.client.as_mut() {
                     c.finish(done, &mut self.engine, &self.node, now);

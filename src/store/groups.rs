@@ -38,7 +38,8 @@ pub enum MemberChange {
 impl Store {
     /// Every group this node's admin created, by name.
     pub fn groups(&self) -> Result<Vec<(String, GroupRecord)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(db_err)?;
         let Some(table) = open_optional(&txn, GROUPS)? else {
             return Ok(Vec::new());
         };
@@ -79,7 +80,8 @@ impl Store {
         if name == ALL {
             return Ok(true);
         }
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(db_err)?;
         match open_optional(&txn, GROUPS)? {
             Some(t) => Ok(t.get(name).map_err(db_err)?.is_some()),
             None => Ok(false),
@@ -88,7 +90,8 @@ impl Store {
 
     /// Creates a group; false if it already exists. The caller checks the name.
     pub fn create_group(&self, name: &str, now: u64) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         let created = {
             let mut table = txn.open_table(GROUPS).map_err(db_err)?;
             if name == ALL || table.get(name).map_err(db_err)?.is_some() {
@@ -108,7 +111,8 @@ impl Store {
     /// Deletes a group and takes every child out of it, in one transaction; false if
     /// there was no such group.
     pub fn delete_group(&self, name: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         let found = {
             let mut groups = txn.open_table(GROUPS).map_err(db_err)?;
             let found = groups.remove(name).map_err(db_err)?.is_some();
@@ -142,7 +146,8 @@ impl Store {
         child: &[u8; 32],
         member: bool,
     ) -> Result<MemberChange, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         let outcome = {
             let exists = txn
                 .open_table(GROUPS)

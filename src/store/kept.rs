@@ -48,7 +48,8 @@ impl Store {
 
     /// Forgets a child's report (it was revoked).
     pub fn remove_report(&self, child: &[u8; 32]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(REPORTS)
             .map_err(db_err)?
             .remove(child)
@@ -61,7 +62,8 @@ impl Store {
         table: Kept,
         entries: impl IntoIterator<Item = (&'a [u8; 32], &'a [u8])>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(table).map_err(db_err)?;
             for (key, bytes) in entries {
@@ -72,7 +74,8 @@ impl Store {
     }
 
     fn kept(&self, table: Kept) -> Result<Vec<KeptBytes>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(db_err)?;
         let Some(table) = open_optional(&txn, table)? else {
             return Ok(Vec::new());
         };

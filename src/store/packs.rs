@@ -42,12 +42,12 @@ pub(super) fn recover_packs(
         seen.push(pack);
         match committed.get(&pack) {
             None => {
-                tracing::info!(path = %path.display(), "removing a pack file a crash left uncommitted");
+                tracing::info!(path = %path.display(), "removing an uncommitted pack file a crash or a failed write left");
                 fs::remove_file(&path).map_err(io("remove", &path))?;
             }
             Some(&len) if actual > len => {
                 tracing::info!(path = %path.display(), committed = len, found = actual,
-                    "cutting off bytes a crash left uncommitted");
+                    "cutting off uncommitted bytes a crash or a failed write left");
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -240,6 +240,14 @@ impl ChunkWriter<'_> {
         !self.pending.is_empty()
     }
 
+    /// Gives up the chunks that wait for a commit (after a failed write): they are no
+    /// longer readable, and the caller learns which they were, so that only those are
+    /// fetched again.
+    pub fn abandon(self) -> Vec<Hash> {
+        // Dropping forgets them in the uncommitted index.
+        self.pending.keys().copied().collect()
+    }
+
     /// Makes the pending chunks durable.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         self.commit(|_| Ok(()))
@@ -261,7 +269,8 @@ impl ChunkWriter<'_> {
             }
             _ => false,
         };
-        let txn = self.store.db.begin_write().map_err(db_err)?;
+        let db = self.store.db()?;
+        let txn = db.begin_write().map_err(db_err)?;
         {
             let mut chunks = txn.open_table(CHUNKS).map_err(db_err)?;
             for (hash, loc) in &self.pending {
@@ -321,9 +330,11 @@ impl Store {
     /// Starts a batch of chunk writes. One writer at a time; others wait. Refused while
     /// committed packs are missing or short: appending would build on a hole.
     pub fn writer(&self) -> Result<ChunkWriter<'_>, StoreError> {
-        if !self.damage.is_empty() {
-            return Err(StoreError::Damaged(self.damage.join("; ")));
+        let damage = self.damage.lock().unwrap_or_else(|p| p.into_inner());
+        if !damage.is_empty() {
+            return Err(StoreError::Damaged(damage.join("; ")));
         }
+        drop(damage);
         Ok(ChunkWriter {
             store: self,
             appender: self.appender.lock().unwrap_or_else(|p| p.into_inner()),
