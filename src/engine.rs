@@ -41,6 +41,7 @@ mod reporting;
 mod rulebook;
 mod site;
 
+pub use reporting::{CHECK_RATE, REPORT_SPACING};
 pub use site::{MAX_SIBLINGS, MAX_STRIKES, Served, SiblingInfo};
 
 use crate::content::{DigestState, Hash};
@@ -428,6 +429,10 @@ pub struct Engine {
     report_seq: u64,
     /// Rule sets this node refused, newest first (at most [`report::MAX_REFUSALS`]).
     refusals: Vec<RuleRefusal>,
+    /// Which children are clients or away, and each one's turn to report.
+    intake: reporting::Intake,
+    /// This node's certificate and failure statements.
+    own_proof: reporting::OwnProof,
     /// Approvals this node halted and has not seen set again since.
     halted: std::collections::BTreeSet<ApprovalKey>,
     /// On a client with an installer: the updates it wants the bytes of.
@@ -461,6 +466,7 @@ impl Engine {
         } else {
             Availability::none()
         };
+        let rollup = Rollup::new(path.clone());
         Engine {
             config,
             root_key,
@@ -490,7 +496,7 @@ impl Engine {
             next_change: None,
             now_secs: 0,
             key,
-            rollup: Rollup::new(),
+            rollup,
             report_due: None,
             announce_due: None,
             last_announce: None,
@@ -499,6 +505,8 @@ impl Engine {
             last_report_len: 0,
             report_seq: 0,
             refusals: Vec::new(),
+            intake: reporting::Intake::default(),
+            own_proof: reporting::OwnProof::default(),
             halted: std::collections::BTreeSet::new(),
             needed: std::collections::HashSet::default(),
             rules_heard: false,
@@ -508,9 +516,12 @@ impl Engine {
         }
     }
 
-    /// Declares a certified child (from the membership records), not yet connected.
-    pub fn add_child(&mut self, child: PeerId) {
+    /// Declares a certified child (from the membership records), not yet connected;
+    /// `client` if its certificate says it is a client (it has no children, and its
+    /// reports may say nothing about any).
+    pub fn add_child(&mut self, child: PeerId, client: bool, now: Millis) {
         self.children.entry(child).or_insert(false);
+        self.declare_child(child, client, now);
         let avail = self
             .book
             .child_availability(&self.path, &child, self.now_secs);
@@ -532,6 +543,7 @@ impl Engine {
         self.child_avail.remove(child);
         self.forget_site_member(child);
         self.unite_children_avail();
+        self.forget_child_reports(child);
         if self.rollup.remove(child) {
             self.changed(now, true);
         }
@@ -676,6 +688,7 @@ impl Engine {
 
     /// Time has reached `now`: retry dials, give up on overdue fetches, wake resting chunks.
     pub fn handle_timeout(&mut self, now: Millis) {
+        self.take_waiting_reports(now);
         if let Some((parent, link)) = &mut self.parent
             && let ParentLink::Down { retry_at, attempts } = *link
             && retry_at <= now
@@ -738,6 +751,7 @@ impl Engine {
             self.announce_due,
             self.next_stall(),
             self.next_sibling_redial(),
+            self.next_waiting_report(),
         ]
         .into_iter()
         .flatten()

@@ -21,6 +21,7 @@ impl Engine {
         match self.children.get_mut(&peer) {
             Some(connected) => {
                 *connected = true;
+                self.child_up(&peer);
                 self.greet_child(peer, now);
                 self.child_moved(&peer);
             }
@@ -55,6 +56,7 @@ impl Engine {
             && std::mem::take(connected)
         {
             self.child_moved(&peer);
+            self.child_down(peer, now);
         }
         if let Some(slot) = self.sibling_slot(&peer) {
             self.sibling_lost(slot, now);
