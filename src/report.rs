@@ -539,12 +539,6 @@ impl Report {
             .unwrap_or_default()
     }
 
-    /// The outcomes of `update` in the subtrees of `group`'s members: what a subtree
-    /// approval's halt threshold is compared with.
-    pub fn outcomes(&self, update: &Hash, group: &str) -> Outcomes {
-        self.group_counts(group, update).outcomes()
-    }
-
     /// Checks the invariants of §15.2.
     pub fn validate(&self) -> Result<(), InvalidReport> {
         // The reporter's place.

@@ -552,7 +552,7 @@ fn groups_count_each_member_subtree_and_all_counts_each_child_once() {
     assert_eq!(report.subtree_counts(&update(1)).total(), 4);
     assert_eq!(report.subtree_counts(&update(1)).downloaded, 1);
     assert_eq!(
-        report.outcomes(&update(1), "lab"),
+        report.group_counts("lab", &update(1)).outcomes(),
         Outcomes {
             failed: 1,
             total: 2
