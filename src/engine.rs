@@ -36,6 +36,7 @@
 pub mod bitmap;
 mod conduct;
 mod fetching;
+mod inbox;
 mod links;
 mod liveness;
 mod local;
@@ -44,9 +45,11 @@ mod reporting;
 mod rulebook;
 mod site;
 mod sources;
+mod timers;
 
 pub use conduct::{BanInfo, Offence, Standing};
 pub use liveness::clock_note;
+pub use reporting::{CHECK_RATE, REPORT_SPACING};
 pub use site::{MAX_SIBLINGS, MAX_STRIKES, Served, SiblingInfo};
 
 use crate::content::{DigestState, Hash};
@@ -482,6 +485,10 @@ pub struct Engine {
     report_seq: u64,
     /// Rule sets this node refused, newest first (at most [`report::MAX_REFUSALS`]).
     refusals: Vec<RuleRefusal>,
+    /// Which children are clients or away, and each one's turn to report.
+    intake: reporting::Intake,
+    /// This node's certificate and failure statements.
+    own_proof: reporting::OwnProof,
     /// Approvals this node halted and has not seen set again since.
     halted: std::collections::BTreeSet<ApprovalKey>,
     /// On a client with an installer: the updates it wants the bytes of.
@@ -529,6 +536,7 @@ impl Engine {
         } else {
             Availability::none()
         };
+        let rollup = Rollup::new(path.clone());
         Engine {
             config,
             root_key,
@@ -558,7 +566,7 @@ impl Engine {
             next_change: None,
             now_secs: 0,
             key,
-            rollup: Rollup::new(),
+            rollup,
             report_due: None,
             announce_due: None,
             last_announce: None,
@@ -567,6 +575,8 @@ impl Engine {
             last_report_len: 0,
             report_seq: 0,
             refusals: Vec::new(),
+            intake: reporting::Intake::default(),
+            own_proof: reporting::OwnProof::default(),
             halted: std::collections::BTreeSet::new(),
             needed: std::collections::HashSet::default(),
             rules_heard: false,
@@ -583,9 +593,12 @@ impl Engine {
         }
     }
 
-    /// Declares a certified child (from the membership records), not yet connected.
-    pub fn add_child(&mut self, child: PeerId) {
+    /// Declares a certified child (from the membership records), not yet connected;
+    /// `client` if its certificate says it is a client (it has no children, and its
+    /// reports may say nothing about any).
+    pub fn add_child(&mut self, child: PeerId, client: bool, now: Millis) {
         self.children.entry(child).or_insert(false);
+        self.declare_child(child, client, now);
         let avail = self
             .book
             .child_availability(&self.path, &child, self.now_secs);
@@ -607,6 +620,7 @@ impl Engine {
         self.child_avail.remove(child);
         self.forget_site_member(child);
         self.unite_children_avail();
+        self.forget_child_reports(child);
         if self.rollup.remove(child) {
             self.changed(now, true);
         }
@@ -702,153 +716,6 @@ impl Engine {
             u.completed = false;
         }
         self.handle_local_have(*update, have, now);
-    }
-
-    /// A control message from a connected peer.
-    pub fn handle_message(&mut self, peer: PeerId, msg: Control, now: Millis) {
-        self.heard(peer, now);
-        if let Control::Ping { time } = msg {
-            if self.is_parent(&peer) {
-                self.set_parent_clock(time, now);
-            }
-            return;
-        }
-        if let Control::Report { report } = msg {
-            if self.is_connected_child(&peer) {
-                self.handle_report(peer, report, now);
-            } else {
-                self.handle_offence(
-                    peer,
-                    Offence::WrongRole,
-                    "a report from a peer that is not a connected child",
-                    now,
-                );
-            }
-            return;
-        }
-        if let Some(slot) = self.sibling_slot(&peer)
-            && self.is_connected_sibling(&peer)
-        {
-            match msg {
-                Control::Have { update, ranges } => {
-                    self.handle_sibling_have(slot, update, ranges, now)
-                }
-                _ => self.handle_offence(
-                    peer,
-                    Offence::WrongRole,
-                    "a sibling sent something other than a Have",
-                    now,
-                ),
-            }
-            return;
-        }
-        if !self.is_parent(&peer) {
-            self.handle_offence(
-                peer,
-                Offence::WrongRole,
-                "a control message only a parent sends, from a peer that is not this node's parent",
-                now,
-            );
-            return;
-        }
-        match msg {
-            Control::Offer { manifest } => self.handle_offer(peer, manifest, now),
-            Control::Rules { sets } => self.handle_rules(peer, &sets, now),
-            Control::Report { .. } | Control::Ping { .. } => {}
-            Control::Siblings { peers } => self.handle_siblings(peers, now),
-            Control::Have { update, ranges } => {
-                let Some(u) = self.updates.get_mut(&update) else {
-                    self.handle_offence(
-                        peer,
-                        Offence::BadFrame,
-                        "announced chunks of an update it never offered",
-                        now,
-                    );
-                    return;
-                };
-                for (start, end) in ranges {
-                    for i in start..end.min(u.parent_has.len()) {
-                        u.parent_has.set(i);
-                    }
-                }
-                self.schedule(now);
-            }
-        }
-    }
-
-    /// Time has reached `now`: retry dials, give up on overdue fetches, wake resting chunks.
-    pub fn handle_timeout(&mut self, now: Millis) {
-        if let Some((parent, link)) = &mut self.parent
-            && let ParentLink::Down { retry_at, attempts } = *link
-            && retry_at <= now
-        {
-            *link = ParentLink::Dialing { attempts };
-            self.out.push_back(Output::Dial { peer: *parent });
-        }
-        self.redial_siblings(now);
-        let overdue: Vec<FetchId> = self
-            .fetches
-            .iter()
-            .filter(|(_, f)| f.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in overdue {
-            self.stats.fetch_timeouts += 1;
-            self.end_fetch(id, Some(now));
-        }
-        self.check_liveness(now);
-        self.stats.fetch_timeouts += self.check_source_stalls(now) as u64;
-        self.end_backoffs(now);
-        self.check_stalls(now);
-        for u in self.updates.values_mut() {
-            let (awake, still): (Vec<_>, Vec<_>) = u.resting.iter().partition(|(_, at)| *at <= now);
-            u.resting = still;
-            for (i, _) in awake {
-                u.busy.clear(i);
-            }
-        }
-        if self.report_due.is_some_and(|t| t <= now) {
-            self.send_report(now);
-        }
-        if self.announce_due.is_some_and(|t| t <= now) {
-            self.announce(now);
-        }
-        if self.next_change.is_some_and(|t| t <= now) {
-            // A deadline passed or a rule set expired; children are told by their own
-            // clocks, and offered what they gained by this one.
-            self.refresh(now);
-        } else {
-            self.schedule(now);
-        }
-    }
-
-    /// When [`Engine::handle_timeout`] should be called next.
-    pub fn poll_timeout(&self) -> Option<Millis> {
-        let dial = match &self.parent {
-            Some((_, ParentLink::Down { retry_at, .. })) => Some(*retry_at),
-            _ => None,
-        };
-        let fetch = self.fetches.values().map(|f| f.deadline).min();
-        let rest = self
-            .updates
-            .values()
-            .flat_map(|u| u.resting.iter().map(|(_, at)| *at))
-            .min();
-        [
-            dial,
-            fetch,
-            rest,
-            self.next_change,
-            self.report_due,
-            self.announce_due,
-            self.next_stall(),
-            self.next_sibling_redial(),
-            self.next_source_check(),
-            self.next_liveness_check(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
     }
 
     /// The next thing to do, or `None` when idle. Drain it after every input.

@@ -490,10 +490,15 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         config.sibling_stall = config.sibling_stall.max(first * 4000 / rate.0.max(1));
     }
     let mut engine = Engine::new(role, node.root_key, key.clone(), path, config, seed);
+    if let Some(cert) = chain.last()
+        && let Err(e) = engine.set_certificate(cert.clone())
+    {
+        tracing::warn!("this node's certificate cannot prove its failures: {e}");
+    }
     engine.set_parent_paused(!opts.bandwidth.wan_open(limit::local_minute()), now);
     for (child, record) in node.store.children()? {
         if !record.revoked {
-            engine.add_child(PublicKey(child));
+            engine.add_child(PublicKey(child), record.client, now);
         }
     }
     for (id, bytes) in node.store.manifests()? {

@@ -5,10 +5,12 @@
 //! [`TAG_REPORT`]): its own state per update ([`UpdateState`]: available, downloading,
 //! downloaded, installed or failed, with bytes by source), node counts per state and
 //! update for its whole subtree and for each of its groups of children ([`Counts`]),
-//! capped per-node detail for drill-down ([`NodeDetail`]), and the recent rule refusals
-//! in the subtree ([`RuleRefusal`]). It owns the checks a parent makes on a child's
-//! report, and the [`Rollup`] a parent keeps: the newest report of each child, from
-//! which it builds its own report (PROTOCOL.md §15) and decides halts (§14.7).
+//! capped per-node detail for drill-down ([`NodeDetail`]), the recent rule refusals
+//! in the subtree ([`RuleRefusal`]), and the proof of the failures in it
+//! ([`proof::Proof`]). It owns the checks a parent makes on a child's report (a client's
+//! may carry nothing about descendants), and the [`Rollup`] a parent keeps: the newest
+//! report of each child, from which it builds its own report (PROTOCOL.md §15) and
+//! decides halts (§14.7) on proven failures only.
 //!
 //! Reports are state snapshots, not events: each replaces the reporter's previous one,
 //! and the envelope's `seq` orders them, so a report delivered twice counts once.
@@ -291,6 +293,11 @@ impl Counts {
 /// key order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeDetail {
+    /// Unix seconds since when its parent has not been connected to it (the parent's
+    /// clock; its start, if it has not been since): what it says is stale. Absent
+    /// while connected. Added after the first version: omitted when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
     /// The node's key.
     pub node: PublicKey,
     /// Its place in the tree: 0 for the root node, its parent's plus 1 below.
@@ -310,6 +317,7 @@ impl NodeDetail {
             "parent": self.parent.map(|p| p.node_id()),
             "depth": self.depth,
             "issued": self.issued,
+            "lost": self.lost,
             "updates": self.updates.iter().map(UpdateState::to_json).collect::<Vec<_>>(),
         })
     }
@@ -391,6 +399,11 @@ pub struct Report {
     /// The reporter's descendants, each with its own state, sorted by (depth, node) and
     /// cut to at most [`MAX_DETAIL`] (and to what fits the size limit).
     pub nodes: Vec<NodeDetail>,
+    /// The failures in the subtree, each signed by the node that failed, with the
+    /// certificates that chain it through the reporter (PROTOCOL.md §15.7). Absent when
+    /// there is nothing to prove. Added after the first version: omitted when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Proof>,
     /// Group name → update → nodes per state in the subtrees of the group's members:
     /// [`ALL`] (always present: every child) and the reporter's groups of children.
     #[serde(with = "group_list")]
@@ -404,8 +417,8 @@ pub struct Report {
     pub subtree: BTreeMap<Hash, Counts>,
     /// Rule refusals in the subtree, newest first, at most [`MAX_REFUSALS`].
     pub refusals: Vec<RuleRefusal>,
-    /// Something was left out: detail entries (here or further down), or updates past
-    /// [`MAX_UPDATES`] from the roll-ups.
+    /// Something was left out: detail entries (here or further down), updates past
+    /// [`MAX_UPDATES`] from the roll-ups, or failures past the proof's caps.
     pub truncated: bool,
 }
 
@@ -436,6 +449,8 @@ pub enum InvalidReport {
     Rollup { update: Hash, why: &'static str },
     #[error("bad place in the tree: {0}")]
     Tree(&'static str),
+    #[error("bad proof: {0}")]
+    Proof(#[from] ProofError),
 }
 
 /// Why a report was refused.
@@ -462,6 +477,9 @@ pub enum ReportError {
     },
     #[error("invalid report: {0}")]
     Invalid(#[from] InvalidReport),
+    /// A client's report that says something about descendants: clients have none.
+    #[error("a client reported {0}, but clients have no descendants")]
+    Client(&'static str),
     #[error(transparent)]
     Trust(TrustError),
 }
@@ -486,12 +504,13 @@ impl Report {
     /// The report of a node without children (or before any reported): its own state,
     /// counted once.
     pub fn leaf(me: NodeDetail, refusals: &[RuleRefusal]) -> Report {
-        Rollup::new().report(me, &BTreeMap::new(), refusals)
+        Rollup::new(Vec::new()).report(Own::new(me, &BTreeMap::new(), refusals))
     }
 
     /// The reporter's own detail, as its parent carries it up.
     pub fn detail(&self) -> NodeDetail {
         NodeDetail {
+            lost: None,
             node: self.node,
             depth: self.depth,
             issued: self.issued,
@@ -518,12 +537,6 @@ impl Report {
             .and_then(|g| g.get(update))
             .copied()
             .unwrap_or_default()
-    }
-
-    /// The outcomes of `update` in the subtrees of `group`'s members: what a subtree
-    /// approval's halt threshold is compared with.
-    pub fn outcomes(&self, update: &Hash, group: &str) -> Outcomes {
-        self.group_counts(group, update).outcomes()
     }
 
     /// Checks the invariants of §15.2.
@@ -618,6 +631,11 @@ impl Report {
             });
         }
 
+        // Proof: what can be checked without keys (PROTOCOL.md §15.7).
+        if let Some(p) = &self.proof {
+            proof::check_shape(p, (MAX_DEPTH - self.depth) as usize + 1)?;
+        }
+
         // Refusals: newest first, each once.
         check_limit("rule refusals", self.refusals.len(), MAX_REFUSALS)?;
         for r in &self.refusals {
@@ -631,6 +649,28 @@ impl Report {
             return Err(InvalidReport::Unsorted {
                 what: "rule refusals",
             });
+        }
+        Ok(())
+    }
+
+    /// Checks that a client's report says nothing about descendants (PROTOCOL.md §15.3):
+    /// no detail, no counts but its own, no refusals but its own, nothing cut, and a
+    /// proof of its own failures only.
+    pub fn check_client(&self) -> Result<(), ReportError> {
+        if !self.nodes.is_empty() {
+            return Err(ReportError::Client("detail entries"));
+        }
+        if self.groups.values().any(|g| !g.is_empty()) {
+            return Err(ReportError::Client("counts of children"));
+        }
+        if self.refusals.iter().any(|r| r.node != self.node) {
+            return Err(ReportError::Client("rule refusals of other nodes"));
+        }
+        if self.truncated {
+            return Err(ReportError::Client("detail left out"));
+        }
+        if self.proof.as_ref().is_some_and(|p| !p.below.is_empty()) {
+            return Err(ReportError::Client("failures of other nodes"));
         }
         Ok(())
     }
@@ -664,6 +704,7 @@ impl Report {
             "subtree": counts(&self.subtree),
             "groups": groups,
             "nodes": self.nodes.iter().map(NodeDetail::to_json).collect::<Vec<_>>(),
+            "proven_failures": self.proof.as_ref().map_or(0, proof::Proof::failures),
             "truncated": self.truncated,
             "refusals": self.refusals.iter().map(RuleRefusal::to_json).collect::<Vec<_>>(),
         })
@@ -879,9 +920,11 @@ mod group_list {
     }
 }
 
+pub mod proof;
 mod rollup;
 
-pub use rollup::{Received, Rollup};
+use proof::{Proof, ProofError};
+pub use rollup::{Own, Received, Rollup};
 
 /// Adds every count of `from` into `into`.
 fn sum_into(into: &mut BTreeMap<Hash, Counts>, from: &BTreeMap<Hash, Counts>) {
@@ -892,3 +935,5 @@ fn sum_into(into: &mut BTreeMap<Hash, Counts>, from: &BTreeMap<Hash, Counts>) {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trust_tests;

@@ -166,10 +166,14 @@ impl Fleet {
                 .flatten()
                 .flat_map(|c| c["updates"].as_array().cloned().unwrap_or_default())
                 .find(|u| u["update_id"] == update);
+            // A client's failure goes up with its proof (PROTOCOL.md §15.7).
             if let Some(u) = &found
                 && u["state"] == state
                 && u["reason"].as_str().unwrap_or("").contains(reason)
             {
+                if state == "failed" {
+                    assert_eq!(u["proven"], true, "a failure without its proof: {u}");
+                }
                 return u["reason"].as_str().unwrap_or("").to_string();
             }
             assert!(

@@ -14,7 +14,7 @@ use arbor::engine::{
     Served,
 };
 use arbor::rules::{ALL, Approval, FULL_WAVE, Rules, SignedRules};
-use arbor::trust::{SecretKey, SignedManifest};
+use arbor::trust::{SecretKey, SignedManifest, member};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
 use std::sync::Arc;
@@ -241,9 +241,24 @@ impl Harness {
         );
     }
 
-    /// `child` is a certified child of `parent` and dials it now.
+    /// `child` is a certified child of `parent` (with a certificate `parent` signed, so
+    /// that it can prove its failures) and dials it now.
     fn attach(&mut self, parent: PeerId, child: PeerId) {
-        self.node(parent).engine.add_child(child);
+        let now = self.now;
+        self.node(parent).engine.add_child(child, false, now);
+        let cert = member::issue(
+            &secret_of(parent),
+            child,
+            false,
+            vec![],
+            None,
+            0,
+            RULES_EXPIRE,
+        );
+        self.node(child)
+            .engine
+            .set_certificate(cert)
+            .expect("the parent's certificate");
         self.with(child, |e, now| e.handle_timeout(now));
     }
 
@@ -1364,6 +1379,8 @@ fn garbage_and_forged_reports_are_refused_and_change_nothing() {
         h.with(a, |e, now| {
             e.handle_message(b, Control::Report { report }, now)
         });
+        // Past the child's turn: each is taken in, not only the newest.
+        h.run(h.now + 1_000);
     }
     assert_eq!(h.nodes[&a].engine.rollup(), &before);
     let refused = h.nodes[&a]

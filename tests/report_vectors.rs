@@ -7,10 +7,13 @@
 mod common;
 
 use arbor::content::Hash;
+use arbor::report::proof::{self, Proof, TAG_FAILURE};
 use arbor::report::{
-    NodeDetail, Received, Report, Rollup, RuleRefusal, SignedReport, State, TAG_REPORT, UpdateState,
+    NodeDetail, Own, Received, Report, Rollup, RuleRefusal, SignedReport, State, TAG_REPORT,
+    UpdateState,
 };
 use arbor::rules::RulesError;
+use arbor::trust::member::{self, TAG_MEMBER};
 use arbor::trust::{Envelope, PublicKey, SecretKey};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +22,8 @@ const VECTORS: &str = "protocol/vectors/report-v1.json";
 /// 2026-01-01T00:00:00Z.
 const T0: u64 = 1_767_225_600;
 const MIB: u64 = 1024 * 1024;
+/// Certificates last 30 days (§11).
+const CERT_TTL: u64 = 30 * 24 * 3600;
 
 fn seed_key(first: u8) -> SecretKey {
     let mut seed = [0u8; 32];
@@ -52,10 +57,45 @@ fn update_b() -> Hash {
     Hash::of(b"update-b")
 }
 
+/// The child's certificate, signed by the root node at T0.
+fn child_cert(k: &Keys) -> Envelope {
+    let child = k.child.public();
+    member::issue(&k.root_node, child, false, vec![], None, T0, T0 + CERT_TTL)
+}
+
+/// The grandchild's certificate, a client's, signed by the child at T0 + 10.
+fn grandchild_cert(k: &Keys) -> Envelope {
+    let grandchild = k.grandchild.public();
+    member::issue(
+        &k.child,
+        grandchild,
+        true,
+        vec![],
+        None,
+        T0 + 10,
+        T0 + 10 + CERT_TTL,
+    )
+}
+
+/// The grandchild's path: root node, child, grandchild.
+fn grandchild_path(k: &Keys) -> Vec<PublicKey> {
+    vec![
+        k.root_node.public(),
+        k.child.public(),
+        k.grandchild.public(),
+    ]
+}
+
+/// The grandchild's statement that it failed update B, signed at T0 + 45.
+fn failure(k: &Keys) -> Envelope {
+    proof::sign_failure(&k.grandchild, &grandchild_path(k), update_b(), T0 + 45)
+}
+
 /// The grandchild (seed 60..7f, a leaf under the child, in the child's group `lab`)
 /// installed update A and failed update B; its report, version 2.
 fn leaf_report(k: &Keys) -> SignedReport {
     let me = NodeDetail {
+        lost: None,
         node: k.grandchild.public(),
         depth: 2,
         issued: T0 + 50,
@@ -69,19 +109,27 @@ fn leaf_report(k: &Keys) -> SignedReport {
             UpdateState::failed(update_b(), "disk full", 3 * MIB, 4 * MIB),
         ],
     };
-    SignedReport::sign(&k.grandchild, 2, Report::leaf(me, &[])).expect("leaf signs")
+    let mut report = Report::leaf(me, &[]);
+    report.proof = Some(Proof {
+        cert: grandchild_cert(k),
+        below: vec![],
+        failed: vec![failure(k)],
+    });
+    SignedReport::sign(&k.grandchild, 2, report).expect("leaf signs")
 }
 
 /// The child (seed 40..5f, under the root node) has update A and is fetching B; it
-/// refused an older rule set of the root node. Its roll-up report, version 7.
+/// refused an older rule set of the root node, and lost its connection to the
+/// grandchild at T0 + 55. Its roll-up report, version 7.
 fn child_report(k: &Keys) -> (Rollup, Report) {
-    let mut rollup = Rollup::new();
+    let mut rollup = Rollup::new(vec![k.root_node.public(), k.child.public()]);
     let leaf = leaf_report(k);
     assert_eq!(
-        rollup.receive(&k.grandchild.public(), &leaf.bytes),
+        rollup.receive(&k.grandchild.public(), true, &leaf.bytes, T0 + 60),
         Ok(Received::Applied)
     );
     let me = NodeDetail {
+        lost: None,
         node: k.child.public(),
         depth: 1,
         issued: T0 + 60,
@@ -110,22 +158,36 @@ fn child_report(k: &Keys) -> (Rollup, Report) {
         &refused.to_string(),
         T0 + 40,
     );
-    let report = rollup.report(me, &groups, &[refusal]);
+    let cert = child_cert(k);
+    let lost = BTreeMap::from([(k.grandchild.public(), T0 + 55)]);
+    let refusals = [refusal];
+    let report = rollup.report(Own {
+        cert: Some(&cert),
+        lost: &lost,
+        ..Own::new(me, &groups, &refusals)
+    });
     (rollup, report)
 }
 
 /// The root node's (seed 20..3f) roll-up once the child reported: it has update A.
-fn root_report(k: &Keys, child: &SignedReport) -> Report {
-    let mut rollup = Rollup::new();
+/// Also the failures the child's proof proves there, as `[node, update]` in hex.
+fn root_report(k: &Keys, child: &SignedReport) -> (Report, Value) {
+    let mut rollup = Rollup::new(vec![k.root_node.public()]);
     assert_eq!(
-        rollup.receive(&k.child.public(), &child.bytes),
+        rollup.receive(&k.child.public(), false, &child.bytes, T0 + 70),
         Ok(Received::Applied)
     );
     assert_eq!(
-        rollup.receive(&k.child.public(), &child.bytes),
+        rollup.receive(&k.child.public(), false, &child.bytes, T0 + 70),
         Ok(Received::Duplicate)
     );
+    let proven: Vec<Value> = rollup
+        .proven(T0 + 70)
+        .into_iter()
+        .map(|(node, update)| json!([node.to_string(), update.to_hex()]))
+        .collect();
     let me = NodeDetail {
+        lost: None,
         node: k.root_node.public(),
         depth: 0,
         issued: T0 + 70,
@@ -137,7 +199,8 @@ fn root_report(k: &Keys, child: &SignedReport) -> Report {
             32 * MIB,
         )],
     };
-    rollup.report(me, &BTreeMap::new(), &[])
+    let report = rollup.report(Own::new(me, &BTreeMap::new(), &[]));
+    (report, Value::Array(proven))
 }
 
 fn expected() -> Value {
@@ -147,7 +210,7 @@ fn expected() -> Value {
     let signed = SignedReport::sign(&k.child, 7, report.clone()).expect("vector signs");
     let envelope: Envelope =
         cbor4ii::serde::from_slice(&signed.bytes).expect("own encoding decodes");
-    let root = root_report(&k, &signed);
+    let (root, root_proven) = root_report(&k, &signed);
     let root_json = serde_json::to_value(&root).expect("json");
     json!({
         "about": "A node's signed report with its roll-up (PROTOCOL.md §15). Keys: root seed 00..1f, root node seed 20..3f, child (the reporter) seed 40..5f, grandchild seed 60..7f. Every *_cbor field is the hex of a canonical CBOR encoding.",
@@ -156,6 +219,12 @@ fn expected() -> Value {
         "child_key": k.child.public().to_string(),
         "grandchild_key": k.grandchild.public().to_string(),
         "tag": TAG_REPORT,
+        "member_tag": TAG_MEMBER,
+        "failure_tag": TAG_FAILURE,
+        "child_cert_cbor": hex::encode(cbor(&child_cert(&k))),
+        "grandchild_cert_cbor": hex::encode(cbor(&grandchild_cert(&k))),
+        "grandchild_path_hash": proof::path_hash(&grandchild_path(&k)).to_hex(),
+        "failure_cbor": hex::encode(cbor(&failure(&k))),
         "leaf_seq": 2,
         "leaf_envelope_cbor": hex::encode(&leaf.bytes),
         "seq": 7,
@@ -166,6 +235,7 @@ fn expected() -> Value {
         "envelope_cbor": hex::encode(&signed.bytes),
         "root_subtree": root_json["subtree"],
         "root_nodes": root_json["nodes"],
+        "root_proven": root_proven,
     })
 }
 
@@ -184,10 +254,28 @@ fn report_vector_matches() {
     assert_eq!(child.seq, 7);
     assert_eq!(child.report, child_report(&keys()).1);
     assert!(SignedReport::open(&bytes("envelope_cbor"), &key("grandchild_key")).is_err());
-    let root = root_report(&keys(), &child);
+    let (root, proven) = root_report(&keys(), &child);
     let root_json = serde_json::to_value(&root).expect("json");
     assert_eq!(root_json["subtree"], have["root_subtree"]);
     assert_eq!(root_json["nodes"], have["root_nodes"]);
+    assert_eq!(proven, have["root_proven"]);
+    // The grandchild's failure is proven at the root node by the stored statement.
+    let statement: Envelope =
+        cbor4ii::serde::from_slice(&bytes("failure_cbor")).expect("statement decodes");
+    assert_eq!(statement.tag, TAG_FAILURE);
+    assert_eq!(
+        have["root_proven"][0][0].as_str(),
+        Some(statement.signer.to_string().as_str())
+    );
+    let body: proof::Failure = cbor4ii::serde::from_slice(&statement.body).expect("body");
+    assert_eq!(
+        body.path.to_hex(),
+        have["grandchild_path_hash"].as_str().expect("hex")
+    );
+}
+
+fn cbor<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    cbor4ii::serde::to_vec(Vec::new(), value).expect("encodes")
 }
 
 /// Every CBOR map in the vector file must have its keys in RFC 8949 deterministic order.
@@ -200,10 +288,15 @@ fn report_vector_maps_are_in_canonical_key_order() {
             "report_cbor",
             "signed_bytes_cbor",
             "leaf_envelope_cbor",
+            "child_cert_cbor",
+            "grandchild_cert_cbor",
+            "failure_cbor",
         ],
     );
     // The body nested in the leaf's envelope too.
-    let leaf = hex::decode(have["leaf_envelope_cbor"].as_str().expect("hex")).expect("hex");
-    let envelope: Envelope = cbor4ii::serde::from_slice(&leaf).expect("envelope");
-    common::assert_maps_canonical(&envelope.body);
+    for key in ["leaf_envelope_cbor", "failure_cbor", "grandchild_cert_cbor"] {
+        let bytes = hex::decode(have[key].as_str().expect("hex")).expect("hex");
+        let envelope: Envelope = cbor4ii::serde::from_slice(&bytes).expect("envelope");
+        common::assert_maps_canonical(&envelope.body);
+    }
 }

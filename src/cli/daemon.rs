@@ -526,11 +526,21 @@ fn print_node(node: &serde_json::Value, indent: usize) {
             if let Some(reason) = u["reason"].as_str() {
                 detail.push_str(&format!(" ({reason})"));
             }
+            // A failure its node did not sign, or not through this part of the tree:
+            // shown, but no halt counts it.
+            if u["proven"].as_bool() == Some(false) {
+                detail.push_str(" [not proven]");
+            }
             format!("{} {state}{detail}", &id[..id.len().min(12)])
         })
         .collect();
+    // How old its report is, and why what it shows may no longer hold.
+    let mut news = format!(" ({} ago)", ago(node["age_secs"].as_u64().unwrap_or(0)));
+    if let Some(stale) = node["stale"].as_str() {
+        news.push_str(&format!(" STALE: {stale}"));
+    }
     println!(
-        "{:indent$}{}  {}",
+        "{:indent$}{}  {}{news}",
         "",
         node["node_id"].as_str().unwrap_or("?"),
         if states.is_empty() {
@@ -542,6 +552,11 @@ fn print_node(node: &serde_json::Value, indent: usize) {
     for child in node["children"].as_array().into_iter().flatten() {
         print_node(child, indent + 2);
     }
+}
+
+/// A number of seconds as people read it: `45s`, `12m 5s`.
+fn ago(secs: u64) -> String {
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
 /// Parses `--ttl` values such as `30m`, `2h`, `7d`.

@@ -24,6 +24,7 @@ impl Engine {
             Some(connected) => {
                 *connected = true;
                 self.session_up(peer, now);
+                self.child_up(&peer);
                 self.greet_child(peer, now);
                 self.child_moved(&peer);
             }
@@ -59,6 +60,7 @@ impl Engine {
             && std::mem::take(connected)
         {
             self.child_moved(&peer);
+            self.child_down(peer, now);
         }
         if let Some(slot) = self.sibling_slot(&peer) {
             self.sibling_lost(slot, now);

@@ -128,7 +128,7 @@ mod tests {
             Config::default(),
             1,
         );
-        e.add_child(child);
+        e.add_child(child, false, 0);
         e.handle_connected(root.public(), 0);
         e.handle_connected(child, 0);
         e.handle_message(

@@ -53,6 +53,11 @@ impl Daemon {
                 if let Err(e) = self.node.set_chain(&chain) {
                     tracing::error!("cannot keep the renewed certificate chain: {e}");
                 }
+                if let Some(cert) = chain.last()
+                    && let Err(e) = self.engine.set_certificate(cert.clone())
+                {
+                    tracing::warn!("the renewed certificate cannot prove failures: {e}");
+                }
                 self.chain = chain;
             }
             Ev::ControlUp { peer, sibling, tx } => {

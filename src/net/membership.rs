@@ -13,7 +13,7 @@ impl Daemon {
         match redeemed {
             Ok(Ok(record)) => {
                 tracing::info!(child = %peer.node_id(), client = record.client, "a new child joined");
-                self.engine.add_child(peer);
+                self.engine.add_child(peer, record.client, now_ms());
                 if !record.groups.is_empty() {
                     self.resign_rules();
                 }

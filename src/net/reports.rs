@@ -1,7 +1,9 @@
 //! The daemon's side of reports (PROTOCOL.md §15): children's reports kept in the store
 //! and reloaded at start-up, and the views an admin reads of them: the roll-up, the
-//! subtree as a tree, each update's rollout per group, and the Prometheus metrics.
-//! Building, signing, sending and checking reports is the engine's.
+//! subtree as a tree (each node with its report's age, its failures proven or merely
+//! claimed, and marked stale when it cannot be fresh), each update's rollout per group,
+//! and the Prometheus metrics. Building, signing, sending and checking reports is the
+//! engine's.
 
 use super::{Daemon, module_name, now_ms};
 use crate::content::Hash;
@@ -10,14 +12,20 @@ use crate::report::{NodeDetail, Report, State, UpdateState};
 use crate::rules::ALL;
 use crate::trust::PublicKey;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::time::Duration;
 
 /// Where the last report sequence number sent is kept, in the store's metadata.
 const META_REPORT_SEQ: &str = "report_seq";
 /// How far past the kept sequence number a new run starts: more reports than a node
 /// sends in the second between two keeps.
 const SEQ_SKIP: u64 = 1000;
+/// A node still downloading whose report is older than this is shown as stale. While
+/// bytes arrive a node reports at least every few seconds, and each hop up adds its
+/// own spacing (under a minute even for reports of 2,048 nodes' detail), so an older
+/// one means the node, or a branch between, has stopped saying anything.
+pub const STALE_AFTER_SECS: u64 = 300;
 
 impl Daemon {
     /// Loads the children's reports kept in the store into the engine, at start-up.
@@ -101,12 +109,15 @@ impl Daemon {
         }))
     }
 
-    /// `GET /api/tree`: this node's subtree, each node with its state per update.
+    /// `GET /api/tree`: this node's subtree, each node with its state per update, the
+    /// age of its report, and whether it is stale.
     pub(super) fn tree_view(&self) -> Answer {
-        let report = self.engine.report(now_ms());
+        let now = now_ms();
+        let report = self.engine.report(now);
+        let proven = self.engine.rollup().proven(now / 1000);
         Ok(json!({
             "truncated": report.truncated,
-            "tree": tree(&report),
+            "tree": tree(&report, &proven, now / 1000),
         }))
     }
 
@@ -117,6 +128,8 @@ impl Daemon {
         let me = self.node.node_key.public();
         let own = self.engine.rules().get(&me).map(|r| &r.rules);
         let children: Vec<PublicKey> = self.engine.children().map(|(c, _)| *c).collect();
+        let own_groups = own.map(|r| r.groups.clone()).unwrap_or_default();
+        let now = now_ms() / 1000;
         let groups: Vec<String> = std::iter::once(ALL.to_string())
             .chain(own.into_iter().flat_map(|r| r.groups.keys().cloned()))
             .collect();
@@ -138,10 +151,15 @@ impl Daemon {
                             .get(State::Downloaded)
                             .saturating_add(counts.get(State::Installed));
                         let total = counts.total();
+                        let proven =
+                            self.engine
+                                .rollup()
+                                .outcomes(&own_groups, &p.update, g, true, now);
                         let mut v = json!({
                             "group": g,
                             "members": members,
                             "total": total,
+                            "failed_proven": proven.failed,
                             "done_percent": (u128::from(done) * 100)
                                 .checked_div(u128::from(total))
                                 .unwrap_or(0),
@@ -224,6 +242,33 @@ impl Daemon {
             }
         }
         m.family(
+            "arbor_update_failures_proven",
+            "gauge",
+            "Failures below this node per update that the failing node signed and whose \
+             certificates chain through the child that reported them: what halts count.",
+        );
+        let mut proven: BTreeMap<Hash, u64> = BTreeMap::new();
+        for (_, update) in self.engine.rollup().proven(now_ms() / 1000) {
+            *proven.entry(update).or_default() += 1;
+        }
+        for (update, n) in &proven {
+            m.sample(
+                "arbor_update_failures_proven",
+                &[("update", &update.to_hex())],
+                *n,
+            );
+        }
+        m.family(
+            "arbor_report_signature_checks_total",
+            "counter",
+            "Signatures checked in children's proofs of failure (repeats cost none).",
+        );
+        m.sample(
+            "arbor_report_signature_checks_total",
+            &[],
+            self.engine.rollup().signature_checks(),
+        );
+        m.family(
             "arbor_rules_version",
             "gauge",
             "Version of the rule set held from each node of this node's path.",
@@ -254,27 +299,93 @@ impl Daemon {
     }
 }
 
-/// The report's nodes as a tree, the reporter at its root.
-fn tree(report: &Report) -> Value {
+/// What the tree view marks nodes with: the failures proven here (this node's own
+/// count as proven: it knows them first hand), and the time (Unix seconds).
+struct Marks<'a> {
+    me: PublicKey,
+    proven: &'a BTreeSet<(PublicKey, Hash)>,
+    now: u64,
+}
+
+/// The report's nodes as a tree, the reporter at its root, each node with the age of
+/// its report, `lost_since` (when its parent lost the connection, if it has), and
+/// `stale`: why what it shows may no longer hold (null if nothing says so): its parent
+/// lost it, a node above it was lost, or it is downloading and has not reported for
+/// [`STALE_AFTER_SECS`]. Failed states say whether their failure is proven here.
+fn tree(report: &Report, proven: &BTreeSet<(PublicKey, Hash)>, now: u64) -> Value {
     let mut below: BTreeMap<PublicKey, Vec<NodeDetail>> = BTreeMap::new();
     for d in &report.nodes {
         if let Some(parent) = d.parent {
             below.entry(parent).or_default().push(d.clone());
         }
     }
-    node_json(&report.detail(), &below)
+    let marks = Marks {
+        me: report.node,
+        proven,
+        now,
+    };
+    node_json(&report.detail(), &below, &marks, None)
 }
 
-fn node_json(d: &NodeDetail, below: &BTreeMap<PublicKey, Vec<NodeDetail>>) -> Value {
+fn ago(secs: u64) -> String {
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+fn node_json(
+    d: &NodeDetail,
+    below: &BTreeMap<PublicKey, Vec<NodeDetail>>,
+    marks: &Marks,
+    lost_above: Option<&str>,
+) -> Value {
+    let age = marks.now.saturating_sub(d.issued);
+    let lost = d.lost.map(|since| {
+        format!(
+            "its parent lost the connection to it {} ago",
+            ago(marks.now.saturating_sub(since))
+        )
+    });
+    let stalled = (age >= STALE_AFTER_SECS
+        && d.updates.iter().any(|s| s.state == State::Downloading))
+    .then(|| format!("downloading, with no news for {}", ago(age)));
+    let stale = lost
+        .clone()
+        .or_else(|| lost_above.map(str::to_string))
+        .or(stalled);
+    let lost_here = lost.map(|_| {
+        format!(
+            "a node above it ({}) is not connected to its parent",
+            d.node.node_id()
+        )
+    });
+    let lost_below = lost_here.as_deref().or(lost_above);
     let children: Vec<Value> = below
         .get(&d.node)
-        .map(|c| c.iter().map(|c| node_json(c, below)).collect())
+        .map(|c| {
+            c.iter()
+                .map(|c| node_json(c, below, marks, lost_below))
+                .collect()
+        })
         .unwrap_or_default();
+    let states: Vec<Value> = d
+        .updates
+        .iter()
+        .map(|s| {
+            let mut v = state_json(s);
+            if s.state == State::Failed {
+                v["proven"] =
+                    json!(d.node == marks.me || marks.proven.contains(&(d.node, s.update)));
+            }
+            v
+        })
+        .collect();
     json!({
         "node_id": d.node.node_id(),
         "depth": d.depth,
         "issued": d.issued,
-        "updates": d.updates.iter().map(state_json).collect::<Vec<_>>(),
+        "age_secs": age,
+        "lost_since": d.lost,
+        "stale": stale,
+        "updates": states,
         "children": children,
     })
 }
@@ -313,5 +424,102 @@ impl Metrics {
             let _ = write!(self.text, "{{{}}}", list.join(","));
         }
         let _ = writeln!(self.text, " {value}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::SecretKey;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn pk(n: u8) -> PublicKey {
+        SecretKey::from_seed([n; 32]).public()
+    }
+
+    fn entry(
+        n: u8,
+        parent: u8,
+        depth: u32,
+        issued: u64,
+        lost: Option<u64>,
+        s: State,
+    ) -> NodeDetail {
+        let update = Hash::of(b"u");
+        NodeDetail {
+            lost,
+            node: pk(n),
+            depth,
+            issued,
+            parent: Some(pk(parent)),
+            updates: vec![match s {
+                State::Failed => UpdateState::failed(update, "hook exited 1", 0, 10),
+                _ => UpdateState::new(update, s, 5, 10),
+            }],
+        }
+    }
+
+    /// Finds a node of the tree view by key.
+    fn find(v: &Value, n: u8) -> &Value {
+        if v["node_id"] == json!(pk(n).node_id()) {
+            return v;
+        }
+        v["children"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| find(c, n))
+            .find(|c| !c.is_null())
+            .unwrap_or(&Value::Null)
+    }
+
+    #[test]
+    fn the_tree_shows_ages_marks_stale_states_and_proven_failures() {
+        // Root node 1 → branch 3 (lost 2 minutes ago) → leaf 5, downloading;
+        // root node 1 → branch 4 → leaf 6 downloading for 10 minutes, leaf 7 failed
+        // (proven), leaf 8 failed (claimed only), leaf 9 downloading a minute ago.
+        let mut report = Report::leaf(
+            NodeDetail {
+                lost: None,
+                node: pk(1),
+                depth: 0,
+                issued: NOW,
+                parent: None,
+                updates: vec![],
+            },
+            &[],
+        );
+        report.nodes = vec![
+            entry(3, 1, 1, NOW - 130, Some(NOW - 120), State::Downloaded),
+            entry(4, 1, 1, NOW - 5, None, State::Downloaded),
+            entry(5, 3, 2, NOW - 140, None, State::Downloading),
+            entry(6, 4, 2, NOW - 600, None, State::Downloading),
+            entry(7, 4, 2, NOW - 10, None, State::Failed),
+            entry(8, 4, 2, NOW - 10, None, State::Failed),
+            entry(9, 4, 2, NOW - 60, None, State::Downloading),
+        ];
+        let proven = BTreeSet::from([(pk(7), Hash::of(b"u"))]);
+        let v = tree(&report, &proven, NOW);
+        assert_eq!(find(&v, 3)["age_secs"], json!(130));
+        assert_eq!(find(&v, 3)["lost_since"], json!(NOW - 120));
+        assert_eq!(
+            find(&v, 3)["stale"],
+            json!("its parent lost the connection to it 2m ago")
+        );
+        let below_lost = find(&v, 5)["stale"].as_str().expect("stale");
+        assert!(below_lost.contains(&pk(3).node_id()), "{below_lost}");
+        assert_eq!(find(&v, 4)["stale"], Value::Null);
+        assert_eq!(
+            find(&v, 6)["stale"],
+            json!("downloading, with no news for 10m")
+        );
+        assert_eq!(find(&v, 9)["stale"], Value::Null);
+        assert_eq!(find(&v, 9)["age_secs"], json!(60));
+        assert_eq!(find(&v, 7)["updates"][0]["proven"], json!(true));
+        assert_eq!(find(&v, 8)["updates"][0]["proven"], json!(false));
+        assert_eq!(find(&v, 9)["updates"][0].get("proven"), None);
+        // A clock behind its child's shows no negative age.
+        assert_eq!(tree(&report, &proven, NOW - 1000)["age_secs"], json!(0));
     }
 }

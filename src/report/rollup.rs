@@ -1,6 +1,8 @@
-//! The roll-up a parent keeps: the newest report of each child, from which it builds
-//! its own report (PROTOCOL.md §15.4) and decides halts (§14.7).
+//! The roll-up a parent keeps: the newest report of each child, with the failures its
+//! proof proves, from which it builds its own report (PROTOCOL.md §15.4) and decides
+//! halts on proven failures only (§14.7, §15.7).
 
+use super::proof::{self, Checked, Verified};
 use super::*;
 
 /// What [`Rollup::receive`] did with a report.
@@ -15,6 +17,58 @@ pub enum Received {
     Stale { held: u64, got: u64 },
 }
 
+/// A child's report as held, with what its proof proves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Held {
+    report: SignedReport,
+    /// Its proof, checked, less what hung below an expired certificate.
+    checked: Option<Checked>,
+    /// The signed objects its proof used: what the child's next report need not have
+    /// checked again.
+    verified: Verified,
+    /// Proven failures by update: the node, and until when it counts.
+    proven: BTreeMap<Hash, Vec<(PublicKey, u64)>>,
+}
+
+/// What a node brings to its own report besides its children's (see
+/// [`Rollup::report`]).
+#[derive(Clone, Debug)]
+pub struct Own<'a> {
+    /// Its key, parent, depth, the time (`issued`, Unix seconds: also the time against
+    /// which what expired is left out) and its own states.
+    pub me: NodeDetail,
+    /// Its groups of children (`Rules.groups` of its own rules; [`ALL`] is added).
+    pub groups: &'a BTreeMap<String, BTreeSet<PublicKey>>,
+    /// The rule refusals it made itself.
+    pub refusals: &'a [RuleRefusal],
+    /// Its membership certificate: without one (the root node) no proof goes up.
+    pub cert: Option<&'a Envelope>,
+    /// Its own failure statements, sorted by update.
+    pub failures: &'a [Envelope],
+    /// Its children that are not connected, and since when (Unix seconds).
+    pub lost: &'a BTreeMap<PublicKey, u64>,
+}
+
+static NONE_LOST: BTreeMap<PublicKey, u64> = BTreeMap::new();
+
+impl<'a> Own<'a> {
+    /// A node without certificate, failure statements or lost children.
+    pub fn new(
+        me: NodeDetail,
+        groups: &'a BTreeMap<String, BTreeSet<PublicKey>>,
+        refusals: &'a [RuleRefusal],
+    ) -> Own<'a> {
+        Own {
+            me,
+            groups,
+            refusals,
+            cert: None,
+            failures: &[],
+            lost: &NONE_LOST,
+        }
+    }
+}
+
 /// What a parent keeps of its children's reports: the newest of each, from which it
 /// builds its own report and decides halts.
 ///
@@ -23,35 +77,88 @@ pub enum Received {
 /// was revoked or moved), also while the child is offline.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rollup {
-    held: BTreeMap<PublicKey, SignedReport>,
+    held: BTreeMap<PublicKey, Held>,
+    /// This node's certificate path, root node first, itself last: proofs are checked
+    /// against it.
+    path: Vec<PublicKey>,
+    /// Signature checks made on children's proofs so far.
+    signature_checks: u64,
 }
 
 impl Rollup {
-    pub fn new() -> Rollup {
-        Rollup::default()
-    }
-
-    /// Takes a verified report if it is newer than the one held from its reporter.
-    pub fn apply(&mut self, report: SignedReport) -> Received {
-        if let Some(held) = self.held.get(&report.node()) {
-            if held.bytes == report.bytes {
-                return Received::Duplicate;
-            }
-            if report.seq <= held.seq {
-                return Received::Stale {
-                    held: held.seq,
-                    got: report.seq,
-                };
-            }
+    /// The roll-up of the node whose certificate path is `path` (root node first,
+    /// itself last; empty: it can prove nothing, and refuses every proof).
+    pub fn new(path: Vec<PublicKey>) -> Rollup {
+        Rollup {
+            path,
+            ..Rollup::default()
         }
-        self.held.insert(report.node(), report);
-        Received::Applied
     }
 
-    /// Opens untrusted bytes from `child` ([`SignedReport::open`]) and applies them. A
-    /// refused report changes nothing.
-    pub fn receive(&mut self, child: &PublicKey, bytes: &[u8]) -> Result<Received, ReportError> {
-        Ok(self.apply(SignedReport::open(bytes, child)?))
+    /// Opens untrusted bytes from `child` ([`SignedReport::open`]; a client's may say
+    /// nothing about descendants, [`Report::check_client`]), checks its proof at `now`
+    /// (Unix seconds, [`proof::check`]) if it is newer than the report held, and keeps
+    /// it. A refused report changes nothing. The very bytes held cost no check at all,
+    /// and a proof repeating what the last one held costs no signature check.
+    pub fn receive(
+        &mut self,
+        child: &PublicKey,
+        client: bool,
+        bytes: &[u8],
+        now: u64,
+    ) -> Result<Received, ReportError> {
+        let held = self.held.get(child);
+        if held.is_some_and(|h| h.report.bytes == bytes) {
+            return Ok(Received::Duplicate);
+        }
+        let report = SignedReport::open(bytes, child)?;
+        if client {
+            report.report.check_client()?;
+        }
+        if let Some(h) = held
+            && report.seq <= h.report.seq
+        {
+            return Ok(Received::Stale {
+                held: h.report.seq,
+                got: report.seq,
+            });
+        }
+        let checked = match &report.report.proof {
+            Some(p) => {
+                let cache = held.map(|h| &h.verified);
+                let empty = Verified::default();
+                proof::check(
+                    p,
+                    child,
+                    &self.path,
+                    now,
+                    cache.unwrap_or(&empty),
+                    &mut self.signature_checks,
+                )
+                .map_err(|e| ReportError::Invalid(e.into()))?
+            }
+            None => proof::CheckedProof::default(),
+        };
+        let mut proven: BTreeMap<Hash, Vec<(PublicKey, u64)>> = BTreeMap::new();
+        for (node, s) in checked.checked.iter().flat_map(Checked::statements) {
+            proven.entry(s.update).or_default().push((*node, s.expires));
+        }
+        self.held.insert(
+            *child,
+            Held {
+                report,
+                checked: checked.checked,
+                verified: checked.verified,
+                proven,
+            },
+        );
+        Ok(Received::Applied)
+    }
+
+    /// Signature checks made on children's proofs so far: what the caller paces a
+    /// child's reports by.
+    pub fn signature_checks(&self) -> u64 {
+        self.signature_checks
     }
 
     /// Forgets `child`'s report; false if none was held.
@@ -66,46 +173,65 @@ impl Rollup {
 
     /// The report held from `child`.
     pub fn get(&self, child: &PublicKey) -> Option<&SignedReport> {
-        self.held.get(child)
+        self.held.get(child).map(|h| &h.report)
     }
 
     /// The sequence number held from `child`: what the store persists with it.
     pub fn seq(&self, child: &PublicKey) -> Option<u64> {
-        self.held.get(child).map(|r| r.seq)
+        self.held.get(child).map(|h| h.report.seq)
     }
 
-    /// Builds this node's report from its own detail `me` (its key, parent, depth, the
-    /// time and its own states; unsorted states are sorted), its groups of children
-    /// (`Rules.groups` of its own rules; [`ALL`] is added) and the rule refusals it made
-    /// itself (PROTOCOL.md §15.4):
+    /// Every failure the children's proofs prove at `now`, as (node, update).
+    pub fn proven(&self, now: u64) -> BTreeSet<(PublicKey, Hash)> {
+        self.held
+            .values()
+            .flat_map(|h| &h.proven)
+            .flat_map(|(u, nodes)| {
+                nodes
+                    .iter()
+                    .filter(move |(_, until)| *until > now)
+                    .map(move |(n, _)| (*n, *u))
+            })
+            .collect()
+    }
+
+    /// Builds this node's report from `own` (PROTOCOL.md §15.4; unsorted own states are
+    /// sorted):
     ///
     /// - `subtree`: its own states, each counted once, plus every child's `subtree`;
     /// - `groups`: for [`ALL`] and each group, the sum of the `subtree`s of the member
     ///   children that have reported (a child in two groups counts in both);
-    /// - `nodes`: each child's detail and its `nodes`, their depths re-based below this
-    ///   node, sorted by (depth, node), each node once, cut to [`MAX_DETAIL`] and to the
-    ///   room left under [`MAX_REPORT_BYTES`];
+    /// - `nodes`: each child's detail (marked `lost` if the child is not connected) and
+    ///   those entries of its `nodes` whose parent links lead to the child, their depths
+    ///   re-based below this node, sorted by (depth, node), each node once, cut to
+    ///   [`MAX_DETAIL`] and to the room left under [`MAX_REPORT_BYTES`];
+    /// - `proof`: its own certificate and failure statements, and its children's
+    ///   checked proofs less what expired, cut to the caps ([`proof::assemble`]);
     /// - `refusals`: its own and every child's, newest first, each once, cut to
     ///   [`MAX_REFUSALS`];
-    /// - `truncated`: detail or updates were cut here, or a child's report was cut.
+    /// - `truncated`: detail, updates or proven failures were cut here, or a child's
+    ///   report was cut.
     ///
     /// If more than [`MAX_UPDATES`] updates are counted, the roll-ups keep those with
-    /// the most nodes (then the lowest ids). Given valid `me`, `groups` and refusals the
-    /// result is valid whatever the children reported.
-    pub fn report(
-        &self,
-        mut me: NodeDetail,
-        groups: &BTreeMap<String, BTreeSet<PublicKey>>,
-        own_refusals: &[RuleRefusal],
-    ) -> Report {
+    /// the most nodes (then the lowest ids). Given a valid `own` the result is valid
+    /// whatever the children reported.
+    pub fn report(&self, own: Own<'_>) -> Report {
+        let Own {
+            mut me,
+            groups,
+            refusals: own_refusals,
+            cert,
+            failures,
+            lost,
+        } = own;
         me.updates.sort_by_key(|s| s.update);
         let mut truncated = false;
 
         // `all`, and the caller's groups of children (at most MAX_GROUPS in all).
         let mut rolled: BTreeMap<String, BTreeMap<Hash, Counts>> = BTreeMap::new();
         let mut all = BTreeMap::new();
-        for r in self.held.values() {
-            sum_into(&mut all, &r.report.subtree);
+        for h in self.held.values() {
+            sum_into(&mut all, &h.report.report.subtree);
         }
         for (name, members) in groups
             .iter()
@@ -113,8 +239,8 @@ impl Rollup {
             .take(MAX_GROUPS - 1)
         {
             let mut sum = BTreeMap::new();
-            for r in members.iter().filter_map(|m| self.held.get(m)) {
-                sum_into(&mut sum, &r.report.subtree);
+            for h in members.iter().filter_map(|m| self.held.get(m)) {
+                sum_into(&mut sum, &h.report.report.subtree);
             }
             rolled.insert(name.clone(), sum);
         }
@@ -143,17 +269,26 @@ impl Rollup {
 
         let mut refusals: Vec<&RuleRefusal> = own_refusals
             .iter()
-            .chain(self.held.values().flat_map(|r| &r.report.refusals))
+            .chain(self.held.values().flat_map(|h| &h.report.report.refusals))
             .collect();
         refusals.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
         refusals.dedup();
-        truncated |= self.held.values().any(|r| r.report.truncated);
+        truncated |= self.held.values().any(|h| h.report.report.truncated);
+
+        let below: BTreeMap<PublicKey, &Checked> = self
+            .held
+            .iter()
+            .filter_map(|(c, h)| h.checked.as_ref().map(|p| (*c, p)))
+            .collect();
+        let (proof, cut) = proof::assemble(cert, failures, &below, me.issued);
+        truncated |= cut;
 
         let mut report = Report {
             own: me.updates,
             node: me.node,
             depth: me.depth,
             nodes: Vec::new(),
+            proof,
             groups: rolled,
             issued: me.issued,
             parent: me.parent,
@@ -161,15 +296,15 @@ impl Rollup {
             refusals: refusals.into_iter().take(MAX_REFUSALS).cloned().collect(),
             truncated,
         };
-        let (nodes, cut) = self.detail(&report);
+        let (nodes, cut) = self.detail(&report, lost);
         report.nodes = nodes;
         report.truncated |= cut;
         report
     }
 
     /// The detail of this node's descendants for `base` (the report without detail),
-    /// and whether any was cut.
-    fn detail(&self, base: &Report) -> (Vec<NodeDetail>, bool) {
+    /// with the children in `lost` marked, and whether any was cut.
+    fn detail(&self, base: &Report, lost: &BTreeMap<PublicKey, u64>) -> (Vec<NodeDetail>, bool) {
         let below = base.depth.saturating_add(1);
         if below > MAX_DEPTH {
             // No valid tree goes deeper: counted, but not detailed.
@@ -177,11 +312,21 @@ impl Rollup {
         }
         // Every candidate as (depth, node, its report, the entry in that report's detail
         // or none for the reporter itself), depths re-based below this node: a child's
-        // claimed depth does not matter, only how far below it each entry is.
+        // claimed depth does not matter, only how far below it each entry is. A child
+        // speaks only for its own subtree: entries whose parent links do not lead to it
+        // are left out.
         let mut all: Vec<(u32, &PublicKey, &Report, Option<&NodeDetail>)> = Vec::new();
-        for r in self.held.values().map(|r| &r.report) {
+        for r in self.held.values().map(|h| &h.report.report) {
             all.push((below, &r.node, r, None));
+            if r.nodes.is_empty() {
+                continue;
+            }
+            let mut reach = BTreeSet::from([r.node]);
             all.extend(r.nodes.iter().filter_map(|d| {
+                if !d.parent.is_some_and(|p| reach.contains(&p)) {
+                    return None;
+                }
+                reach.insert(d.node);
                 let depth = i64::from(d.depth) - i64::from(r.depth) + i64::from(below);
                 u32::try_from(depth)
                     .ok()
@@ -201,6 +346,7 @@ impl Rollup {
             }
             let detail = match entry {
                 None => NodeDetail {
+                    lost: lost.get(node).copied(),
                     parent: Some(base.node),
                     depth,
                     ..r.detail()
@@ -218,48 +364,70 @@ impl Rollup {
     }
 
     /// The outcomes of `update` among `group`'s members ([`ALL`]: every child), as
-    /// halting counts them (PROTOCOL.md §14.7): for a `subtree` approval the members'
-    /// whole subtrees, otherwise the members' own states only. `groups` are this node's
-    /// groups of children.
+    /// halting counts them at `now` (PROTOCOL.md §14.7): for a `subtree` approval the
+    /// members' whole subtrees, otherwise the members' own states only. `total` is
+    /// what the reports claim; `failed` counts only failures their proofs prove, each
+    /// node once. `groups` are this node's groups of children.
     pub fn outcomes(
         &self,
         groups: &BTreeMap<String, BTreeSet<PublicKey>>,
         update: &Hash,
         group: &str,
         subtree: bool,
+        now: u64,
     ) -> Outcomes {
-        let members: Vec<&SignedReport> = if group == ALL {
-            self.held.values().collect()
+        let members: Vec<(&PublicKey, &Held)> = if group == ALL {
+            self.held.iter().collect()
         } else {
             groups
                 .get(group)
                 .into_iter()
                 .flatten()
-                .filter_map(|c| self.held.get(c))
+                .filter_map(|c| self.held.get_key_value(c))
                 .collect()
         };
-        let mut counts = Counts::default();
-        for r in members {
+        let mut total = 0u64;
+        let mut failed: BTreeSet<&PublicKey> = BTreeSet::new();
+        for (child, h) in members {
+            let proven = h
+                .proven
+                .get(update)
+                .into_iter()
+                .flatten()
+                .filter(|(_, until)| *until > now)
+                .map(|(node, _)| node);
+            let r = &h.report.report;
             if subtree {
-                counts.add(&r.report.subtree_counts(update));
-            } else if let Ok(i) = r.report.own.binary_search_by(|s| s.update.cmp(update)) {
-                counts.count(r.report.own[i].state);
+                total = total.saturating_add(r.subtree_counts(update).total());
+                failed.extend(proven);
+            } else if r.own.binary_search_by(|s| s.update.cmp(update)).is_ok() {
+                total = total.saturating_add(1);
+                failed.extend(proven.filter(|node| *node == child));
             }
         }
-        counts.outcomes()
+        Outcomes {
+            failed: failed.len() as u64,
+            total,
+        }
     }
 
-    /// The approvals of `rules` (this node's own) that the children's reports say should
-    /// halt now, with why: those with a threshold, not halted yet, past it.
-    pub fn due_halts(&self, rules: &Rules) -> Vec<(ApprovalKey, HaltReason)> {
+    /// The approvals of `rules` (this node's own) that the children's proven failures
+    /// say should halt at `now`, with why: those with a threshold, not halted yet, past
+    /// it.
+    pub fn due_halts(&self, rules: &Rules, now: u64) -> Vec<(ApprovalKey, HaltReason)> {
         rules
             .approvals
             .iter()
             // Counting costs a pass over the children: only for a threshold that can halt.
             .filter(|(_, approval)| approval.halt.is_some() && approval.halted.is_none())
             .filter_map(|(key, approval)| {
-                let outcomes =
-                    self.outcomes(&rules.groups, &key.update, &key.group, approval.subtree);
+                let outcomes = self.outcomes(
+                    &rules.groups,
+                    &key.update,
+                    &key.group,
+                    approval.subtree,
+                    now,
+                );
                 approval
                     .should_halt(outcomes)
                     .map(|reason| (key.clone(), reason))

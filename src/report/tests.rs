@@ -1,20 +1,20 @@
 //! Unit tests of reports, their checks and roll-ups.
 
 use super::*;
-use crate::rules::{Approval, FULL_WAVE, Halt, SignedRules, TAG_RULES};
+use crate::rules::{SignedRules, TAG_RULES};
 use proptest::prelude::*;
 
-const T0: u64 = 1_767_225_600;
+pub(super) const T0: u64 = 1_767_225_600;
 
-fn key(n: u8) -> SecretKey {
+pub(super) fn key(n: u8) -> SecretKey {
     SecretKey::from_seed([n; 32])
 }
 
-fn pk(n: u8) -> PublicKey {
+pub(super) fn pk(n: u8) -> PublicKey {
     key(n).public()
 }
 
-fn update(n: u8) -> Hash {
+pub(super) fn update(n: u8) -> Hash {
     Hash::of(&[n])
 }
 
@@ -33,6 +33,7 @@ fn state(u: u8, st: State) -> UpdateState {
 
 fn me(n: u8, parent: Option<u8>, depth: u32, updates: Vec<UpdateState>) -> NodeDetail {
     NodeDetail {
+        lost: None,
         node: pk(n),
         depth,
         issued: T0,
@@ -472,30 +473,39 @@ fn unsorted_or_duplicate_counts_are_not_canonical() {
 
 #[test]
 fn newest_report_wins_and_a_resent_one_counts_once() {
-    let mut rollup = Rollup::new();
+    let mut rollup = Rollup::new(vec![pk(2)]);
     let v1 = leaf(3, 2, 1, vec![state(1, State::Downloading)]);
     let v2 = leaf(3, 2, 2, vec![state(1, State::Installed)]);
     let other_v2 = leaf(3, 2, 2, vec![state(1, State::Failed)]);
-    assert_eq!(rollup.receive(&pk(3), &v1.bytes), Ok(Received::Applied));
-    assert_eq!(rollup.receive(&pk(3), &v2.bytes), Ok(Received::Applied));
+    assert_eq!(
+        rollup.receive(&pk(3), false, &v1.bytes, T0),
+        Ok(Received::Applied)
+    );
+    assert_eq!(
+        rollup.receive(&pk(3), false, &v2.bytes, T0),
+        Ok(Received::Applied)
+    );
     // The latest resent after a reconnect: nothing changes.
-    assert_eq!(rollup.receive(&pk(3), &v2.bytes), Ok(Received::Duplicate));
+    assert_eq!(
+        rollup.receive(&pk(3), false, &v2.bytes, T0),
+        Ok(Received::Duplicate)
+    );
     // An older one arriving late, and another one with the same seq: ignored.
     assert_eq!(
-        rollup.receive(&pk(3), &v1.bytes),
+        rollup.receive(&pk(3), false, &v1.bytes, T0),
         Ok(Received::Stale { held: 2, got: 1 })
     );
     assert_eq!(
-        rollup.receive(&pk(3), &other_v2.bytes),
+        rollup.receive(&pk(3), false, &other_v2.bytes, T0),
         Ok(Received::Stale { held: 2, got: 2 })
     );
     assert_eq!(rollup.seq(&pk(3)), Some(2));
     assert_eq!(rollup.get(&pk(3)), Some(&v2));
     // A refused report changes nothing either.
-    assert!(rollup.receive(&pk(4), &v2.bytes).is_err());
+    assert!(rollup.receive(&pk(4), false, &v2.bytes, T0).is_err());
     assert_eq!(rollup.children().collect::<Vec<_>>(), vec![&pk(3)]);
 
-    let report = rollup.report(me(2, None, 0, vec![]), &no_groups(), &[]);
+    let report = rollup.report(Own::new(me(2, None, 0, vec![]), &no_groups(), &[]));
     assert_eq!(
         report.subtree_counts(&update(1)),
         Counts::one(State::Installed)
@@ -505,32 +515,35 @@ fn newest_report_wins_and_a_resent_one_counts_once() {
 
     assert!(rollup.remove(&pk(3)));
     assert!(!rollup.remove(&pk(3)));
-    let report = rollup.report(me(2, None, 0, vec![]), &no_groups(), &[]);
+    let report = rollup.report(Own::new(me(2, None, 0, vec![]), &no_groups(), &[]));
     assert!(report.subtree.is_empty());
 }
 
 #[test]
 fn groups_count_each_member_subtree_and_all_counts_each_child_once() {
     // Root node 2 with children 3, 4, 5; 3 is in `lab` and `pilot`, 4 in `lab`.
-    let mut rollup = Rollup::new();
+    let mut rollup = Rollup::new(vec![pk(2)]);
     for (n, st) in [
         (3, State::Failed),
         (4, State::Installed),
         (5, State::Installed),
     ] {
         let r = leaf(n, 2, 1, vec![state(1, st)]);
-        assert_eq!(rollup.receive(&pk(n), &r.bytes), Ok(Received::Applied));
+        assert_eq!(
+            rollup.receive(&pk(n), false, &r.bytes, T0),
+            Ok(Received::Applied)
+        );
     }
     let groups = BTreeMap::from([
         ("lab".to_string(), BTreeSet::from([pk(3), pk(4)])),
         ("pilot".to_string(), BTreeSet::from([pk(3), pk(9)])),
         ("empty".to_string(), BTreeSet::new()),
     ]);
-    let report = rollup.report(
+    let report = rollup.report(Own::new(
         me(2, None, 0, vec![state(1, State::Downloaded)]),
         &groups,
         &[],
-    );
+    ));
     let c = |g: &str| report.group_counts(g, &update(1));
     assert_eq!((c(ALL).failed, c(ALL).installed, c(ALL).total()), (1, 2, 3));
     assert_eq!((c("lab").failed, c("lab").installed), (1, 1));
@@ -539,7 +552,7 @@ fn groups_count_each_member_subtree_and_all_counts_each_child_once() {
     assert_eq!(report.subtree_counts(&update(1)).total(), 4);
     assert_eq!(report.subtree_counts(&update(1)).downloaded, 1);
     assert_eq!(
-        report.outcomes(&update(1), "lab"),
+        report.group_counts("lab", &update(1)).outcomes(),
         Outcomes {
             failed: 1,
             total: 2
@@ -555,92 +568,6 @@ fn groups_count_each_member_subtree_and_all_counts_each_child_once() {
     SignedReport::sign(&key(2), 1, report).expect("valid");
 }
 
-#[test]
-fn halts_are_decided_from_the_children_reports() {
-    // Root node 2 → branch 3 (in `lab`) → leaves 5, 6; root node 2 → leaf 4.
-    let mut branch = Rollup::new();
-    for n in [5, 6] {
-        let r = Report::leaf(me(n, Some(3), 2, vec![state(1, State::Failed)]), &[]);
-        let r = SignedReport::sign(&key(n), 1, r).expect("signs");
-        assert_eq!(branch.receive(&pk(n), &r.bytes), Ok(Received::Applied));
-    }
-    let b = branch.report(
-        me(3, Some(2), 1, vec![state(1, State::Installed)]),
-        &no_groups(),
-        &[],
-    );
-    let b = SignedReport::sign(&key(3), 1, b).expect("signs");
-    let mut root = Rollup::new();
-    assert_eq!(root.receive(&pk(3), &b.bytes), Ok(Received::Applied));
-    let l = leaf(4, 2, 1, vec![state(1, State::Installed)]);
-    assert_eq!(root.receive(&pk(4), &l.bytes), Ok(Received::Applied));
-
-    let mut rules = Rules::new(pk(2), T0);
-    rules.create_group("lab").expect("name");
-    rules.assign("lab", pk(3)).expect("group");
-    let halt = Some(Halt {
-        failures: Some(2),
-        fraction: None,
-    });
-    let within_lab = Approval {
-        halt,
-        ..Approval::wave(FULL_WAVE)
-    };
-    rules.approve(update(1), "lab", within_lab).expect("valid");
-    // Without `subtree` only the members' own states count: the branch installed it.
-    assert_eq!(
-        root.outcomes(&rules.groups, &update(1), "lab", false),
-        Outcomes {
-            failed: 0,
-            total: 1
-        }
-    );
-    assert!(root.due_halts(&rules).is_empty());
-    // With `subtree` the failures below the branch count.
-    let subtree_wide = Approval {
-        halt,
-        subtree: true,
-        ..Approval::wave(FULL_WAVE)
-    };
-    rules
-        .approve(update(1), "lab", subtree_wide)
-        .expect("valid");
-    assert_eq!(
-        root.outcomes(&rules.groups, &update(1), "lab", true),
-        Outcomes {
-            failed: 2,
-            total: 3
-        }
-    );
-    let due = root.due_halts(&rules);
-    assert_eq!(due.len(), 1);
-    assert_eq!(
-        due[0].1,
-        HaltReason::Failures {
-            failed: 2,
-            threshold: 2
-        }
-    );
-    assert_eq!(
-        root.outcomes(&rules.groups, &update(1), ALL, true),
-        Outcomes {
-            failed: 2,
-            total: 4
-        }
-    );
-    // The report agrees with the roll-up.
-    let report = root.report(me(2, None, 0, vec![]), &rules.groups, &[]);
-    assert_eq!(
-        report.outcomes(&update(1), "lab"),
-        root.outcomes(&rules.groups, &update(1), "lab", true)
-    );
-    // Halted already: nothing more to do.
-    rules
-        .halt(&update(1), "lab", T0, &due[0].1.to_string())
-        .expect("valid");
-    assert!(root.due_halts(&rules).is_empty());
-}
-
 /// A child's report with `count` made-up descendants (depth 2 below the root node 2).
 fn bushy_child(n: u8, count: usize, truncated: bool) -> SignedReport {
     let mut report = Report::leaf(me(n, Some(2), 1, vec![]), &[]);
@@ -649,6 +576,7 @@ fn bushy_child(n: u8, count: usize, truncated: bool) -> SignedReport {
             let mut k = [n; 32];
             k[..8].copy_from_slice(&(i as u64).to_le_bytes());
             NodeDetail {
+                lost: None,
                 node: PublicKey(k),
                 depth: 2,
                 issued: T0,
@@ -665,12 +593,15 @@ fn bushy_child(n: u8, count: usize, truncated: bool) -> SignedReport {
 
 #[test]
 fn detail_is_capped_and_marked_truncated() {
-    let mut rollup = Rollup::new();
+    let mut rollup = Rollup::new(vec![pk(2)]);
     for n in [3, 4] {
         let r = bushy_child(n, 1500, false);
-        assert_eq!(rollup.receive(&pk(n), &r.bytes), Ok(Received::Applied));
+        assert_eq!(
+            rollup.receive(&pk(n), false, &r.bytes, T0),
+            Ok(Received::Applied)
+        );
     }
-    let report = rollup.report(me(2, None, 0, vec![]), &no_groups(), &[]);
+    let report = rollup.report(Own::new(me(2, None, 0, vec![]), &no_groups(), &[]));
     assert_eq!(report.nodes.len(), MAX_DETAIL);
     assert!(report.truncated);
     // The children themselves come first: the shallowest are kept.
@@ -680,18 +611,21 @@ fn detail_is_capped_and_marked_truncated() {
     SignedReport::sign(&key(2), 1, report).expect("a capped report is valid");
 
     // Room for all: not truncated, unless a child was.
-    let mut rollup = Rollup::new();
+    let mut rollup = Rollup::new(vec![pk(2)]);
     let r = bushy_child(3, 10, false);
-    rollup.receive(&pk(3), &r.bytes).expect("opens");
-    let report = rollup.report(me(2, None, 0, vec![]), &no_groups(), &[]);
+    rollup.receive(&pk(3), false, &r.bytes, T0).expect("opens");
+    let report = rollup.report(Own::new(me(2, None, 0, vec![]), &no_groups(), &[]));
     assert_eq!(report.nodes.len(), 11);
     assert!(!report.truncated);
     let r = bushy_child(3, 10, true);
     let r = SignedReport::sign(&key(3), 2, r.report).expect("signs");
-    assert_eq!(rollup.receive(&pk(3), &r.bytes), Ok(Received::Applied));
+    assert_eq!(
+        rollup.receive(&pk(3), false, &r.bytes, T0),
+        Ok(Received::Applied)
+    );
     assert!(
         rollup
-            .report(me(2, None, 0, vec![]), &no_groups(), &[])
+            .report(Own::new(me(2, None, 0, vec![]), &no_groups(), &[]))
             .truncated
     );
 }
@@ -717,15 +651,19 @@ fn a_child_cannot_make_its_parents_report_invalid() {
     lying.subtree.insert(update(1), huge);
     let lying = SignedReport::sign(&key(3), 1, lying).expect("valid on its face");
 
-    let mut rollup = Rollup::new();
-    rollup.receive(&pk(3), &lying.bytes).expect("opens");
+    let mut rollup = Rollup::new(vec![pk(2)]);
+    rollup
+        .receive(&pk(3), false, &lying.bytes, T0)
+        .expect("opens");
     let honest = leaf(4, 2, 1, vec![state(1, State::Installed)]);
-    rollup.receive(&pk(4), &honest.bytes).expect("opens");
-    let report = rollup.report(
+    rollup
+        .receive(&pk(4), false, &honest.bytes, T0)
+        .expect("opens");
+    let report = rollup.report(Own::new(
         me(2, Some(1), 1, vec![state(1, State::Installed)]),
         &no_groups(),
         &[],
-    );
+    ));
     // Re-based below this node, each node once, never this node itself.
     let listed: Vec<(u32, PublicKey)> = report.nodes.iter().map(|d| (d.depth, d.node)).collect();
     assert!(listed.contains(&(2, pk(3))) && listed.contains(&(2, pk(4))));
@@ -751,16 +689,18 @@ fn too_many_updates_keep_the_most_counted() {
         ));
         SignedReport::sign(&key(n), 1, Report::leaf(me(n, Some(2), 1, own), &[])).expect("signs")
     };
-    let mut rollup = Rollup::new();
-    rollup.receive(&pk(3), &mk(3, 0..200).bytes).expect("opens");
+    let mut rollup = Rollup::new(vec![pk(2)]);
     rollup
-        .receive(&pk(4), &mk(4, 100..300).bytes)
+        .receive(&pk(3), false, &mk(3, 0..200).bytes, T0)
         .expect("opens");
-    let report = rollup.report(
+    rollup
+        .receive(&pk(4), false, &mk(4, 100..300).bytes, T0)
+        .expect("opens");
+    let report = rollup.report(Own::new(
         me(2, None, 0, vec![state(1, State::Installed)]),
         &no_groups(),
         &[],
-    );
+    ));
     assert!(report.truncated);
     assert_eq!(report.subtree.len(), MAX_UPDATES);
     assert_eq!(report.subtree_counts(&Hash::of(b"popular")).installed, 2);
@@ -789,11 +729,13 @@ fn refusals_are_newest_first_each_once_and_capped() {
     assert_eq!(child.refusals, theirs_sorted);
     assert!(!child.refusals[0].reason.contains('\n'));
     let child = SignedReport::sign(&key(3), 1, child).expect("signs");
-    let mut rollup = Rollup::new();
-    rollup.receive(&pk(3), &child.bytes).expect("opens");
+    let mut rollup = Rollup::new(vec![pk(2)]);
+    rollup
+        .receive(&pk(3), false, &child.bytes, T0)
+        .expect("opens");
     // Its own refusals twice over: each counted once.
     let doubled: Vec<RuleRefusal> = own.iter().chain(&own).cloned().collect();
-    let report = rollup.report(me(2, None, 0, vec![]), &no_groups(), &doubled);
+    let report = rollup.report(Own::new(me(2, None, 0, vec![]), &no_groups(), &doubled));
     assert_eq!(report.refusals.len(), MAX_REFUSALS);
     assert_eq!(report.refusals[0].at, T0 + 39);
     assert_eq!(report.refusals[0].node, pk(3));
@@ -819,16 +761,18 @@ fn refusals_are_newest_first_each_once_and_capped() {
 
 #[test]
 fn the_json_view_names_nodes_by_id_and_states_by_name() {
-    let mut rollup = Rollup::new();
+    let mut rollup = Rollup::new(vec![pk(2)]);
     let child = leaf(3, 2, 5, vec![state(1, State::Failed)]);
-    rollup.receive(&pk(3), &child.bytes).expect("opens");
+    rollup
+        .receive(&pk(3), false, &child.bytes, T0)
+        .expect("opens");
     let groups = BTreeMap::from([("lab".to_string(), BTreeSet::from([pk(3)]))]);
     let refusal = RuleRefusal::new(pk(2), Some(pk(1)), "rules expired", T0);
-    let report = rollup.report(
+    let report = rollup.report(Own::new(
         me(2, None, 0, vec![state(1, State::Installed)]),
         &groups,
         &[refusal],
-    );
+    ));
     let signed = SignedReport::sign(&key(2), 9, report).expect("signs");
     let v = signed.to_json();
     assert_eq!(v["seq"], json!(9));
@@ -903,7 +847,7 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
         let _ = SignedReport::open(&bytes, &pk(3));
-        let _ = Rollup::new().receive(&pk(3), &bytes);
+        let _ = Rollup::new(vec![pk(2)]).receive(&pk(3), false, &bytes, T0);
     }
 
     #[test]
@@ -920,32 +864,32 @@ proptest! {
     #[test]
     fn roll_ups_add_up_to_every_nodes_own_state(tree in arb_tree()) {
         // Keys: the root node 2, branches 10.., leaves 100...
-        let mut root = Rollup::new();
+        let mut root = Rollup::new(vec![pk(2)]);
         let mut want: BTreeMap<Hash, Counts> = BTreeMap::new();
         let mut want_group: BTreeMap<&str, BTreeMap<Hash, Counts>> = BTreeMap::new();
         let mut nodes = 0usize;
         let mut leaf_key = 100u8;
         for (i, (own, leaves)) in tree.branches.iter().enumerate() {
             let b = 10 + i as u8;
-            let mut branch = Rollup::new();
+            let mut branch = Rollup::new(vec![pk(2)]);
             let mut below: BTreeMap<Hash, Counts> = BTreeMap::new();
             for leaf_spec in leaves {
                 let states = own_states(leaf_spec);
                 count_into(&mut below, &states);
                 let r = Report::leaf(me(leaf_key, Some(b), 2, states), &[]);
                 let r = SignedReport::sign(&key(leaf_key), 3, r).expect("leaf signs");
-                prop_assert_eq!(branch.receive(&pk(leaf_key), &r.bytes), Ok(Received::Applied));
-                prop_assert_eq!(branch.receive(&pk(leaf_key), &r.bytes), Ok(Received::Duplicate));
+                prop_assert_eq!(branch.receive(&pk(leaf_key), false, &r.bytes, T0), Ok(Received::Applied));
+                prop_assert_eq!(branch.receive(&pk(leaf_key), false, &r.bytes, T0), Ok(Received::Duplicate));
                 leaf_key += 1;
                 nodes += 1;
             }
             let states = own_states(own);
             count_into(&mut below, &states);
-            let r = branch.report(me(b, Some(2), 1, states), &no_groups(), &[]);
+            let r = branch.report(Own::new(me(b, Some(2), 1, states), &no_groups(), &[]));
             prop_assert_eq!(&r.subtree, &below);
             let r = SignedReport::sign(&key(b), 1, r).expect("branch signs");
-            prop_assert_eq!(root.receive(&pk(b), &r.bytes), Ok(Received::Applied));
-            prop_assert_eq!(root.receive(&pk(b), &r.bytes), Ok(Received::Duplicate));
+            prop_assert_eq!(root.receive(&pk(b), false, &r.bytes, T0), Ok(Received::Applied));
+            prop_assert_eq!(root.receive(&pk(b), false, &r.bytes, T0), Ok(Received::Duplicate));
             nodes += 1;
             let (even, odd) = tree.grouped[i];
             for (g, member) in [("even", even), ("odd", odd), (ALL, true)] {
@@ -971,7 +915,7 @@ proptest! {
             .collect();
         let own = own_states(&tree.root);
         count_into(&mut want, &own);
-        let report = root.report(me(2, None, 0, own), &groups, &[]);
+        let report = root.report(Own::new(me(2, None, 0, own), &groups, &[]));
         prop_assert_eq!(&report.subtree, &want);
         for g in ["even", "odd", ALL] {
             prop_assert_eq!(&report.groups[g], &want_group.get(g).cloned().unwrap_or_default());
@@ -1000,13 +944,16 @@ fn detail_is_cut_to_the_size_limit() {
         v.sort_by_key(|s| s.update);
         v
     };
-    let mut rollup = Rollup::new();
+    let mut rollup = Rollup::new(vec![pk(2)]);
     for n in 10..40u8 {
         let r = Report::leaf(me(n, Some(2), 1, own.clone()), &[]);
         let r = SignedReport::sign(&key(n), 1, r).expect("a child's report fits");
-        assert_eq!(rollup.receive(&pk(n), &r.bytes), Ok(Received::Applied));
+        assert_eq!(
+            rollup.receive(&pk(n), false, &r.bytes, T0),
+            Ok(Received::Applied)
+        );
     }
-    let report = rollup.report(me(2, None, 0, vec![]), &no_groups(), &[]);
+    let report = rollup.report(Own::new(me(2, None, 0, vec![]), &no_groups(), &[]));
     assert!(report.truncated);
     assert!(report.nodes.len() < 30 && report.nodes.len() > 20);
     assert_eq!(report.subtree_counts(&own[0].update).failed, 30);

@@ -17,7 +17,8 @@ use super::network::{Ms, Network};
 use super::scenario::{RuleBatch, Scenario};
 use crate::content::manifest::{ChunkRef, FileEntry, Manifest};
 use crate::content::{DigestState, Hash};
-use crate::engine::{Config, Millis, PeerId};
+use crate::engine::{Config, Engine, Millis, PeerId};
+use crate::trust::member;
 use crate::trust::{PublicKey, SecretKey, SignedManifest};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,10 @@ pub const EPOCH: Millis = 1_800_000_000_000;
 /// lane join a lane's queue at the end of a window), and the same scenario and seed
 /// must give the same summary on every machine.
 pub const LANES: usize = 2;
+
+/// How long the certificates of simulated nodes last (Unix seconds): longer than any
+/// run.
+const CERTIFICATE_LIFE: u64 = 10 * 365 * 24 * 3600;
 
 /// No node (or queue): a marker in `u32` fields.
 pub const NONE: u32 = u32::MAX;
@@ -294,6 +299,26 @@ impl<'s> Fleet<'s> {
 
     pub fn is_leaf(&self, i: u32) -> bool {
         i != 0 && self.tier_of(i) + 1 == self.sc.tiers.len()
+    }
+
+    /// Gives node `i`'s engine (not the root node's) its membership certificate,
+    /// signed by its parent, a client's if it is a leaf: what proves its failures and
+    /// its children's (PROTOCOL.md §15.7). Signed when asked, as most leaves never
+    /// need one.
+    pub fn certify(&self, engine: &mut Engine, i: u32) {
+        let issued = EPOCH / 1000;
+        let cert = member::issue(
+            &self.secrets[self.parent_of(i) as usize],
+            self.keys[i as usize],
+            self.is_leaf(i),
+            Vec::new(),
+            None,
+            issued,
+            issued + CERTIFICATE_LIFE,
+        );
+        if let Err(e) = engine.set_certificate(cert) {
+            tracing::warn!(node = i, error = %e, "a simulated certificate is refused");
+        }
     }
 
     /// The site of node `i` within its tier, if its tier has sites.

@@ -711,7 +711,7 @@ impl<'f> Lane<'f> {
         );
         for c in fleet.children_of(i) {
             let key = fleet.keys[c as usize];
-            engine.add_child(key);
+            engine.add_child(key, fleet.is_leaf(c), now);
             if let Some((tier, site)) = fleet.site_of(c)
                 && fleet.sc.tiers[tier]
                     .site
@@ -720,6 +720,10 @@ impl<'f> Lane<'f> {
             {
                 engine.set_child_site(key, Some(&format!("site-{site}")));
             }
+        }
+        // A leaf needs its certificate only to prove a failure: it is given one then.
+        if i != 0 && (!fleet.is_leaf(i) || self.nodes[i as usize].failed.iter().any(|f| *f)) {
+            fleet.certify(&mut engine, i);
         }
         let node = &mut self.nodes[i as usize];
         node.online = true;
@@ -1035,6 +1039,9 @@ impl<'f> Lane<'f> {
         };
         self.last_change = self.now;
         self.drive(i, |e, now| {
+            if fails {
+                fleet.certify(e, i);
+            }
             e.set_outcome(&id, outcome, now);
             e.set_needed(&id, false, now);
         });

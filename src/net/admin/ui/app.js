@@ -82,6 +82,15 @@ function time(unix) {
   return d.toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC');
 }
 
+// A number of seconds, short: 45s, 12m, 3h, 2d.
+function ago(secs) {
+  if (typeof secs !== 'number') return '?';
+  if (secs < 60) return `${secs}s`;
+  if (secs < 3600) return `${Math.floor(secs / 60)}m`;
+  if (secs < 86400) return `${Math.floor(secs / 3600)}h`;
+  return `${Math.floor(secs / 86400)}d`;
+}
+
 function percent(part, whole) {
   return whole > 0 ? Math.floor((100 * part) / whole) : 0;
 }
@@ -289,7 +298,9 @@ function renderNode(s) {
 function stateText(u) {
   switch (u.state) {
     case 'downloading': return `downloading ${percent(u.bytes_done, u.bytes_total)}%`;
-    case 'failed': return `failed: ${u.reason || 'no reason given'}`;
+    // A failure its node did not sign (or not through this part of the tree) is only
+    // a claim: shown, but no halt counts it.
+    case 'failed': return `failed: ${u.reason || 'no reason given'}${u.proven === false ? ' (not proven)' : ''}`;
     // A client's note on what its installer did ("installed in place of 1.0").
     default: return u.reason ? `${u.state} (${u.reason})` : String(u.state);
   }
@@ -304,8 +315,10 @@ function treeNode(n, top) {
       ` (${bytes(u.from_parent)} from the parent, ${bytes(u.from_siblings)} from siblings)`,
   }, `${modules.get(u.update_id) || shortId(u.update_id)}: ${stateText(u)}`));
   const kids = (n.children || []).map((c) => treeNode(c, false));
-  return el('li', { class: 'tree-node', 'data-node': n.node_id },
+  return el('li', { class: `tree-node${n.stale ? ' stale' : ''}`, 'data-node': n.node_id },
     nodeId(n.node_id), top ? el('span', { class: 'muted' }, ' (this node)') : '',
+    el('span', { class: 'muted', title: 'age of its last report' }, ` ${ago(n.age_secs)} ago`),
+    n.stale ? el('span', { class: 'stale-note', title: n.stale }, ` stale: ${n.stale}`) : '',
     states.length ? el('ul', { class: 'states' }, states) : el('span', { class: 'muted' }, ' no updates'),
     kids.length ? el('ul', { class: 'tree' }, kids) : '');
 }
