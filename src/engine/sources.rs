@@ -8,13 +8,14 @@
 //!   [`RETRY_MIN`] doubling per failure up to [`RETRY_MAX`] (with jitter), and then only
 //!   one fetch at a time until one delivers again. So a source that lies about what it
 //!   holds gets a request every few seconds, not a tight loop.
-//! - **Stalls.** While fetches are in flight, a source that delivers nothing for its
-//!   stall limit has all of them given up: four times what its measured rate needs for
-//!   the chunks it has in flight, at least [`MIN_STALL`], at most the fetch timeout.
-//!   Before a rate is measured the limit is the fetch timeout for the parent (whose
-//!   liveness the control stream watches) and `sibling_stall` for a sibling, which is
-//!   short because siblings share a LAN. Chunks given up on a sibling are asked of the
-//!   parent.
+//! - **Stalls.** While fetches are in flight to a sibling, a sibling that delivers
+//!   nothing for its stall limit has all of them given up, and their chunks are asked of
+//!   the parent: four times what its measured rate needs for the chunks it has in
+//!   flight, at least [`MIN_STALL`], at most the fetch timeout; before a rate is
+//!   measured, `sibling_stall`, which is short because siblings share a LAN. The parent
+//!   is given up only by the fetch timeout: its liveness is the control stream's to
+//!   judge (`engine::liveness`), and a parent serving many children serves each in
+//!   turns.
 //!
 //! At most one record per source: the parent and [`super::MAX_SIBLINGS`] siblings.
 
@@ -126,11 +127,12 @@ impl Engine {
 
     /// How long `peer` may deliver nothing while fetches are in flight to it.
     pub(super) fn stall_limit(&self, peer: &PeerId) -> Millis {
-        let base = if self.is_parent(peer) {
-            self.config.fetch_timeout
-        } else {
-            self.config.sibling_stall
-        };
+        if self.is_parent(peer) {
+            // The parent's liveness is the control stream's to judge, and a busy parent
+            // serves its children in turns: only the fetch timeout gives it up.
+            return self.config.fetch_timeout;
+        }
+        let base = self.config.sibling_stall;
         let rate = self.sources.map.get(peer).map_or(0.0, |s| s.rate);
         if rate <= 0.0 {
             return base;

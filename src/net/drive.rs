@@ -137,7 +137,7 @@ impl Daemon {
                     }
                 }
                 Output::Disconnect { peer, reason } => {
-                    tracing::info!(peer = %peer.node_id(), "disconnecting: {reason}");
+                    crate::peer_info!(peer, "disconnecting", "disconnecting: {reason}");
                     self.sessions.remove(&peer);
                     self.disconnect(peer);
                 }
@@ -178,8 +178,9 @@ impl Daemon {
                 peer,
                 until,
                 reason,
-            } => tracing::warn!(
-                peer = %peer.node_id(),
+            } => crate::peer_warn!(
+                peer,
+                "banned",
                 "banned for {}s after repeated offences; the last: {reason}",
                 until.saturating_sub(now_ms()) / 1000
             ),

@@ -32,7 +32,11 @@ impl Daemon {
                             .into(),
                     };
                 };
-                tracing::info!(child = %peer.node_id(), "a child asked to join again; answered again");
+                crate::peer_info!(
+                    peer,
+                    "joined again",
+                    "a child asked to join again; answered again"
+                );
                 JoinReply::Accepted {
                     chain: self.child_chain(&peer, &record, None),
                     root: self.node.root_key,

@@ -571,7 +571,7 @@ impl<'f> Lane<'f> {
                 if n.engine
                     .as_ref()
                     .and_then(|e| e.poll_timeout())
-                    .is_some_and(|t| t <= now)
+                    .is_some_and(|t| t <= EPOCH + now)
                 {
                     self.drive(node, |e, now| e.handle_timeout(now));
                 } else {

@@ -171,6 +171,8 @@ fn check_sorted(v: &cbor4ii::core::Value) {
 /// A running `arbor run`, killed if the test fails half-way.
 pub struct Process {
     child: Child,
+    /// Everything it wrote to stderr, line by line.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Process {
@@ -221,15 +223,68 @@ impl Process {
             .expect("arbor run starts");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("listening on") {
                     let _ = tx.send(());
                 }
+                lines.lock().expect("log").push(line);
             }
         });
         rx.recv_timeout(HANG).expect("the node comes up");
-        Process { child }
+        Process { child, log }
+    }
+
+    /// The lines it wrote to stderr so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Bytes it wrote to stderr so far (a newline per line).
+    pub fn log_bytes(&self) -> usize {
+        self.log
+            .lock()
+            .expect("log")
+            .iter()
+            .map(|l| l.len() + 1)
+            .sum()
+    }
+
+    /// Its resident memory now, in bytes (Linux).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the process is alive");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
+    /// CPU time it used so far, user and system (Linux).
+    pub fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the process is alive");
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = &stat[stat.rfind(')').expect("stat") + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 =
+            f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...).
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: signals our own child process.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
+            0
+        );
     }
 
     /// The process id.
