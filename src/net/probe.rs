@@ -63,12 +63,15 @@ pub async fn chunks(
     .await
 }
 
+/// A dial a [`Peer`] asks its swarm for, and where to say how it went.
+type Dial = (Libp2pPeerId, Multiaddr, oneshot::Sender<Result<(), String>>);
+
 /// A peer that stays connected and opens or accepts raw streams of any protocol, for
 /// tests that play a stranger, a child, a parent or a sibling against real daemons (and
 /// may misbehave in any way the wire allows). Its swarm runs on a task of its own.
 pub struct Peer {
     control: libp2p_stream::Control,
-    dials: mpsc::UnboundedSender<(Libp2pPeerId, Multiaddr, oneshot::Sender<Result<(), String>>)>,
+    dials: mpsc::UnboundedSender<Dial>,
     listening: Vec<Multiaddr>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -92,11 +95,7 @@ impl Peer {
             }
         }
         let control = swarm.behaviour().streams.new_control();
-        let (dials, mut asked) = mpsc::unbounded_channel::<(
-            Libp2pPeerId,
-            Multiaddr,
-            oneshot::Sender<Result<(), String>>,
-        )>();
+        let (dials, mut asked) = mpsc::unbounded_channel::<Dial>();
         let task = tokio::spawn(async move {
             let mut waiting: Vec<(Libp2pPeerId, oneshot::Sender<Result<(), String>>)> = Vec::new();
             loop {
