@@ -266,7 +266,7 @@ async fn a_child_sending_what_only_a_parent_may_is_cut_off_banned_and_barely_log
                 break;
             }
             frames += 1;
-            if frames % 1000 == 0 {
+            if frames.is_multiple_of(1000) {
                 tokio::task::yield_now().await;
             }
         }
@@ -440,7 +440,7 @@ impl LyingParent {
                         ranges: vec![(0, chunks)],
                     };
                     ok = proto::write_frame(&mut s, &have).await.is_ok();
-                    if tick % 40 == 0 {
+                    if tick.is_multiple_of(40) {
                         ok &= proto::write_frame(&mut s, &ControlFrame::Ping { time: now_ms() })
                             .await
                             .is_ok();
