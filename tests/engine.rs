@@ -7,14 +7,16 @@
 //! widen what its parent approved, waves pick the same members every time, and a
 //! branch fetches only what its children may have.
 
+mod common;
+
 use arbor::content::Hash;
-use arbor::content::manifest::{ChunkRef, FileEntry, Manifest};
 use arbor::engine::{
     ChunkVerdict, Config, Control, Engine, Event, FetchId, Millis, Outcome, Output, PeerId, Role,
     Served,
 };
 use arbor::rules::{ALL, Approval, FULL_WAVE, Rules, SignedRules};
 use arbor::trust::{SecretKey, SignedManifest, member};
+use common::synthetic_update as update;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashSet};
 use std::sync::Arc;
@@ -39,32 +41,6 @@ fn secret_of(id: PeerId) -> SecretKey {
 
 /// Rules expire long after any test's virtual time (Unix seconds).
 const RULES_EXPIRE: u64 = 4_000_000_000;
-
-/// A signed update of `chunks` distinct chunks of 64 KiB in one file. Updates of
-/// different sizes share no chunk.
-fn update(chunks: u32, root: &SecretKey) -> Arc<SignedManifest> {
-    let refs: Vec<ChunkRef> = (0..chunks)
-        .map(|i| ChunkRef(Hash::of(&[chunks, i].map(u32::to_le_bytes).concat()), CHUNK))
-        .collect();
-    let size = u64::from(chunks) * u64::from(CHUNK);
-    let m = Manifest {
-        id: "big".into(),
-        files: vec![FileEntry {
-            mode: 0o644,
-            path: "big.bin".into(),
-            size,
-            chunks: refs,
-        }],
-        tenant: "acme".into(),
-        created: 1_767_225_600,
-        version: "1".into(),
-        category: "test".into(),
-        total_size: size,
-        description: None,
-        post_install: None,
-    };
-    Arc::new(SignedManifest::sign(root, 1, m).expect("valid manifest"))
-}
 
 #[derive(Debug)]
 enum Ev {

@@ -360,3 +360,35 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// A signed update of `chunks` distinct chunks of 64 KiB in one file. Updates of
+/// different sizes share no chunk.
+pub fn synthetic_update(
+    chunks: u32,
+    root: &arbor::trust::SecretKey,
+) -> std::sync::Arc<arbor::trust::SignedManifest> {
+    use arbor::content::Hash;
+    use arbor::content::manifest::{ChunkRef, FileEntry, Manifest};
+    const CHUNK: u32 = 64 * 1024;
+    let refs: Vec<ChunkRef> = (0..chunks)
+        .map(|i| ChunkRef(Hash::of(&[chunks, i].map(u32::to_le_bytes).concat()), CHUNK))
+        .collect();
+    let size = u64::from(chunks) * u64::from(CHUNK);
+    let m = Manifest {
+        id: "big".into(),
+        files: vec![FileEntry {
+            mode: 0o644,
+            path: "big.bin".into(),
+            size,
+            chunks: refs,
+        }],
+        tenant: "acme".into(),
+        created: 1_767_225_600,
+        version: "1".into(),
+        category: "test".into(),
+        total_size: size,
+        description: None,
+        post_install: None,
+    };
+    std::sync::Arc::new(arbor::trust::SignedManifest::sign(root, 1, m).expect("valid manifest"))
+}
