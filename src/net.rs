@@ -74,6 +74,8 @@ use tokio_util::task::TaskTracker;
 use accept::*;
 use chunks::*;
 use join::*;
+#[doc(hidden)]
+pub use membership::parse_addrs;
 use membership::*;
 use session::*;
 use transport::{Behaviour, BehaviourEvent, build_swarm};

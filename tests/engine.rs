@@ -1358,7 +1358,19 @@ fn garbage_and_forged_reports_are_refused_and_change_nothing() {
         // Past the child's turn: each is taken in, not only the newest.
         h.run(h.now + 1_000);
     }
-    assert_eq!(h.nodes[&a].engine.rollup(), &before);
+    // Nothing forged was taken. (Refused reports are offences: the third bans b, whose
+    // session ends; when it is back it reports afresh, with the same content.)
+    let held = |r: &arbor::report::Rollup| {
+        let held = &r.get(&b).expect("a report of b is held").report;
+        (held.node, held.own.clone(), held.subtree.clone())
+    };
+    assert_eq!(held(h.nodes[&a].engine.rollup()), held(&before));
+    assert!(
+        h.nodes[&a]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Banned { peer, .. } if *peer == b))
+    );
     let refused = h.nodes[&a]
         .events
         .iter()

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let pinned = root_fingerprint(&root().public());
     for reply in read_frames::<JoinReply>(data, MAX_JOIN_FRAME, "join reply") {
         match reply {
-            JoinReply::Accepted { root, chain } => {
+            JoinReply::Accepted { root, chain, .. } => {
                 show_key(&root);
                 if root_fingerprint(&root) == pinned
                     && let Ok(members) = verify_chain(&chain, &root, NOW)

@@ -7,7 +7,7 @@
 //! be a report that validates and signs.
 #![no_main]
 
-use arbor::report::{NodeDetail, Received, Rollup, SignedReport, TAG_REPORT};
+use arbor::report::{NodeDetail, Own, Received, Rollup, SignedReport, TAG_REPORT};
 use arbor::trust::Envelope;
 use arbor::wire;
 use arbor_fuzz::{NOW, assert_canonical, child, root_node};
@@ -16,14 +16,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 fuzz_target!(|data: &[u8]| {
     let child = child();
-    let mut rollup = Rollup::new();
-    if rollup.receive(&child.public(), data).is_ok() {
+    let path = || vec![root_node().public()];
+    let mut rollup = Rollup::new(path());
+    if rollup.receive(&child.public(), false, data, NOW).is_ok() {
         roll_up(&rollup);
     }
     let envelope = Envelope::sign(&child, TAG_REPORT, 7, None, data.to_vec());
     let bytes = wire::encode(&envelope);
-    let mut rollup = Rollup::new();
-    let Ok(received) = rollup.receive(&child.public(), &bytes) else {
+    let mut rollup = Rollup::new(path());
+    let Ok(received) = rollup.receive(&child.public(), false, &bytes, NOW) else {
         return;
     };
     assert_eq!(received, Received::Applied);
@@ -37,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(again, held, "signing a received report gives other bytes");
     assert_eq!(
-        rollup.receive(&child.public(), &bytes),
+        rollup.receive(&child.public(), false, &bytes, NOW),
         Ok(Received::Duplicate)
     );
     let _ = held.to_json();
@@ -49,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
 fn roll_up(rollup: &Rollup) {
     let me = root_node();
     let detail = NodeDetail {
+        lost: None,
         node: me.public(),
         depth: 0,
         issued: NOW,
@@ -56,7 +58,15 @@ fn roll_up(rollup: &Rollup) {
         updates: Vec::new(),
     };
     let groups = BTreeMap::from([("lab".to_string(), BTreeSet::from([child().public()]))]);
-    let report = rollup.report(detail, &groups, &[]);
+    let lost = BTreeMap::new();
+    let report = rollup.report(Own {
+        me: detail,
+        groups: &groups,
+        refusals: &[],
+        cert: None,
+        failures: &[],
+        lost: &lost,
+    });
     if let Err(e) = SignedReport::sign(&me, 1, report.clone()) {
         panic!("the roll-up of a valid report is refused: {e}\n{report:?}");
     }

@@ -12,6 +12,7 @@ use arbor::content::Hash;
 use arbor::content::delta::{Delta, MAX_REFERENCES};
 use arbor::content::manifest::Manifest;
 use arbor::content::names::check_name;
+use arbor::net::parse_addrs;
 use arbor::net::proto::{self, ControlFrame, SiblingAddr};
 use arbor::report::Rollup;
 use arbor::rules::availability_from_proof;
@@ -19,7 +20,6 @@ use arbor::trust::member::verify_chain;
 use arbor::trust::{PublicKey, SecretKey, SignedManifest};
 use arbor::wire;
 use futures::executor::block_on;
-use libp2p::Multiaddr;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -104,24 +104,6 @@ where
     }
 }
 
-/// The daemon's check of the addresses a peer gives for itself (`net::parse_addrs`):
-/// at most [`proto::MAX_ADDRS`], each at most [`proto::MAX_ADDR_LEN`] bytes and a
-/// multiaddr.
-pub fn parse_addrs(addrs: &[String]) -> Option<Vec<Multiaddr>> {
-    if addrs.len() > proto::MAX_ADDRS {
-        return None;
-    }
-    addrs
-        .iter()
-        .map(|a| {
-            if a.len() > proto::MAX_ADDR_LEN {
-                return None;
-            }
-            a.parse::<Multiaddr>().ok()
-        })
-        .collect()
-}
-
 /// Hands a control or sibling frame to the checks its receiver runs on it: the chain of
 /// a `Hello` or `Welcome` against the root key, an offered manifest, the rule sets of a
 /// subset proof (received by the child), a child's report (received by the root node),
@@ -136,7 +118,7 @@ pub fn receive_control(frame: &ControlFrame) {
             let _ = parse_addrs(addrs);
             let _ = verify_chain(chain, &root, NOW);
         }
-        ControlFrame::Welcome { chain } => {
+        ControlFrame::Welcome { chain, .. } => {
             let _ = verify_chain(chain, &root, NOW);
         }
         ControlFrame::Refused { reason } => {
@@ -155,12 +137,16 @@ pub fn receive_control(frame: &ControlFrame) {
             let _ = availability_from_proof(&proof, &path, NOW);
         }
         ControlFrame::Report { report } => {
-            let _ = Rollup::new().receive(&child().public(), report);
+            let path = vec![root_node().public()];
+            let _ = Rollup::new(path).receive(&child().public(), false, report, NOW);
         }
         ControlFrame::Siblings { peers } => {
             for SiblingAddr { node, addrs } in peers {
                 let _ = (node.peer_id(), parse_addrs(addrs));
             }
+        }
+        ControlFrame::Ping { time } => {
+            let _ = arbor::engine::clock_note(*time as i64 - (NOW * 1000) as i64);
         }
     }
 }

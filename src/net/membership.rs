@@ -159,7 +159,7 @@ impl Daemon {
 
 /// Reads the addresses a peer gave for itself (or another): bounded in number and
 /// length, each a multiaddr.
-pub(super) fn parse_addrs(addrs: &[String]) -> Result<Vec<Multiaddr>, String> {
+pub fn parse_addrs(addrs: &[String]) -> Result<Vec<Multiaddr>, String> {
     if addrs.len() > proto::MAX_ADDRS {
         return Err(format!(
             "{} addresses, over the limit of {}",
