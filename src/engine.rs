@@ -171,7 +171,7 @@ pub enum Control {
     /// parent at the receiver's site (PROTOCOL.md §13.1).
     Siblings { peers: Vec<PeerId> },
     /// Either way, every [`Config::heartbeat`]: the sender is alive, and its clock
-    /// (Unix ms) says `time` (PROTOCOL.md §12.4).
+    /// (Unix ms) says `time` (PROTOCOL.md §12.1).
     Ping { time: Millis },
 }
 

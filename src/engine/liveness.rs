@@ -2,7 +2,7 @@
 //! peer not heard from for [`Config::silence`] is taken for gone, whatever its
 //! connection says (a frozen process keeps its TCP connection up). Pings carry the
 //! sender's clock, so a node knows how far its own clock is from its parent's, and says
-//! so wherever a time check fails (PROTOCOL.md §12.4).
+//! so wherever a time check fails (PROTOCOL.md §12.1).
 //!
 //! [`Config::heartbeat`]: super::Config::heartbeat
 //! [`Config::silence`]: super::Config::silence

@@ -1,6 +1,6 @@
 //! Sources: the health of each peer this node fetches from (its parent, its siblings):
 //! the rate it delivers at, when it last delivered, and the backoff after fetches that
-//! failed (PROTOCOL.md §12.3).
+//! failed (PROTOCOL.md §13.3).
 //!
 //! - **Backoff.** A fetch that ends with nothing delivered (no chunk stored and no
 //!   "elsewhere"), because the source answered "missing", sent bad bytes, refused the

@@ -116,7 +116,7 @@ pub enum ControlFrame {
     /// listen (PROTOCOL.md §13.1).
     Siblings { peers: Vec<SiblingAddr> },
     /// Either way, every few seconds: the sender is alive, and its clock (Unix ms)
-    /// says `time` (PROTOCOL.md §12.4).
+    /// says `time` (PROTOCOL.md §12.1).
     Ping { time: u64 },
 }
 
