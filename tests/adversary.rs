@@ -296,6 +296,50 @@ async fn a_child_sending_what_only_a_parent_may_is_cut_off_banned_and_barely_log
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_flooding_frames_it_may_send_is_slowed_to_its_share() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let root = root(base);
+    let child = init_child(&root, base, "child");
+    Daemon::start(&child).process.stop();
+    let (key, chain) = identity(&child);
+    let mut peer = Peer::new(&key, None).await.expect("peer");
+    let mut s = session_as(&mut peer, &root, &chain)
+        .await
+        .expect("a session");
+    let cpu0 = root.process.cpu();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < Duration::from_secs(10) {
+        let ping = ControlFrame::Ping { time: now_ms() };
+        let write = proto::write_frame(&mut s, &ping);
+        match tokio::time::timeout(Duration::from_millis(100), write).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(_)) => break,
+            // Held up by flow control: the root reads no faster than its share.
+            Err(_) => {}
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    let share = (root.process.cpu() - cpu0).as_secs_f64() / took;
+    eprintln!(
+        "figure: 2 a child wrote {sent} pings in {took:.1} s (the root takes 200 a second); root CPU {:.1}% of a core",
+        share * 100.0
+    );
+    assert!(
+        share < 0.25,
+        "the root spent {:.0}% of a core",
+        share * 100.0
+    );
+    // Still a member in good standing: pings are allowed, only slowed.
+    assert!(
+        root.status()["bans"]
+            .as_array()
+            .is_some_and(|b| b.is_empty())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_flooding_refused_requests_writes_little_log() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let base = tmp.path();

@@ -56,6 +56,12 @@ pub const MAX_HANDSHAKES_PER_PEER: usize = 2;
 /// Chunk streams open at once for one child or sibling (its fetch window is 8 by
 /// default).
 pub const MAX_CHUNK_STREAMS_PER_PEER: usize = 32;
+/// Control or sibling frames one session may send a second on average, and at once: a
+/// member flooding frames (pings, say) is slowed to this by its stream's flow control
+/// instead of taking the event loop. A parent's offers to a new child, a burst of
+/// `Have`s and reports fit well within it.
+pub const FRAMES_PER_SEC: u64 = 200;
+pub const FRAME_BURST: u64 = 2_000;
 /// How long a peer has to send its first frame (a hello, a join request), and to take
 /// our answer.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

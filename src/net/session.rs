@@ -326,8 +326,18 @@ pub(super) async fn run_control(
         Ok::<_, proto::ProtoError>(())
     };
     let budget = Arc::new(tokio::sync::Semaphore::new(queue_budget(from)));
+    let origin = tokio::time::Instant::now();
+    let mut pace = crate::bandwidth::Bucket::new(
+        crate::bandwidth::Rate(limits::FRAMES_PER_SEC),
+        limits::FRAME_BURST,
+        0,
+    );
     let reader = async {
         loop {
+            let elapsed = origin.elapsed().as_millis() as u64;
+            if let Some(wait) = pace.take(1, elapsed) {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
             let read = proto::read_frame_sized::<_, ControlFrame>(
                 &mut r,
                 from.frame_limit(),
