@@ -18,7 +18,16 @@
 //!   who and where), check each other's certificates on a sibling stream, and fetch
 //!   from each other what the engine asks for, under the local limits;
 //! - a client run with an install directory has an installer ([`client`]) that the
-//!   event loop consults after every change, and whose jobs run off the loop.
+//!   event loop consults after every change, and whose jobs run off the loop;
+//! - every peer is untrusted until its chain is: `limits` bounds what a connection
+//!   and its streams can make the node hold, `accept` admits each inbound stream by
+//!   the peer's standing (the engine's, with its bans), and [`logcap`] caps the log
+//!   lines a peer can cause.
+//!
+//! Its rooms: `transport` (the swarm), `accept` and `session` (streams and
+//! handshakes), `chunks` and `writer` (the data plane), `events` and `drive` (the event
+//! loop's inputs and the engine's outputs), `membership`, `local`, `rules`, `reports`
+//! and `conduct` (what the admin asks and sees), `join` and `probe`.
 
 mod accept;
 pub mod admin;
