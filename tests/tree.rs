@@ -353,7 +353,7 @@ async fn strangers_other_trees_and_revoked_children_are_refused() {
     .await
     .expect("an answer");
     assert!(
-        matches!(&answer, ControlFrame::Refused { reason } if reason.contains("chain is refused")),
+        matches!(&answer, ControlFrame::Refused { reason, .. } if reason.contains("chain is refused")),
         "{answer:?}"
     );
     // A stranger asking for chunks directly.
@@ -373,7 +373,7 @@ async fn strangers_other_trees_and_revoked_children_are_refused() {
     // A member of another tree, with its valid chain under the other root.
     let answer = hello_as(&foreign.stop().await, &root).await;
     assert!(
-        matches!(&answer, ControlFrame::Refused { reason } if reason.contains("another tree")),
+        matches!(&answer, ControlFrame::Refused { reason, .. } if reason.contains("another tree")),
         "{answer:?}"
     );
 
@@ -385,7 +385,7 @@ async fn strangers_other_trees_and_revoked_children_are_refused() {
     .await;
     let answer = hello_as(&member.stop().await, &root).await;
     assert!(
-        matches!(&answer, ControlFrame::Refused { reason } if reason.contains("revoked")),
+        matches!(&answer, ControlFrame::Refused { reason, .. } if reason.contains("revoked")),
         "{answer:?}"
     );
     let s = root.status().await;
@@ -1429,7 +1429,7 @@ async fn bad_sites_and_addresses_and_strangers_at_a_site_are_refused() {
     let other_dir = other.stop().await;
     let refused = |answer: &ControlFrame, why: &str| {
         assert!(
-            matches!(answer, ControlFrame::Refused { reason } if reason.contains(why)),
+            matches!(answer, ControlFrame::Refused { reason, .. } if reason.contains(why)),
             "{answer:?}"
         )
     };

@@ -197,6 +197,7 @@ fn tree_expected() -> Value {
         "join_accepted_cbor": cbor(&JoinReply::Accepted { chain: chain.clone(), root: root.public(), time: 1_767_225_600_000 }),
         "welcome_cbor": cbor(&ControlFrame::Welcome { chain: chain.clone(), time: 1_767_225_600_000 }),
         "ping_cbor": cbor(&ControlFrame::Ping { time: 1_767_225_600_000 }),
+        "refused_cbor": cbor(&ControlFrame::Refused { time: 1_767_225_600_000, reason: "its membership was revoked".into() }),
         "join_refused_cbor": cbor(&JoinReply::Refused { reason: "the join token was already used".into() }),
         "hello_cbor": cbor(&ControlFrame::Hello { site: None, addrs: vec![], chain: chain.clone() }),
         "have_cbor": cbor(&ControlFrame::Have { update: Hash::of(b"update"), ranges: vec![(0, 16), (32, 40)] }),

@@ -121,7 +121,7 @@ pub fn receive_control(frame: &ControlFrame) {
         ControlFrame::Welcome { chain, .. } => {
             let _ = verify_chain(chain, &root, NOW);
         }
-        ControlFrame::Refused { reason } => {
+        ControlFrame::Refused { reason, .. } => {
             let _ = arbor::report::sanitize_reason(reason);
         }
         ControlFrame::Offer { manifest } => {

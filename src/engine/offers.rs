@@ -73,7 +73,12 @@ impl Engine {
         let signed = match SignedManifest::open_shared(&bytes, &self.root_key, now / 1000) {
             Ok(m) => m,
             Err(e) => {
-                let why = format!("offered a manifest that is refused: {e}");
+                let why = match (&e, self.clock_note()) {
+                    (crate::trust::TrustError::Expired { .. }, Some(note)) => {
+                        format!("offered a manifest that is refused: {e} ({note})")
+                    }
+                    _ => format!("offered a manifest that is refused: {e}"),
+                };
                 self.handle_offence(peer, Offence::BadData, &why, now);
                 return;
             }

@@ -93,8 +93,10 @@ pub enum ControlFrame {
     /// on a sibling stream the answering sibling's own chain. `time` is the sender's
     /// clock (Unix ms), so that the other side knows how far its own is off.
     Welcome { time: u64, chain: Vec<Envelope> },
-    /// The connection is refused, and why. The sender closes the stream.
-    Refused { reason: String },
+    /// The connection is refused, and why; `time` is the sender's clock (Unix ms), so
+    /// that a node refused for an expired certificate learns whether its clock is to
+    /// blame. The sender closes the stream.
+    Refused { time: u64, reason: String },
     /// A signed manifest the parent makes available (canonical envelope bytes).
     Offer {
         #[serde(with = "serde_bytes")]

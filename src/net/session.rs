@@ -118,7 +118,11 @@ pub(super) async fn accept_hello(
         }
         Err(reason) => {
             let _ = timeout(HELLO_TIMEOUT, async {
-                proto::write_frame(&mut stream, &ControlFrame::Refused { reason }).await?;
+                let refused = ControlFrame::Refused {
+                    time: now_ms(),
+                    reason,
+                };
+                proto::write_frame(&mut stream, &refused).await?;
                 stream.close().await?;
                 Ok::<_, proto::ProtoError>(())
             })
@@ -159,9 +163,10 @@ pub(super) async fn open_control(
                 }
                 Ok((s, chain, time))
             }
-            Ok(Some(ControlFrame::Refused { reason })) => {
-                Err(format!("the parent refused this node: {reason}"))
-            }
+            Ok(Some(ControlFrame::Refused { reason, time })) => Err(with_clock_note(
+                format!("the parent refused this node: {reason}"),
+                time,
+            )),
             Ok(_) => Err("the parent broke the protocol".to_string()),
             Err(e) => Err(e.to_string()),
         }
@@ -252,7 +257,7 @@ pub(super) async fn open_sibling(
                     check_sibling(&peer, &chain, &check).map_err(|e| (false, e))?;
                     Ok(s)
                 }
-                Ok(Some(ControlFrame::Refused { reason })) => {
+                Ok(Some(ControlFrame::Refused { reason, .. })) => {
                     Err((false, format!("the sibling refused this node: {reason}")))
                 }
                 Ok(_) => Err((false, "the sibling broke the protocol".to_string())),
