@@ -21,7 +21,6 @@
 
 use super::{Engine, Millis, PeerId, backoff_between};
 use crate::content::Hash;
-use std::collections::HashMap;
 
 /// The first wait after a failed fetch.
 pub const RETRY_MIN: Millis = 250;
@@ -50,15 +49,27 @@ pub(super) struct Source {
     retry_at: Millis,
 }
 
-/// Every source's record.
+/// Every source's record: a node has a few (its parent and its siblings), so a list is
+/// quicker to search than a map.
 #[derive(Default)]
 pub(super) struct Sources {
-    map: HashMap<PeerId, Source>,
+    list: Vec<(PeerId, Source)>,
 }
 
 impl Sources {
     fn get(&mut self, peer: PeerId) -> &mut Source {
-        self.map.entry(peer).or_default()
+        let i = match self.list.iter().position(|(p, _)| *p == peer) {
+            Some(i) => i,
+            None => {
+                self.list.push((peer, Source::default()));
+                self.list.len() - 1
+            }
+        };
+        &mut self.list[i].1
+    }
+
+    fn find(&self, peer: &PeerId) -> Option<&Source> {
+        self.list.iter().find(|(p, _)| p == peer).map(|(_, s)| s)
     }
 }
 
@@ -66,7 +77,7 @@ impl Engine {
     /// How many fetches may be in flight to `peer` now: none while it backs off, one
     /// while it is on probation after a failure, else the window.
     pub(super) fn source_allowance(&self, peer: &PeerId, now: Millis) -> usize {
-        match self.sources.map.get(peer) {
+        match self.sources.find(peer) {
             Some(s) if s.retry_at > now => 0,
             Some(s) if s.failures > 0 => 1,
             _ => self.config.window,
@@ -133,7 +144,7 @@ impl Engine {
             return self.config.fetch_timeout;
         }
         let base = self.config.sibling_stall;
-        let rate = self.sources.map.get(peer).map_or(0.0, |s| s.rate);
+        let rate = self.sources.find(peer).map_or(0.0, |s| s.rate);
         if rate <= 0.0 {
             return base;
         }
@@ -165,7 +176,7 @@ impl Engine {
             .busy_sources()
             .into_iter()
             .filter(|p| {
-                let since = self.sources.map.get(p).map_or(now, |s| s.last_progress);
+                let since = self.sources.find(p).map_or(now, |s| s.last_progress);
                 now.saturating_sub(since) >= self.stall_limit(p)
             })
             .collect();
@@ -187,7 +198,7 @@ impl Engine {
 
     /// Sources whose backoff is over are on probation: one fetch at a time.
     pub(super) fn end_backoffs(&mut self, now: Millis) {
-        for s in self.sources.map.values_mut() {
+        for s in self.sources.list.iter_mut().map(|(_, s)| s) {
             if s.retry_at != 0 && s.retry_at <= now {
                 s.retry_at = 0;
             }
@@ -200,15 +211,15 @@ impl Engine {
             .busy_sources()
             .iter()
             .filter_map(|p| {
-                let since = self.sources.map.get(p)?.last_progress;
+                let since = self.sources.find(p)?.last_progress;
                 Some(since + self.stall_limit(p))
             })
             .min();
         let retry = self
             .sources
-            .map
-            .values()
-            .map(|s| s.retry_at)
+            .list
+            .iter()
+            .map(|(_, s)| s.retry_at)
             .filter(|t| *t != 0)
             .min();
         stall.into_iter().chain(retry).min()
