@@ -238,16 +238,23 @@ async fn session_as(
     }
 }
 
+/// A root with a child that joined (its first run completes the join), whose key and
+/// chain the test then speaks with through a [`Peer`].
+async fn a_child_played_by_the_test(
+    base: &Path,
+) -> (Daemon, SecretKey, Vec<arbor::trust::Envelope>, Peer) {
+    let root = root(base);
+    let child = init_child(&root, base, "child");
+    Daemon::start(&child).process.stop();
+    let (key, chain) = identity(&child);
+    let peer = Peer::new(&key, None).await.expect("peer");
+    (root, key, chain, peer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_sending_what_only_a_parent_may_is_cut_off_banned_and_barely_logged() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let base = tmp.path();
-    let root = root(base);
-    let child = init_child(&root, base, "child");
-    // Its first run completes the join; then the test speaks for it.
-    Daemon::start(&child).process.stop();
-    let (key, chain) = identity(&child);
-    let mut peer = Peer::new(&key, None).await.expect("peer");
+    let (root, key, chain, mut peer) = a_child_played_by_the_test(tmp.path()).await;
     let log_before = root.process.log_bytes();
     let started = Instant::now();
     let mut sessions = 0;
@@ -298,12 +305,7 @@ async fn a_child_sending_what_only_a_parent_may_is_cut_off_banned_and_barely_log
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_flooding_frames_it_may_send_is_slowed_to_its_share() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let base = tmp.path();
-    let root = root(base);
-    let child = init_child(&root, base, "child");
-    Daemon::start(&child).process.stop();
-    let (key, chain) = identity(&child);
-    let mut peer = Peer::new(&key, None).await.expect("peer");
+    let (root, _, chain, mut peer) = a_child_played_by_the_test(tmp.path()).await;
     let mut s = session_as(&mut peer, &root, &chain)
         .await
         .expect("a session");
