@@ -421,7 +421,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         None => None,
     };
     let key = SecretKey::read(&dir.join(crate::node::NODE_KEY_FILE)).map_err(NodeError::from)?;
-    let mut swarm = build_swarm(&key)?;
+    let mut swarm = build_swarm(&key, Some(fds.tree_connections()))?;
     let mut listen_addrs = Vec::new();
     for addr in &opts.listen {
         swarm

@@ -6,7 +6,10 @@
 //! The admin API gets one descriptor in [`ADMIN_SHARE`], between
 //! [`MIN_ADMIN_CONNECTIONS`] and [`MAX_ADMIN_CONNECTIONS`] connections: at the common
 //! 1,024 limit that is 128 connections, and 896 descriptors stay with the node. The
-//! admin server enforces the figure (`admin::conns`), whoever connects.
+//! admin server enforces the figure (`admin::conns`), whoever connects. Inbound tree
+//! connections get [`TREE_SHARE`] eighths of the limit (640 at 1,024), which libp2p's
+//! connection limits enforce, so that what is left always serves the store and the
+//! installer.
 
 /// The admin API's share of the open-files limit: one descriptor in eight.
 pub const ADMIN_SHARE: u64 = 8;
@@ -15,6 +18,8 @@ pub const ADMIN_SHARE: u64 = 8;
 pub const MAX_ADMIN_CONNECTIONS: usize = 128;
 /// Fewest admin connections, however low the limit.
 pub const MIN_ADMIN_CONNECTIONS: usize = 4;
+/// Inbound tree connections' share of the open-files limit, in eighths.
+pub const TREE_SHARE: u64 = 5;
 /// Below this limit a node with many children or a large store may run out; the
 /// daemon says so at start.
 const LOW_LIMIT: u64 = 1024;
@@ -29,6 +34,13 @@ pub struct Budget {
     pub open_files: u64,
     /// Most connections the admin API holds open at once.
     pub admin_connections: usize,
+}
+
+impl Budget {
+    /// Most inbound tree connections open at once.
+    pub fn tree_connections(&self) -> u32 {
+        u32::try_from(self.open_files / 8 * TREE_SHARE).unwrap_or(u32::MAX)
+    }
 }
 
 /// Raises the process's open-files soft limit as far as the hard limit allows, and
@@ -122,6 +134,23 @@ mod tests {
         for limit in [64u64, 100, 512, 1000, 1024, 4096, 1 << 20] {
             assert!(admin_connections(limit) as u64 * ADMIN_SHARE <= limit);
         }
+    }
+
+    #[test]
+    fn the_tree_and_the_admin_api_leave_the_store_a_quarter_at_least() {
+        for open_files in [256u64, 1024, 4096, 1 << 20] {
+            let b = Budget {
+                open_files,
+                admin_connections: admin_connections(open_files),
+            };
+            let taken = u64::from(b.tree_connections()) + b.admin_connections as u64;
+            assert!(taken * 4 <= open_files * 3, "{open_files}: {taken}");
+        }
+        let at_1024 = Budget {
+            open_files: 1024,
+            admin_connections: 128,
+        };
+        assert_eq!(at_1024.tree_connections(), 640);
     }
 
     #[test]

@@ -15,7 +15,7 @@ async fn one_stream<T, Fut>(
 where
     Fut: std::future::Future<Output = Result<T, proto::ProtoError>>,
 {
-    let mut swarm = build_swarm(key).map_err(|e| e.to_string())?;
+    let mut swarm = build_swarm(key, None).map_err(|e| e.to_string())?;
     let mut control = swarm.behaviour().streams.new_control();
     let peer = node.peer_id().ok_or("bad node key")?;
     exchange(&mut swarm, addr, peer, async move {
@@ -79,7 +79,7 @@ pub struct Peer {
 impl Peer {
     /// A peer keyed by `key`, listening on `listen` if given.
     pub async fn new(key: &SecretKey, listen: Option<Multiaddr>) -> Result<Peer, String> {
-        let mut swarm = build_swarm(key).map_err(|e| e.to_string())?;
+        let mut swarm = build_swarm(key, None).map_err(|e| e.to_string())?;
         let mut listening = Vec::new();
         if let Some(addr) = listen {
             swarm.listen_on(addr).map_err(|e| e.to_string())?;

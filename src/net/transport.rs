@@ -19,11 +19,13 @@ pub struct Behaviour {
     pub streams: libp2p_stream::Behaviour,
 }
 
-/// Builds this node's swarm, keyed by its node key.
-pub fn build_swarm(key: &SecretKey) -> Result<Swarm<Behaviour>, NetError> {
+/// Builds this node's swarm, keyed by its node key, taking at most `inbound` inbound
+/// connections at once (its share of the open files, `fds`).
+pub fn build_swarm(key: &SecretKey, inbound: Option<u32>) -> Result<Swarm<Behaviour>, NetError> {
     let t = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+        .with_max_established_incoming(inbound)
         .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER));
     Ok(
         libp2p::SwarmBuilder::with_existing_identity(key.to_keypair())
