@@ -7,7 +7,8 @@
 #   3  a parent that announces chunks and answers MISSING, or answers with invalid
 #      headers: requests in the first and the second 10 s, and the leaf's CPU;
 #   4  a flood of refused requests from strangers for a minute: the log it wrote;
-#   6  a frozen parent (SIGSTOP): how soon its child says so;
+#   6  a frozen parent (SIGSTOP): how soon its child says so; a sibling that announces
+#      everything, pings and never answers: what it costs its site over a leaf alone;
 #   9  the admin API under 1,000 slow connections (benches/adversary-admin.sh).
 # Also: a child sending 200,000 parent-only frames (cut off, banned, its log).
 #

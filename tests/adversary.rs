@@ -1,6 +1,6 @@
 //! An adversary against real daemons (`arbor run` processes on loopback): a test peer
-//! built on the library (`net::probe::Peer`) plays a stranger, a malicious child and a
-//! malicious parent, and each test checks, within generous bounds, what the attacked
+//! built on the library (`net::probe::Peer`) plays a stranger, a malicious child, a
+//! malicious sibling and a malicious parent, and each test checks, within generous bounds, what the attacked
 //! node holds (memory), spends (CPU), writes (its log) and still does (serve a
 //! legitimate child). The figures go to stderr as `figure: ...` lines, which
 //! `benches/adversary.sh` prints.
@@ -643,4 +643,227 @@ async fn a_frozen_parent_is_noticed_within_15_s() {
         assert!(Instant::now() < deadline, "the child never reconnected");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A child at `site` (its join completes when it first runs).
+fn init_at_site(parent: &Daemon, base: &Path, name: &str, site: &str) -> String {
+    let token = arbor_ok(&["token", "--data", &parent.dir, "--site", site]);
+    let dir = base.join(name);
+    let dir = dir.to_str().expect("utf-8").to_string();
+    arbor_ok(&["init", "--data", &dir, "--join", token.trim()]);
+    dir
+}
+
+/// The sibling session's opening from a silent sibling: its chain, then every chunk of
+/// `update` announced. After that it says nothing on `s` (the caller keeps it open).
+async fn announce_everything(
+    s: &mut libp2p::Stream,
+    chain: &[arbor::trust::Envelope],
+    update: Hash,
+    chunks: u32,
+) -> bool {
+    let frames = [
+        ControlFrame::Welcome {
+            time: now_ms(),
+            chain: chain.to_vec(),
+        },
+        ControlFrame::Have {
+            update,
+            ranges: vec![(0, chunks)],
+        },
+    ];
+    for f in &frames {
+        if proto::write_frame(s, f).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// A sibling the parent credits with every chunk of an update (it fetched them all),
+/// that announces them all to the leaf at its site, keeps its session alive with pings
+/// and never answers a chunk request: the leaf waits on it a few seconds, then takes
+/// the chunks from its parent directly. The cost is the leaf's time over that of a leaf
+/// with no site, in the same run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sibling_that_never_answers_costs_its_site_a_few_seconds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let root = root(base);
+    let update = publish(&root, base, 8, 21);
+    let id: Hash = update.parse().expect("update id");
+    let chunks = root.status()["updates"][0]["chunks"]
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .expect("the update's chunk count");
+
+    // The baseline: a leaf with no site, from the root alone.
+    let alone = init_child(&root, base, "alone");
+    let started = Instant::now();
+    let alone = Daemon::start(&alone);
+    wait(&alone.dir, &update);
+    let baseline = started.elapsed();
+
+    // The silent sibling: a real member at site "berlin", played by the test.
+    let sibling = init_at_site(&root, base, "sibling", "berlin");
+    Daemon::start(&sibling).process.stop();
+    let (key, chain) = identity(&sibling);
+    let mut peer = Peer::new(&key, Some("/ip4/127.0.0.1/tcp/0".parse().expect("addr")))
+        .await
+        .expect("the sibling listens");
+    let listen = peer.listen_addrs()[0].to_string();
+    peer.connect(root.key, root.addr.clone())
+        .await
+        .expect("the sibling reaches the root");
+    let mut control = peer.open(root.key, proto::CONTROL).await.expect("control");
+    let hello = ControlFrame::Hello {
+        site: Some("berlin".into()),
+        addrs: vec![listen],
+        chain,
+    };
+    proto::write_frame(&mut control, &hello)
+        .await
+        .expect("hello");
+    let chain = match proto::read_frame(&mut control, proto::MAX_JOIN_FRAME, "welcome").await {
+        Ok(Some(ControlFrame::Welcome { chain, .. })) => chain,
+        other => panic!("the root did not welcome the sibling: {other:?}"),
+    };
+    // It fetches every chunk, so that the root sends the leaf to it for each.
+    let mut fetch = peer.open(root.key, proto::CHUNKS).await.expect("chunks");
+    for first in (0..chunks).step_by(proto::MAX_SPAN as usize) {
+        let req = ChunkRequest {
+            base: None,
+            count: proto::MAX_SPAN.min(chunks - first),
+            first,
+            direct: false,
+            update: id,
+        };
+        proto::write_frame(&mut fetch, &req).await.expect("request");
+        for _ in 0..req.count {
+            let (kind, len) = proto::read_chunk_header(&mut fetch).await.expect("header");
+            assert_eq!(
+                kind,
+                proto::CHUNK_DATA,
+                "the root did not serve the sibling"
+            );
+            let mut bytes = vec![0u8; len as usize];
+            futures::io::AsyncReadExt::read_exact(&mut fetch, &mut bytes)
+                .await
+                .expect("chunk");
+        }
+    }
+    // Alive towards the root; the root's frames (the leaf's address among them) read.
+    let (mut from_root, mut to_root) = futures::io::AsyncReadExt::split(control);
+    let pinger = tokio::spawn(async move {
+        loop {
+            let ping = ControlFrame::Ping { time: now_ms() };
+            if proto::write_frame(&mut to_root, &ping).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    let (listed_tx, mut listed) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(frame)) =
+            proto::read_frame::<_, ControlFrame>(&mut from_root, proto::MAX_CONTROL_FRAME, "frame")
+                .await
+        {
+            if let ControlFrame::Siblings { peers } = frame {
+                for p in peers {
+                    let _ = listed_tx.send(p);
+                }
+            }
+        }
+    });
+    // One side of two siblings dials (the smaller key): the leaf, or this one.
+    let mut incoming = peer.accept(proto::SIBLINGS).expect("siblings");
+    let mut chunk_asks = peer.accept(proto::CHUNKS).expect("chunks");
+    let me = key.public();
+    let (c, u) = (chain.clone(), id);
+    let silent = tokio::spawn(async move {
+        let (mut sessions, mut held) = (Vec::new(), Vec::new());
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    for s in &mut sessions {
+                        let _ = proto::write_frame(s, &ControlFrame::Ping { time: now_ms() }).await;
+                    }
+                }
+                Some((_, mut s)) = incoming.next() => {
+                    let hello = proto::read_frame::<_, ControlFrame>(&mut s, proto::MAX_HELLO_FRAME, "hello").await;
+                    if matches!(hello, Ok(Some(ControlFrame::Hello { .. })))
+                        && announce_everything(&mut s, &c, u, chunks).await
+                    {
+                        sessions.push(s);
+                    }
+                }
+                Some(p) = listed.recv() => {
+                    if p.node == me || me > p.node {
+                        continue;
+                    }
+                    let Some(addr) = p.addrs.first().and_then(|a| a.parse::<Multiaddr>().ok()) else {
+                        continue;
+                    };
+                    if peer.connect(p.node, addr).await.is_err() {
+                        continue;
+                    }
+                    let Ok(mut s) = peer.open(p.node, proto::SIBLINGS).await else { continue };
+                    let hello = ControlFrame::Hello { site: None, addrs: vec![], chain: c.clone() };
+                    if proto::write_frame(&mut s, &hello).await.is_err() {
+                        continue;
+                    }
+                    let welcome = proto::read_frame::<_, ControlFrame>(&mut s, proto::MAX_JOIN_FRAME, "welcome").await;
+                    if matches!(welcome, Ok(Some(ControlFrame::Welcome { .. }))) {
+                        // Its own welcome is not sent on a stream it opened: the Have only.
+                        let have = ControlFrame::Have { update: u, ranges: vec![(0, chunks)] };
+                        if proto::write_frame(&mut s, &have).await.is_ok() {
+                            sessions.push(s);
+                        }
+                    }
+                }
+                // Chunk requests are taken and never answered.
+                Some((_, s)) = chunk_asks.next() => held.push(s),
+                else => return,
+            }
+        }
+    });
+
+    let leaf = init_at_site(&root, base, "leaf", "berlin");
+    let started = Instant::now();
+    let leaf = Daemon::start(&leaf);
+    wait(&leaf.dir, &update);
+    let took = started.elapsed();
+    let cost = took.saturating_sub(baseline);
+    let s = leaf.status();
+    let redirects = root.status()["redirects"].as_u64().unwrap_or(0);
+    eprintln!(
+        "figure: 6 a sibling that never answers cost its site {:.1} s (the leaf at its site took {:.1} s, a leaf with no site {:.1} s; {redirects} chunks redirected to it)",
+        cost.as_secs_f64(),
+        took.as_secs_f64(),
+        baseline.as_secs_f64(),
+    );
+    for task in [pinger, reader, silent] {
+        task.abort();
+    }
+    assert!(
+        redirects > 0,
+        "the root never sent the leaf to the sibling; the test proves nothing"
+    );
+    let from_siblings: u64 = s["siblings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| s["bytes_received"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0);
+    assert_eq!(from_siblings, 0, "the silent sibling sent bytes: {s}");
+    // Generous: a sibling that never answered cost its site 60 s before; the liveness
+    // pings it sends would keep it a sibling without the stall timeout (3 s).
+    assert!(
+        cost < Duration::from_secs(10),
+        "the silent sibling cost the leaf {cost:?}"
+    );
 }
