@@ -684,6 +684,15 @@ impl Engine {
         self.avail.is_available(update) && (own_use || self.children_avail.is_available(update))
     }
 
+    /// The updates this node fetches, in the order they are fetched.
+    fn wanted(&self) -> Vec<Hash> {
+        self.order
+            .iter()
+            .filter(|id| self.is_wanted(id))
+            .copied()
+            .collect()
+    }
+
     /// This node's key.
     fn me(&self) -> PublicKey {
         self.key.public()

@@ -146,12 +146,7 @@ impl Engine {
         }
         let mut in_flight = self.fetches.values().filter(|f| f.from == parent).count();
         let allowance = self.source_allowance(&parent, now);
-        let wanted: Vec<Hash> = self
-            .order
-            .iter()
-            .filter(|id| self.is_wanted(id))
-            .copied()
-            .collect();
+        let wanted = self.wanted();
         'outer: while in_flight < allowance {
             for id in &wanted {
                 let Some((first, count, direct)) = self.next_parent_span(id) else {

@@ -604,12 +604,7 @@ impl Engine {
                 in_flight[s] += 1;
             }
         }
-        let wanted: Vec<Hash> = self
-            .order
-            .iter()
-            .filter(|id| self.is_wanted(id))
-            .copied()
-            .collect();
+        let wanted = self.wanted();
         // Spans to ask for, started once the update's bitmaps are no longer borrowed.
         let mut pending = Vec::new();
         for id in wanted {
