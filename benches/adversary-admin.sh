@@ -22,18 +22,9 @@ if [ -z "${ARBOR:-}" ]; then
     cargo build --release --quiet
     ARBOR=$PWD/target/release/arbor
 fi
-WORK=$(mktemp -d /var/tmp/arbor-bench-admin.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
 source benches/common.sh
+work_dir arbor-bench-admin
+
 # The attacker's own connections.
 ulimit -n "$(ulimit -Hn)"
 

@@ -19,18 +19,9 @@ RUNS=${ARBOR_BENCH_RUNS:-3}
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 ARBOR=$PWD/target/release/arbor
-WORK=$(mktemp -d /var/tmp/arbor-bench-client.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
 source benches/common.sh
+work_dir arbor-bench-client
+
 BYTES=$((MIB << 20))
 
 mkdir -p "$WORK/v1/bin" "$WORK/v2/bin"

@@ -1,5 +1,5 @@
-# Shared by the benchmark scripts (sourced): arithmetic, medians, timestamps, and
-# starting and stopping daemons. Expects ARBOR (the binary) and the array PIDS.
+# Shared by the benchmark scripts (sourced): arithmetic, medians, timestamps, a work
+# directory, and starting and stopping daemons. Expects ARBOR (the binary).
 
 calc() { awk "BEGIN { print $1 }"; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -31,4 +31,14 @@ stop_all() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     PIDS=()
+}
+
+# Makes WORK, a new directory under /var/tmp named after $1, and sees that however the
+# script ends (done, failed, interrupted), its daemons are stopped and WORK removed.
+PIDS=()
+work_dir() {
+    WORK=$(mktemp -d "/var/tmp/$1.XXXXXX")
+    trap 'stop_all; rm -rf "$WORK"' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
 }

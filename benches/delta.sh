@@ -14,16 +14,8 @@ SPREADS=${ARBOR_BENCH_SPREADS:-16 64 256 1024 4096}
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 ARBOR=$PWD/target/release/arbor
-WORK=$(mktemp -d /var/tmp/arbor-delta.XXXXXX)
-PIDS=()
 source benches/common.sh
-cleanup() {
-    stop_all
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+work_dir arbor-delta
 
 BYTES=$((MIB << 20))
 head -c "$BYTES" /dev/urandom >"$WORK/v1.bin"

@@ -17,17 +17,9 @@ RUNS=${ARBOR_BENCH_RUNS:-3}
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 ARBOR=$PWD/target/release/arbor
-WORK=$(mktemp -d /var/tmp/arbor-bench.XXXXXX)
+source benches/common.sh
+work_dir arbor-bench
 chmod 755 "$WORK" # nginx's workers run as an unprivileged user
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 if ! command -v nginx >/dev/null; then
     echo "installing nginx from Debian's packages..." >&2
@@ -38,7 +30,6 @@ mkdir -p "$WORK/input"
 head -c $((MIB << 20)) /dev/urandom >"$WORK/input/payload.bin"
 BYTES=$((MIB << 20))
 
-source benches/common.sh
 
 # Starts `arbor run` for node dir $1 on loopback in the background.
 start_node() { start_arbor "$1" /ip4/127.0.0.1/tcp/0; }
