@@ -159,26 +159,22 @@ impl Engine {
         needed.clamp(MIN_STALL, longest)
     }
 
-    /// The sources with fetches in flight.
-    fn busy_sources(&self) -> Vec<PeerId> {
-        let mut busy: Vec<PeerId> = Vec::new();
-        for f in self.fetches.values() {
-            if !busy.contains(&f.from) {
-                busy.push(f.from);
-            }
-        }
-        busy
+    /// The sources with fetches in flight, and since when each has delivered nothing
+    /// (a fetch to a source always starts its record, [`Engine::source_asked`]).
+    fn busy_sources(&self) -> impl Iterator<Item = (&PeerId, Millis)> {
+        self.sources
+            .list
+            .iter()
+            .filter(|(p, _)| self.fetches.values().any(|f| f.from == *p))
+            .map(|(p, s)| (p, s.last_progress))
     }
 
     /// Gives up the fetches of every source that stalled by `now`; returns how many.
     pub(super) fn check_source_stalls(&mut self, now: Millis) -> usize {
         let stalled: Vec<PeerId> = self
             .busy_sources()
-            .into_iter()
-            .filter(|p| {
-                let since = self.sources.find(p).map_or(now, |s| s.last_progress);
-                now.saturating_sub(since) >= self.stall_limit(p)
-            })
+            .filter(|(p, since)| now.saturating_sub(*since) >= self.stall_limit(p))
+            .map(|(p, _)| *p)
             .collect();
         let mut given_up = 0;
         for peer in stalled {
@@ -209,11 +205,7 @@ impl Engine {
     pub(super) fn next_source_check(&self) -> Option<Millis> {
         let stall = self
             .busy_sources()
-            .iter()
-            .filter_map(|p| {
-                let since = self.sources.find(p)?.last_progress;
-                Some(since + self.stall_limit(p))
-            })
+            .map(|(p, since)| since + self.stall_limit(p))
             .min();
         let retry = self
             .sources
