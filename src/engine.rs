@@ -347,6 +347,12 @@ struct Update {
     busy: Bitmap,
     /// What the parent has announced it holds.
     parent_has: Bitmap,
+    /// Announced by the parent since they were last asked of it. The announcement and
+    /// the answer to an earlier ask travel on different streams, so the parent's "not
+    /// held" may arrive after it announced the chunk again (it lost a damaged copy and
+    /// fetched it in milliseconds, say): such an answer is out of date, and the chunk
+    /// is asked again rather than never.
+    parent_renewed: Bitmap,
     /// Stored since the children were last told.
     unannounced: Bitmap,
     /// The driver has not yet said what the store holds: fetch nothing yet.
@@ -379,6 +385,7 @@ impl Update {
             have: Bitmap::new(n),
             busy: Bitmap::new(n),
             parent_has: Bitmap::new(n),
+            parent_renewed: Bitmap::new(n),
             unannounced: Bitmap::new(n),
             awaiting_local,
             resting: Vec::new(),

@@ -236,6 +236,48 @@ fn a_source_that_delivers_again_is_asked_at_full_speed_again() {
     assert!(leaf.e.is_complete(&leaf.m.id), "the update never completed");
 }
 
+/// The parent announces every chunk; the leaf's first requests are answered "not held"
+/// after the parent announced the chunks `again` (as when it quarantined a damaged copy
+/// and fetched it back before the answer left). Every later request is served. Returns
+/// whether the leaf completed within 30 s, and its requests to the parent.
+fn missing_then_served(again: bool) -> (bool, usize) {
+    let mut leaf = Leaf::new(16, Config::default());
+    leaf.have_all(parent());
+    let first = leaf.asked.len();
+    assert!(first > 0, "nothing asked");
+    if again {
+        leaf.have_all(parent());
+    }
+    leaf.run(
+        T0 + 30_000,
+        |a| {
+            Some(if a.at == T0 {
+                ChunkVerdict::Missing
+            } else {
+                ChunkVerdict::Stored { wire: 64 * 1024 }
+            })
+        },
+        |_| {},
+    );
+    (leaf.e.is_complete(&leaf.m.id), leaf.asked.len())
+}
+
+#[test]
+fn a_not_held_answer_older_than_the_parents_announcement_does_not_hide_the_chunk() {
+    let (complete, asked) = missing_then_served(true);
+    assert!(
+        complete,
+        "the chunks announced again were never asked again"
+    );
+    assert!(asked > 1);
+    // Without the announcement the answer stands: the chunks wait for one.
+    let (complete, _) = missing_then_served(false);
+    assert!(
+        !complete,
+        "chunks the parent said it lacks were asked again unannounced"
+    );
+}
+
 #[test]
 fn a_silent_sibling_costs_its_site_under_5_s_then_the_parent_serves() {
     let mut leaf = Leaf::new(32, Config::default());

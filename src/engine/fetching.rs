@@ -186,6 +186,13 @@ impl Engine {
                 .sum()
         });
         self.source_asked(from, now);
+        if self.is_parent(&from)
+            && let Some(u) = self.updates.get_mut(&update)
+        {
+            for i in first..first + count {
+                u.parent_renewed.clear(i);
+            }
+        }
         self.fetches.insert(
             id,
             Fetch {

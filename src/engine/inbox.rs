@@ -70,6 +70,7 @@ impl Engine {
                 for (start, end) in ranges {
                     for i in start..end.min(u.parent_has.len()) {
                         u.parent_has.set(i);
+                        u.parent_renewed.set(i);
                     }
                 }
                 self.schedule(now);

@@ -94,6 +94,7 @@ impl Engine {
             for u in self.updates.values_mut() {
                 // The parent tells again what it has when it is back.
                 u.parent_has = Bitmap::new(u.parent_has.len());
+                u.parent_renewed = Bitmap::new(u.parent_has.len());
             }
         }
     }

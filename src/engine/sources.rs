@@ -109,7 +109,9 @@ impl Engine {
     }
 
     /// `peer` said it does not hold these chunks of `update`: they are not asked of it
-    /// again until it announces them again (a sibling's go to the parent).
+    /// again until it announces them again (a sibling's go to the parent). A parent's
+    /// answer older than its latest announcement of a chunk is out of date: that chunk
+    /// stays asked for.
     pub(super) fn source_lacks(&mut self, peer: PeerId, update: &Hash, chunks: &[u32]) {
         if chunks.is_empty() {
             return;
@@ -117,7 +119,9 @@ impl Engine {
         if self.is_parent(&peer) {
             if let Some(u) = self.updates.get_mut(update) {
                 for &i in chunks {
-                    u.parent_has.clear(i);
+                    if !u.parent_renewed.get(i) {
+                        u.parent_has.clear(i);
+                    }
                 }
             }
         } else if self.sibling_slot(&peer).is_some() {
