@@ -13,7 +13,7 @@
 //! than that link's latency: the lanes can run that far ahead of each other
 //! ([`Fleet::lookahead`]) without missing anything.
 
-use super::network::{Ms, Network};
+use super::network::Network;
 use super::scenario::{RuleBatch, Scenario};
 use crate::content::manifest::{ChunkRef, FileEntry, Manifest};
 use crate::content::{DigestState, Hash};
@@ -73,7 +73,7 @@ pub struct Fleet<'s> {
     pub config: Config,
     /// How many lanes run the fleet, and how far ahead of each other they may run.
     pub lanes: usize,
-    pub lookahead: Ms,
+    pub lookahead: Millis,
     /// Rule-set bytes (hashed) to the batch that made them. The issuer's lane writes an
     /// entry before any other lane can hear of the rule set.
     pub rule_origin: Mutex<HashMap<Hash, u32>>,
@@ -217,7 +217,7 @@ impl<'s> Fleet<'s> {
             batches: sc.rule_batches(),
             config,
             lanes: 1,
-            lookahead: Ms::MAX,
+            lookahead: Millis::MAX,
             rule_origin: Mutex::new(HashMap::new()),
         };
         fleet.share_out();
@@ -240,9 +240,9 @@ impl<'s> Fleet<'s> {
         let lane_of_region = |r: u32| (r as usize * lanes / regions as usize) as u8;
         let lookahead = (1..=regions)
             .filter(|r| lane_of_region(r - 1) != 0)
-            .map(|r| Ms::from(self.links[r as usize].latency))
+            .map(|r| Millis::from(self.links[r as usize].latency))
             .min()
-            .unwrap_or(Ms::MAX);
+            .unwrap_or(Millis::MAX);
         if lookahead == 0 {
             return;
         }
@@ -341,7 +341,7 @@ impl<'s> Fleet<'s> {
     }
 
     /// One-way latency between two connected nodes.
-    pub fn latency(&self, a: u32, b: u32) -> Ms {
+    pub fn latency(&self, a: u32, b: u32) -> Millis {
         let (la, lb) = (&self.links[a as usize], &self.links[b as usize]);
         if self.same_site(a, b) {
             return u64::from(la.latency + lb.latency);

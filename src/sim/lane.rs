@@ -20,7 +20,7 @@ mod rules;
 mod transfer;
 
 use super::fleet::{EPOCH, Fleet, draw};
-use super::network::{Ms, Network};
+use super::network::Network;
 use super::queue::Calendar;
 use super::scenario::ChurnKind;
 use super::summary::{Row, Tally};
@@ -35,9 +35,9 @@ use std::sync::Arc;
 
 /// How long a dial to a node that is not running takes to fail, beyond the time its
 /// handshake would have taken.
-const DIAL_FAILS_AFTER: Ms = 1_000;
+const DIAL_FAILS_AFTER: Millis = 1_000;
 /// How long peers take to notice a crashed node (a graceful leave is seen at once).
-const CRASH_NOTICED_AFTER: Ms = 10_000;
+const CRASH_NOTICED_AFTER: Millis = 10_000;
 /// Rules are signed to outlive any run.
 const RULES_LIFETIME: u64 = 10 * 365 * 24 * 3600;
 /// Epochs carry the lane that made them in their low bits, so that lanes never make
@@ -798,14 +798,14 @@ impl<'f> Lane<'f> {
 
     /// `a` closes its connection with `b`; `b` hears of it after the latency (and
     /// `extra`), `a` is not told (it is gone, or tells its engine itself).
-    fn close(&mut self, a: u32, b: u32, extra: Ms) {
+    fn close(&mut self, a: u32, b: u32, extra: Millis) {
         let epoch = self.conn(a, b);
         self.set_conn(a, b, 0);
         self.disconnected_at(b, a, epoch, extra);
     }
 
     /// Tells `to` that `from` closed connection `epoch`, after the latency and `extra`.
-    fn disconnected_at(&mut self, to: u32, from: u32, epoch: u64, extra: Ms) {
+    fn disconnected_at(&mut self, to: u32, from: u32, epoch: u64, extra: Millis) {
         let at = self.now + self.fleet.latency(from, to) + extra;
         self.at(at, Ev::Disconnected { to, from, epoch });
     }

@@ -7,9 +7,6 @@
 //! next hop as soon as they start on this one, and finish no sooner than on the slowest
 //! hop. Each queue also keeps its busiest second, for the peak utilisation figures.
 
-/// Milliseconds of virtual time.
-pub type Ms = u64;
-
 /// Width of the window peak utilisation is measured over.
 const UTIL_WINDOW: f64 = 1000.0;
 

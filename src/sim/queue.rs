@@ -12,7 +12,7 @@
 //! ring bucket's, and taking the map's first, then the bucket's, keeps scheduling
 //! order.
 
-use super::network::Ms;
+use crate::engine::Millis;
 use std::collections::{BTreeMap, VecDeque};
 
 /// Width of the ring, in milliseconds: most events are this close (latencies,
@@ -25,12 +25,12 @@ pub struct Calendar<T> {
     current: VecDeque<T>,
     /// The next millisecond to load into `current`. The ring holds
     /// `[cursor, cursor + HORIZON)`, bucket `t % HORIZON` for millisecond `t`.
-    cursor: Ms,
+    cursor: Millis,
     ring: Vec<Vec<T>>,
     /// Events in the ring.
     in_ring: usize,
     /// Events at or beyond `cursor + HORIZON` when they were scheduled.
-    later: BTreeMap<Ms, Vec<T>>,
+    later: BTreeMap<Millis, Vec<T>>,
 }
 
 impl<T> Default for Calendar<T> {
@@ -48,11 +48,11 @@ impl<T> Default for Calendar<T> {
 impl<T> Calendar<T> {
     /// Schedules `event` at `at`. A time already past counts as the millisecond being
     /// taken: it runs after what that millisecond already holds.
-    pub fn push(&mut self, at: Ms, event: T) {
+    pub fn push(&mut self, at: Millis, event: T) {
         if at < self.cursor {
             self.current.push_back(event);
-        } else if at - self.cursor < HORIZON as Ms {
-            self.ring[(at % HORIZON as Ms) as usize].push(event);
+        } else if at - self.cursor < HORIZON as Millis {
+            self.ring[(at % HORIZON as Millis) as usize].push(event);
             self.in_ring += 1;
         } else {
             self.later.entry(at).or_default().push(event);
@@ -61,7 +61,7 @@ impl<T> Calendar<T> {
 
     /// The earliest event and its time if it is before `end`. Time is not moved on
     /// past `end`, so that events still to come for `end` or later may be pushed.
-    pub fn pop_before(&mut self, end: Ms) -> Option<(Ms, T)> {
+    pub fn pop_before(&mut self, end: Millis) -> Option<(Millis, T)> {
         loop {
             if let Some(event) = self.current.pop_front() {
                 return Some((self.cursor - 1, event));
@@ -82,7 +82,7 @@ impl<T> Calendar<T> {
             if let Some(events) = self.later.remove(&t) {
                 self.current = VecDeque::from(events);
             }
-            let bucket = std::mem::take(&mut self.ring[(t % HORIZON as Ms) as usize]);
+            let bucket = std::mem::take(&mut self.ring[(t % HORIZON as Millis) as usize]);
             self.in_ring -= bucket.len();
             if self.current.is_empty() {
                 self.current = VecDeque::from(bucket);
@@ -93,7 +93,7 @@ impl<T> Calendar<T> {
     }
 
     /// The time of the earliest pending event.
-    pub fn next_at(&self) -> Option<Ms> {
+    pub fn next_at(&self) -> Option<Millis> {
         if !self.current.is_empty() {
             return Some(self.cursor - 1);
         }
@@ -101,8 +101,8 @@ impl<T> Calendar<T> {
         if self.in_ring == 0 {
             return later;
         }
-        let ring = (self.cursor..self.cursor + HORIZON as Ms)
-            .find(|t| !self.ring[(t % HORIZON as Ms) as usize].is_empty());
+        let ring = (self.cursor..self.cursor + HORIZON as Millis)
+            .find(|t| !self.ring[(t % HORIZON as Millis) as usize].is_empty());
         match (ring, later) {
             (Some(r), Some(l)) => Some(r.min(l)),
             (r, l) => r.or(l),
@@ -118,23 +118,23 @@ mod tests {
     #[test]
     fn ties_come_out_in_the_order_scheduled_across_ring_and_map() {
         let mut c = Calendar::default();
-        let far = HORIZON as Ms + 5;
+        let far = HORIZON as Millis + 5;
         c.push(far, "scheduled first, beyond the ring");
         c.push(3, "near");
         // Time moves on so that `far` is within the ring now.
-        assert_eq!(c.pop_before(Ms::MAX), Some((3, "near")));
+        assert_eq!(c.pop_before(Millis::MAX), Some((3, "near")));
         c.push(far, "scheduled second, within the ring");
         c.push(4, "before it");
-        assert_eq!(c.pop_before(Ms::MAX), Some((4, "before it")));
+        assert_eq!(c.pop_before(Millis::MAX), Some((4, "before it")));
         assert_eq!(
-            c.pop_before(Ms::MAX),
+            c.pop_before(Millis::MAX),
             Some((far, "scheduled first, beyond the ring"))
         );
         assert_eq!(
-            c.pop_before(Ms::MAX),
+            c.pop_before(Millis::MAX),
             Some((far, "scheduled second, within the ring"))
         );
-        assert_eq!(c.pop_before(Ms::MAX), None);
+        assert_eq!(c.pop_before(Millis::MAX), None);
         assert_eq!(c.next_at(), None);
     }
 
@@ -143,13 +143,13 @@ mod tests {
         let mut c = Calendar::default();
         c.push(10, 1);
         c.push(10, 2);
-        assert_eq!(c.pop_before(Ms::MAX), Some((10, 1)));
+        assert_eq!(c.pop_before(Millis::MAX), Some((10, 1)));
         c.push(2, 3);
         c.push(10, 4);
-        assert_eq!(c.pop_before(Ms::MAX), Some((10, 2)));
-        assert_eq!(c.pop_before(Ms::MAX), Some((10, 3)));
-        assert_eq!(c.pop_before(Ms::MAX), Some((10, 4)));
-        assert_eq!(c.pop_before(Ms::MAX), None);
+        assert_eq!(c.pop_before(Millis::MAX), Some((10, 2)));
+        assert_eq!(c.pop_before(Millis::MAX), Some((10, 3)));
+        assert_eq!(c.pop_before(Millis::MAX), Some((10, 4)));
+        assert_eq!(c.pop_before(Millis::MAX), None);
     }
 
     #[test]
@@ -167,12 +167,15 @@ mod tests {
         assert_eq!(c.next_at(), Some(20));
         assert_eq!(c.pop_before(30), Some((20, "c")));
         assert_eq!(c.pop_before(30), None);
-        c.push(HORIZON as Ms * 3, "far");
+        c.push(HORIZON as Millis * 3, "far");
         assert_eq!(c.next_at(), Some(30));
-        assert_eq!(c.pop_before(Ms::MAX), Some((30, "b")));
-        assert_eq!(c.next_at(), Some(HORIZON as Ms * 3));
-        assert_eq!(c.pop_before(HORIZON as Ms * 3), None);
-        assert_eq!(c.pop_before(Ms::MAX), Some((HORIZON as Ms * 3, "far")));
+        assert_eq!(c.pop_before(Millis::MAX), Some((30, "b")));
+        assert_eq!(c.next_at(), Some(HORIZON as Millis * 3));
+        assert_eq!(c.pop_before(HORIZON as Millis * 3), None);
+        assert_eq!(
+            c.pop_before(Millis::MAX),
+            Some((HORIZON as Millis * 3, "far"))
+        );
         assert_eq!(c.next_at(), None);
     }
 
@@ -191,14 +194,14 @@ mod tests {
                 pushed.push((now + delay, i as u32));
                 c.push(now + delay, i as u32);
                 for _ in 0..*pops {
-                    if let Some((at, v)) = c.pop_before(Ms::MAX) {
+                    if let Some((at, v)) = c.pop_before(Millis::MAX) {
                         prop_assert!(at >= now);
                         now = at;
                         popped.push((at, v));
                     }
                 }
             }
-            while let Some(e) = c.pop_before(Ms::MAX) {
+            while let Some(e) = c.pop_before(Millis::MAX) {
                 popped.push(e);
             }
             // Nothing is scheduled before the last pop, so a heap by (time, order of

@@ -2,8 +2,8 @@
 //! [`Summary`] made of them at the end, and its three renderings: the text on stdout,
 //! `summary.json`, and in `--out` a `timeline.csv` and a `rollout.svg` chart.
 
-use super::network::Ms;
 use super::scenario::Scenario;
+use crate::engine::Millis;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -59,7 +59,7 @@ impl Counters {
 /// One row of the timeline: the counts so far at one time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
-    at: Ms,
+    at: Millis,
     /// Installs so far, per summary group (all leaves first).
     installed: Vec<u64>,
     failed: u64,
@@ -71,7 +71,7 @@ pub struct Row {
 
 impl Row {
     /// Nothing counted yet, at `at`.
-    pub fn empty(at: Ms) -> Row {
+    pub fn empty(at: Millis) -> Row {
         Row {
             at,
             installed: Vec::new(),
@@ -110,10 +110,10 @@ fn add_each(a: &mut Vec<u64>, b: &[u64]) {
 /// One rule batch's spread through the tree.
 #[derive(Clone, Debug, Default)]
 struct RuleSpread {
-    issued_at: Option<Ms>,
+    issued_at: Option<Millis>,
     issuers: u64,
     /// When each receiving node stored it.
-    arrived: Vec<Ms>,
+    arrived: Vec<Millis>,
 }
 
 /// Counts kept while the simulation runs.
@@ -129,14 +129,14 @@ pub struct Tally {
     pub root_egress: u64,
     pub site_wan: u64,
     /// Install times per update per group.
-    installs: Vec<Vec<Vec<Ms>>>,
+    installs: Vec<Vec<Vec<Millis>>>,
     installed_now: Vec<u64>,
     rules: Vec<RuleSpread>,
     rows: Vec<Row>,
     peaks: Vec<(String, f64)>,
     pub never_online: u64,
-    pub ended: Ms,
-    pub last_change: Ms,
+    pub ended: Millis,
+    pub last_change: Millis,
 }
 
 impl Tally {
@@ -179,7 +179,7 @@ impl Tally {
     }
 
     /// A leaf installed update `u`; `groups` marks the summary groups it is in.
-    pub fn installed(&mut self, u: usize, groups: &[bool], at: Ms) {
+    pub fn installed(&mut self, u: usize, groups: &[bool], at: Millis) {
         for (g, member) in groups.iter().enumerate() {
             if *member {
                 self.installs[u][g].push(at);
@@ -188,13 +188,13 @@ impl Tally {
         }
     }
 
-    pub fn rules_issued(&mut self, batch: usize, at: Ms) {
+    pub fn rules_issued(&mut self, batch: usize, at: Millis) {
         let r = &mut self.rules[batch];
         r.issued_at.get_or_insert(at);
         r.issuers += 1;
     }
 
-    pub fn rules_arrived(&mut self, batch: usize, at: Ms) {
+    pub fn rules_arrived(&mut self, batch: usize, at: Millis) {
         self.rules[batch].arrived.push(at);
     }
 
@@ -207,7 +207,7 @@ impl Tally {
     }
 
     /// The counts so far, as a timeline row at `at`.
-    pub fn row(&self, at: Ms) -> Row {
+    pub fn row(&self, at: Millis) -> Row {
         Row {
             at,
             installed: self.installed_now.clone(),
@@ -225,7 +225,7 @@ impl Tally {
 
     /// Adds a timeline row at `at` (`last`: the end of the run, even if a row was
     /// taken at that time).
-    pub fn record(&mut self, at: Ms, last: bool) {
+    pub fn record(&mut self, at: Millis, last: bool) {
         if last && self.rows.last().is_some_and(|r| r.at == at) {
             self.rows.pop();
         }
@@ -336,17 +336,17 @@ pub struct Summary {
     pub not_installed: u64,
 }
 
-fn secs(ms: Ms) -> f64 {
+fn secs(ms: Millis) -> f64 {
     ms as f64 / 1000.0
 }
 
 /// The time by which `share` of `members` had an entry in `times` (sorted).
-fn time_to(times: &[Ms], members: u64, share: f64) -> Option<f64> {
+fn time_to(times: &[Millis], members: u64, share: f64) -> Option<f64> {
     let need = ((members as f64 * share).ceil() as u64).max(1);
     (times.len() as u64 >= need).then(|| secs(times[need as usize - 1]))
 }
 
-fn quantile(sorted: &[Ms], q: f64) -> Option<f64> {
+fn quantile(sorted: &[Millis], q: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
@@ -420,7 +420,7 @@ impl Summary {
             .zip(&tally.rules)
             .map(|(batch, spread)| {
                 // How long after the batch was set each receiving node stored it.
-                let mut d: Vec<Ms> = spread
+                let mut d: Vec<Millis> = spread
                     .issued_at
                     .map(|set| {
                         spread

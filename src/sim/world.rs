@@ -14,7 +14,6 @@
 
 use super::fleet::Fleet;
 use super::lane::{Ev, Lane, Standing};
-use super::network::Ms;
 use super::scenario::Scenario;
 use super::summary::{Row, Tally};
 use crate::engine::Millis;
@@ -22,7 +21,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The run ends this long after the last thing that changed, once the script is done.
-const QUIET: Ms = 120_000;
+const QUIET: Millis = 120_000;
 /// How often a lane waiting for the others checks before it yields its core, when
 /// every lane has a core of its own.
 const SPINS_BEFORE_YIELD: u32 = 1 << 12;
