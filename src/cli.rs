@@ -85,7 +85,7 @@ enum Command {
         /// What to do with an installed module whose approval is withdrawn: keep it,
         /// or go back to the newest version still approved (removing the module if
         /// none is) [default: keep].
-        #[arg(long, value_enum)]
+        #[arg(long, value_name = "keep|remove")]
         withdrawn: Option<crate::net::Withdrawn>,
         /// Fetch from the parent (the WAN) no faster than RATE, all transfers together:
         /// 40Mbit, 5MiB/s, 500KB/s...

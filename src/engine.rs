@@ -37,6 +37,7 @@ pub mod bitmap;
 mod conduct;
 mod fetching;
 mod inbox;
+pub mod installer;
 mod links;
 mod liveness;
 mod local;
@@ -232,6 +233,9 @@ pub enum Output {
         child: PeerId,
         report: Arc<[u8]>,
     },
+    /// Work for a client's installer: do it, then say what happened with
+    /// [`Engine::handle_install_done`]. One at a time.
+    Installer(installer::InstallJob),
     Event(Event),
 }
 
@@ -294,6 +298,12 @@ pub enum Event {
     Unresponsive {
         peer: PeerId,
         since: Millis,
+    },
+    /// An install failed; it is tried again in `retry_in` ms.
+    InstallFailed {
+        update: Hash,
+        reason: String,
+        retry_in: Millis,
     },
 }
 
@@ -523,6 +533,8 @@ pub struct Engine {
     parent_silent_since: Option<Millis>,
     /// Why the store cannot be written, while it cannot: nothing new is fetched.
     store_fault: Option<String>,
+    /// A client's installer: what it has, and what it chooses to have.
+    installer: Option<Box<installer::Installer>>,
 }
 
 impl Engine {
@@ -597,6 +609,7 @@ impl Engine {
             clock_offset: None,
             parent_silent_since: None,
             store_fault: None,
+            installer: None,
         }
     }
 
@@ -705,9 +718,9 @@ impl Engine {
         self.key.public()
     }
 
-    /// On a client with an installer ([`Config::installer`]): whether the installer
+    /// On a client with an installer ([`Config::installer`]): whether its installer
     /// wants the bytes of `update`. Updates start unneeded there.
-    pub fn set_needed(&mut self, update: &Hash, needed: bool, now: Millis) {
+    fn set_needed(&mut self, update: &Hash, needed: bool, now: Millis) {
         let changed = if needed {
             self.needed.insert(*update)
         } else {
@@ -720,7 +733,7 @@ impl Engine {
 
     /// Forgets which chunks of `update` are held and takes the store's word again: a
     /// client whose repair found chunks missing or damaged fetches them again.
-    pub fn recheck_local(&mut self, update: &Hash, have: &[bool], now: Millis) {
+    fn recheck_local(&mut self, update: &Hash, have: &[bool], now: Millis) {
         if let Some(u) = self.updates.get_mut(update)
             && have.len() == u.have.len() as usize
         {
@@ -736,6 +749,9 @@ impl Engine {
 
     /// The next thing to do, or `None` when idle. Drain it after every input.
     pub fn poll_output(&mut self) -> Option<Output> {
+        if self.out.is_empty() {
+            self.installer_poll();
+        }
         self.out.pop_front()
     }
 

@@ -310,8 +310,11 @@ fn prepare(root: &Path, signed: &SignedManifest) -> Result<Prepared, InstallErro
         safe_rel(&f.path)?;
     }
     fs::create_dir_all(root).map_err(io("create", root))?;
-    let module = Module::locate(root, &m.tenant, &m.category, &m.id, true)?
-        .ok_or_else(|| InstallError::NotInstalled { module: m.module() })?;
+    let module = Module::locate(root, &m.tenant, &m.category, &m.id, true)?.ok_or_else(|| {
+        InstallError::NotInstalled {
+            module: m.module().to_string(),
+        }
+    })?;
     let (current, previous) = module.settle()?;
     if current == Some(signed.id) {
         let done = Installed::AlreadyInstalled { update: signed.id };

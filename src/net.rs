@@ -17,8 +17,8 @@
 //! - children of one parent at one site connect to each other (the parent tells them
 //!   who and where), check each other's certificates on a sibling stream, and fetch
 //!   from each other what the engine asks for, under the local limits;
-//! - a client run with an install directory has an installer ([`client`]) that the
-//!   event loop consults after every change, and whose jobs run off the loop;
+//! - a client run with an install directory carries out the install jobs of the
+//!   engine's installer ([`installer`]), off the loop, one at a time;
 //! - every peer is untrusted until its chain is: `limits` bounds what a connection
 //!   and its streams can make the node hold, `accept` admits each inbound stream by
 //!   the peer's standing (the engine's, with its bans), and [`logcap`] caps the log
@@ -32,12 +32,12 @@
 mod accept;
 pub mod admin;
 mod chunks;
-mod client;
 mod conduct;
 mod delta;
 mod drive;
 mod events;
 pub mod fds;
+mod installer;
 mod join;
 mod limit;
 mod limits;
@@ -55,6 +55,8 @@ mod transport;
 mod writer;
 
 use crate::content::Hash;
+pub use crate::engine::installer::Withdrawn;
+use crate::engine::installer::{InstallJob, InstallTask};
 use crate::engine::{self, ChunkVerdict, Control, Engine, Event, FetchId, Output, Role, Served};
 use crate::node::{Node, NodeError};
 use crate::publish;
@@ -62,9 +64,9 @@ use crate::store::{ChildRecord, ModuleVersion, Store, StoreError, TokenRecord};
 use crate::trust::member::{self, JoinToken, root_fingerprint, verify_chain};
 use crate::trust::{Envelope, PublicKey, SecretKey, SignedManifest};
 use admin::{Answer, Refusal, RefusalKind, Request};
-pub use client::{ClientOptions, Withdrawn};
 use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
+pub use installer::InstallerOptions;
 use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
 use libp2p::{Multiaddr, PeerId as Libp2pPeerId, Stream, Swarm};
 pub use limit::BandwidthOptions;
@@ -106,7 +108,7 @@ pub struct Options {
     pub admin: std::net::SocketAddr,
     pub engine: engine::Config,
     /// Install approved modules here: a client (`arbor run --install-dir`).
-    pub client: Option<ClientOptions>,
+    pub installer: Option<InstallerOptions>,
     pub bandwidth: BandwidthOptions,
     /// This node's site: its parent's other children at the same site are its
     /// siblings, and they share chunks instead of each fetching them over the WAN.
@@ -126,7 +128,7 @@ impl Options {
             listen,
             admin: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
             engine: engine::Config::default(),
-            client: None,
+            installer: None,
             bandwidth: BandwidthOptions::default(),
             site: None,
             corrupt_first_chunks: 0,
@@ -279,7 +281,7 @@ enum Ev {
     },
     /// The installer finished a job.
     Installer {
-        done: client::Done,
+        done: installer::Done,
     },
     /// The writer thread found the store failing (`Some`, why) or writable again.
     StoreFault {
@@ -343,10 +345,8 @@ pub struct Daemon {
     /// Children's newer reports, kept in the store on the next tick (in one commit).
     reports_to_keep: HashMap<PublicKey, Arc<[u8]>>,
     waiters: Vec<(Hash, oneshot::Sender<Answer>)>,
-    /// The installer, on a client.
-    client: Option<client::Client>,
-    /// Something the installer decides on may have changed: consult it.
-    client_dirty: bool,
+    /// The installer's hands, on a client.
+    installer: Option<installer::InstallerHands>,
     /// Fetches from the parent, all streams together, go no faster than this.
     download: Option<Arc<Limiter>>,
     /// Fetches from siblings, all together, go no faster than this.
@@ -410,13 +410,11 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
     let fds = fds::raise_limit();
     let dir = opts.dir.clone();
     // An unusable install directory stops a client before it joins or listens.
-    let client = match &opts.client {
+    let hands = match &opts.installer {
         Some(c) => {
             crate::install::probe(&c.install_dir)?;
-            Some(client::Client::new(
-                c.clone(),
-                client::scan(&c.install_dir)?,
-            ))
+            let installed = installer::scan(&c.install_dir)?;
+            Some(installer::InstallerHands::new(c.clone(), installed))
         }
         None => None,
     };
@@ -485,7 +483,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         )
     };
     let mut config = engine::Config {
-        installer: opts.engine.installer || client.is_some(),
+        installer: opts.engine.installer || hands.is_some(),
         ..opts.engine.clone()
     };
     if let Some(rate) = opts.bandwidth.max_download {
@@ -522,6 +520,9 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
                 tracing::error!(update = %id, "stored manifest refused: {e}; run arbor verify")
             }
         }
+    }
+    if let Some(h) = &hands {
+        engine.start_installer(h.opts.withdrawn, installer::states(&h.installed), now);
     }
     let parent_addr = match parent {
         Some((_, addr)) => Some(addr.parse::<Multiaddr>().map_err(|e| NetError::Join {
@@ -591,8 +592,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         reports_to_keep: HashMap::new(),
         kept_report_seq: 0,
         waiters: Vec::new(),
-        client,
-        client_dirty: true,
+        installer: hands,
         download: opts.bandwidth.max_download.map(Limiter::new),
         local_download: opts.bandwidth.max_local_download.map(Limiter::new),
         admin_url,
@@ -695,8 +695,6 @@ impl Daemon {
         self.renew_rules();
         self.keep_reports();
         self.keep_report_seq();
-        // Retries of failed installs come due with time.
-        self.client_dirty = true;
         let open = self.opts.bandwidth.wan_open(limit::local_minute());
         if self.engine.set_parent_paused(!open, now_ms()) {
             if open {

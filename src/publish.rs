@@ -240,7 +240,7 @@ pub fn publish(
             || stored.manifest.post_install != req.post_install
         {
             return Err(PublishError::Conflict {
-                module: stored.manifest.module(),
+                module: stored.manifest.module().to_string(),
                 version: req.version.clone(),
                 existing,
             });

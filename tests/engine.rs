@@ -311,6 +311,8 @@ impl Harness {
             Output::Disconnect { peer, .. } => self.disconnect(id, peer),
             Output::StoreRules { issuer, .. } => self.node(id).rules_stored.push(issuer),
             Output::StoreReport { .. } => {}
+            // No node of these trees installs (tests/installer.rs drives installers).
+            Output::Installer(_) => {}
             Output::Event(e) => {
                 if matches!(e, Event::UpdateComplete { .. }) {
                     self.node(id).completed_at = Some(now);

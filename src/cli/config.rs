@@ -22,7 +22,7 @@
 //! address or duration is refused with its line and column, and the node does not start.
 
 use crate::bandwidth::{Rate, Window};
-use crate::net::{BandwidthOptions, ClientOptions, Withdrawn};
+use crate::net::{BandwidthOptions, InstallerOptions, Withdrawn};
 use anyhow::{Context, Result, bail};
 use libp2p::Multiaddr;
 use serde::Deserialize;
@@ -76,7 +76,7 @@ pub struct RunFlags {
 pub struct RunSettings {
     pub listen: Vec<Multiaddr>,
     pub admin: SocketAddr,
-    pub client: Option<ClientOptions>,
+    pub installer: Option<InstallerOptions>,
     pub bandwidth: BandwidthOptions,
     pub site: Option<String>,
 }
@@ -175,9 +175,9 @@ pub fn settings(file: RunConfig, flags: RunFlags) -> Result<RunSettings> {
     let install_dir = flags.install_dir.or(file.install_dir);
     let hooks = flags.hooks.or(file.hooks);
     let withdrawn = flags.withdrawn.or(file.withdrawn);
-    let client = match install_dir {
+    let installer = match install_dir {
         Some(dir) => {
-            let mut c = ClientOptions::new(dir);
+            let mut c = InstallerOptions::new(dir);
             c.hooks = hooks.unwrap_or(false);
             c.hook_timeout = hook_timeout.unwrap_or(c.hook_timeout);
             c.withdrawn = withdrawn.unwrap_or_default();
@@ -193,7 +193,7 @@ pub fn settings(file: RunConfig, flags: RunFlags) -> Result<RunSettings> {
     Ok(RunSettings {
         listen,
         admin,
-        client,
+        installer,
         bandwidth,
         site: flags.site.or(file_site),
     })
@@ -253,7 +253,7 @@ withdrawn = "remove"
         let s = settings(file, RunFlags::default()).expect("valid settings");
         assert_eq!(s.listen[0].to_string(), "/ip4/127.0.0.1/tcp/4040");
         assert_eq!(s.admin.port(), 5000);
-        let c = s.client.expect("a client");
+        let c = s.installer.expect("a client");
         assert_eq!(c.install_dir, PathBuf::from("/srv/modules"));
         assert!(c.hooks);
         assert_eq!(c.hook_timeout, Duration::from_secs(90));
@@ -280,7 +280,7 @@ withdrawn = "remove"
             },
         )
         .expect("valid settings");
-        let c = s.client.expect("a client");
+        let c = s.installer.expect("a client");
         assert_eq!(c.install_dir, PathBuf::from("/elsewhere"));
         assert!(!c.hooks, "the flag wins over the file");
         assert_eq!(c.withdrawn, Withdrawn::Keep, "the default is keep");

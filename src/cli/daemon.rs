@@ -30,7 +30,7 @@ pub fn run(data: &Path, flags: RunFlags) -> Result<()> {
         let mut int = signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?;
         let daemon = net::start(Options {
             admin: settings.admin,
-            client: settings.client,
+            installer: settings.installer,
             bandwidth: settings.bandwidth,
             site: settings.site,
             ..Options::new(data, settings.listen)

@@ -92,7 +92,31 @@ pub enum ManifestError {
     TotalMismatch { claimed: u64, sum: u64 },
 }
 
+/// A module: a manifest's (tenant, category, id), and where it goes under a client's
+/// install directory. Each version of a module is an update of its own.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ModuleName {
+    pub tenant: String,
+    pub category: String,
+    pub id: String,
+}
+
+impl std::fmt::Display for ModuleName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.tenant, self.category, self.id)
+    }
+}
+
 impl Manifest {
+    /// The module this manifest is a version of (shown `tenant/category/id`).
+    pub fn module(&self) -> ModuleName {
+        ModuleName {
+            tenant: self.tenant.clone(),
+            category: self.category.clone(),
+            id: self.id.clone(),
+        }
+    }
+
     /// Checks every invariant; see the module doc.
     pub fn validate(&self) -> Result<(), ManifestError> {
         names::check_module(
@@ -162,11 +186,6 @@ impl Manifest {
             });
         }
         Ok(())
-    }
-
-    /// `tenant/category/id`, the module this update is a version of.
-    pub fn module(&self) -> String {
-        format!("{}/{}/{}", self.tenant, self.category, self.id)
     }
 
     /// Whether `other` is a version of the same module.

@@ -96,6 +96,9 @@ impl Engine {
         if stored {
             self.progressed(&update, now);
             let done = self.check_complete(update);
+            if done {
+                self.installer_wake(now);
+            }
             self.stored_new(done, now);
             self.changed(now, started || done);
         }

@@ -14,6 +14,7 @@ impl Engine {
             self.parent_silent_since = None;
             self.session_up(peer, now);
             self.out.push_back(Output::Event(Event::ParentConnected));
+            self.installer_wake(now);
             // The parent may have missed anything while away: a fresh snapshot at once.
             self.last_report = None;
             self.report_due = Some(now);

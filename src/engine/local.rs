@@ -32,6 +32,7 @@ impl Engine {
             }
         }
         if cleared {
+            self.installer_wake(now);
             self.changed(now, true);
             self.schedule(now);
         }

@@ -65,6 +65,7 @@ impl Engine {
         if stored {
             self.stored_new(done, now);
         }
+        self.installer_wake(now);
         self.changed(now, true);
         self.schedule(now);
     }

@@ -194,7 +194,7 @@ impl Engine {
     }
 
     /// This node's state for every update it took up.
-    pub(super) fn own_states(&self) -> Vec<UpdateState> {
+    pub fn own_states(&self) -> Vec<UpdateState> {
         self.order
             .iter()
             .filter_map(|id| self.updates.get(id).map(|u| (id, u)))

@@ -62,6 +62,7 @@ impl Engine {
     /// on what changed: takes up offers that became available, offers children what
     /// became available to them, and fetches accordingly.
     pub(super) fn refresh(&mut self, now: Millis) {
+        self.installer_wake(now);
         let secs = now / 1000;
         self.now_secs = secs;
         self.avail = self.book.availability(&self.path, secs);
@@ -166,5 +167,7 @@ impl Engine {
             self.send_rules_to_children(now);
             self.refresh(now);
         }
+        // The tree's word of now may have arrived ([`Engine::rules_current`]).
+        self.installer_wake(now);
     }
 }

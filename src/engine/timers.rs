@@ -8,6 +8,9 @@ impl Engine {
     /// Time has reached `now`: retry dials, give up on overdue fetches, wake resting chunks.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.take_waiting_reports(now);
+        if self.next_install_retry().is_some_and(|t| t <= now) {
+            self.installer_wake(now);
+        }
         if let Some((parent, link)) = &mut self.parent
             && let ParentLink::Down { retry_at, attempts } = *link
             && retry_at <= now
@@ -76,6 +79,7 @@ impl Engine {
             self.next_source_check(),
             self.next_liveness_check(),
             self.next_waiting_report(),
+            self.next_install_retry(),
         ]
         .into_iter()
         .flatten()

@@ -6,25 +6,12 @@
 use super::{InstallError, Module, current_of, io, sync_dir};
 use crate::content::Hash;
 use crate::content::names;
-use serde::Serialize;
 use std::fs::{self, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// A module: where it goes under the install directory.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct ModuleName {
-    pub tenant: String,
-    pub category: String,
-    pub id: String,
-}
-
-impl std::fmt::Display for ModuleName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}", self.tenant, self.category, self.id)
-    }
-}
+pub use crate::content::manifest::ModuleName;
 
 impl std::str::FromStr for ModuleName {
     type Err = InstallError;

@@ -4,33 +4,31 @@
 use super::*;
 
 impl Daemon {
-    /// Carries out everything the engine asked for, consulting the installer (which
-    /// may ask the engine for more) whenever something it decides on changed.
+    /// Carries out everything the engine asked for.
     pub(super) fn drain(&mut self, now: u64) {
-        loop {
-            self.drain_engine(now);
-            if !std::mem::take(&mut self.client_dirty) {
-                break;
-            }
-            self.plan_installs(now);
-        }
+        self.drain_engine(now);
         self.answer_waiters();
     }
 
-    /// Lets the installer decide, and starts its next job if it has one.
-    pub(super) fn plan_installs(&mut self, now: u64) {
-        let Some(client) = self.client.as_mut() else {
+    /// Starts a job of the engine's installer, off the loop.
+    fn start_install_job(&mut self, job: InstallJob) {
+        let Some(hands) = self.installer.as_mut() else {
+            tracing::error!("an install job on a node without an install directory");
             return;
         };
-        if let Some(job) = client.plan(&mut self.engine, now) {
-            let ctx = client::JobContext {
-                node: self.node.clone(),
-                writer: self.writer_tx.clone(),
-                opts: client.options().clone(),
-                hook_logs: self.opts.dir.join("hook-logs"),
-            };
-            self.tasks.spawn(client::run(job, ctx, self.ev_tx.clone()));
+        // An admin's check or rollback runs in its turn: its answer goes to the
+        // oldest request waiting.
+        if matches!(job, InstallJob::Check { .. } | InstallJob::Rollback { .. }) {
+            hands.answering = hands.replies.pop_front();
         }
+        let ctx = installer::JobContext {
+            node: self.node.clone(),
+            writer: self.writer_tx.clone(),
+            opts: hands.opts.clone(),
+            hook_logs: self.opts.dir.join("hook-logs"),
+        };
+        self.tasks
+            .spawn(installer::run(job, ctx, self.ev_tx.clone()));
     }
 
     pub(super) fn drain_engine(&mut self, now: u64) {
@@ -145,6 +143,7 @@ impl Daemon {
                 Output::StoreReport { child, report } => {
                     self.reports_to_keep.insert(child, report);
                 }
+                Output::Installer(job) => self.start_install_job(job),
                 Output::Event(e) => self.log_event(e),
             }
         }
@@ -153,7 +152,6 @@ impl Daemon {
     pub(super) fn log_event(&mut self, e: Event) {
         match e {
             Event::UpdateComplete { update } => {
-                self.client_dirty = true;
                 tracing::info!(update = %update, "update complete")
             }
             Event::BadChunk {
@@ -185,6 +183,18 @@ impl Daemon {
                 until.saturating_sub(now_ms()) / 1000
             ),
             Event::Error { reason } => tracing::error!("{reason}"),
+            Event::InstallFailed {
+                update,
+                reason,
+                retry_in,
+            } => {
+                let (module, version) = self
+                    .engine
+                    .manifest(&update)
+                    .map(|m| (m.manifest.module().to_string(), m.manifest.version.clone()))
+                    .unwrap_or_default();
+                tracing::error!(module = %module, version = %version, update = %update, "install failed: {reason}; trying again in {} s", retry_in / 1000)
+            }
             Event::Refused { peer } => {
                 self.refused += 1;
                 crate::peer_warn!(
@@ -202,18 +212,12 @@ impl Daemon {
             Event::ParentLost => tracing::warn!(
                 "lost the parent; serving children what this node has, retrying with backoff"
             ),
-            Event::ParentConnected => {
-                self.client_dirty = true;
-                tracing::info!("connected to the parent")
-            }
+            Event::ParentConnected => tracing::info!("connected to the parent"),
             Event::RulesRefused { peer, reason } => {
                 self.rules_refused += 1;
                 crate::peer_warn!(peer, "rules refused", "rule set refused: {reason}")
             }
-            Event::RulesApplied => {
-                self.client_dirty = true;
-                tracing::debug!("availability re-evaluated")
-            }
+            Event::RulesApplied => tracing::debug!("availability re-evaluated"),
             Event::Halted {
                 update,
                 group,

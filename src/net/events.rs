@@ -121,11 +121,6 @@ impl Daemon {
                         return;
                     }
                 };
-                // New offers and rules change what the installer decides; chunk
-                // announcements and reports do not (completion comes as an event).
-                if matches!(msg, Control::Offer { .. } | Control::Rules { .. }) {
-                    self.client_dirty = true;
-                }
                 self.engine.handle_message(peer, msg, now);
             }
             Ev::ControlDown { peer, why } => {
@@ -204,12 +199,10 @@ impl Daemon {
             }
             Ev::LocalHave { update, have } => {
                 self.engine.handle_local_have(update, &have, now);
-                self.client_dirty = true;
             }
             Ev::StoreFault { fault } => self.engine.set_store_fault(fault, now),
             Ev::LocalLost { chunks } => {
                 self.engine.handle_local_lost(&chunks, now);
-                self.client_dirty = true;
             }
             Ev::Damaged { chunk, loc } => {
                 let job = WriteJob::Quarantine { chunk, loc };
@@ -221,10 +214,16 @@ impl Daemon {
                 }
             }
             Ev::Installer { done } => {
-                if let Some(c) = self.client.as_mut() {
-                    c.finish(done, &mut self.engine, &self.node, now);
+                let Some(hands) = self.installer.as_mut() else {
+                    return;
+                };
+                let states = installer::states(&done.installed);
+                hands.installed = done.installed;
+                if let (Some(answer), Some(reply)) = (done.answer, hands.answering.take()) {
+                    let _ = reply.send(answer);
                 }
-                self.client_dirty = true;
+                self.engine
+                    .handle_install_done(done.done, Some(states), now);
             }
             Ev::Published { result, reply } => {
                 let response = match result {

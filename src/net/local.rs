@@ -26,17 +26,17 @@ impl Daemon {
             Request::Tree => self.tree_view(),
             Request::Updates => self.updates_view(),
             Request::Metrics => Ok(serde_json::Value::String(self.metrics())),
-            Request::Installed => match &self.client {
-                Some(c) => Ok(c.view()),
+            Request::Installed => match &self.installer {
+                Some(h) => Ok(h.view()),
                 None => Err(not_a_client()),
             },
             Request::Check { repair } => {
-                self.installer_task(client::Task::Check { repair }, reply);
+                self.installer_task(InstallTask::Check { repair }, reply);
                 return;
             }
             Request::Rollback { module } => {
                 match module.parse::<crate::install::ModuleName>() {
-                    Ok(module) => self.installer_task(client::Task::Rollback { module }, reply),
+                    Ok(module) => self.installer_task(InstallTask::Rollback { module }, reply),
                     Err(e) => {
                         let _ = reply.send(Err(Refusal::bad(e.to_string())));
                     }
@@ -79,13 +79,12 @@ impl Daemon {
     }
 
     /// Hands an admin's request to the installer, which answers it once it has run.
-    pub(super) fn installer_task(&mut self, task: client::Task, reply: oneshot::Sender<Answer>) {
-        match self.client.as_mut() {
-            Some(c) => {
-                c.enqueue(task, reply);
-                self.client_dirty = true;
+    pub(super) fn installer_task(&mut self, task: InstallTask, reply: oneshot::Sender<Answer>) {
+        match self.installer.as_mut() {
+            Some(hands) if self.engine.installer_task(task, now_ms()) => {
+                hands.replies.push_back(reply);
             }
-            None => {
+            _ => {
                 let _ = reply.send(Err(not_a_client()));
             }
         }
@@ -457,7 +456,7 @@ impl Daemon {
             "halted": self.halted_approvals(),
             "rules_refused": self.rules_refused,
             "bans": self.bans_view(),
-            "installed": self.client.as_ref().map(|c| c.view()),
+            "installed": self.installer.as_ref().map(|h| h.view()),
         })
     }
 }

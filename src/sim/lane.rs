@@ -25,12 +25,15 @@ use super::queue::Calendar;
 use super::scenario::ChurnKind;
 use super::summary::{Row, Tally};
 use crate::content::Hash;
+use crate::content::manifest::ModuleName;
 use crate::engine::bitmap::Bitmap;
+use crate::engine::installer::{InstallDone, InstallJob, ModuleState, Withdrawn};
 use crate::engine::{
-    ChunkVerdict, Control, Engine, Event, FetchId, Millis, Outcome, Output, PeerId, Role, Served,
+    ChunkVerdict, Control, Engine, Event, FetchId, Millis, Output, PeerId, Role, Served,
 };
 use crate::rules::{Approval, Halt, Rules, SignedRules};
 use crate::trust::{PublicKey, SignedManifest};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// How long a dial to a node that is not running takes to fail, beyond the time its
@@ -73,8 +76,14 @@ struct Node {
     /// The earliest timeout event scheduled for it.
     timer: Option<Millis>,
     store: Store,
-    /// When each update was installed (leaves), by update index.
+    /// What its install directory holds (leaves), as its engine's installer last
+    /// knew it: it outlives a crash, as the directory does.
+    modules: BTreeMap<ModuleName, ModuleState>,
+    /// Its engines so far: an install job outlives neither a crash nor a leave.
+    boots: u32,
+    /// When each update was first installed (leaves), by update index.
     installed: Vec<Option<Millis>>,
+    /// Whether an install of each update failed here (counted once).
     failed: Vec<bool>,
     /// Fetch timeouts counted by the engines this node ran before its last restart.
     fetch_timeouts: u64,
@@ -141,9 +150,11 @@ pub(super) enum Ev {
     Timeout {
         node: u32,
     },
+    /// A leaf's install job of an update is done (begun by its engine's `boot`).
     Install {
         node: u32,
         update: u32,
+        boot: u32,
     },
     Publish {
         update: u32,
@@ -581,7 +592,11 @@ impl<'f> Lane<'f> {
                     self.drive(node, |_, _| {});
                 }
             }
-            Ev::Install { node, update } => self.install(node, update as usize),
+            Ev::Install { node, update, boot } => {
+                if self.nodes[node as usize].boots == boot {
+                    self.install(node, update as usize);
+                }
+            }
             Ev::Publish { update } => {
                 self.script_ran();
                 let manifest = fleet.manifests[update as usize].clone();
@@ -702,14 +717,12 @@ impl<'f> Lane<'f> {
             n = fleet.parent_of(n);
         }
         path.reverse();
-        let mut config = fleet.config.clone();
-        config.installer = fleet.is_leaf(i);
         let mut engine = Engine::new(
             role,
             fleet.root_key.public(),
             fleet.secrets[i as usize].clone(),
             path,
-            config,
+            fleet.config.clone(),
             fleet.seed ^ u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15),
         );
         for c in fleet.children_of(i) {
@@ -744,21 +757,12 @@ impl<'f> Lane<'f> {
             let held: Vec<bool> = (0..have.len()).map(|c| have.get(c)).collect();
             engine.add_local_update(manifest.clone(), &held, now);
         }
-        let leaf = fleet.is_leaf(i);
-        for (u, m) in fleet.manifests.iter().enumerate() {
-            let node = &self.nodes[i as usize];
-            if !leaf || !store.updates.iter().any(|(s, _)| s.id == m.id) {
-                continue;
-            }
-            if node.installed[u].is_some() {
-                engine.set_outcome(&m.id, Outcome::Installed(None), now);
-            } else if node.failed[u] {
-                engine.set_outcome(&m.id, Outcome::Failed("install failed".into()), now);
-            } else {
-                engine.set_needed(&m.id, true, now);
-            }
+        let node = &mut self.nodes[i as usize];
+        if fleet.is_leaf(i) {
+            node.boots += 1;
+            engine.start_installer(Withdrawn::Keep, std::mem::take(&mut node.modules), now);
         }
-        self.nodes[i as usize].store = store;
+        node.store = store;
         self.nodes[i as usize].engine = Some(Box::new(engine));
         self.drive(i, |e, now| e.handle_timeout(now));
     }
@@ -788,6 +792,7 @@ impl<'f> Lane<'f> {
         if let Some(e) = node.engine.take() {
             node.fetch_timeouts += e.stats().fetch_timeouts;
             node.store.report_seq = e.report_seq();
+            node.modules = e.installed_modules().cloned().unwrap_or_default();
         }
         if crash {
             self.tally.counters.crashes += 1;
@@ -810,34 +815,99 @@ impl<'f> Lane<'f> {
         self.at(at, Ev::Disconnected { to, from, epoch });
     }
 
-    /// A leaf's installer finished with `update`.
+    /// A leaf's install job of update `u` is done: it fails on the leaves the
+    /// scenario's share of failures draws (every time it is tried), else it replaces
+    /// the module's current version.
     fn install(&mut self, i: u32, u: usize) {
         let fleet = self.fleet;
-        let node = &self.nodes[i as usize];
-        if node.installed[u].is_some() || node.failed[u] || node.engine.is_none() {
+        let Some(engine) = &self.nodes[i as usize].engine else {
             return;
-        }
+        };
+        let manifest = &fleet.manifests[u];
+        let replaced = engine
+            .installed_modules()
+            .and_then(|m| m.get(&manifest.manifest.module()))
+            .and_then(|s| s.current.as_ref())
+            .map(|c| c.update)
+            .filter(|c| *c != manifest.id);
         let fails =
             draw(fleet.seed, &format!("install-{u}"), u64::from(i)) < fleet.sc.updates[u].fail;
-        let id = fleet.manifests[u].id;
-        let outcome = if fails {
-            self.nodes[i as usize].failed[u] = true;
-            self.tally.counters.install_failures += 1;
-            Outcome::Failed("the simulated install failed".into())
+        let node = &mut self.nodes[i as usize];
+        let first = !node.failed[u] && node.installed[u].is_none();
+        let result = if fails {
+            node.failed[u] = true;
+            if first {
+                self.tally.counters.install_failures += 1;
+                self.last_change = self.now;
+            }
+            Err("the simulated install failed".to_string())
         } else {
-            self.nodes[i as usize].installed[u] = Some(self.now);
-            let groups = fleet.summary_groups_of(i);
-            self.tally.installed(u, &groups, self.now);
-            Outcome::Installed(None)
+            if node.installed[u].is_none() {
+                node.installed[u] = Some(self.now);
+                let groups = fleet.summary_groups_of(i);
+                self.tally.installed(u, &groups, self.now);
+                self.last_change = self.now;
+            }
+            Ok(replaced)
         };
-        self.last_change = self.now;
+        let done = InstallDone::Installed {
+            update: manifest.id,
+            result,
+            hook: None,
+        };
         self.drive(i, |e, now| {
             if fails {
                 fleet.certify(e, i);
             }
-            e.set_outcome(&id, outcome, now);
-            e.set_needed(&id, false, now);
+            e.handle_install_done(done, None, now);
         });
+    }
+
+    /// Carries out a leaf's install job: an install takes the scenario's install time;
+    /// the rest (removals and the admin's checks and rollbacks, which no scenario
+    /// asks for) are done at once.
+    fn install_job(&mut self, i: u32, job: InstallJob, engine: &mut Engine) {
+        let fleet = self.fleet;
+        let now = EPOCH + self.now;
+        let done = match job {
+            InstallJob::Install { manifest } => {
+                if let Some(u) = fleet.manifests.iter().position(|m| m.id == manifest.id) {
+                    let at = self.now + fleet.sc.updates[u].install;
+                    let boot = self.nodes[i as usize].boots;
+                    let update = u as u32;
+                    self.at(
+                        at,
+                        Ev::Install {
+                            node: i,
+                            update,
+                            boot,
+                        },
+                    );
+                }
+                return;
+            }
+            InstallJob::Remove { module } => {
+                let current = engine
+                    .installed_modules()
+                    .and_then(|m| m.get(&module))
+                    .and_then(|s| s.current.as_ref())
+                    .map(|c| c.update);
+                InstallDone::Removed {
+                    module,
+                    result: Ok(current),
+                }
+            }
+            InstallJob::Check { .. } | InstallJob::Repair { .. } => InstallDone::Checked {
+                settled: Vec::new(),
+                waiting: Vec::new(),
+            },
+            InstallJob::Rollback { module } => InstallDone::RolledBack {
+                module,
+                result: Err("the simulator has no admins to roll back".into()),
+                hook: None,
+            },
+        };
+        engine.handle_install_done(done, None, now);
     }
 
     /// Runs an input on node `i`'s engine, then carries out everything it asks for.
@@ -916,12 +986,6 @@ impl<'f> Lane<'f> {
                     .map(|(_, b)| (0..n).map(|c| b.get(c)).collect())
                     .unwrap_or_default();
                 engine.handle_local_have(id, &have, EPOCH + now);
-                if fleet.is_leaf(i)
-                    && let Some(u) = fleet.manifests.iter().position(|m| m.id == id)
-                    && self.nodes[i as usize].installed[u].is_none()
-                {
-                    engine.set_needed(&id, true, EPOCH + now);
-                }
             }
             Output::Dial { peer } => {
                 let Some(j) = fleet.node_of(&peer) else {
@@ -959,21 +1023,8 @@ impl<'f> Lane<'f> {
                 store.reports.retain(|(k, _)| *k != child);
                 store.reports.push((child, report));
             }
+            Output::Installer(job) => self.install_job(i, job, engine),
             Output::Event(event) => match event {
-                Event::UpdateComplete { update } => {
-                    if fleet.is_leaf(i)
-                        && let Some(u) = fleet.manifests.iter().position(|m| m.id == update)
-                    {
-                        let at = now + fleet.sc.updates[u].install;
-                        self.at(
-                            at,
-                            Ev::Install {
-                                node: i,
-                                update: u as u32,
-                            },
-                        );
-                    }
-                }
                 Event::Halted { .. } => self.tally.counters.halts += 1,
                 Event::BadChunk { .. } => self.tally.counters.bad_chunks += 1,
                 Event::Misbehaved { reason, .. } => {
