@@ -16,11 +16,14 @@
 //! it went down, is lost; a close reaches the other end after the latency. No event
 //! reads or changes another node's state at once, which is what lets lanes run apart.
 
+mod install;
 mod rules;
 mod transfer;
+mod windows;
 
 use super::fleet::{EPOCH, Fleet, draw};
 use super::network::Network;
+use super::overhead;
 use super::queue::Calendar;
 use super::scenario::ChurnKind;
 use super::summary::{Row, Tally};
@@ -76,17 +79,21 @@ struct Node {
     /// When each update was installed (leaves), by update index.
     installed: Vec<Option<Millis>>,
     failed: Vec<bool>,
+    /// When its installer is through with the installs it was given.
+    install_free: Millis,
     /// Fetch timeouts counted by the engines this node ran before its last restart.
     fetch_timeouts: u64,
 }
 
 #[derive(Debug)]
 pub(super) enum Ev {
+    /// A control message, `wire` bytes on the links.
     Deliver {
         to: u32,
         from: u32,
         epoch: u64,
         msg: Control,
+        wire: u32,
     },
     Serve {
         server: u32,
@@ -145,6 +152,10 @@ pub(super) enum Ev {
         node: u32,
         update: u32,
     },
+    /// A WAN window of `node` opens or closes.
+    WanWindow {
+        node: u32,
+    },
     Publish {
         update: u32,
     },
@@ -178,6 +189,7 @@ impl Ev {
             Ev::Serve { server, .. } => Some(*server),
             Ev::Timeout { node }
             | Ev::Install { node, .. }
+            | Ev::WanWindow { node }
             | Ev::Down { node, .. }
             | Ev::Up { node, .. } => Some(*node),
             Ev::Publish { .. } => Some(0),
@@ -316,6 +328,7 @@ impl<'f> Lane<'f> {
                 ),
             }
         }
+        self.schedule_windows();
         // Nodes that start with the run are up before anything else happens at 0.
         if self.owns(0) {
             for (u, up) in sc.updates.iter().enumerate() {
@@ -463,7 +476,9 @@ impl<'f> Lane<'f> {
                 from,
                 epoch,
                 msg,
+                wire,
             } => {
+                self.crossed(from, to, u64::from(wire));
                 if self.conn(to, from) == epoch {
                     let peer = fleet.keys[from as usize];
                     self.drive(to, |e, now| e.handle_message(peer, msg, now));
@@ -512,6 +527,8 @@ impl<'f> Lane<'f> {
                 chunks,
                 end,
             } => {
+                let wire = chunks.iter().map(|(_, len)| overhead::chunk(*len)).sum();
+                self.crossed(from, to, wire);
                 if self.conn(to, from) != epoch {
                     return;
                 }
@@ -582,6 +599,7 @@ impl<'f> Lane<'f> {
                 }
             }
             Ev::Install { node, update } => self.install(node, update as usize),
+            Ev::WanWindow { node } => self.window_changed(node),
             Ev::Publish { update } => {
                 self.script_ran();
                 let manifest = fleet.manifests[update as usize].clone();
@@ -760,6 +778,7 @@ impl<'f> Lane<'f> {
         }
         self.nodes[i as usize].store = store;
         self.nodes[i as usize].engine = Some(Box::new(engine));
+        self.keep_window(i);
         self.drive(i, |e, now| e.handle_timeout(now));
     }
 
@@ -810,36 +829,6 @@ impl<'f> Lane<'f> {
         self.at(at, Ev::Disconnected { to, from, epoch });
     }
 
-    /// A leaf's installer finished with `update`.
-    fn install(&mut self, i: u32, u: usize) {
-        let fleet = self.fleet;
-        let node = &self.nodes[i as usize];
-        if node.installed[u].is_some() || node.failed[u] || node.engine.is_none() {
-            return;
-        }
-        let fails =
-            draw(fleet.seed, &format!("install-{u}"), u64::from(i)) < fleet.sc.updates[u].fail;
-        let id = fleet.manifests[u].id;
-        let outcome = if fails {
-            self.nodes[i as usize].failed[u] = true;
-            self.tally.counters.install_failures += 1;
-            Outcome::Failed("the simulated install failed".into())
-        } else {
-            self.nodes[i as usize].installed[u] = Some(self.now);
-            let groups = fleet.summary_groups_of(i);
-            self.tally.installed(u, &groups, self.now);
-            Outcome::Installed(None)
-        };
-        self.last_change = self.now;
-        self.drive(i, |e, now| {
-            if fails {
-                fleet.certify(e, i);
-            }
-            e.set_outcome(&id, outcome, now);
-            e.set_needed(&id, false, now);
-        });
-    }
-
     /// Runs an input on node `i`'s engine, then carries out everything it asks for.
     fn drive(&mut self, i: u32, input: impl FnOnce(&mut Engine, Millis)) {
         let Some(mut engine) = self.nodes[i as usize].engine.take() else {
@@ -881,12 +870,7 @@ impl<'f> Lane<'f> {
         let now = self.now;
         let fleet = self.fleet;
         match out {
-            Output::Send { to, msg } => self.over_connection(i, &to, |j, epoch| Ev::Deliver {
-                to: j,
-                from: i,
-                epoch,
-                msg,
-            }),
+            Output::Send { to, msg } => self.send_control(i, &to, msg),
             Output::Fetch {
                 id,
                 from,
@@ -964,14 +948,7 @@ impl<'f> Lane<'f> {
                     if fleet.is_leaf(i)
                         && let Some(u) = fleet.manifests.iter().position(|m| m.id == update)
                     {
-                        let at = now + fleet.sc.updates[u].install;
-                        self.at(
-                            at,
-                            Ev::Install {
-                                node: i,
-                                update: u as u32,
-                            },
-                        );
+                        self.install_later(i, u);
                     }
                 }
                 Event::Halted { .. } => self.tally.counters.halts += 1,
