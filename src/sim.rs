@@ -4,13 +4,14 @@
 //!
 //! Owns the public entry point ([`simulate`]) and what a run hands back ([`Run`]);
 //! the scenario format lives in `scenario`, the tree's fixed shape in `fleet`, the links
-//! in `network`, the event loop and the drivers of the engines in `lane`, the lanes run
+//! in `network` (their framing in `overhead`), the event loop and the drivers of the engines in `lane`, the lanes run
 //! side by side in `world`, the figures in `summary` and `chart`.
 
 mod chart;
 mod fleet;
 mod lane;
 mod network;
+mod overhead;
 mod queue;
 pub mod scenario;
 mod summary;
@@ -73,6 +74,14 @@ pub fn simulate(
         })
     });
     let sizes = world.fleet.summary_group_sizes();
-    let summary = Summary::new(scenario, seed, &tally, &sizes, world.fleet.node_count());
+    let sites = world.fleet.report_site_names();
+    let summary = Summary::new(
+        scenario,
+        seed,
+        &tally,
+        &sizes,
+        &sites,
+        world.fleet.node_count(),
+    );
     Ok(Run { summary, tally })
 }

@@ -35,35 +35,12 @@ impl Daemon {
         while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Send { to, msg } => {
-                    let frame = match msg {
-                        Control::Offer { manifest } => ControlFrame::Offer {
-                            manifest: manifest.to_vec(),
-                        },
-                        Control::Have { update, ranges } => ControlFrame::Have { update, ranges },
-                        Control::Ping { time } => ControlFrame::Ping { time },
-                        Control::Rules { sets } => ControlFrame::Rules {
-                            sets: sets
-                                .iter()
-                                .map(|b| serde_bytes::ByteBuf::from(b.to_vec()))
-                                .collect(),
-                        },
-                        Control::Report { report } => ControlFrame::Report {
-                            report: serde_bytes::ByteBuf::from(report.to_vec()),
-                        },
-                        Control::Siblings { peers } => ControlFrame::Siblings {
-                            peers: peers
-                                .into_iter()
-                                .map(|node| SiblingAddr {
-                                    node,
-                                    addrs: self
-                                        .peer_addrs
-                                        .get(&node)
-                                        .map(|a| a.iter().map(|a| a.to_string()).collect())
-                                        .unwrap_or_default(),
-                                })
-                                .collect(),
-                        },
-                    };
+                    let frame = ControlFrame::of(msg, |node| {
+                        self.peer_addrs
+                            .get(node)
+                            .map(|a| a.iter().map(|a| a.to_string()).collect())
+                            .unwrap_or_default()
+                    });
                     if let Some(tx) = self.sessions.get(&to) {
                         let _ = tx.send(frame);
                     }

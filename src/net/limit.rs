@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A node's limits, as its operator set them (`arbor run --max-download ...`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BandwidthOptions {
     /// Bytes per second fetched from the parent (the WAN), all transfers together.
     pub max_download: Option<Rate>,

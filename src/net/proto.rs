@@ -122,6 +122,36 @@ pub enum ControlFrame {
     Ping { time: u64 },
 }
 
+impl ControlFrame {
+    /// The frame that carries the engine's `msg`; `addrs` gives a sibling's addresses.
+    pub fn of(msg: crate::engine::Control, addrs: impl Fn(&PublicKey) -> Vec<String>) -> Self {
+        use crate::engine::Control;
+        use serde_bytes::ByteBuf;
+        match msg {
+            Control::Offer { manifest } => ControlFrame::Offer {
+                manifest: manifest.to_vec(),
+            },
+            Control::Have { update, ranges } => ControlFrame::Have { update, ranges },
+            Control::Ping { time } => ControlFrame::Ping { time },
+            Control::Rules { sets } => ControlFrame::Rules {
+                sets: sets.iter().map(|b| ByteBuf::from(b.to_vec())).collect(),
+            },
+            Control::Report { report } => ControlFrame::Report {
+                report: ByteBuf::from(report.to_vec()),
+            },
+            Control::Siblings { peers } => ControlFrame::Siblings {
+                peers: peers
+                    .into_iter()
+                    .map(|node| SiblingAddr {
+                        addrs: addrs(&node),
+                        node,
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
 /// A sibling and its addresses. Fields in canonical key order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiblingAddr {

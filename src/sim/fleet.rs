@@ -14,10 +14,11 @@
 //! ([`Fleet::lookahead`]) without missing anything.
 
 use super::network::Network;
-use super::scenario::{RuleBatch, Scenario};
+use super::scenario::{RuleBatch, Scenario, Update};
 use crate::content::manifest::{ChunkRef, FileEntry, Manifest};
 use crate::content::{DigestState, Hash};
 use crate::engine::{Config, Engine, Millis, PeerId};
+use crate::net::BandwidthOptions;
 use crate::trust::member;
 use crate::trust::{PublicKey, SecretKey, SignedManifest};
 use std::collections::HashMap;
@@ -50,6 +51,10 @@ pub struct Link {
     /// Its site's shared link (down queue; the up queue follows), or NONE.
     pub site_link: u32,
     pub site_latency: u32,
+    /// Its rate limits in the network (download, upload, local download, local
+    /// upload), and its site's download limit; NONE for none.
+    pub limits: [u32; 4],
+    pub site_limit: u32,
     pub lane: u8,
 }
 
@@ -74,6 +79,9 @@ pub struct Fleet<'s> {
     /// How many lanes run the fleet, and how far ahead of each other they may run.
     pub lanes: usize,
     pub lookahead: Millis,
+    /// The sites the summary reports on: the tier they are taken at and how many of its
+    /// nodes make one (see [`Fleet::report_site`]).
+    pub report_sites: Option<(usize, u32)>,
     /// Rule-set bytes (hashed) to the batch that made them. The issuer's lane writes an
     /// entry before any other lane can hear of the rule set.
     pub rule_origin: Mutex<HashMap<Hash, u32>>,
@@ -146,6 +154,7 @@ impl<'s> Fleet<'s> {
         let root_up = net.add(sc.root_up) as u32;
         links.push(Link::new(0, root_down, root_up));
         let mut site_links: HashMap<u64, u32> = HashMap::new();
+        let mut site_limits: HashMap<u64, u32> = HashMap::new();
         for i in 1..total {
             let tier = tier_of(&tier_start, i as u32);
             let t = &sc.tiers[tier];
@@ -154,18 +163,35 @@ impl<'s> Fleet<'s> {
             let down = net.add(vary(t.down, t.spread, i, "down")) as u32;
             let up = net.add(vary(t.up, t.spread, i, "up")) as u32;
             let mut link = Link::new(latency, down, up);
-            if let Some(site) = &t.site
-                && let Some(site_link) = &site.link
-            {
+            let l = &t.limits;
+            let rates = [
+                l.max_download,
+                l.max_upload,
+                l.max_local_download,
+                l.max_local_upload,
+            ];
+            for (slot, rate) in link.limits.iter_mut().zip(rates) {
+                if let Some(rate) = rate {
+                    *slot = net.add_limit(rate) as u32;
+                }
+            }
+            if let Some(site) = &t.site {
                 let site_id = (i as u64 - u64::from(tier_start[tier])) / u64::from(site.size);
                 let key = (tier as u64) << 40 | site_id;
-                let q = *site_links.entry(key).or_insert_with(|| {
-                    let d = net.add(site_link.down) as u32;
-                    net.add(site_link.up);
-                    d
-                });
-                link.site_link = q;
-                link.site_latency = site_link.latency as u32;
+                if let Some(rate) = site.limits.max_download {
+                    link.site_limit = *site_limits
+                        .entry(key)
+                        .or_insert_with(|| net.add_limit(rate) as u32);
+                }
+                if let Some(site_link) = &site.link {
+                    let q = *site_links.entry(key).or_insert_with(|| {
+                        let d = net.add(site_link.down) as u32;
+                        net.add(site_link.up);
+                        d
+                    });
+                    link.site_link = q;
+                    link.site_latency = site_link.latency as u32;
+                }
             }
             links.push(link);
         }
@@ -174,7 +200,7 @@ impl<'s> Fleet<'s> {
             .updates
             .iter()
             .enumerate()
-            .map(|(u, up)| synthetic_update(&root_key, u as u64 + 1, &up.name, up.size, sc.chunk))
+            .map(|(u, up)| synthetic_update(&root_key, u as u64 + 1, up, sc.chunk))
             .collect::<Result<Vec<_>, _>>()?;
         // No peer of a simulated fleet freezes with its connection up, so liveness
         // pings would only cost events: a node's sessions end with its links.
@@ -203,6 +229,13 @@ impl<'s> Fleet<'s> {
         if let Some(t) = sc.engine.announce_interval {
             config.announce_interval = t;
         }
+        // The sites summed up: those the scenario declares, at the highest tier that has
+        // them; else the nodes above the leaves (branch offices), each with its leaves.
+        let report_sites = match sc.tiers.iter().position(|t| t.site.is_some()) {
+            Some(t) => sc.tiers[t].site.as_ref().map(|s| (t, s.size)),
+            None if sc.tiers.len() >= 2 => Some((sc.tiers.len() - 2, 1)),
+            None => None,
+        };
         let mut fleet = Fleet {
             sc,
             seed,
@@ -218,6 +251,7 @@ impl<'s> Fleet<'s> {
             config,
             lanes: 1,
             lookahead: Millis::MAX,
+            report_sites,
             rule_origin: Mutex::new(HashMap::new()),
         };
         fleet.share_out();
@@ -374,6 +408,62 @@ impl<'s> Fleet<'s> {
         path
     }
 
+    /// The rate limits a chunk from `from` to `to` passes, in order: the sender's
+    /// upload limit, the receiver's site's download limit, the receiver's download
+    /// limit (or, between siblings, their local limits).
+    pub fn limits(&self, from: u32, to: u32) -> Vec<usize> {
+        let (a, b) = (&self.links[from as usize], &self.links[to as usize]);
+        let limits = if self.are_siblings(from, to) {
+            [a.limits[3], NONE, b.limits[2]]
+        } else {
+            [a.limits[1], b.site_limit, b.limits[0]]
+        };
+        limits
+            .into_iter()
+            .filter(|l| *l != NONE)
+            .map(|l| l as usize)
+            .collect()
+    }
+
+    /// The WAN windows node `i` keeps, if it has any: its site's, else its tier's.
+    pub fn wan_windows(&self, i: u32) -> Option<&BandwidthOptions> {
+        if i == 0 {
+            return None;
+        }
+        let tier = &self.sc.tiers[self.tier_of(i)];
+        [tier.site.as_ref().map(|s| &s.limits), Some(&tier.limits)]
+            .into_iter()
+            .flatten()
+            .find(|l| !l.wan_windows.is_empty())
+    }
+
+    /// The site the summary counts node `i` in, if any: a declared site holds its
+    /// members and everything below them; a branch office, its node and its leaves.
+    pub fn report_site(&self, i: u32) -> Option<u32> {
+        let (tier, size) = self.report_sites?;
+        if i == 0 || self.tier_of(i) < tier {
+            return None;
+        }
+        Some((self.ancestor_in(i, tier) - self.tier_start[tier]) / size)
+    }
+
+    /// The names of the sites the summary reports on, and the leaves in each.
+    pub fn report_site_names(&self) -> (Vec<String>, u64) {
+        let Some((tier, size)) = self.report_sites else {
+            return (Vec::new(), 0);
+        };
+        let count = (self.tier_range(tier).len() as u32 / size) as usize;
+        let name = &self.sc.tiers[tier].name;
+        let names = (0..count)
+            .map(|k| match self.sc.tiers[tier].site {
+                Some(_) => format!("{name} site {k}"),
+                None => format!("{name} {k}"),
+            })
+            .collect();
+        let leaves = self.tier_range(self.sc.tiers.len() - 1).len() as u64;
+        (names, leaves / count.max(1) as u64)
+    }
+
     /// The node of a key, if it is one of the fleet's.
     pub fn node_of(&self, key: &PeerId) -> Option<u32> {
         self.index.get(key).copied()
@@ -428,43 +518,56 @@ impl Link {
             up,
             site_link: NONE,
             site_latency: 0,
+            limits: [NONE; 4],
+            site_limit: NONE,
             lane: 0,
         }
     }
 }
 
-/// A signed update of `size` bytes in one file, in chunks of `chunk` bytes whose
-/// hashes stand for content the simulator never makes.
+/// A signed update of `up.size` bytes in `up.files` files of about equal size, in
+/// chunks of `chunk` bytes whose hashes stand for content the simulator never makes.
 fn synthetic_update(
     root: &SecretKey,
     seq: u64,
-    name: &str,
-    size: u64,
+    up: &Update,
     chunk: u32,
 ) -> Result<Arc<SignedManifest>, crate::trust::TrustError> {
-    let chunks = size.div_ceil(u64::from(chunk));
-    let refs: Vec<ChunkRef> = (0..chunks)
-        .map(|i| {
-            let len = (size - i * u64::from(chunk)).min(u64::from(chunk)) as u32;
-            let mut h = blake3::Hasher::new();
-            h.update(name.as_bytes());
-            h.update(&i.to_le_bytes());
-            ChunkRef(Hash(*h.finalize().as_bytes()), len)
+    let files = u64::from(up.files.max(1));
+    let mut index = 0u64;
+    let entries = (0..files)
+        .map(|f| {
+            let size = up.size / files + u64::from(f < up.size % files);
+            let chunks = (0..size.div_ceil(u64::from(chunk)))
+                .map(|c| {
+                    let len = (size - c * u64::from(chunk)).min(u64::from(chunk)) as u32;
+                    let mut h = blake3::Hasher::new();
+                    h.update(up.name.as_bytes());
+                    h.update(&index.to_le_bytes());
+                    index += 1;
+                    ChunkRef(Hash(*h.finalize().as_bytes()), len)
+                })
+                .collect();
+            FileEntry {
+                mode: 0o644,
+                path: if files == 1 {
+                    format!("{}.bin", up.name)
+                } else {
+                    format!("{}/{f:07}.bin", up.name)
+                },
+                size,
+                chunks,
+            }
         })
         .collect();
     let manifest = Manifest {
-        id: name.into(),
-        files: vec![FileEntry {
-            mode: 0o644,
-            path: format!("{name}.bin"),
-            size,
-            chunks: refs,
-        }],
+        id: up.name.clone(),
+        files: entries,
         tenant: "simulation".into(),
         created: EPOCH / 1000,
         version: "1".into(),
         category: "simulated".into(),
-        total_size: size,
+        total_size: up.size,
         description: None,
         post_install: None,
     };

@@ -16,11 +16,14 @@
 //! it went down, is lost; a close reaches the other end after the latency. No event
 //! reads or changes another node's state at once, which is what lets lanes run apart.
 
+mod install;
 mod rules;
 mod transfer;
+mod windows;
 
 use super::fleet::{EPOCH, Fleet, draw};
 use super::network::Network;
+use super::overhead;
 use super::queue::Calendar;
 use super::scenario::ChurnKind;
 use super::summary::{Row, Tally};
@@ -91,11 +94,13 @@ struct Node {
 
 #[derive(Debug)]
 pub(super) enum Ev {
+    /// A control message, `wire` bytes on the links.
     Deliver {
         to: u32,
         from: u32,
         epoch: u64,
         msg: Control,
+        wire: u32,
     },
     Serve {
         server: u32,
@@ -156,6 +161,10 @@ pub(super) enum Ev {
         update: u32,
         boot: u32,
     },
+    /// A WAN window of `node` opens or closes.
+    WanWindow {
+        node: u32,
+    },
     Publish {
         update: u32,
     },
@@ -189,6 +198,7 @@ impl Ev {
             Ev::Serve { server, .. } => Some(*server),
             Ev::Timeout { node }
             | Ev::Install { node, .. }
+            | Ev::WanWindow { node }
             | Ev::Down { node, .. }
             | Ev::Up { node, .. } => Some(*node),
             Ev::Publish { .. } => Some(0),
@@ -327,6 +337,7 @@ impl<'f> Lane<'f> {
                 ),
             }
         }
+        self.schedule_windows();
         // Nodes that start with the run are up before anything else happens at 0.
         if self.owns(0) {
             for (u, up) in sc.updates.iter().enumerate() {
@@ -474,7 +485,9 @@ impl<'f> Lane<'f> {
                 from,
                 epoch,
                 msg,
+                wire,
             } => {
+                self.crossed(from, to, u64::from(wire));
                 if self.conn(to, from) == epoch {
                     let peer = fleet.keys[from as usize];
                     self.drive(to, |e, now| e.handle_message(peer, msg, now));
@@ -523,6 +536,8 @@ impl<'f> Lane<'f> {
                 chunks,
                 end,
             } => {
+                let wire = chunks.iter().map(|(_, len)| overhead::chunk(*len)).sum();
+                self.crossed(from, to, wire);
                 if self.conn(to, from) != epoch {
                     return;
                 }
@@ -597,6 +612,7 @@ impl<'f> Lane<'f> {
                     self.install(node, update as usize);
                 }
             }
+            Ev::WanWindow { node } => self.window_changed(node),
             Ev::Publish { update } => {
                 self.script_ran();
                 let manifest = fleet.manifests[update as usize].clone();
@@ -764,6 +780,7 @@ impl<'f> Lane<'f> {
         }
         node.store = store;
         self.nodes[i as usize].engine = Some(Box::new(engine));
+        self.keep_window(i);
         self.drive(i, |e, now| e.handle_timeout(now));
     }
 
@@ -815,101 +832,6 @@ impl<'f> Lane<'f> {
         self.at(at, Ev::Disconnected { to, from, epoch });
     }
 
-    /// A leaf's install job of update `u` is done: it fails on the leaves the
-    /// scenario's share of failures draws (every time it is tried), else it replaces
-    /// the module's current version.
-    fn install(&mut self, i: u32, u: usize) {
-        let fleet = self.fleet;
-        let Some(engine) = &self.nodes[i as usize].engine else {
-            return;
-        };
-        let manifest = &fleet.manifests[u];
-        let replaced = engine
-            .installed_modules()
-            .and_then(|m| m.get(&manifest.manifest.module()))
-            .and_then(|s| s.current.as_ref())
-            .map(|c| c.update)
-            .filter(|c| *c != manifest.id);
-        let fails =
-            draw(fleet.seed, &format!("install-{u}"), u64::from(i)) < fleet.sc.updates[u].fail;
-        let node = &mut self.nodes[i as usize];
-        let first = !node.failed[u] && node.installed[u].is_none();
-        let result = if fails {
-            node.failed[u] = true;
-            if first {
-                self.tally.counters.install_failures += 1;
-                self.last_change = self.now;
-            }
-            Err("the simulated install failed".to_string())
-        } else {
-            if node.installed[u].is_none() {
-                node.installed[u] = Some(self.now);
-                let groups = fleet.summary_groups_of(i);
-                self.tally.installed(u, &groups, self.now);
-                self.last_change = self.now;
-            }
-            Ok(replaced)
-        };
-        let done = InstallDone::Installed {
-            update: manifest.id,
-            result,
-            hook: None,
-        };
-        self.drive(i, |e, now| {
-            if fails {
-                fleet.certify(e, i);
-            }
-            e.handle_install_done(done, None, now);
-        });
-    }
-
-    /// Carries out a leaf's install job: an install takes the scenario's install time;
-    /// the rest (removals and the admin's checks and rollbacks, which no scenario
-    /// asks for) are done at once.
-    fn install_job(&mut self, i: u32, job: InstallJob, engine: &mut Engine) {
-        let fleet = self.fleet;
-        let now = EPOCH + self.now;
-        let done = match job {
-            InstallJob::Install { manifest } => {
-                if let Some(u) = fleet.manifests.iter().position(|m| m.id == manifest.id) {
-                    let at = self.now + fleet.sc.updates[u].install;
-                    let boot = self.nodes[i as usize].boots;
-                    let update = u as u32;
-                    self.at(
-                        at,
-                        Ev::Install {
-                            node: i,
-                            update,
-                            boot,
-                        },
-                    );
-                }
-                return;
-            }
-            InstallJob::Remove { module } => {
-                let current = engine
-                    .installed_modules()
-                    .and_then(|m| m.get(&module))
-                    .and_then(|s| s.current.as_ref())
-                    .map(|c| c.update);
-                InstallDone::Removed {
-                    module,
-                    result: Ok(current),
-                }
-            }
-            InstallJob::Check { .. } | InstallJob::Repair { .. } => InstallDone::Checked {
-                settled: Vec::new(),
-                waiting: Vec::new(),
-            },
-            InstallJob::Rollback { module } => InstallDone::RolledBack {
-                module,
-                result: Err("the simulator has no admins to roll back".into()),
-                hook: None,
-            },
-        };
-        engine.handle_install_done(done, None, now);
-    }
-
     /// Runs an input on node `i`'s engine, then carries out everything it asks for.
     fn drive(&mut self, i: u32, input: impl FnOnce(&mut Engine, Millis)) {
         let Some(mut engine) = self.nodes[i as usize].engine.take() else {
@@ -951,12 +873,7 @@ impl<'f> Lane<'f> {
         let now = self.now;
         let fleet = self.fleet;
         match out {
-            Output::Send { to, msg } => self.over_connection(i, &to, |j, epoch| Ev::Deliver {
-                to: j,
-                from: i,
-                epoch,
-                msg,
-            }),
+            Output::Send { to, msg } => self.send_control(i, &to, msg),
             Output::Fetch {
                 id,
                 from,

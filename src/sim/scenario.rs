@@ -6,7 +6,15 @@
 //! 100%), or a topology that does not hold together (a group of a tier that does not
 //! exist, an approval by a tier that is not the group's parents).
 
+mod install;
+mod limits;
+
+pub use install::InstallCost;
+
+use crate::net::BandwidthOptions;
 use crate::rules::{FULL_WAVE, parse_wave};
+use install::RawInstall;
+use limits::RawLimits;
 use serde::Deserialize;
 use std::ops::Range;
 use std::path::Path;
@@ -40,6 +48,9 @@ pub struct Scenario {
     pub name: String,
     pub description: String,
     pub seed: u64,
+    /// The local time of day the run starts at, in minutes past midnight: where the
+    /// WAN windows fall.
+    pub starts_at: u16,
     /// The run stops at this virtual time whatever is left to do.
     pub until: u64,
     /// How often the timeline is sampled.
@@ -53,6 +64,7 @@ pub struct Scenario {
     pub approvals: Vec<Approval>,
     pub churn: Vec<Churn>,
     pub engine: EngineTuning,
+    pub install: InstallCost,
 }
 
 /// One level of the tree below the root.
@@ -71,6 +83,8 @@ pub struct Tier {
     /// Each node's rates vary by up to this fraction around the tier's.
     pub spread: f64,
     pub site: Option<Site>,
+    /// What each node's operator set (`arbor run --max-download ...`).
+    pub limits: BandwidthOptions,
 }
 
 /// The nodes of one tier under one parent, grouped into sites of `size`.
@@ -81,6 +95,9 @@ pub struct Site {
     pub link: Option<SiteLink>,
     /// Whether the parent declares the site to the engine (sibling fetch on).
     pub siblings: bool,
+    /// A download limit for all its members together, and WAN windows they keep
+    /// (instead of their tier's).
+    pub limits: BandwidthOptions,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -103,10 +120,11 @@ pub struct Group {
 pub struct Update {
     pub name: String,
     pub size: u64,
+    /// The files it holds, of equal size.
+    pub files: u32,
     /// When the root publishes it.
     pub at: u64,
-    /// How long installing takes on a leaf, and the share of installs that fail.
-    pub install: u64,
+    /// The share of installs that fail.
     pub fail: f64,
 }
 
@@ -250,6 +268,8 @@ struct RawScenario {
     description: Option<String>,
     #[serde(default)]
     seed: Option<u64>,
+    #[serde(default)]
+    starts_at: Option<Text>,
     until: Text,
     #[serde(default)]
     sample: Option<Text>,
@@ -268,6 +288,8 @@ struct RawScenario {
     churn: Vec<Spanned<RawChurn>>,
     #[serde(default)]
     engine: Option<RawEngine>,
+    #[serde(default)]
+    install: Option<RawInstall>,
 }
 
 #[derive(Deserialize)]
@@ -290,6 +312,8 @@ struct RawTier {
     spread: Option<Text>,
     #[serde(default)]
     site: Option<Spanned<RawSite>>,
+    #[serde(default)]
+    limits: Option<RawLimits>,
 }
 
 #[derive(Deserialize)]
@@ -304,6 +328,8 @@ struct RawSite {
     latency: Option<Text>,
     #[serde(default = "yes")]
     siblings: bool,
+    #[serde(default)]
+    limits: Option<Spanned<RawLimits>>,
 }
 
 fn yes() -> bool {
@@ -324,9 +350,9 @@ struct RawUpdate {
     name: Text,
     size: Text,
     #[serde(default)]
-    at: Option<Text>,
+    files: Option<Spanned<i64>>,
     #[serde(default)]
-    install: Option<Text>,
+    at: Option<Text>,
     #[serde(default)]
     fail: Option<Text>,
 }
@@ -565,6 +591,10 @@ impl Checker<'_> {
                 jitter,
                 spread,
                 site,
+                limits: match &t.limits {
+                    Some(l) => self.limits(l)?,
+                    None => BandwidthOptions::default(),
+                },
             });
         }
         let tier_of = |v: &Text| -> Result<usize, ScenarioError> {
@@ -617,19 +647,21 @@ impl Checker<'_> {
                     format!("{size} bytes in chunks of {chunk} is over {MAX_UPDATE_CHUNKS} chunks: use a larger chunk"),
                 );
             }
+            let files = match &u.files {
+                Some(v) => {
+                    let most = size.min(crate::content::manifest::MAX_FILES as u64) as i64;
+                    self.count(v, "files", 1..most + 1)? as u32
+                }
+                None => 1,
+            };
             updates.push(Update {
                 name,
                 size,
+                files,
                 at: u
                     .at
                     .as_ref()
                     .map(|v| self.duration(v, "at"))
-                    .transpose()?
-                    .unwrap_or(0),
-                install: u
-                    .install
-                    .as_ref()
-                    .map(|v| self.duration(v, "install"))
                     .transpose()?
                     .unwrap_or(0),
                 fail: u
@@ -729,10 +761,12 @@ impl Checker<'_> {
                     .transpose()?,
             },
         };
+        let install = self.install(raw.install.as_ref())?;
         Ok(Scenario {
             name: raw.name.into_inner(),
             description: raw.description.unwrap_or_default(),
             seed: raw.seed.unwrap_or(1),
+            starts_at: self.time_of_day(&raw.starts_at)?,
             until,
             sample,
             chunk,
@@ -743,6 +777,7 @@ impl Checker<'_> {
             approvals,
             churn,
             engine,
+            install,
         })
     }
 
@@ -778,6 +813,10 @@ impl Checker<'_> {
             size,
             link,
             siblings: raw.siblings,
+            limits: match &raw.limits {
+                Some(l) => self.site_limits(l)?,
+                None => BandwidthOptions::default(),
+            },
         })
     }
 

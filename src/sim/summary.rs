@@ -107,6 +107,16 @@ fn add_each(a: &mut Vec<u64>, b: &[u64]) {
     }
 }
 
+/// What one site received and installed.
+#[derive(Clone, Copy, Debug, Default)]
+struct SiteCount {
+    /// Bytes on the wire into the site from outside it.
+    bytes_in: u64,
+    /// Leaf installs in it, and when the last was.
+    installs: u64,
+    last_install: Millis,
+}
+
 /// One rule batch's spread through the tree.
 #[derive(Clone, Debug, Default)]
 struct RuleSpread {
@@ -131,6 +141,10 @@ pub struct Tally {
     /// Install times per update per group.
     installs: Vec<Vec<Vec<Millis>>>,
     installed_now: Vec<u64>,
+    /// The last successful leaf install.
+    last_install: Option<Millis>,
+    /// By the fleet's report sites; grows as sites are first counted.
+    sites: Vec<SiteCount>,
     rules: Vec<RuleSpread>,
     rows: Vec<Row>,
     peaks: Vec<(String, f64)>,
@@ -155,6 +169,8 @@ impl Tally {
                 .collect(),
             installs: vec![vec![Vec::new(); groups.len()]; sc.updates.len()],
             installed_now: vec![0; groups.len()],
+            last_install: None,
+            sites: Vec::new(),
             groups,
             counters: Counters::default(),
             from_parent: vec![0; n],
@@ -178,13 +194,33 @@ impl Tally {
         }
     }
 
-    /// A leaf installed update `u`; `groups` marks the summary groups it is in.
-    pub fn installed(&mut self, u: usize, groups: &[bool], at: Millis) {
+    fn site(&mut self, s: u32) -> &mut SiteCount {
+        let s = s as usize;
+        if self.sites.len() <= s {
+            self.sites.resize(s + 1, SiteCount::default());
+        }
+        &mut self.sites[s]
+    }
+
+    /// `wire` bytes arrived from outside into site `s`.
+    pub fn site_received(&mut self, s: u32, wire: u64) {
+        self.site(s).bytes_in += wire;
+    }
+
+    /// A leaf installed update `u`; `groups` marks the summary groups it is in, `site`
+    /// the site it is counted in.
+    pub fn installed(&mut self, u: usize, groups: &[bool], site: Option<u32>, at: Millis) {
         for (g, member) in groups.iter().enumerate() {
             if *member {
                 self.installs[u][g].push(at);
                 self.installed_now[g] += 1;
             }
+        }
+        self.last_install = Some(self.last_install.map_or(at, |l| l.max(at)));
+        if let Some(s) = site {
+            let site = self.site(s);
+            site.installs += 1;
+            site.last_install = site.last_install.max(at);
         }
     }
 
@@ -251,6 +287,13 @@ impl Tally {
             }
         }
         add_each(&mut self.installed_now, &other.installed_now);
+        self.last_install = self.last_install.max(other.last_install);
+        for (s, theirs) in other.sites.iter().enumerate() {
+            let mine = self.site(s as u32);
+            mine.bytes_in += theirs.bytes_in;
+            mine.installs += theirs.installs;
+            mine.last_install = mine.last_install.max(theirs.last_install);
+        }
         for (mine, theirs) in self.rules.iter_mut().zip(other.rules) {
             mine.issued_at = match (mine.issued_at, theirs.issued_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -293,6 +336,20 @@ pub struct TierResult {
     pub bytes_from_siblings: u64,
 }
 
+/// What one site received, and when it was done.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SiteResult {
+    pub site: String,
+    pub leaves: u64,
+    /// Leaf installs in it (leaf × update).
+    pub installed: u64,
+    /// Bytes on the wire into the site from outside it (chunks and control, with their
+    /// framing).
+    pub bytes_in: u64,
+    /// When its last leaf installed the last update; `None` if some never did.
+    pub done_s: Option<f64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RuleResult {
     pub at_s: f64,
@@ -328,13 +385,21 @@ pub struct Summary {
     pub tiers: Vec<TierResult>,
     pub root_egress: u64,
     pub site_wan: u64,
+    /// Each site's bytes and completion: the sites a scenario declares, else the nodes
+    /// above the leaves with their leaves.
+    pub sites: Vec<SiteResult>,
     pub peak_utilisation: Vec<LinkPeak>,
     pub rules: Vec<RuleResult>,
     pub failures: Counters,
+    /// When the last successful leaf install happened, in seconds.
+    pub last_install_s: Option<f64>,
     pub never_online: u64,
     /// Leaf installs that did not happen by the end (leaf × update).
     pub not_installed: u64,
 }
+
+/// Most sites the printed summary lists one by one.
+const SITES_SHOWN: usize = 20;
 
 fn secs(ms: Millis) -> f64 {
     ms as f64 / 1000.0
@@ -355,8 +420,16 @@ fn quantile(sorted: &[Millis], q: f64) -> Option<f64> {
 }
 
 impl Summary {
-    /// Builds the summary; `members` is the size of each summary group.
-    pub fn new(sc: &Scenario, seed: u64, tally: &Tally, members: &[u64], nodes: u64) -> Summary {
+    /// Builds the summary; `members` is the size of each summary group, `sites` the
+    /// names of the sites reported on and the leaves in each.
+    pub fn new(
+        sc: &Scenario,
+        seed: u64,
+        tally: &Tally,
+        members: &[u64],
+        sites: &(Vec<String>, u64),
+        nodes: u64,
+    ) -> Summary {
         let leaves = *tally.tier_nodes.last().unwrap_or(&0);
         let mut not_installed = 0;
         let updates = sc
@@ -450,6 +523,22 @@ impl Summary {
                 }
             })
             .collect();
+        let (site_names, site_leaves) = sites;
+        let wanted = site_leaves * sc.updates.len() as u64;
+        let sites = site_names
+            .iter()
+            .enumerate()
+            .map(|(s, name)| {
+                let count = tally.sites.get(s).copied().unwrap_or_default();
+                SiteResult {
+                    site: name.clone(),
+                    leaves: *site_leaves,
+                    installed: count.installs,
+                    bytes_in: count.bytes_in,
+                    done_s: (count.installs >= wanted).then(|| secs(count.last_install)),
+                }
+            })
+            .collect();
         Summary {
             scenario: sc.name.clone(),
             seed,
@@ -461,6 +550,7 @@ impl Summary {
             tiers,
             root_egress: tally.root_egress,
             site_wan: tally.site_wan,
+            sites,
             peak_utilisation: tally
                 .peaks
                 .iter()
@@ -471,6 +561,7 @@ impl Summary {
                 .collect(),
             rules,
             failures: tally.counters.clone(),
+            last_install_s: tally.last_install.map(secs),
             never_online: tally.never_online,
             not_installed,
         }
@@ -532,6 +623,7 @@ impl Summary {
         if self.site_wan > 0 {
             let _ = writeln!(s, "  across site WAN links: {}", bytes(self.site_wan));
         }
+        self.sites_text(&mut s);
         let _ = writeln!(
             s,
             "\nPeak link utilisation (busiest second of the busiest link)"
@@ -558,8 +650,9 @@ impl Summary {
         let _ = writeln!(s, "\nFailures and churn");
         let _ = writeln!(
             s,
-            "  install failures {}, halts {}, fetch timeouts {}, bad chunks {}, rules refused {}, misbehaving peers {}",
+            "  install failures {} (the last successful install at {}), halts {}, fetch timeouts {}, bad chunks {}, rules refused {}, misbehaving peers {}",
             f.install_failures,
+            clock(self.last_install_s),
             f.halts,
             f.fetch_timeouts,
             f.bad_chunks,
@@ -577,6 +670,46 @@ impl Summary {
             self.not_installed
         );
         s
+    }
+
+    /// The per-site table: every site, or the slowest [`SITES_SHOWN`] of a fleet of
+    /// more (all of them are in `summary.json`).
+    fn sites_text(&self, s: &mut String) {
+        if self.sites.is_empty() {
+            return;
+        }
+        let mut shown: Vec<&SiteResult> = self.sites.iter().collect();
+        if shown.len() > SITES_SHOWN {
+            // Never done first, then the latest.
+            shown.sort_by(|a, b| {
+                let key = |r: &SiteResult| r.done_s.unwrap_or(f64::INFINITY);
+                key(b).total_cmp(&key(a))
+            });
+            shown.truncate(SITES_SHOWN);
+            let _ = writeln!(
+                s,
+                "\nSites: the {SITES_SHOWN} slowest of {} (all in summary.json)",
+                self.sites.len()
+            );
+        } else {
+            let _ = writeln!(s, "\nSites");
+        }
+        let _ = writeln!(
+            s,
+            "  {:<24} {:>7} {:>9} {:>14} {:>10}",
+            "site", "leaves", "installed", "bytes in", "done"
+        );
+        for r in shown {
+            let _ = writeln!(
+                s,
+                "  {:<24} {:>7} {:>9} {:>14} {:>10}",
+                r.site,
+                r.leaves,
+                r.installed,
+                bytes(r.bytes_in),
+                clock(r.done_s)
+            );
+        }
     }
 
     /// Writes `summary.json`, `timeline.csv` and `rollout.svg` into `dir`.

@@ -1,7 +1,14 @@
 //! Transfers in a lane: a chunk request answered through the serving engine, its bytes
-//! carried over the modelled links, and the chunks handed to the requester as they land.
+//! carried over the modelled links (through the rate limits on its way) and the
+//! chunks handed to the requester as they land; control messages carried at their
+//! encoded size; and the bytes counted where they arrive.
 
 use super::*;
+use crate::net::proto::ControlFrame;
+
+/// The address a sibling is given at in a `Siblings` message: one of the length a node
+/// usually listens at.
+const SIBLING_ADDR: &str = "/ip4/192.0.2.10/tcp/7077";
 
 impl Lane<'_> {
     /// Answers a chunk request: each chunk through [`Engine::serve`], the bytes through
@@ -25,6 +32,7 @@ impl Lane<'_> {
         let answers = span.clone().zip(engine.serve(&peer, &update, span, direct));
         let lat = fleet.latency(server, client);
         let path = fleet.path(server, client);
+        let limits = fleet.limits(server, client);
         // A node that serves others hears of every chunk as it lands, so that it can
         // pass it on at once; a leaf without siblings only needs the whole answer.
         let chunkwise = !fleet.children_of(client).is_empty() || fleet.site_of(client).is_some();
@@ -32,12 +40,11 @@ impl Lane<'_> {
         let mut last = now;
         let mut batch: Vec<(u32, u32)> = Vec::new();
         let mut pending: Option<(Millis, u32, u32)> = None;
-        let mut sent = 0u64;
         for (index, answer) in answers {
             match answer {
                 Served::Data { len, .. } => {
-                    last = self.net.send(&path, now, len);
-                    sent += u64::from(len);
+                    let wire = overhead::chunk(len);
+                    last = self.net.send_limited(&limits, &path, now, len, wire);
                     if chunkwise {
                         if let Some((at, i, l)) = pending.take() {
                             self.chunks_at(
@@ -72,18 +79,59 @@ impl Lane<'_> {
                 }
             }
         }
-        if server == 0 {
-            self.tally.root_egress += sent;
-        }
-        if fleet.crosses_site(server, client) {
-            self.tally.site_wan += sent;
-        }
         let end = (last.ceil() as Millis).max(self.now) + lat;
         match pending {
             Some((at, i, l)) => {
                 self.chunks_at(at, client, server, epoch, fetch, update, vec![(i, l)], true)
             }
             None => self.chunks_at(end, client, server, epoch, fetch, update, batch, true),
+        }
+    }
+
+    /// Sends control message `msg` from node `i` to `peer` over the links, arriving
+    /// after its time on them and the latency; nothing if `i` holds no connection with
+    /// it.
+    pub(super) fn send_control(&mut self, i: u32, peer: &PeerId, msg: Control) {
+        let fleet = self.fleet;
+        let Some(j) = fleet.node_of(peer) else {
+            return;
+        };
+        let epoch = self.conn(i, j);
+        if epoch == 0 {
+            return;
+        }
+        let frame = ControlFrame::of(msg.clone(), |_| vec![SIBLING_ADDR.to_string()]);
+        let wire = overhead::control(crate::wire::encoded_len(&frame));
+        let sent = self
+            .net
+            .send_control(&fleet.path(i, j), self.now as f64, wire);
+        let at = (sent.ceil() as Millis).max(self.now) + fleet.latency(i, j);
+        self.at(
+            at,
+            Ev::Deliver {
+                to: j,
+                from: i,
+                epoch,
+                msg,
+                wire: u32::try_from(wire).unwrap_or(u32::MAX),
+            },
+        );
+    }
+
+    /// `wire` bytes from `from` reached `to`: counted as the root's egress, across a
+    /// site's WAN link, and into `to`'s site, as they apply.
+    pub(super) fn crossed(&mut self, from: u32, to: u32, wire: u64) {
+        let fleet = self.fleet;
+        if from == 0 {
+            self.tally.root_egress += wire;
+        }
+        if fleet.crosses_site(from, to) {
+            self.tally.site_wan += wire;
+        }
+        if let Some(site) = fleet.report_site(to)
+            && fleet.report_site(from) != Some(site)
+        {
+            self.tally.site_received(site, wire);
         }
     }
 

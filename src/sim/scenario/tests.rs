@@ -47,6 +47,18 @@ fn error_with(from: &str, to: &str) -> ScenarioError {
     Scenario::parse("t.toml", &GOOD.replacen(from, to, 1)).expect_err("refused")
 }
 
+/// `GOOD` with `from` replaced by `to` is refused for what `says`, at the line of the
+/// last line of `to`.
+fn refused_at_its_line(from: &str, to: &str, says: &str) {
+    let e = error_with(from, to);
+    assert!(e.message.contains(says), "{to}: {e}");
+    let expected = line_of_text(
+        &GOOD.replacen(from, to, 1),
+        to.lines().last().expect("a line"),
+    );
+    assert_eq!(e.line, expected, "{to}: {e}");
+}
+
 fn line_of_text(text: &str, needle: &str) -> usize {
     1 + text[..text.find(needle).expect("present")]
         .matches('\n')
@@ -97,13 +109,7 @@ fn impossible_values_are_refused_at_their_line() {
             "jitter",
         ),
     ] {
-        let e = error_with(from, to);
-        assert!(e.message.contains(says), "{to}: {e}");
-        let expected = line_of_text(
-            &GOOD.replacen(from, to, 1),
-            to.lines().last().expect("a line"),
-        );
-        assert_eq!(e.line, expected, "{to}: {e}");
+        refused_at_its_line(from, to, says);
     }
 }
 
@@ -222,4 +228,77 @@ fn approvals_are_batched_by_time_and_issuer_in_file_order() {
             (0, Some(0), vec![2]),
         ]
     );
+}
+
+#[test]
+fn limits_windows_and_install_costs_are_read_as_the_daemon_reads_them() {
+    let text = GOOD
+        .replacen(
+            "latency = \"20ms\"",
+            "latency = \"20ms\"\nlimits = { max_download = \"40Mbit\", max_upload = \"5MiB/s\", \
+             wan_window = [\"19:00-07:00\", \"12:00-13:00\"] }",
+            1,
+        )
+        .replacen(
+            "latency = \"10ms\" }",
+            "latency = \"10ms\", limits = { max_download = \"20Mbit\", wan_window = [\"22:00-06:00\"] } }",
+            1,
+        )
+        .replacen("size = \"8MiB\"", "size = \"8MiB\"\nfiles = 40", 1)
+        + "\nstarts_at = \"18:30\"\n[install]\nrate = \"100MiB/s\"\nper_file = \"2ms\"\n";
+    // `starts_at` went under [install]: put it at the top instead.
+    let text = text
+        .replacen("\nstarts_at = \"18:30\"\n", "\n", 1)
+        .replacen("until = \"1h\"", "until = \"1h\"\nstarts_at = \"18:30\"", 1);
+    let sc = Scenario::parse("t.toml", &text).expect("valid");
+    let branch = &sc.tiers[0].limits;
+    assert_eq!(branch.max_download, Some(crate::bandwidth::Rate(5_000_000)));
+    assert_eq!(branch.max_upload, Some(crate::bandwidth::Rate(5 << 20)));
+    assert_eq!(branch.wan_windows.len(), 2);
+    assert!(branch.wan_open(12 * 60 + 30) && !branch.wan_open(9 * 60));
+    let site = &sc.tiers[1].site.as_ref().expect("a site").limits;
+    assert_eq!(site.max_download, Some(crate::bandwidth::Rate(2_500_000)));
+    assert_eq!(sc.starts_at, 18 * 60 + 30);
+    assert_eq!(sc.updates[0].files, 40);
+    assert_eq!(sc.install.rate, 100.0 * 1024.0 * 1024.0);
+    // 8 MiB at 100 MiB/s and 40 files at 2 ms.
+    assert_eq!(sc.install.millis(8 << 20, 40), 80 + 80);
+    let defaults = Scenario::parse("t.toml", GOOD).expect("valid");
+    assert_eq!(defaults.install, InstallCost::MEASURED);
+    assert_eq!(defaults.starts_at, 0);
+    assert!(defaults.tiers[0].limits.wan_open(0));
+    for (from, to, says) in [
+        (
+            "latency = \"20ms\"",
+            "latency = \"20ms\"\nlimits = { max_download = \"fast\" }",
+            "max_download",
+        ),
+        (
+            "latency = \"20ms\"",
+            "latency = \"20ms\"\nlimits = { wan_window = [\"25:00-07:00\"] }",
+            "hours run",
+        ),
+        (
+            "latency = \"10ms\" }",
+            "latency = \"10ms\", limits = { max_upload = \"1Mbit\" } }",
+            "on its tier",
+        ),
+        (
+            "until = \"1h\"",
+            "until = \"1h\"\nstarts_at = \"7pm\"",
+            "time of day",
+        ),
+        (
+            "size = \"8MiB\"",
+            "size = \"8MiB\"\nfiles = 0",
+            "out of range",
+        ),
+        (
+            "until = \"1h\"",
+            "until = \"1h\"\n[install]\nrate = \"quick\"",
+            "not a rate",
+        ),
+    ] {
+        refused_at_its_line(from, to, says);
+    }
 }
