@@ -692,7 +692,6 @@ impl Daemon {
         logcap::flush();
         // Waits whose caller gave up (an admin API timeout) need no answer.
         self.waiters.retain(|(_, reply)| !reply.is_closed());
-        self.renew_rules();
         self.keep_reports();
         self.keep_report_seq();
         // Retries of failed installs come due with time.

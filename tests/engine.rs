@@ -12,7 +12,7 @@ mod common;
 use arbor::content::Hash;
 use arbor::engine::{
     ChunkVerdict, Config, Control, Engine, Event, FetchId, Millis, Outcome, Output, PeerId, Role,
-    Served,
+    RuleChange, Served,
 };
 use arbor::rules::{ALL, Approval, FULL_WAVE, Rules, SignedRules};
 use arbor::trust::{SecretKey, SignedManifest, member};
@@ -538,16 +538,38 @@ impl Harness {
             .map_or_else(|| Rules::new(node, 0), |r| r.rules.clone())
     }
 
-    /// `node`'s admin sets `rules`: signed as its next version and handed to its engine.
-    fn set_rules(&mut self, node: PeerId, rules: Rules) -> SignedRules {
-        let version = self.nodes[&node].engine.rules().next_version(&node);
-        let signed =
-            SignedRules::sign(&secret_of(node), version, RULES_EXPIRE, rules).expect("signed");
-        let own = signed.clone();
+    /// `node`'s admin sets `rules` (their groups and approvals): its engine signs them
+    /// as its next version.
+    fn set_rules(&mut self, node: PeerId, rules: Rules) -> Arc<SignedRules> {
+        let held = self.own_rules(node);
+        let mut changes = vec![RuleChange::Groups(rules.groups)];
+        changes.extend(
+            held.approvals
+                .into_keys()
+                .filter(|k| !rules.approvals.contains_key(k))
+                .map(|k| RuleChange::Decline {
+                    update: k.update,
+                    group: k.group,
+                }),
+        );
+        changes.extend(
+            rules
+                .approvals
+                .into_iter()
+                .map(|(k, approval)| RuleChange::Approve {
+                    update: k.update,
+                    group: k.group,
+                    approval,
+                }),
+        );
+        let mut signed = None;
         self.with(node, |e, now| {
-            e.set_own_rules(own, now).expect("a node's own rules")
+            signed = Some(
+                e.change_own_rules(changes, now)
+                    .expect("a node's own rules"),
+            );
         });
-        signed
+        signed.expect("signed")
     }
 
     /// `node` approves `update` for every child, in autonomous mode.

@@ -29,7 +29,7 @@ use crate::engine::bitmap::Bitmap;
 use crate::engine::{
     ChunkVerdict, Control, Engine, Event, FetchId, Millis, Outcome, Output, PeerId, Role, Served,
 };
-use crate::rules::{Approval, Halt, Rules, SignedRules};
+use crate::rules::{Approval, Halt};
 use crate::trust::{PublicKey, SignedManifest};
 use std::sync::Arc;
 
@@ -38,8 +38,6 @@ use std::sync::Arc;
 const DIAL_FAILS_AFTER: Millis = 1_000;
 /// How long peers take to notice a crashed node (a graceful leave is seen at once).
 const CRASH_NOTICED_AFTER: Millis = 10_000;
-/// Rules are signed to outlive any run.
-const RULES_LIFETIME: u64 = 10 * 365 * 24 * 3600;
 /// Epochs carry the lane that made them in their low bits, so that lanes never make
 /// the same one.
 const EPOCH_LANE_BITS: u32 = 4;
@@ -941,10 +939,10 @@ impl<'f> Lane<'f> {
                 }
             }
             Output::StoreRules { issuer, rules } => {
-                let origin = fleet
-                    .rule_origin
-                    .lock()
-                    .ok()
+                // A node's own rules are counted when issued, an ancestor's on arrival.
+                let origin = (issuer != fleet.keys[i as usize])
+                    .then(|| fleet.rule_origin.lock().ok())
+                    .flatten()
                     .and_then(|o| o.get(&Hash::of(&rules)).copied());
                 if let Some(b) = origin {
                     self.tally.rules_arrived(b as usize, now);
