@@ -42,6 +42,7 @@ mod liveness;
 mod local;
 mod offers;
 mod reporting;
+mod resume;
 mod rulebook;
 mod signer;
 mod site;
@@ -51,6 +52,7 @@ mod timers;
 pub use conduct::{BanInfo, Offence, Standing};
 pub use liveness::clock_note;
 pub use reporting::{CHECK_RATE, REPORT_SPACING};
+pub use resume::{Dropped, Saved, SavedChild};
 pub use signer::{RULES_LIFETIME, RuleChange};
 pub use site::{MAX_SIBLINGS, MAX_STRIKES, Served, SiblingInfo};
 

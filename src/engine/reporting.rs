@@ -256,9 +256,9 @@ impl Engine {
         &self.rollup
     }
 
-    /// Reloads a child's report the driver kept, at start-up. A report that no longer
-    /// opens is refused and dropped.
-    pub fn restore_report(
+    /// Reloads a child's report the driver kept, at start-up ([`Engine::resume`]). A
+    /// report that no longer opens is refused and dropped.
+    pub(super) fn restore_report(
         &mut self,
         child: &PeerId,
         bytes: &[u8],

@@ -6,8 +6,8 @@ use super::*;
 
 impl Engine {
     /// Reloads a rule set the driver stored earlier (an ancestor's or this node's own),
-    /// at start-up. An expired one still holds its issuer's version.
-    pub fn restore_rules(&mut self, bytes: &[u8], now: Millis) -> Result<(), RulesError> {
+    /// at start-up ([`Engine::resume`]). An expired one still holds its issuer's version.
+    pub(super) fn restore_rules(&mut self, bytes: &[u8], now: Millis) -> Result<(), RulesError> {
         self.book.restore(bytes, &self.path, now / 1000)?;
         self.refresh(now);
         self.check_halts(now);

@@ -11,26 +11,6 @@ use crate::rules::{self, Approval, ApprovalKey, FULL_WAVE, Halt, RulesError};
 use crate::trust::PublicKey;
 
 impl Daemon {
-    /// Loads the rule sets kept in the store into the engine, at start-up.
-    pub(super) fn restore_rules(&mut self) {
-        let sets = match self.node.store.rules() {
-            Ok(sets) => sets,
-            Err(e) => {
-                tracing::error!("cannot read the stored rule sets: {e}");
-                return;
-            }
-        };
-        let now = now_ms();
-        for (issuer, bytes) in sets {
-            if let Err(e) = self.engine.restore_rules(&bytes, now) {
-                tracing::error!(
-                    issuer = %PublicKey(issuer).node_id(),
-                    "a stored rule set is refused and ignored: {e}"
-                );
-            }
-        }
-    }
-
     /// Keeps a rule set the engine verified and applied (an ancestor's) or signed (this
     /// node's own).
     pub(super) fn keep_rules(&mut self, issuer: &PublicKey, bytes: &[u8]) {

@@ -27,11 +27,11 @@ use super::summary::{Row, Tally};
 use crate::content::Hash;
 use crate::engine::bitmap::Bitmap;
 use crate::engine::{
-    ChunkVerdict, Control, Engine, Event, FetchId, Millis, Outcome, Output, PeerId, Role, Served,
+    ChunkVerdict, Control, Engine, Event, FetchId, Millis, Outcome, Output, PeerId, Role, Saved,
+    SavedChild, Served,
 };
 use crate::rules::{Approval, Halt};
-use crate::trust::{PublicKey, SignedManifest};
-use std::sync::Arc;
+use crate::trust::PublicKey;
 
 /// How long a dial to a node that is not running takes to fail, beyond the time its
 /// handshake would have taken.
@@ -41,21 +41,6 @@ const CRASH_NOTICED_AFTER: Millis = 10_000;
 /// Epochs carry the lane that made them in their low bits, so that lanes never make
 /// the same one.
 const EPOCH_LANE_BITS: u32 = 4;
-
-/// What the store of one node holds.
-#[derive(Default)]
-struct Store {
-    updates: Vec<(Arc<SignedManifest>, Bitmap)>,
-    rules: Vec<(PublicKey, Arc<[u8]>)>,
-    reports: Vec<(PeerId, Arc<[u8]>)>,
-    report_seq: u64,
-}
-
-impl Store {
-    fn update(&mut self, id: &Hash) -> Option<&mut (Arc<SignedManifest>, Bitmap)> {
-        self.updates.iter_mut().find(|(m, _)| m.id == *id)
-    }
-}
 
 /// A node's state as it runs (its links are in the fleet).
 #[derive(Default)]
@@ -70,7 +55,8 @@ struct Node {
     siblings: Vec<(u32, u64)>,
     /// The earliest timeout event scheduled for it.
     timer: Option<Millis>,
-    store: Store,
+    /// What its store keeps, to start again from after a crash.
+    saved: Saved,
     /// When each update was installed (leaves), by update index.
     installed: Vec<Option<Millis>>,
     failed: Vec<bool>,
@@ -515,7 +501,7 @@ impl<'f> Lane<'f> {
                 }
                 let sibling = fleet.same_site(to, from);
                 let tier = fleet.tier_of(to);
-                if let Some((_, have)) = self.nodes[to as usize].store.update(&update) {
+                if let Some(have) = self.nodes[to as usize].saved.update_mut(&update) {
                     for (index, _) in &chunks {
                         have.set(*index);
                     }
@@ -588,7 +574,7 @@ impl<'f> Lane<'f> {
                 for i in 0..n {
                     all.set(i);
                 }
-                self.nodes[0].store.updates.push((manifest.clone(), all));
+                self.nodes[0].saved.updates.push((manifest.clone(), all));
                 let have = vec![true; n as usize];
                 self.last_change = now;
                 self.drive(0, |e, now| e.add_local_update(manifest, &have, now));
@@ -710,53 +696,47 @@ impl<'f> Lane<'f> {
             config,
             fleet.seed ^ u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15),
         );
-        for c in fleet.children_of(i) {
-            let key = fleet.keys[c as usize];
-            engine.add_child(key, fleet.is_leaf(c), now);
-            if let Some((tier, site)) = fleet.site_of(c)
-                && fleet.sc.tiers[tier]
-                    .site
-                    .as_ref()
-                    .is_some_and(|s| s.siblings)
-            {
-                engine.set_child_site(key, Some(&format!("site-{site}")));
-            }
-        }
         // A leaf needs its certificate only to prove a failure: it is given one then.
         if i != 0 && (!fleet.is_leaf(i) || self.nodes[i as usize].failed.iter().any(|f| *f)) {
             fleet.certify(&mut engine, i);
         }
         let node = &mut self.nodes[i as usize];
         node.online = true;
-        let store = std::mem::take(&mut node.store);
-        for (_, rules) in &store.rules {
-            if let Err(e) = engine.restore_rules(rules, now) {
-                tracing::warn!(node = i, error = %e, "a stored rule set no longer opens");
+        // The children are the fleet's, each at its site where its tier has siblings.
+        node.saved.children = fleet
+            .children_of(i)
+            .map(|c| SavedChild {
+                key: fleet.keys[c as usize],
+                client: fleet.is_leaf(c),
+                site: fleet
+                    .site_of(c)
+                    .filter(|(tier, _)| {
+                        fleet.sc.tiers[*tier]
+                            .site
+                            .as_ref()
+                            .is_some_and(|s| s.siblings)
+                    })
+                    .map(|(_, site)| format!("site-{site}")),
+            })
+            .collect();
+        for dropped in engine.resume(&node.saved, now) {
+            tracing::warn!(node = i, "{dropped}");
+        }
+        let node = &self.nodes[i as usize];
+        if fleet.is_leaf(i) {
+            for (u, m) in fleet.manifests.iter().enumerate() {
+                if !node.saved.updates.iter().any(|(s, _)| s.id == m.id) {
+                    continue;
+                }
+                if node.installed[u].is_some() {
+                    engine.set_outcome(&m.id, Outcome::Installed(None), now);
+                } else if node.failed[u] {
+                    engine.set_outcome(&m.id, Outcome::Failed("install failed".into()), now);
+                } else {
+                    engine.set_needed(&m.id, true, now);
+                }
             }
         }
-        engine.set_report_seq(store.report_seq);
-        for (child, report) in &store.reports {
-            let _ = engine.restore_report(child, report, now);
-        }
-        for (manifest, have) in &store.updates {
-            let held: Vec<bool> = (0..have.len()).map(|c| have.get(c)).collect();
-            engine.add_local_update(manifest.clone(), &held, now);
-        }
-        let leaf = fleet.is_leaf(i);
-        for (u, m) in fleet.manifests.iter().enumerate() {
-            let node = &self.nodes[i as usize];
-            if !leaf || !store.updates.iter().any(|(s, _)| s.id == m.id) {
-                continue;
-            }
-            if node.installed[u].is_some() {
-                engine.set_outcome(&m.id, Outcome::Installed(None), now);
-            } else if node.failed[u] {
-                engine.set_outcome(&m.id, Outcome::Failed("install failed".into()), now);
-            } else {
-                engine.set_needed(&m.id, true, now);
-            }
-        }
-        self.nodes[i as usize].store = store;
         self.nodes[i as usize].engine = Some(Box::new(engine));
         self.drive(i, |e, now| e.handle_timeout(now));
     }
@@ -785,7 +765,7 @@ impl<'f> Lane<'f> {
         node.timer = None;
         if let Some(e) = node.engine.take() {
             node.fetch_timeouts += e.stats().fetch_timeouts;
-            node.store.report_seq = e.report_seq();
+            node.saved.report_seq = e.report_seq();
         }
         if crash {
             self.tally.counters.crashes += 1;
@@ -905,13 +885,13 @@ impl<'f> Lane<'f> {
             Output::StoreManifest { manifest } => {
                 let id = manifest.id;
                 let n = manifest.chunks.len() as u32;
-                let store = &mut self.nodes[i as usize].store;
-                if store.update(&id).is_none() {
-                    store.updates.push((manifest, Bitmap::new(n)));
+                let saved = &mut self.nodes[i as usize].saved;
+                if saved.update_mut(&id).is_none() {
+                    saved.updates.push((manifest, Bitmap::new(n)));
                 }
-                let have: Vec<bool> = store
-                    .update(&id)
-                    .map(|(_, b)| (0..n).map(|c| b.get(c)).collect())
+                let have: Vec<bool> = saved
+                    .update_mut(&id)
+                    .map(|b| (0..n).map(|c| b.get(c)).collect())
                     .unwrap_or_default();
                 engine.handle_local_have(id, &have, EPOCH + now);
                 if fleet.is_leaf(i)
@@ -948,14 +928,10 @@ impl<'f> Lane<'f> {
                     self.tally.rules_arrived(b as usize, now);
                 }
                 self.last_change = now;
-                let store = &mut self.nodes[i as usize].store;
-                store.rules.retain(|(k, _)| *k != issuer);
-                store.rules.push((issuer, rules));
+                self.nodes[i as usize].saved.keep_rules(issuer, rules);
             }
             Output::StoreReport { child, report } => {
-                let store = &mut self.nodes[i as usize].store;
-                store.reports.retain(|(k, _)| *k != child);
-                store.reports.push((child, report));
+                self.nodes[i as usize].saved.keep_report(child, report);
             }
             Output::Event(event) => match event {
                 Event::UpdateComplete { update } => {
