@@ -43,7 +43,9 @@ mod liveness;
 mod local;
 mod offers;
 mod reporting;
+mod resume;
 mod rulebook;
+mod signer;
 mod site;
 mod sources;
 mod timers;
@@ -51,6 +53,8 @@ mod timers;
 pub use conduct::{BanInfo, Offence, Standing};
 pub use liveness::clock_note;
 pub use reporting::{CHECK_RATE, REPORT_SPACING};
+pub use resume::{Dropped, Saved, SavedChild};
+pub use signer::{RULES_LIFETIME, RuleChange};
 pub use site::{MAX_SIBLINGS, MAX_STRIKES, Served, SiblingInfo};
 
 use crate::content::{DigestState, Hash};
@@ -123,6 +127,9 @@ pub struct Config {
     /// installer asks for ([`Engine::set_needed`]), not everything it may have, so that
     /// nothing already installed and no superseded version crosses the link.
     pub installer: bool,
+    /// How long, in seconds, a rule set this node signs stays valid: it is signed
+    /// again once half of that has passed ([`RULES_LIFETIME`] by default).
+    pub rules_lifetime: u64,
 }
 
 impl Default for Config {
@@ -142,6 +149,7 @@ impl Default for Config {
             heartbeat: 5_000,
             silence: 15_000,
             installer: false,
+            rules_lifetime: RULES_LIFETIME,
         }
     }
 }
@@ -220,7 +228,7 @@ pub enum Output {
         peer: PeerId,
         reason: String,
     },
-    /// A newer rule set, verified (an ancestor's), or signed here (a halt): persist it
+    /// A newer rule set, verified (an ancestor's), or signed here (this node's own): persist it
     /// before acting on what it allows, so that after a restart older versions are
     /// still refused.
     StoreRules {
@@ -264,7 +272,7 @@ pub enum Event {
         until: Millis,
         reason: String,
     },
-    /// Something this node could not do itself (sign its report or a halt).
+    /// Something this node could not do itself (sign its report or its own rules).
     Error {
         reason: String,
     },
@@ -483,7 +491,7 @@ pub struct Engine {
     next_change: Option<Millis>,
     /// The time of the last evaluation of rules, in Unix seconds.
     now_secs: u64,
-    /// This node's key: it signs the node's reports and its halts.
+    /// This node's key: it signs the node's reports and its own rules.
     key: SecretKey,
     /// The newest report of each child.
     rollup: Rollup,
@@ -506,6 +514,8 @@ pub struct Engine {
     intake: reporting::Intake,
     /// This node's certificate and failure statements.
     own_proof: reporting::OwnProof,
+    /// When a renewal of this node's own rules that failed is tried again.
+    renewal: signer::Renewal,
     /// Approvals this node halted and has not seen set again since.
     halted: std::collections::BTreeSet<ApprovalKey>,
     /// On a client with an installer: the updates it wants the bytes of.
@@ -596,6 +606,7 @@ impl Engine {
             refusals: Vec::new(),
             intake: reporting::Intake::default(),
             own_proof: reporting::OwnProof::default(),
+            renewal: signer::Renewal::default(),
             halted: std::collections::BTreeSet::new(),
             needed: std::collections::HashSet::default(),
             rules_heard: false,

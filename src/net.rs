@@ -27,7 +27,8 @@
 //! Its rooms: `transport` (the swarm), `accept` and `session` (streams and
 //! handshakes), `chunks` and `writer` (the data plane), `events` and `drive` (the event
 //! loop's inputs and the engine's outputs), `membership`, `local`, `rules`, `reports`
-//! and `conduct` (what the admin asks and sees), `join` and `probe`.
+//! and `conduct` (what the admin asks and sees), `saved` (what a restart starts from),
+//! `join` and `probe`.
 
 mod accept;
 pub mod admin;
@@ -50,6 +51,7 @@ pub mod probe;
 pub mod proto;
 mod reports;
 mod rules;
+mod saved;
 mod session;
 mod transport;
 mod writer;
@@ -505,21 +507,9 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         tracing::warn!("this node's certificate cannot prove its failures: {e}");
     }
     engine.set_parent_paused(!opts.bandwidth.wan_open(limit::local_minute()), now);
-    for (child, record) in node.store.children()? {
-        if !record.revoked {
-            engine.add_child(PublicKey(child), record.client, now);
-        }
-    }
-    for (id, bytes) in node.store.manifests()? {
-        match SignedManifest::open(&bytes, &node.root_key, now / 1000) {
-            Ok(m) => {
-                let have = local_have(&node.store, &m)?;
-                engine.add_local_update(Arc::new(m), &have, now);
-            }
-            Err(e) => {
-                tracing::error!(update = %id, "stored manifest refused: {e}; run arbor verify")
-            }
-        }
+    let (saved, kept_report_seq) = saved::read(&node, now)?;
+    for dropped in engine.resume(&saved, now) {
+        tracing::error!("{dropped}");
     }
     if let Some(h) = &hands {
         engine.start_installer(h.opts.withdrawn, installer::states(&h.installed), now);
@@ -566,7 +556,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         "listening on {}",
         listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
     );
-    let mut daemon = Daemon {
+    let daemon = Daemon {
         node,
         engine,
         swarm,
@@ -590,7 +580,7 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         refused: 0,
         rules_refused: 0,
         reports_to_keep: HashMap::new(),
-        kept_report_seq: 0,
+        kept_report_seq,
         waiters: Vec::new(),
         installer: hands,
         download: opts.bandwidth.max_download.map(Limiter::new),
@@ -602,9 +592,6 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         tasks,
         opts,
     };
-    daemon.restore_rules();
-    daemon.restore_reports();
-    daemon.restore_report_seq();
     Ok(daemon)
 }
 
@@ -692,7 +679,6 @@ impl Daemon {
         logcap::flush();
         // Waits whose caller gave up (an admin API timeout) need no answer.
         self.waiters.retain(|(_, reply)| !reply.is_closed());
-        self.renew_rules();
         self.keep_reports();
         self.keep_report_seq();
         let open = self.opts.bandwidth.wan_open(limit::local_minute());

@@ -10,9 +10,10 @@
 mod common;
 
 use arbor::content::Hash;
+use arbor::engine::bitmap::Bitmap;
 use arbor::engine::{
     ChunkVerdict, Config, Control, Engine, Event, FetchId, Millis, Outcome, Output, PeerId, Role,
-    Served,
+    RuleChange, Saved, SavedChild, Served,
 };
 use arbor::rules::{ALL, Approval, FULL_WAVE, Rules, SignedRules};
 use arbor::trust::{SecretKey, SignedManifest, member};
@@ -112,6 +113,9 @@ struct Node {
     rules_stored: Vec<PeerId>,
     /// `Have` messages delivered to this node.
     haves_received: u64,
+    /// What its store keeps besides chunks, to start again from: its children, the
+    /// manifests it took up, and the rule sets and reports the engine asked to keep.
+    kept: Saved,
 }
 
 struct Harness {
@@ -213,8 +217,40 @@ impl Harness {
                 chunks_received: 0,
                 rules_stored: Vec::new(),
                 haves_received: 0,
+                kept: Saved::default(),
             },
         );
+    }
+
+    /// What `id`'s store holds now, as a snapshot to start again from: what it kept,
+    /// with the chunks held of each update and the engine's report sequence number.
+    fn snapshot(&self, id: PeerId) -> Saved {
+        let node = &self.nodes[&id];
+        let mut saved = node.kept.clone();
+        saved.report_seq = node.engine.report_seq();
+        for (m, have) in &mut saved.updates {
+            *have = Bitmap::new(m.chunks.len() as u32);
+            for (i, (hash, _)) in m.chunks.iter().enumerate() {
+                if node.store.contains(hash) {
+                    have.set(i as u32);
+                }
+            }
+        }
+        saved
+    }
+
+    /// `id` crashed and starts again from `saved`: a new engine, the same store.
+    fn restart(&mut self, id: PeerId, role: Role, seed: u64, saved: &Saved) {
+        let store = std::mem::take(&mut self.node(id).store);
+        let kept = std::mem::take(&mut self.node(id).kept);
+        self.add(id, role, seed);
+        self.node(id).store = store;
+        self.node(id).kept = kept;
+        self.with(id, |e, now| {
+            let dropped = e.resume(saved, now);
+            assert!(dropped.is_empty(), "{dropped:?}");
+            e.handle_timeout(now);
+        });
     }
 
     /// `child` is a certified child of `parent` (with a certificate `parent` signed, so
@@ -222,6 +258,11 @@ impl Harness {
     fn attach(&mut self, parent: PeerId, child: PeerId) {
         let now = self.now;
         self.node(parent).engine.add_child(child, false, now);
+        self.node(parent).kept.children.push(SavedChild {
+            key: child,
+            client: false,
+            site: None,
+        });
         let cert = member::issue(
             &secret_of(parent),
             child,
@@ -295,6 +336,7 @@ impl Harness {
                 // The store answers at once with the chunks it already holds.
                 let update = manifest.id;
                 let node = self.node(id);
+                node.kept.updates.push((manifest, Bitmap::new(0)));
                 let have: Vec<bool> = (0..)
                     .map_while(|i| node.engine.chunk(&update, i))
                     .map(|(h, _)| node.store.contains(&h))
@@ -309,8 +351,12 @@ impl Harness {
                 }
             }
             Output::Disconnect { peer, .. } => self.disconnect(id, peer),
-            Output::StoreRules { issuer, .. } => self.node(id).rules_stored.push(issuer),
-            Output::StoreReport { .. } => {}
+            Output::StoreRules { issuer, rules } => {
+                let node = self.node(id);
+                node.rules_stored.push(issuer);
+                node.kept.keep_rules(issuer, rules);
+            }
+            Output::StoreReport { child, report } => self.node(id).kept.keep_report(child, report),
             // No node of these trees installs (tests/installer.rs drives installers).
             Output::Installer(_) => {}
             Output::Event(e) => {
@@ -540,16 +586,38 @@ impl Harness {
             .map_or_else(|| Rules::new(node, 0), |r| r.rules.clone())
     }
 
-    /// `node`'s admin sets `rules`: signed as its next version and handed to its engine.
-    fn set_rules(&mut self, node: PeerId, rules: Rules) -> SignedRules {
-        let version = self.nodes[&node].engine.rules().next_version(&node);
-        let signed =
-            SignedRules::sign(&secret_of(node), version, RULES_EXPIRE, rules).expect("signed");
-        let own = signed.clone();
+    /// `node`'s admin sets `rules` (their groups and approvals): its engine signs them
+    /// as its next version.
+    fn set_rules(&mut self, node: PeerId, rules: Rules) -> Arc<SignedRules> {
+        let held = self.own_rules(node);
+        let mut changes = vec![RuleChange::Groups(rules.groups)];
+        changes.extend(
+            held.approvals
+                .into_keys()
+                .filter(|k| !rules.approvals.contains_key(k))
+                .map(|k| RuleChange::Decline {
+                    update: k.update,
+                    group: k.group,
+                }),
+        );
+        changes.extend(
+            rules
+                .approvals
+                .into_iter()
+                .map(|(k, approval)| RuleChange::Approve {
+                    update: k.update,
+                    group: k.group,
+                    approval,
+                }),
+        );
+        let mut signed = None;
         self.with(node, |e, now| {
-            e.set_own_rules(own, now).expect("a node's own rules")
+            signed = Some(
+                e.change_own_rules(changes, now)
+                    .expect("a node's own rules"),
+            );
         });
-        signed
+        signed.expect("signed")
     }
 
     /// `node` approves `update` for every child, in autonomous mode.
@@ -754,20 +822,8 @@ fn a_restarted_node_fetches_only_what_it_lacks() {
 
     // Crash: the engine is gone, the store stays. A new engine starts from the store.
     h.disconnect(root, a);
-    let store = std::mem::take(&mut h.node(a).store);
-    h.add(a, Role::Member { parent: root }, 3);
-    h.node(a).store = store;
-    let have: Vec<bool> = m
-        .manifest
-        .distinct_chunk_list()
-        .iter()
-        .map(|c| h.nodes[&a].store.contains(&c.hash()))
-        .collect();
-    let mm = m.clone();
-    h.with(a, |e, now| {
-        e.add_local_update(mm, &have, now);
-        e.handle_timeout(now);
-    });
+    let saved = h.snapshot(a);
+    h.restart(a, Role::Member { parent: root }, 3, &saved);
     h.run(600_000);
     assert_eq!(h.nodes[&a].store.len(), 200);
     assert_eq!(h.nodes[&a].chunks_requested, (200 - held) as u64);
@@ -1457,6 +1513,83 @@ fn failures_past_the_threshold_halt_the_rollout_and_everyone_sees_why() {
     }
 }
 
+/// A node resumed from a snapshot comes back the same whatever order its store lists
+/// things in (the daemon's store lists them by key, the simulator's as they came): the
+/// rule sets of its path and its own, its children's reports, what is available to it
+/// and to each child, what it holds and its report sequence number.
+#[test]
+fn a_resumed_node_is_the_same_whichever_store_it_was_saved_in() {
+    let mut h = Harness::new(1, 2);
+    let [root, a, b] = chain(&mut h);
+    let c = key(4);
+    h.add(c, Role::Member { parent: a }, 4);
+    h.attach(a, c);
+    let m = update(20, &root_secret());
+    h.publish_at_root(root, &m);
+    h.approve_for_children(a, m.id);
+    h.with(c, |e, now| {
+        e.set_outcome(&m.id, Outcome::Failed("hook exited 1".into()), now)
+    });
+    h.run(h.now + 10_000);
+    let saved = h.snapshot(a);
+    assert_eq!(
+        (saved.children.len(), saved.rules.len(), saved.reports.len()),
+        (2, 2, 2),
+        "a kept its children, its path's rules and its own, and its children's reports"
+    );
+    assert_eq!(saved.updates.len(), 1);
+    let mut listed_otherwise = saved.clone();
+    listed_otherwise.children.reverse();
+    listed_otherwise.rules.reverse();
+    listed_otherwise.reports.reverse();
+
+    let now = h.now;
+    let resumed = [&saved, &listed_otherwise].map(|saved| {
+        let mut e = Engine::new(
+            Role::Member { parent: root },
+            root_secret().public(),
+            secret_of(a),
+            h.nodes[&a].engine.path().to_vec(),
+            Config {
+                heartbeat: 0,
+                ..Config::default()
+            },
+            2,
+        );
+        assert!(e.resume(saved, now).is_empty());
+        let mut outputs: Vec<String> = std::iter::from_fn(|| e.poll_output())
+            .map(|o| format!("{o:?}"))
+            .collect();
+        outputs.sort();
+        (e, outputs)
+    });
+    let before = &h.nodes[&a].engine;
+    for (e, _) in &resumed {
+        assert_eq!(e.rules(), before.rules(), "the rule sets");
+        assert_eq!(e.rollup(), before.rollup(), "the children's reports");
+        assert_eq!(e.availability(), before.availability());
+        for child in [b, c] {
+            assert_eq!(
+                e.child_availability(&child),
+                before.child_availability(&child)
+            );
+        }
+        assert_eq!(e.progress(), before.progress(), "what it holds");
+        assert!(e.is_complete(&m.id));
+        assert!(e.report_seq() >= before.report_seq());
+        assert_eq!(
+            e.report(now).subtree_counts(&m.id),
+            before.report(now).subtree_counts(&m.id)
+        );
+    }
+    let [(first, first_outputs), (second, second_outputs)] = resumed;
+    assert_eq!(
+        first_outputs, second_outputs,
+        "what each asked the driver to do"
+    );
+    assert_eq!(first.report(now), second.report(now));
+}
+
 #[test]
 fn a_revoked_childs_subtree_leaves_the_roll_up_above() {
     let mut h = Harness::new(1, 2);
@@ -1516,26 +1649,26 @@ fn damaged_kept_rule_sets_and_reports_are_refused_at_restart_and_change_nothing(
     let (r, p) = (flipped_rules.len() - 1, flipped_report.len() - 1);
     flipped_rules[r] ^= 1;
     flipped_report[p] ^= 1;
-    for garbage in [
+    let rules_garbage = [
         Vec::new(),
         b"\xa1garbage".to_vec(),
         flipped_rules,
         kept_report.clone(),
-    ] {
-        let now = h.now;
-        let e = &mut h.node(a).engine;
-        assert!(e.restore_rules(&garbage, now).is_err(), "{garbage:?}");
-    }
-    for garbage in [
+    ];
+    let reports_garbage = [
         Vec::new(),
         b"\xa1garbage".to_vec(),
         flipped_report,
         kept_rules,
-    ] {
-        let now = h.now;
-        let e = &mut h.node(a).engine;
-        assert!(e.restore_report(&b, &garbage, now).is_err(), "{garbage:?}");
-    }
+    ];
+    let saved = Saved {
+        rules: rules_garbage.map(|g| (root, g.into())).to_vec(),
+        reports: reports_garbage.map(|g| (b, g.into())).to_vec(),
+        ..Saved::default()
+    };
+    let now = h.now;
+    let dropped = h.node(a).engine.resume(&saved, now);
+    assert_eq!(dropped.len(), 8, "{dropped:?}");
     assert_eq!(h.nodes[&a].engine.rules(), &rules);
     assert_eq!(h.nodes[&a].engine.rollup(), &rollup);
 }

@@ -8,10 +8,12 @@
 use arbor::content::Hash;
 use arbor::content::manifest::{ChunkRef, FileEntry, Manifest};
 use arbor::engine::{CHECK_RATE, REPORT_SPACING};
-use arbor::engine::{Config, Control, Engine, Event, Millis, Outcome, Output, PeerId, Role};
+use arbor::engine::{
+    Config, Control, Engine, Event, Millis, Outcome, Output, PeerId, Role, RuleChange,
+};
 use arbor::report::proof::{Proof, sign_failure};
 use arbor::report::{Counts, NodeDetail, Report, SignedReport, State, UpdateState};
-use arbor::rules::{ALL, Approval, FULL_WAVE, Halt, Rules, SignedRules};
+use arbor::rules::{ALL, Approval, FULL_WAVE, Halt};
 use arbor::trust::{Envelope, PublicKey, SecretKey, SignedManifest, member};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -212,16 +214,18 @@ impl Tree {
         let all = vec![true; m.chunks.len()];
         let mm = m.clone();
         self.with(key(1), |e, now| e.add_local_update(mm, &all, now));
-        let mut rules = Rules::new(key(1), START / 1000);
         let approval = Approval {
             halt: Some(halt),
             subtree: true,
             ..Approval::wave(FULL_WAVE)
         };
-        rules.approve(m.id, ALL, approval).expect("valid");
-        let signed = SignedRules::sign(&secret(1), 1, EXPIRES, rules).expect("signs");
+        let change = RuleChange::Approve {
+            update: m.id,
+            group: ALL.into(),
+            approval,
+        };
         self.with(key(1), |e, now| {
-            e.set_own_rules(signed, now).expect("own rules")
+            e.change_own_rules([change], now).expect("own rules");
         });
         self.pump();
         self.advance(5_000);

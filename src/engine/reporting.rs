@@ -256,9 +256,9 @@ impl Engine {
         &self.rollup
     }
 
-    /// Reloads a child's report the driver kept, at start-up. A report that no longer
-    /// opens is refused and dropped.
-    pub fn restore_report(
+    /// Reloads a child's report the driver kept, at start-up ([`Engine::resume`]). A
+    /// report that no longer opens is refused and dropped.
+    pub(super) fn restore_report(
         &mut self,
         child: &PeerId,
         bytes: &[u8],
@@ -375,27 +375,20 @@ impl Engine {
         if halts.is_empty() {
             return;
         }
-        let mut rules = own.rules.clone();
-        // Versions follow the clock where it is ahead, so that a version whose write
-        // was lost is never signed again with other content (PROTOCOL.md §14.1).
-        let (version, expires) = ((own.version + 1).max(now / 1000), own.expires);
-        let secs = (now / 1000).max(rules.issued);
-        for (key, reason) in &halts {
-            // The reason comes from a fixed message with numbers: always valid.
-            let _ = rules.halt(&key.update, &key.group, secs, reason);
-        }
-        rules.issued = secs;
-        let signed = match SignedRules::sign(&self.key, version, expires.max(secs + 1), rules) {
+        let secs = now / 1000;
+        let signed = self.sign_own(now, |rules| {
+            for (key, reason) in &halts {
+                rules.halt(&key.update, &key.group, secs, reason)?;
+            }
+            Ok(())
+        });
+        let signed = match signed {
             Ok(signed) => signed,
             Err(e) => {
                 self.failed(format!("cannot sign a halt: {e}"));
                 return;
             }
         };
-        self.out.push_back(Output::StoreRules {
-            issuer: me,
-            rules: signed.bytes.clone().into(),
-        });
         for (key, reason) in halts {
             self.out.push_back(Output::Event(Event::Halted {
                 update: key.update,
@@ -404,10 +397,7 @@ impl Engine {
             }));
             self.halted.insert(key);
         }
-        if self.book.apply(signed).is_ok() {
-            self.send_rules_to_children(now);
-            self.refresh(now);
-        }
+        self.apply_own(signed, now);
     }
 
     /// Sends the parent a signed snapshot, if it is connected.

@@ -5,31 +5,9 @@
 use super::*;
 
 impl Engine {
-    /// This node's own rule set, signed by the driver for the admin: applied, sent to
-    /// the children, and acted on. The driver persists it first.
-    pub fn set_own_rules(&mut self, rules: SignedRules, now: Millis) -> Result<(), RulesError> {
-        if self.path.last() != Some(&rules.issuer()) {
-            return Err(RulesError::WrongSigner {
-                signer: rules.issuer(),
-            });
-        }
-        if self.book.apply(rules)? {
-            // An approval set again (resumed, or changed) may be halted again.
-            let own = self.book.get(&self.me()).map(|r| &r.rules.approvals);
-            self.halted.retain(|k| {
-                own.and_then(|a| a.get(k))
-                    .is_some_and(|a| a.halted.is_some())
-            });
-            self.send_rules_to_children(now);
-            self.refresh(now);
-            self.check_halts(now);
-        }
-        Ok(())
-    }
-
     /// Reloads a rule set the driver stored earlier (an ancestor's or this node's own),
-    /// at start-up. An expired one still holds its issuer's version.
-    pub fn restore_rules(&mut self, bytes: &[u8], now: Millis) -> Result<(), RulesError> {
+    /// at start-up ([`Engine::resume`]). An expired one still holds its issuer's version.
+    pub(super) fn restore_rules(&mut self, bytes: &[u8], now: Millis) -> Result<(), RulesError> {
         self.book.restore(bytes, &self.path, now / 1000)?;
         self.refresh(now);
         self.check_halts(now);

@@ -1,6 +1,6 @@
 //! Time: the one timer the driver keeps for the engine ([`Engine::poll_timeout`]), and
 //! what comes due when it fires ([`Engine::handle_timeout`]): dials, fetch deadlines and
-//! stalls, resting chunks, reports, announcements, rule changes and liveness.
+//! stalls, resting chunks, reports, announcements, rule changes, the renewal of this node's own rules, and liveness.
 
 use super::*;
 
@@ -46,6 +46,7 @@ impl Engine {
         if self.announce_due.is_some_and(|t| t <= now) {
             self.announce(now);
         }
+        self.renew_own_rules(now);
         if self.next_change.is_some_and(|t| t <= now) {
             // A deadline passed or a rule set expired; children are told by their own
             // clocks, and offered what they gained by this one.
@@ -80,6 +81,7 @@ impl Engine {
             self.next_liveness_check(),
             self.next_waiting_report(),
             self.next_install_retry(),
+            self.next_renewal(),
         ]
         .into_iter()
         .flatten()

@@ -1,5 +1,5 @@
-//! The daemon's side of reports (PROTOCOL.md §15): children's reports kept in the store
-//! and reloaded at start-up, and the views an admin reads of them: the roll-up, the
+//! The daemon's side of reports (PROTOCOL.md §15): children's reports and the report
+//! sequence number kept in the store (read back at start-up by `saved`), and the views an admin reads of them: the roll-up, the
 //! subtree as a tree (each node with its report's age, its failures proven or merely
 //! claimed, and marked stale when it cannot be fresh), each update's rollout per group,
 //! and the Prometheus metrics. Building, signing, sending and checking reports is the
@@ -17,10 +17,10 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 /// Where the last report sequence number sent is kept, in the store's metadata.
-const META_REPORT_SEQ: &str = "report_seq";
+pub(super) const META_REPORT_SEQ: &str = "report_seq";
 /// How far past the kept sequence number a new run starts: more reports than a node
 /// sends in the second between two keeps.
-const SEQ_SKIP: u64 = 1000;
+pub(super) const SEQ_SKIP: u64 = 1000;
 /// A node still downloading whose report is older than this is shown as stale. While
 /// bytes arrive a node reports at least every few seconds, and each hop up adds its
 /// own spacing (under a minute even for reports of 2,048 nodes' detail), so an older
@@ -28,45 +28,6 @@ const SEQ_SKIP: u64 = 1000;
 pub const STALE_AFTER_SECS: u64 = 300;
 
 impl Daemon {
-    /// Loads the children's reports kept in the store into the engine, at start-up.
-    pub(super) fn restore_reports(&mut self) {
-        let kept = match self.node.store.reports() {
-            Ok(kept) => kept,
-            Err(e) => {
-                tracing::error!("cannot read the kept reports: {e}");
-                return;
-            }
-        };
-        for (child, bytes) in kept {
-            if let Err(e) = self
-                .engine
-                .restore_report(&PublicKey(child), &bytes, now_ms())
-            {
-                tracing::warn!(
-                    child = %PublicKey(child).node_id(),
-                    "a kept report is refused and dropped: {e}"
-                );
-            }
-        }
-    }
-
-    /// Continues this node's report sequence numbers above the last run's. The number
-    /// is kept once a second, so the last second's may not be: skip well past them.
-    pub(super) fn restore_report_seq(&mut self) {
-        match self.node.store.meta(META_REPORT_SEQ) {
-            Ok(Some(bytes)) => match <[u8; 8]>::try_from(bytes.as_slice()) {
-                Ok(b) => {
-                    self.kept_report_seq = u64::from_le_bytes(b);
-                    self.engine
-                        .set_report_seq(self.kept_report_seq.saturating_add(SEQ_SKIP));
-                }
-                Err(_) => tracing::warn!("the kept report sequence number is damaged; ignored"),
-            },
-            Ok(None) => {}
-            Err(e) => tracing::error!("cannot read the report sequence number: {e}"),
-        }
-    }
-
     /// Keeps the report sequence number, if it moved (on the tick).
     pub(super) fn keep_report_seq(&mut self) {
         let seq = self.engine.report_seq();

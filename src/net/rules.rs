@@ -1,88 +1,46 @@
-//! The daemon's side of rules (PROTOCOL.md §14): this node's own rule set, signed with
-//! its node key and kept in the store, changed by its admin (approve, decline, groups),
-//! signed again before it expires, and handed to the engine, which sends it down and
-//! acts on it. Verifying and applying rule sets from above is the engine's.
+//! The daemon's side of rules (PROTOCOL.md §14): its admin's changes to this node's
+//! own rule set (approve, decline, groups), handed to the engine, which signs them,
+//! renews them before they expire and sends them down; and keeping in the store every
+//! rule set the engine asks to keep. Verifying and applying rule sets from above, and
+//! every version of this node's own, are the engine's.
 
 use super::{Daemon, now_ms, now_secs};
+use crate::engine::RuleChange;
 use crate::net::admin::{Answer, ApproveRequest, Refusal, RefusalKind};
-use crate::rules::{self, Approval, ApprovalKey, FULL_WAVE, Halt, Rules, SignedRules};
+use crate::rules::{self, Approval, ApprovalKey, FULL_WAVE, Halt, RulesError};
 use crate::trust::PublicKey;
 
-/// How long a rule set this node signs stays valid. It is signed again, as a new
-/// version, once half of that has passed, so that children that lose this node keep
-/// its rules for days, and rules of a node that is gone for good lapse.
-pub const RULES_LIFETIME: u64 = 7 * 24 * 3600;
-
 impl Daemon {
-    /// Loads the rule sets kept in the store into the engine, at start-up.
-    pub(super) fn restore_rules(&mut self) {
-        let sets = match self.node.store.rules() {
-            Ok(sets) => sets,
-            Err(e) => {
-                tracing::error!("cannot read the stored rule sets: {e}");
-                return;
-            }
-        };
-        let now = now_ms();
-        for (issuer, bytes) in sets {
-            if let Err(e) = self.engine.restore_rules(&bytes, now) {
-                tracing::error!(
-                    issuer = %PublicKey(issuer).node_id(),
-                    "a stored rule set is refused and ignored: {e}"
-                );
-            }
-        }
-    }
-
-    /// Keeps a rule set of an ancestor that the engine verified and applied.
+    /// Keeps a rule set the engine verified and applied (an ancestor's) or signed (this
+    /// node's own).
     pub(super) fn keep_rules(&mut self, issuer: &PublicKey, bytes: &[u8]) {
+        let what = if *issuer == self.node.node_key.public() {
+            "this node's rules for its children signed and kept"
+        } else {
+            "rules received and kept"
+        };
         match self.node.store.put_rules(&issuer.0, bytes) {
-            Ok(()) => tracing::info!(issuer = %issuer.node_id(), "rules received and kept"),
+            Ok(()) => tracing::info!(issuer = %issuer.node_id(), "{what}"),
             Err(e) => tracing::error!("cannot keep the rule set of {}: {e}", issuer.node_id()),
         }
     }
 
-    /// Signs a new version of this node's rules: the groups as the store has them, the
-    /// approvals as held, changed by `change`; keeps it and hands it to the engine.
-    pub(super) fn change_rules(
-        &mut self,
-        change: impl FnOnce(&mut Rules) -> Result<(), Refusal>,
-    ) -> Result<SignedRules, Refusal> {
-        let me = self.node.node_key.public();
-        let now = now_secs();
-        let internal = |e: &dyn std::fmt::Display| Refusal::internal(e.to_string());
-        let mut rules = self
-            .engine
-            .rules()
-            .get(&me)
-            .map_or_else(|| Rules::new(me, now), |r| r.rules.clone());
-        rules.groups = self.node.store.group_members().map_err(|e| internal(&e))?;
-        let groups = rules.groups.clone();
-        rules
-            .approvals
-            .retain(|k, _| k.group == rules::ALL || groups.contains_key(&k.group));
-        change(&mut rules)?;
-        // Issued times only go forward, whatever the clock did.
-        rules.issued = now.max(rules.issued);
-        // Versions follow the clock where it is ahead, so that a version whose write
-        // was lost is never signed again with other content (PROTOCOL.md §14.1).
-        let version = self.engine.rules().next_version(&me).max(rules.issued);
-        let signed = SignedRules::sign(
-            &self.node.node_key,
-            version,
-            rules.issued + RULES_LIFETIME,
-            rules,
-        )
-        .map_err(|e| Refusal::bad(e.to_string()))?;
-        self.node
+    /// Has the engine sign a new version of this node's rules: the groups as the store
+    /// has them, then `change`.
+    pub(super) fn change_rules(&mut self, change: Option<RuleChange>) -> Result<u64, Refusal> {
+        let groups = self
+            .node
             .store
-            .put_rules(&me.0, &signed.bytes)
-            .map_err(|e| internal(&e))?;
-        self.engine
-            .set_own_rules(signed.clone(), now_ms())
-            .map_err(|e| internal(&e))?;
-        tracing::info!(version, "rules for this node's children signed");
-        Ok(signed)
+            .group_members()
+            .map_err(|e| Refusal::internal(e.to_string()))?;
+        let changes = std::iter::once(RuleChange::Groups(groups)).chain(change);
+        match self.engine.change_own_rules(changes, now_ms()) {
+            Ok(signed) => Ok(signed.version),
+            Err(RulesError::Invalid(e @ rules::InvalidRules::NoSuchGroup { .. })) => {
+                Err(Refusal::new(RefusalKind::NotFound, e.to_string()))
+            }
+            Err(e) => Err(Refusal::bad(e.to_string())),
+        }
     }
 
     /// Signs the rules again if this node has set any: after a change to groups or
@@ -90,22 +48,9 @@ impl Daemon {
     pub(super) fn resign_rules(&mut self) {
         let me = self.node.node_key.public();
         if self.engine.rules().get(&me).is_some()
-            && let Err(e) = self.change_rules(|_| Ok(()))
+            && let Err(e) = self.change_rules(None)
         {
             tracing::error!("cannot sign this node's rules again: {e}");
-        }
-    }
-
-    /// Signs the rules again once half their lifetime has passed (on the tick).
-    pub(super) fn renew_rules(&mut self) {
-        let me = self.node.node_key.public();
-        let due = self
-            .engine
-            .rules()
-            .get(&me)
-            .is_some_and(|r| r.expires.saturating_sub(now_secs()) < RULES_LIFETIME / 2);
-        if due {
-            self.resign_rules();
         }
     }
 
@@ -159,17 +104,11 @@ impl Daemon {
             halt,
             halted: None,
         };
-        let group = req.group.clone();
-        let signed = self.change_rules(|rules| {
-            rules
-                .approve(update, &group, approval)
-                .map_err(|e| match e {
-                    rules::InvalidRules::NoSuchGroup { .. } => {
-                        Refusal::new(RefusalKind::NotFound, e.to_string())
-                    }
-                    other => Refusal::bad(other.to_string()),
-                })
-        })?;
+        let version = self.change_rules(Some(RuleChange::Approve {
+            update,
+            group: req.group.clone(),
+            approval,
+        }))?;
         tracing::info!(update = %update, group = %req.group, wave, subtree = req.subtree, "approved");
         Ok(serde_json::json!({
             "update_id": update,
@@ -177,7 +116,7 @@ impl Daemon {
             "wave_percent": f64::from(wave) / 100.0,
             "deadline": deadline,
             "subtree": req.subtree,
-            "rules_version": signed.version,
+            "rules_version": version,
         }))
     }
 
@@ -199,14 +138,14 @@ impl Daemon {
                 format!("update {update} is not approved for group {group:?} here"),
             ));
         }
-        let signed = self.change_rules(|rules| {
-            rules.decline(&update, group);
-            Ok(())
-        })?;
+        let version = self.change_rules(Some(RuleChange::Decline {
+            update,
+            group: group.to_string(),
+        }))?;
         tracing::info!(update = %update, group, "approval withdrawn");
         Ok(serde_json::json!({
             "update_id": update, "group": group, "declined": true,
-            "rules_version": signed.version,
+            "rules_version": version,
         }))
     }
 

@@ -203,9 +203,11 @@ impl<'s> Fleet<'s> {
             .map(|(u, up)| synthetic_update(&root_key, u as u64 + 1, up, sc.chunk))
             .collect::<Result<Vec<_>, _>>()?;
         // No peer of a simulated fleet freezes with its connection up, so liveness
-        // pings would only cost events: a node's sessions end with its links.
+        // pings would only cost events: a node's sessions end with its links. Rules
+        // are signed to outlive any run.
         let mut config = Config {
             heartbeat: 0,
+            rules_lifetime: 10 * 365 * 24 * 3600,
             ..Config::default()
         };
         if let Some(s) = sc.engine.span {

@@ -32,38 +32,21 @@ use crate::content::manifest::ModuleName;
 use crate::engine::bitmap::Bitmap;
 use crate::engine::installer::{InstallDone, InstallJob, ModuleState, Withdrawn};
 use crate::engine::{
-    ChunkVerdict, Control, Engine, Event, FetchId, Millis, Output, PeerId, Role, Served,
+    ChunkVerdict, Control, Engine, Event, FetchId, Millis, Output, PeerId, Role, Saved, SavedChild,
+    Served,
 };
-use crate::rules::{Approval, Halt, Rules, SignedRules};
-use crate::trust::{PublicKey, SignedManifest};
+use crate::rules::{Approval, Halt};
+use crate::trust::PublicKey;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// How long a dial to a node that is not running takes to fail, beyond the time its
 /// handshake would have taken.
 const DIAL_FAILS_AFTER: Millis = 1_000;
 /// How long peers take to notice a crashed node (a graceful leave is seen at once).
 const CRASH_NOTICED_AFTER: Millis = 10_000;
-/// Rules are signed to outlive any run.
-const RULES_LIFETIME: u64 = 10 * 365 * 24 * 3600;
 /// Epochs carry the lane that made them in their low bits, so that lanes never make
 /// the same one.
 const EPOCH_LANE_BITS: u32 = 4;
-
-/// What the store of one node holds.
-#[derive(Default)]
-struct Store {
-    updates: Vec<(Arc<SignedManifest>, Bitmap)>,
-    rules: Vec<(PublicKey, Arc<[u8]>)>,
-    reports: Vec<(PeerId, Arc<[u8]>)>,
-    report_seq: u64,
-}
-
-impl Store {
-    fn update(&mut self, id: &Hash) -> Option<&mut (Arc<SignedManifest>, Bitmap)> {
-        self.updates.iter_mut().find(|(m, _)| m.id == *id)
-    }
-}
 
 /// A node's state as it runs (its links are in the fleet).
 #[derive(Default)]
@@ -78,7 +61,8 @@ struct Node {
     siblings: Vec<(u32, u64)>,
     /// The earliest timeout event scheduled for it.
     timer: Option<Millis>,
-    store: Store,
+    /// What its store keeps, to start again from after a crash.
+    saved: Saved,
     /// What its install directory holds (leaves), as its engine's installer last
     /// knew it: it outlives a crash, as the directory does.
     modules: BTreeMap<ModuleName, ModuleState>,
@@ -543,7 +527,7 @@ impl<'f> Lane<'f> {
                 }
                 let sibling = fleet.same_site(to, from);
                 let tier = fleet.tier_of(to);
-                if let Some((_, have)) = self.nodes[to as usize].store.update(&update) {
+                if let Some(have) = self.nodes[to as usize].saved.update_mut(&update) {
                     for (index, _) in &chunks {
                         have.set(*index);
                     }
@@ -621,7 +605,7 @@ impl<'f> Lane<'f> {
                 for i in 0..n {
                     all.set(i);
                 }
-                self.nodes[0].store.updates.push((manifest.clone(), all));
+                self.nodes[0].saved.updates.push((manifest.clone(), all));
                 let have = vec![true; n as usize];
                 self.last_change = now;
                 self.drive(0, |e, now| e.add_local_update(manifest, &have, now));
@@ -741,44 +725,37 @@ impl<'f> Lane<'f> {
             fleet.config.clone(),
             fleet.seed ^ u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15),
         );
-        for c in fleet.children_of(i) {
-            let key = fleet.keys[c as usize];
-            engine.add_child(key, fleet.is_leaf(c), now);
-            if let Some((tier, site)) = fleet.site_of(c)
-                && fleet.sc.tiers[tier]
-                    .site
-                    .as_ref()
-                    .is_some_and(|s| s.siblings)
-            {
-                engine.set_child_site(key, Some(&format!("site-{site}")));
-            }
-        }
         // A leaf needs its certificate only to prove a failure: it is given one then.
         if i != 0 && (!fleet.is_leaf(i) || self.nodes[i as usize].failed.iter().any(|f| *f)) {
             fleet.certify(&mut engine, i);
         }
         let node = &mut self.nodes[i as usize];
         node.online = true;
-        let store = std::mem::take(&mut node.store);
-        for (_, rules) in &store.rules {
-            if let Err(e) = engine.restore_rules(rules, now) {
-                tracing::warn!(node = i, error = %e, "a stored rule set no longer opens");
-            }
-        }
-        engine.set_report_seq(store.report_seq);
-        for (child, report) in &store.reports {
-            let _ = engine.restore_report(child, report, now);
-        }
-        for (manifest, have) in &store.updates {
-            let held: Vec<bool> = (0..have.len()).map(|c| have.get(c)).collect();
-            engine.add_local_update(manifest.clone(), &held, now);
+        // The children are the fleet's, each at its site where its tier has siblings.
+        node.saved.children = fleet
+            .children_of(i)
+            .map(|c| SavedChild {
+                key: fleet.keys[c as usize],
+                client: fleet.is_leaf(c),
+                site: fleet
+                    .site_of(c)
+                    .filter(|(tier, _)| {
+                        fleet.sc.tiers[*tier]
+                            .site
+                            .as_ref()
+                            .is_some_and(|s| s.siblings)
+                    })
+                    .map(|(_, site)| format!("site-{site}")),
+            })
+            .collect();
+        for dropped in engine.resume(&node.saved, now) {
+            tracing::warn!(node = i, "{dropped}");
         }
         let node = &mut self.nodes[i as usize];
         if fleet.is_leaf(i) {
             node.boots += 1;
             engine.start_installer(Withdrawn::Keep, std::mem::take(&mut node.modules), now);
         }
-        node.store = store;
         self.nodes[i as usize].engine = Some(Box::new(engine));
         self.keep_window(i);
         self.drive(i, |e, now| e.handle_timeout(now));
@@ -808,7 +785,7 @@ impl<'f> Lane<'f> {
         node.timer = None;
         if let Some(e) = node.engine.take() {
             node.fetch_timeouts += e.stats().fetch_timeouts;
-            node.store.report_seq = e.report_seq();
+            node.saved.report_seq = e.report_seq();
             node.modules = e.installed_modules().cloned().unwrap_or_default();
         }
         if crash {
@@ -894,13 +871,13 @@ impl<'f> Lane<'f> {
             Output::StoreManifest { manifest } => {
                 let id = manifest.id;
                 let n = manifest.chunks.len() as u32;
-                let store = &mut self.nodes[i as usize].store;
-                if store.update(&id).is_none() {
-                    store.updates.push((manifest, Bitmap::new(n)));
+                let saved = &mut self.nodes[i as usize].saved;
+                if saved.update_mut(&id).is_none() {
+                    saved.updates.push((manifest, Bitmap::new(n)));
                 }
-                let have: Vec<bool> = store
-                    .update(&id)
-                    .map(|(_, b)| (0..n).map(|c| b.get(c)).collect())
+                let have: Vec<bool> = saved
+                    .update_mut(&id)
+                    .map(|b| (0..n).map(|c| b.get(c)).collect())
                     .unwrap_or_default();
                 engine.handle_local_have(id, &have, EPOCH + now);
             }
@@ -922,23 +899,19 @@ impl<'f> Lane<'f> {
                 }
             }
             Output::StoreRules { issuer, rules } => {
-                let origin = fleet
-                    .rule_origin
-                    .lock()
-                    .ok()
+                // A node's own rules are counted when issued, an ancestor's on arrival.
+                let origin = (issuer != fleet.keys[i as usize])
+                    .then(|| fleet.rule_origin.lock().ok())
+                    .flatten()
                     .and_then(|o| o.get(&Hash::of(&rules)).copied());
                 if let Some(b) = origin {
                     self.tally.rules_arrived(b as usize, now);
                 }
                 self.last_change = now;
-                let store = &mut self.nodes[i as usize].store;
-                store.rules.retain(|(k, _)| *k != issuer);
-                store.rules.push((issuer, rules));
+                self.nodes[i as usize].saved.keep_rules(issuer, rules);
             }
             Output::StoreReport { child, report } => {
-                let store = &mut self.nodes[i as usize].store;
-                store.reports.retain(|(k, _)| *k != child);
-                store.reports.push((child, report));
+                self.nodes[i as usize].saved.keep_report(child, report);
             }
             Output::Installer(job) => self.install_job(i, job, engine),
             Output::Event(event) => match event {

@@ -1,11 +1,13 @@
-//! A lane's scripted admins: the rule sets each tier's admins set at their moments
-//! (the approvals, waves and groups of the scenario), signed and handed to the engine
-//! of the node that sets them.
+//! A lane's scripted admins: the changes each tier's admins make to their rules at
+//! their moments (the approvals, waves and groups of the scenario), handed to the
+//! engine of the node that makes them, which signs them.
 
 use super::*;
+use crate::engine::RuleChange;
+use std::collections::{BTreeMap, BTreeSet};
 
 impl Lane<'_> {
-    /// Signs and sets the rule sets of one batch at every issuer this lane runs.
+    /// Has every issuer this lane runs set the rules of one batch.
     pub(super) fn set_rules(&mut self, b: usize) {
         let now = self.now;
         let fleet = self.fleet;
@@ -17,51 +19,49 @@ impl Lane<'_> {
                 self.tally.counters.rules_missed += 1;
                 continue;
             }
-            let Some(signed) = self.rules_for(issuer, b) else {
+            let Some(changes) = self.changes_for(issuer, b) else {
                 continue;
             };
-            if let Ok(mut origin) = fleet.rule_origin.lock() {
-                origin.insert(Hash::of(&signed.bytes), b as u32);
-            }
-            let bytes: Arc<[u8]> = signed.bytes.clone().into();
-            let key = fleet.keys[issuer as usize];
-            let store = &mut self.nodes[issuer as usize].store;
-            store.rules.retain(|(k, _)| *k != key);
-            store.rules.push((key, bytes));
-            self.tally.rules_issued(b, now);
-            self.drive(issuer, |e, now| {
-                if let Err(err) = e.set_own_rules(signed, now) {
+            let mut signed = false;
+            self.drive(issuer, |e, now| match e.change_own_rules(changes, now) {
+                Ok(rules) => {
+                    signed = true;
+                    if let Ok(mut origin) = fleet.rule_origin.lock() {
+                        origin.insert(Hash::of(&rules.bytes), b as u32);
+                    }
+                }
+                Err(err) => {
                     tracing::warn!(node = issuer, error = %err, "simulated rules refused");
                 }
             });
+            if signed {
+                self.tally.rules_issued(b, now);
+            }
         }
     }
 
-    /// Node `issuer`'s rules after batch `b`: what it held, with the batch's approvals
-    /// set (an approval that was halted stays halted).
-    pub(super) fn rules_for(&self, issuer: u32, b: usize) -> Option<SignedRules> {
+    /// What node `issuer`'s admin changes in batch `b`: its groups, and the batch's
+    /// approvals (an approval that was halted stays halted).
+    fn changes_for(&self, issuer: u32, b: usize) -> Option<Vec<RuleChange>> {
         let fleet = self.fleet;
         let sc = fleet.sc;
         let engine = self.nodes[issuer as usize].engine.as_ref()?;
-        let me = fleet.keys[issuer as usize];
-        let secs = (EPOCH + self.now) / 1000;
-        let mut rules = match engine.rules().get(&me) {
-            Some(held) => held.rules.clone(),
-            None => Rules::new(me, secs),
-        };
-        rules.issued = secs;
+        let held = engine.rules().get(&fleet.keys[issuer as usize]);
+        let mut groups: BTreeMap<String, BTreeSet<PublicKey>> =
+            held.map(|r| r.rules.groups.clone()).unwrap_or_default();
         for g in &sc.groups {
             let children = fleet.children_of(issuer);
             if children.is_empty() || fleet.tier_of(children.start) != g.tier {
                 continue;
             }
-            let _ = rules.create_group(&g.name);
+            let members = groups.entry(g.name.clone()).or_default();
             for c in children {
                 if fleet.in_group(c, g.tier, &g.name) {
-                    let _ = rules.assign(&g.name, fleet.keys[c as usize]);
+                    members.insert(fleet.keys[c as usize]);
                 }
             }
         }
+        let mut changes = vec![RuleChange::Groups(groups)];
         for &a in &fleet.batches[b].approvals {
             let ap = &sc.approvals[a];
             let update = fleet.manifests[ap.update].id;
@@ -69,9 +69,8 @@ impl Lane<'_> {
                 update,
                 group: ap.group.clone(),
             };
-            if rules
-                .approvals
-                .get(&key)
+            if held
+                .and_then(|r| r.rules.approvals.get(&key))
                 .is_some_and(|held| held.halted.is_some())
             {
                 continue;
@@ -87,22 +86,12 @@ impl Lane<'_> {
                 halt,
                 halted: None,
             };
-            if let Err(e) = rules.approve(update, &ap.group, approval) {
-                tracing::warn!(node = issuer, error = %e, "a simulated approval is invalid");
-            }
+            changes.push(RuleChange::Approve {
+                update,
+                group: ap.group.clone(),
+                approval,
+            });
         }
-        let version = engine.rules().next_version(&me);
-        match SignedRules::sign(
-            &fleet.secrets[issuer as usize],
-            version,
-            secs + RULES_LIFETIME,
-            rules,
-        ) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(node = issuer, error = %e, "cannot sign simulated rules");
-                None
-            }
-        }
+        Some(changes)
     }
 }
