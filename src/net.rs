@@ -6,7 +6,7 @@
 //! hashes, and reports back:
 //!
 //! - one event loop owns the swarm and the engine; every task talks to it through one
-//!   channel of [`Ev`]s, so the engine is never shared;
+//!   channel of [`LoopInput`]s, so the engine is never shared;
 //! - a child keeps `window` persistent chunk streams to its parent; each runs one span
 //!   request at a time, hashes every chunk as it arrives and hands good ones to the
 //!   writer thread, which stores them and only then reports them stored; the engine
@@ -192,8 +192,9 @@ impl Tasks {
     }
 }
 
-/// Something for the event loop.
-enum Ev {
+/// An input of the event loop: what a peer, a task, the writer thread or the admin
+/// hands it.
+enum LoopInput {
     /// A peer opened a stream: admit it or drop it.
     Inbound(Inbound),
     /// A task saw a peer do something wrong.
@@ -313,8 +314,8 @@ pub struct Daemon {
     engine: Engine,
     swarm: Swarm<Behaviour>,
     control: libp2p_stream::Control,
-    ev_tx: mpsc::UnboundedSender<Ev>,
-    ev_rx: mpsc::UnboundedReceiver<Ev>,
+    ev_tx: mpsc::UnboundedSender<LoopInput>,
+    ev_rx: mpsc::UnboundedReceiver<LoopInput>,
     writer_tx: mpsc::Sender<WriteJob>,
     writer: Option<std::thread::JoinHandle<()>>,
     listen_addrs: Vec<Multiaddr>,
@@ -365,7 +366,7 @@ pub struct Daemon {
 /// Sends requests to a running daemon in the same process.
 #[derive(Clone)]
 pub struct Handle {
-    tx: mpsc::UnboundedSender<Ev>,
+    tx: mpsc::UnboundedSender<LoopInput>,
 }
 
 impl Handle {
@@ -374,7 +375,7 @@ impl Handle {
         let stopping = || Refusal::new(RefusalKind::Unavailable, "the daemon is stopping");
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Ev::Local { req, reply })
+            .send(LoopInput::Local { req, reply })
             .map_err(|_| stopping())?;
         rx.await.unwrap_or_else(|_| Err(stopping()))
     }

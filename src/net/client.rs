@@ -11,7 +11,7 @@
 //! The file system work is `crate::install`'s, run on a blocking thread, one job at a
 //! time: installs, removals, rollbacks and checks never overlap in one install directory.
 
-use super::{Ev, WriteJob, local_have, now_secs};
+use super::{LoopInput, WriteJob, local_have, now_secs};
 use crate::content::Hash;
 use crate::engine::{Engine, Millis, Outcome};
 use crate::install::{self, InstallError, Installed, ModuleName, Problem, Status};
@@ -623,9 +623,9 @@ pub(super) struct JobContext {
 }
 
 /// Runs a job and sends its result to the event loop.
-pub(super) async fn run(job: Job, ctx: JobContext, ev: mpsc::UnboundedSender<Ev>) {
+pub(super) async fn run(job: Job, ctx: JobContext, ev: mpsc::UnboundedSender<LoopInput>) {
     let done = run_job(job, &ctx).await;
-    let _ = ev.send(Ev::Installer { done });
+    let _ = ev.send(LoopInput::Installer { done });
 }
 
 async fn run_job(job: Job, ctx: &JobContext) -> Done {

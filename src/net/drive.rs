@@ -257,7 +257,7 @@ impl Daemon {
                     Ok(false) => {
                         tokio::time::sleep(RECHECK_DURABLE).await;
                         let req = Request::Wait { update: u.to_hex() };
-                        let _ = ev.send(Ev::Local { req, reply });
+                        let _ = ev.send(LoopInput::Local { req, reply });
                     }
                     Err(e) => {
                         let _ = reply.send(Err(Refusal::new(RefusalKind::Unavailable, e)));

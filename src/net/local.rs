@@ -70,7 +70,7 @@ impl Daemon {
                         };
                         Refusal::new(kind, e.to_string())
                     });
-                    let _ = ev.send(Ev::Published { result, reply });
+                    let _ = ev.send(LoopInput::Published { result, reply });
                 });
                 return;
             }

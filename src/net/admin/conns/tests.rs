@@ -3,7 +3,7 @@
 //! holds.
 
 use super::*;
-use crate::net::{Ev, Handle};
+use crate::net::{Handle, LoopInput};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -24,7 +24,7 @@ impl Server {
         tokio::spawn(async move {
             let mut held = Vec::new();
             while let Some(ev) = rx.recv().await {
-                if let Ev::Local { req, reply } = ev {
+                if let LoopInput::Local { req, reply } = ev {
                     match req {
                         Request::Wait { .. } => held.push(reply),
                         _ => {

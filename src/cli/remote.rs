@@ -1,11 +1,9 @@
-//! The commands of a running node: `run` starts the daemon; `token`, `revoke`,
-//! `group`, `approve`, `decline`, `approvals`, `status`, `wait`, `check` and `rollback`
-//! talk to it through its admin API, which they find through the node directory.
+//! The commands that talk to a running node: `token`, `revoke`, `group`, `approve`,
+//! `decline`, `approvals`, `status`, `wait`, `check` and `rollback` reach its daemon
+//! through its admin API, which they find through the node directory.
 
-use super::config::{self, RunFlags};
 use super::print_json;
 use crate::net::admin::{self, ApproveRequest, GroupRequest, Request, TokenRequest};
-use crate::net::{self, Options};
 use anyhow::{Context, Result, bail};
 use indicatif::HumanBytes;
 use std::path::Path;
@@ -13,40 +11,6 @@ use std::time::Duration;
 
 /// How long a management command waits for the daemon's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// `arbor run`: runs the node until SIGINT or SIGTERM.
-pub fn run(data: &Path, flags: RunFlags) -> Result<()> {
-    let settings = config::settings(config::load(data)?, flags)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("arbor")
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        // Watched before the node starts: a signal during the start stops it cleanly
-        // once it is up, instead of killing it.
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?;
-        let daemon = net::start(Options {
-            admin: settings.admin,
-            client: settings.client,
-            bandwidth: settings.bandwidth,
-            site: settings.site,
-            ..Options::new(data, settings.listen)
-        })
-        .await
-        .with_context(|| format!("cannot start the node in {}", data.display()))?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        };
-        daemon.run(shutdown).await?;
-        Ok(())
-    })
-}
 
 fn call(data: &Path, req: &Request, wait: Duration) -> Result<serde_json::Value> {
     Ok(admin::call(data, req, wait)?)
