@@ -507,7 +507,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => remote::token(&data, groups, client, ttl, addr, site, json)?,
         Command::Revoke { data, node } => remote::revoke(&data, &node, json)?,
         Command::Group { action } => {
-            use crate::net::admin::GroupRequest as G;
+            use crate::net::command::GroupRequest as G;
             let (data, req) = match action {
                 GroupAction::List { data } => (data, G::List),
                 GroupAction::Create { data, name } => (data, G::Create { name }),
@@ -527,7 +527,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             halt_failures,
             halt_fraction,
         } => {
-            use crate::net::admin::{ApproveRequest, Percent, When};
+            use crate::net::command::{ApproveRequest, Percent, When};
             let req = ApproveRequest {
                 update,
                 group,
@@ -806,15 +806,15 @@ fn unpack_package(data: &Path, file: &Path) -> Result<(PublishRequest, tempfile:
 fn publish_via_daemon(data: &Path, req: &PublishRequest) -> Result<Option<PublishOutcome>> {
     let path = std::path::absolute(&req.path)
         .with_context(|| format!("cannot resolve {}", req.path.display()))?;
-    let request = crate::net::admin::Request::Publish(PublishRequest {
+    let request = crate::net::command::Request::Publish(PublishRequest {
         path,
         ..req.clone()
     });
-    match crate::net::admin::call(data, &request, std::time::Duration::from_secs(24 * 3600)) {
+    match crate::admin::call(data, &request, std::time::Duration::from_secs(24 * 3600)) {
         Ok(v) => Ok(Some(
             serde_json::from_value(v).context("the daemon sent an unreadable publish result")?,
         )),
-        Err(crate::net::admin::AdminError::NotRunning(_)) => Ok(None),
+        Err(crate::admin::AdminError::NotRunning(_)) => Ok(None),
         Err(e) => Err(e).context("publish failed"),
     }
 }

@@ -1,8 +1,8 @@
 //! The daemon: drives one node's [`Engine`] over libp2p in real time.
 //!
 //! Owns the swarm (TCP + noise + yamux), the clock, the tasks that run the stream
-//! protocols of [`proto`], the store writer thread, and the admin API
-//! ([`admin`]). The engine decides; this module moves bytes, checks certificates and
+//! protocols of [`proto`], and the store writer thread, and answers its operator's
+//! requests ([`command`]; the admin API, `crate::admin`, carries them). The engine decides; this module moves bytes, checks certificates and
 //! hashes, and reports back:
 //!
 //! - one event loop owns the swarm and the engine; every task talks to it through one
@@ -30,9 +30,9 @@
 //! and `conduct` (what the admin asks and sees), `join` and `probe`.
 
 mod accept;
-pub mod admin;
 mod chunks;
 mod client;
+pub mod command;
 mod conduct;
 mod delta;
 mod drive;
@@ -61,8 +61,8 @@ use crate::publish;
 use crate::store::{ChildRecord, ModuleVersion, Store, StoreError, TokenRecord};
 use crate::trust::member::{self, JoinToken, root_fingerprint, verify_chain};
 use crate::trust::{Envelope, PublicKey, SecretKey, SignedManifest};
-use admin::{Answer, Refusal, RefusalKind, Request};
 pub use client::{ClientOptions, Withdrawn};
+use command::{Answer, Refusal, RefusalKind, Request};
 use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
@@ -102,8 +102,6 @@ const WRITE_QUEUE: usize = 64;
 pub struct Options {
     pub dir: PathBuf,
     pub listen: Vec<Multiaddr>,
-    /// Where the admin API listens.
-    pub admin: std::net::SocketAddr,
     pub engine: engine::Config,
     /// Install approved modules here: a client (`arbor run --install-dir`).
     pub client: Option<ClientOptions>,
@@ -124,7 +122,6 @@ impl Options {
         Options {
             dir: dir.to_path_buf(),
             listen,
-            admin: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
             engine: engine::Config::default(),
             client: None,
             bandwidth: BandwidthOptions::default(),
@@ -150,8 +147,6 @@ pub enum NetError {
     Join { addr: String, why: String },
     #[error("the parent refused to let this node join: {0}")]
     JoinRefused(String),
-    #[error(transparent)]
-    Admin(#[from] admin::AdminError),
     #[error(transparent)]
     Install(#[from] crate::install::InstallError),
 }
@@ -352,7 +347,10 @@ pub struct Daemon {
     download: Option<Arc<Limiter>>,
     /// Fetches from siblings, all together, go no faster than this.
     local_download: Option<Arc<Limiter>>,
-    admin_url: String,
+    /// Where its admin API answers, once one serves it.
+    admin_url: Option<String>,
+    /// Most connections an admin API may hold open (`fds`).
+    admin_connections: usize,
     /// What every chunk stream this node serves shares.
     server: Arc<Server>,
     /// Streams open now, per peer and for all strangers.
@@ -378,6 +376,26 @@ impl Handle {
             .send(LoopInput::Local { req, reply })
             .map_err(|_| stopping())?;
         rx.await.unwrap_or_else(|_| Err(stopping()))
+    }
+
+    /// A handle whose requests come out of the receiver, for tests of what carries them.
+    #[cfg(test)]
+    pub(crate) fn stand_in() -> (
+        Handle,
+        mpsc::UnboundedReceiver<(Request, oneshot::Sender<Answer>)>,
+    ) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (out, requests) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(input) = rx.recv().await {
+                if let LoopInput::Local { req, reply } = input
+                    && out.send((req, reply)).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        (Handle { tx }, requests)
     }
 }
 
@@ -406,7 +424,8 @@ fn peer_of(key: &PublicKey) -> Result<Libp2pPeerId, NetError> {
 }
 
 /// Opens the node in `opts.dir`, redeems its join token if it has not joined yet,
-/// listens, and binds the admin API. The node runs once [`Daemon::run`] is awaited.
+/// and listens. The node runs once [`Daemon::run`] is awaited; `crate::admin::start`
+/// starts it with its admin API.
 pub async fn start(opts: Options) -> Result<Daemon, NetError> {
     let fds = fds::raise_limit();
     let dir = opts.dir.clone();
@@ -542,13 +561,6 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
             .map_err(|e| NetError::Transport(format!("cannot start the writer thread: {e}")))?
     };
     let tasks = Tasks::default();
-    let admin = admin::Server::bind(&dir, opts.admin, fds.admin_connections).await?;
-    let admin_url = admin.url().to_string();
-    {
-        let handle = Handle { tx: ev_tx.clone() };
-        let stop = tasks.cancel.clone();
-        tasks.tracker.spawn(admin.serve(handle, stop));
-    }
     spawn_acceptors(&tasks, control.clone(), ev_tx.clone())?;
     let server = Arc::new(Server {
         node: node.clone(),
@@ -559,13 +571,6 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         },
         deltas: delta::Deltas::default(),
     });
-    tracing::info!(
-        node = %node.node_id(),
-        root = node.is_root(),
-        admin = %admin_url,
-        "listening on {}",
-        listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
-    );
     let mut daemon = Daemon {
         node,
         engine,
@@ -596,7 +601,8 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         client_dirty: true,
         download: opts.bandwidth.max_download.map(Limiter::new),
         local_download: opts.bandwidth.max_local_download.map(Limiter::new),
-        admin_url,
+        admin_url: None,
+        admin_connections: fds.admin_connections,
         server,
         gate: Default::default(),
         strangers: HashMap::new(),
@@ -618,9 +624,34 @@ impl Daemon {
         self.node.node_id()
     }
 
-    /// The URL of this node's admin API.
-    pub fn admin_url(&self) -> &str {
-        &self.admin_url
+    /// The node's directory.
+    pub fn dir(&self) -> &Path {
+        &self.opts.dir
+    }
+
+    /// The URL of this node's admin API, once one serves it.
+    pub fn admin_url(&self) -> Option<&str> {
+        self.admin_url.as_deref()
+    }
+
+    /// Most connections an admin API may hold open: its share of the open-files limit.
+    pub fn admin_connections(&self) -> usize {
+        self.admin_connections
+    }
+
+    /// Serves the node's operator on `url` for as long as the node runs: `serve` gets a
+    /// handle for the requests and a token cancelled when the node stops, and runs
+    /// among the node's tasks (the node stops once it has ended).
+    pub fn serve_admin<F>(
+        &mut self,
+        url: String,
+        serve: impl FnOnce(Handle, tokio_util::sync::CancellationToken) -> F,
+    ) where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.admin_url = Some(url);
+        let task = serve(self.handle(), self.tasks.cancel.clone());
+        self.tasks.tracker.spawn(task);
     }
 
     /// A handle for in-process management requests.
@@ -637,6 +668,14 @@ impl Daemon {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), NetError> {
         tokio::pin!(shutdown);
+        // Once this is logged, the node and its admin API (if it has one) answer.
+        tracing::info!(
+            node = %self.node.node_id(),
+            root = self.node.is_root(),
+            admin = self.admin_url.as_deref().unwrap_or("none"),
+            "listening on {}",
+            self.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        );
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.drain(now_ms());

@@ -305,8 +305,8 @@ async fn a_child_sending_what_only_a_parent_may_is_cut_off_banned_and_barely_log
     // The metrics say so too.
     let dir = root.dir.clone();
     let metrics = tokio::task::spawn_blocking(move || {
-        let req = arbor::net::admin::Request::Metrics;
-        arbor::net::admin::call(Path::new(&dir), &req, Duration::from_secs(30))
+        let req = arbor::net::command::Request::Metrics;
+        arbor::admin::call(Path::new(&dir), &req, Duration::from_secs(30))
     })
     .await
     .expect("client")

@@ -8,7 +8,7 @@
 //! each link, stops the nodes, exports the update from every node and checks it is
 //! byte-identical to the input. Any step that does not hold fails the demo.
 
-use crate::net::admin::{ApproveRequest, Request, TokenRequest};
+use crate::net::command::{ApproveRequest, Request, TokenRequest};
 use crate::net::{self, Handle, Options};
 use crate::node::Node;
 use crate::publish::PublishRequest;

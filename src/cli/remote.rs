@@ -3,7 +3,8 @@
 //! through its admin API, which they find through the node directory.
 
 use super::print_json;
-use crate::net::admin::{self, ApproveRequest, GroupRequest, Request, TokenRequest};
+use crate::admin;
+use crate::net::command::{ApproveRequest, GroupRequest, Request, TokenRequest};
 use anyhow::{Context, Result, bail};
 use indicatif::HumanBytes;
 use std::path::Path;

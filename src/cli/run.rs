@@ -1,8 +1,9 @@
-//! `arbor run`: starts the node's daemon with its settings and runs it until a signal
-//! stops it.
+//! `arbor run`: starts the node's daemon, with its admin API, by its settings and runs
+//! it until a signal stops it.
 
 use super::config::{self, RunFlags};
-use crate::net::{self, Options};
+use crate::admin;
+use crate::net::Options;
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -20,13 +21,15 @@ pub fn run(data: &Path, flags: RunFlags) -> Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?;
-        let daemon = net::start(Options {
-            admin: settings.admin,
-            client: settings.client,
-            bandwidth: settings.bandwidth,
-            site: settings.site,
-            ..Options::new(data, settings.listen)
-        })
+        let daemon = admin::start(
+            Options {
+                client: settings.client,
+                bandwidth: settings.bandwidth,
+                site: settings.site,
+                ..Options::new(data, settings.listen)
+            },
+            settings.admin,
+        )
         .await
         .with_context(|| format!("cannot start the node in {}", data.display()))?;
         let shutdown = async move {

@@ -15,7 +15,7 @@ use super::{LoopInput, WriteJob, local_have, now_secs};
 use crate::content::Hash;
 use crate::engine::{Engine, Millis, Outcome};
 use crate::install::{self, InstallError, Installed, ModuleName, Problem, Status};
-use crate::net::admin::{Answer, Refusal, RefusalKind};
+use crate::net::command::{Answer, Refusal, RefusalKind};
 use crate::node::Node;
 use crate::trust::SignedManifest;
 use serde::{Deserialize, Serialize};

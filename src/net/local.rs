@@ -1,5 +1,5 @@
 //! The daemon's answers to its admin: status, tokens, revocation, groups, publish, and
-//! the installer's tasks. The HTTP face is in `admin`.
+//! the installer's tasks. The HTTP face is `crate::admin`.
 
 use super::*;
 
@@ -116,8 +116,8 @@ impl Daemon {
         }
     }
 
-    pub(super) fn issue_token(&mut self, req: admin::TokenRequest) -> Answer {
-        let admin::TokenRequest {
+    pub(super) fn issue_token(&mut self, req: command::TokenRequest) -> Answer {
+        let command::TokenRequest {
             mut groups,
             client,
             ttl_secs,
@@ -252,10 +252,10 @@ impl Daemon {
     /// Carries out a group request; says whether it changed the groups.
     pub(super) fn group(
         &mut self,
-        req: admin::GroupRequest,
+        req: command::GroupRequest,
     ) -> Result<(serde_json::Value, bool), Refusal> {
         use crate::store::{ALL, MemberChange};
-        use admin::GroupRequest as G;
+        use command::GroupRequest as G;
         let store = &self.node.store;
         let failed = |e: StoreError| Refusal::internal(e.to_string());
         let not_found = |m: String| Refusal::new(RefusalKind::NotFound, m);

@@ -7,7 +7,7 @@
 
 use super::{Daemon, module_name, now_ms};
 use crate::content::Hash;
-use crate::net::admin::Answer;
+use crate::net::command::Answer;
 use crate::report::{NodeDetail, Report, State, UpdateState};
 use crate::rules::ALL;
 use crate::trust::PublicKey;

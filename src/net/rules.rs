@@ -4,7 +4,7 @@
 //! acts on it. Verifying and applying rule sets from above is the engine's.
 
 use super::{Daemon, now_ms, now_secs};
-use crate::net::admin::{Answer, ApproveRequest, Refusal, RefusalKind};
+use crate::net::command::{Answer, ApproveRequest, Refusal, RefusalKind};
 use crate::rules::{self, Approval, ApprovalKey, FULL_WAVE, Halt, Rules, SignedRules};
 use crate::trust::PublicKey;
 
@@ -111,7 +111,7 @@ impl Daemon {
 
     pub(super) fn approve(&mut self, req: ApproveRequest) -> Answer {
         let now = now_secs();
-        let percent = |p: &crate::net::admin::Percent, what: &str| {
+        let percent = |p: &crate::net::command::Percent, what: &str| {
             p.basis_points()
                 .map_err(|e| Refusal::bad(format!("{what}: {e}")))
         };
