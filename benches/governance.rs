@@ -212,7 +212,7 @@ impl BenchNode {
     }
 }
 
-/// One request to a node, bounded by [`WAIT`].
+/// One request to a node, bounded by [`WAIT`]; its answer as the admin API's JSON.
 async fn call(handle: &Handle, req: Request) -> Result<serde_json::Value> {
     let what = format!("{req:?}");
     let what = what
@@ -224,6 +224,7 @@ async fn call(handle: &Handle, req: Request) -> Result<serde_json::Value> {
         .await
         .map_err(|_| anyhow!("{what} not answered within {WAIT:?}"))?
         .map_err(|e| anyhow!("{what} refused: {e}"))
+        .and_then(|a| Ok(serde_json::to_value(a)?))
 }
 
 /// The tree: its nodes and who is below whom.

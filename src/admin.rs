@@ -15,7 +15,7 @@ mod conns;
 mod http;
 
 use crate::net::command::{
-    ApproveRequest, GroupRequest, Refusal, RefusalKind, Request, TokenRequest,
+    Answer, ApproveRequest, GroupRequest, Refusal, RefusalKind, Request, TokenRequest, WaitOutcome,
 };
 use crate::net::{self, Daemon, Handle, NetError};
 use crate::publish::PublishRequest;
@@ -172,11 +172,13 @@ fn read_token(path: &Path) -> Result<String, AdminError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::command::NodeStatus;
 
     #[test]
     fn a_missing_daemon_is_reported_as_not_running() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = call(dir.path(), &Request::Status, Duration::from_secs(1)).unwrap_err();
+        let err =
+            call::<NodeStatus>(dir.path(), &Request::Status, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, AdminError::NotRunning(_)), "{err}");
     }
 
@@ -185,10 +187,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         load_or_make_token(dir.path()).expect("token");
         std::fs::write(dir.path().join(ADDR_FILE), b"\xff\x00garbage").expect("write");
-        let err = call(dir.path(), &Request::Status, Duration::from_secs(1)).unwrap_err();
+        let err =
+            call::<NodeStatus>(dir.path(), &Request::Status, Duration::from_secs(1)).unwrap_err();
         assert!(err.to_string().contains(ADDR_FILE), "{err}");
         std::fs::write(dir.path().join(ADDR_FILE), "ftp://nowhere\n").expect("write");
-        let err = call(dir.path(), &Request::Status, Duration::from_secs(1)).unwrap_err();
+        let err =
+            call::<NodeStatus>(dir.path(), &Request::Status, Duration::from_secs(1)).unwrap_err();
         assert!(err.to_string().contains("does not hold a URL"), "{err}");
     }
 

@@ -811,9 +811,7 @@ fn publish_via_daemon(data: &Path, req: &PublishRequest) -> Result<Option<Publis
         ..req.clone()
     });
     match crate::admin::call(data, &request, std::time::Duration::from_secs(24 * 3600)) {
-        Ok(v) => Ok(Some(
-            serde_json::from_value(v).context("the daemon sent an unreadable publish result")?,
-        )),
+        Ok(outcome) => Ok(Some(outcome)),
         Err(crate::admin::AdminError::NotRunning(_)) => Ok(None),
         Err(e) => Err(e).context("publish failed"),
     }

@@ -62,7 +62,7 @@ use crate::store::{ChildRecord, ModuleVersion, Store, StoreError, TokenRecord};
 use crate::trust::member::{self, JoinToken, root_fingerprint, verify_chain};
 use crate::trust::{Envelope, PublicKey, SecretKey, SignedManifest};
 pub use client::{ClientOptions, Withdrawn};
-use command::{Answer, Refusal, RefusalKind, Request};
+use command::{Answer, Refusal, RefusalKind, Reply, Request};
 use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use libp2p::swarm::{SwarmEvent, dial_opts::DialOpts};
@@ -200,7 +200,7 @@ enum LoopInput {
     },
     Local {
         req: Request,
-        reply: oneshot::Sender<Answer>,
+        reply: oneshot::Sender<Reply>,
     },
     Join {
         peer: PublicKey,
@@ -271,7 +271,7 @@ enum LoopInput {
     },
     Published {
         result: Result<publish::PublishOutcome, Refusal>,
-        reply: oneshot::Sender<Answer>,
+        reply: oneshot::Sender<Reply>,
     },
     /// The installer finished a job.
     Installer {
@@ -338,7 +338,7 @@ pub struct Daemon {
     kept_report_seq: u64,
     /// Children's newer reports, kept in the store on the next tick (in one commit).
     reports_to_keep: HashMap<PublicKey, Arc<[u8]>>,
-    waiters: Vec<(Hash, oneshot::Sender<Answer>)>,
+    waiters: Vec<(Hash, oneshot::Sender<Reply>)>,
     /// The installer, on a client.
     client: Option<client::Client>,
     /// Something the installer decides on may have changed: consult it.
@@ -369,7 +369,7 @@ pub struct Handle {
 
 impl Handle {
     /// Asks the daemon what the admin API would.
-    pub async fn call(&self, req: Request) -> Answer {
+    pub async fn call(&self, req: Request) -> Reply {
         let stopping = || Refusal::new(RefusalKind::Unavailable, "the daemon is stopping");
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -378,11 +378,20 @@ impl Handle {
         rx.await.unwrap_or_else(|_| Err(stopping()))
     }
 
+    /// Asks the daemon, and takes the answer as the request's answer type (one of
+    /// [`command::Answer`]'s).
+    pub async fn ask<A: TryFrom<Answer, Error = Refusal>>(
+        &self,
+        req: Request,
+    ) -> Result<A, Refusal> {
+        self.call(req).await.and_then(A::try_from)
+    }
+
     /// A handle whose requests come out of the receiver, for tests of what carries them.
     #[cfg(test)]
     pub(crate) fn stand_in() -> (
         Handle,
-        mpsc::UnboundedReceiver<(Request, oneshot::Sender<Answer>)>,
+        mpsc::UnboundedReceiver<(Request, oneshot::Sender<Reply>)>,
     ) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (out, requests) = mpsc::unbounded_channel();

@@ -51,11 +51,13 @@ struct TestNode {
 }
 
 impl TestNode {
+    /// The node's answer, as the admin API's JSON, or why it refused.
     async fn try_call(&self, req: Request) -> Result<serde_json::Value, String> {
-        tokio::time::timeout(WAIT, self.handle.call(req))
+        let answer = tokio::time::timeout(WAIT, self.handle.call(req))
             .await
             .expect("the node answers in time")
-            .map_err(|r| r.message)
+            .map_err(|r| r.message)?;
+        Ok(serde_json::to_value(answer).expect("an answer is JSON"))
     }
 
     async fn call(&self, req: Request) -> serde_json::Value {

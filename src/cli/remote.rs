@@ -4,7 +4,14 @@
 
 use super::print_json;
 use crate::admin;
-use crate::net::command::{ApproveRequest, GroupRequest, Request, TokenRequest};
+use crate::install::Damage;
+use crate::net::Withdrawn;
+use crate::net::command::{
+    ApprovalList, ApproveRequest, Approved, CheckOutcome, Declined, GroupCreated, GroupDeleted,
+    GroupList, GroupRequest, IssuedToken, MembershipChange, NodeStatus, Request, RevokedChild,
+    RollbackOutcome, TokenRequest, TreeNode, TreeView, WaitOutcome,
+};
+use crate::report::State;
 use anyhow::{Context, Result, bail};
 use indicatif::HumanBytes;
 use std::path::Path;
@@ -13,7 +20,8 @@ use std::time::Duration;
 /// How long a management command waits for the daemon's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn call(data: &Path, req: &Request, wait: Duration) -> Result<serde_json::Value> {
+/// Asks the daemon of node directory `data`, reading its answer as `A`.
+fn call<A: serde::de::DeserializeOwned>(data: &Path, req: &Request, wait: Duration) -> Result<A> {
     Ok(admin::call(data, req, wait)?)
 }
 
@@ -26,7 +34,7 @@ pub fn token(
     site: Option<String>,
     json: bool,
 ) -> Result<()> {
-    let v = call(
+    let issued: IssuedToken = call(
         data,
         &Request::Token(TokenRequest {
             groups,
@@ -38,92 +46,106 @@ pub fn token(
         ANSWER_TIMEOUT,
     )?;
     if json {
-        return print_json(&v);
+        return print_json(&issued);
     }
-    let token = v["token"].as_str().context("the daemon sent no token")?;
-    println!("{token}");
+    println!("{}", issued.token);
     eprintln!(
         "one-time join token for {}, valid for {}; on the new node run:\n  arbor init --data DIR --join <token>",
-        v["addr"].as_str().unwrap_or("?"),
+        issued.addr,
         humantime::format_duration(ttl)
     );
     Ok(())
 }
 
 pub fn revoke(data: &Path, node: &str, json: bool) -> Result<()> {
-    let v = call(data, &Request::Revoke { node: node.into() }, ANSWER_TIMEOUT)?;
+    let revoked: RevokedChild = call(data, &Request::Revoke { node: node.into() }, ANSWER_TIMEOUT)?;
     if json {
-        return print_json(&v);
+        return print_json(&revoked);
     }
     println!("revoked {node}: it is disconnected and refused from now on");
     Ok(())
 }
 
 pub fn group(data: &Path, req: GroupRequest, json: bool) -> Result<()> {
-    let listing = matches!(req, GroupRequest::List);
-    let v = call(data, &Request::Group(req.clone()), ANSWER_TIMEOUT)?;
-    if json {
-        return print_json(&v);
-    }
-    if listing {
-        for g in v["groups"].as_array().cloned().unwrap_or_default() {
-            let members = g["members"].as_array().cloned().unwrap_or_default();
-            println!(
-                "{:<24} {} member{}{}",
-                g["name"].as_str().unwrap_or("?"),
-                members.len(),
-                if members.len() == 1 { "" } else { "s" },
-                if g["built_in"].as_bool() == Some(true) {
-                    " (built in: every child)"
-                } else {
-                    ""
+    let ask = Request::Group(req.clone());
+    match req {
+        GroupRequest::List => {
+            let list: GroupList = call(data, &ask, ANSWER_TIMEOUT)?;
+            if json {
+                return print_json(&list);
+            }
+            for g in &list.groups {
+                let n = g.members.len();
+                println!(
+                    "{:<24} {n} member{}{}",
+                    g.name,
+                    if n == 1 { "" } else { "s" },
+                    if g.built_in {
+                        " (built in: every child)"
+                    } else {
+                        ""
+                    }
+                );
+                for m in &g.members {
+                    println!("  {m}");
                 }
-            );
-            for m in members {
-                println!("  {}", m.as_str().unwrap_or("?"));
             }
         }
-        return Ok(());
-    }
-    let changed = v["changed"].as_bool() != Some(false);
-    match req {
-        GroupRequest::List => {}
-        GroupRequest::Create { name } => println!("created group {name}"),
-        GroupRequest::Delete { name } => println!("deleted group {name}; its members left it"),
-        GroupRequest::Assign { group, node } if changed => println!("{node} is now in {group}"),
-        GroupRequest::Assign { group, node } => println!("{node} already was in {group}"),
-        GroupRequest::Unassign { group, node } if changed => println!("{node} left {group}"),
-        GroupRequest::Unassign { group, node } => println!("{node} was not in {group}"),
+        GroupRequest::Create { name } => {
+            let created: GroupCreated = call(data, &ask, ANSWER_TIMEOUT)?;
+            if json {
+                return print_json(&created);
+            }
+            println!("created group {name}");
+        }
+        GroupRequest::Delete { name } => {
+            let deleted: GroupDeleted = call(data, &ask, ANSWER_TIMEOUT)?;
+            if json {
+                return print_json(&deleted);
+            }
+            println!("deleted group {name}; its members left it");
+        }
+        GroupRequest::Assign { group, node } | GroupRequest::Unassign { group, node } => {
+            let change: MembershipChange = call(data, &ask, ANSWER_TIMEOUT)?;
+            if json {
+                return print_json(&change);
+            }
+            match (change.member, change.changed) {
+                (true, true) => println!("{node} is now in {group}"),
+                (true, false) => println!("{node} already was in {group}"),
+                (false, true) => println!("{node} left {group}"),
+                (false, false) => println!("{node} was not in {group}"),
+            }
+        }
     }
     Ok(())
 }
 
 pub fn approve(data: &Path, req: ApproveRequest, json: bool) -> Result<()> {
-    let v = call(data, &Request::Approve(req), ANSWER_TIMEOUT)?;
+    let a: Approved = call(data, &Request::Approve(req), ANSWER_TIMEOUT)?;
     if json {
-        return print_json(&v);
+        return print_json(&a);
     }
     println!(
         "approved {} for {} ({}% of the group{}{}); rules version {}",
-        v["update_id"].as_str().unwrap_or("?"),
-        v["group"].as_str().unwrap_or("?"),
-        v["wave_percent"],
-        if v["subtree"].as_bool() == Some(true) {
+        a.update_id,
+        a.group,
+        a.wave_percent,
+        if a.subtree {
             ", and everything below it"
         } else {
             ""
         },
-        v["deadline"]
-            .as_u64()
+        a.deadline
             .map(|d| format!(", all of it from {}", show_time(d)))
             .unwrap_or_default(),
-        v["rules_version"]
+        a.rules_version
     );
     Ok(())
 }
 
 pub fn decline(data: &Path, update: &str, group: &str, json: bool) -> Result<()> {
-    let v = call(
+    let d: Declined = call(
         data,
         &Request::Decline {
             update: update.into(),
@@ -132,53 +154,41 @@ pub fn decline(data: &Path, update: &str, group: &str, json: bool) -> Result<()>
         ANSWER_TIMEOUT,
     )?;
     if json {
-        return print_json(&v);
+        return print_json(&d);
     }
     println!(
         "withdrew the approval of {} for {group}; rules version {}",
-        v["update_id"].as_str().unwrap_or("?"),
-        v["rules_version"]
+        d.update_id, d.rules_version
     );
     Ok(())
 }
 
 pub fn approvals(data: &Path, json: bool) -> Result<()> {
-    let v = call(data, &Request::Approvals, ANSWER_TIMEOUT)?;
+    let list: ApprovalList = call(data, &Request::Approvals, ANSWER_TIMEOUT)?;
     if json {
-        return print_json(&v);
+        return print_json(&list);
     }
-    let list = v["approvals"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+    let Some(version) = list.rules_version.filter(|_| !list.approvals.is_empty()) else {
         println!("no approvals: no update is available to this node's children");
         return Ok(());
-    }
-    println!("rules version {}", v["rules_version"]);
-    for a in &list {
-        let id = a["update_id"].as_str().unwrap_or("?");
+    };
+    println!("rules version {version}");
+    for a in &list.approvals {
         println!(
             "{} {:<32} group {:<16} wave {}%{}{} reaches {}/{}",
-            &id[..id.len().min(12)],
-            a["module"].as_str().unwrap_or("?"),
-            a["group"].as_str().unwrap_or("?"),
-            a["effective_wave_percent"],
-            if a["subtree"].as_bool() == Some(true) {
-                " subtree"
-            } else {
-                ""
-            },
-            a["deadline"]
-                .as_u64()
+            short(&a.update_id.to_hex()),
+            a.module.as_deref().unwrap_or("(manifest not known here)"),
+            a.group,
+            a.effective_wave_percent,
+            if a.subtree { " subtree" } else { "" },
+            a.deadline
                 .map(|d| format!(" deadline {}", show_time(d)))
                 .unwrap_or_default(),
-            a["reached"],
-            a["members"],
+            a.reached,
+            a.members,
         );
-        if let Some(h) = a["halted"].as_object() {
-            println!(
-                "  HALTED at {}: {}",
-                h["at"].as_u64().map(show_time).unwrap_or_default(),
-                h["reason"].as_str().unwrap_or("?")
-            );
+        if let Some(h) = &a.halted {
+            println!("  HALTED at {}: {}", show_time(h.at), h.reason);
         }
     }
     Ok(())
@@ -190,7 +200,7 @@ fn show_time(secs: u64) -> String {
 }
 
 pub fn wait(data: &Path, update: &str, limit: Duration, json: bool) -> Result<()> {
-    let v = call(
+    let w: WaitOutcome = call(
         data,
         &Request::Wait {
             update: update.into(),
@@ -198,149 +208,136 @@ pub fn wait(data: &Path, update: &str, limit: Duration, json: bool) -> Result<()
         limit,
     )?;
     if json {
-        print_json(&v)?;
+        print_json(&w)?;
     }
-    if v["complete"].as_bool() != Some(true) {
+    if !w.complete {
         bail!(
             "update {update} was not complete after {}",
             humantime::format_duration(limit)
         );
     }
     if !json {
-        println!("complete: {}", v["update_id"].as_str().unwrap_or(update));
+        println!("complete: {}", w.update_id);
     }
     Ok(())
 }
 
 pub fn status(data: &Path, json: bool) -> Result<()> {
-    let v = call(data, &Request::Status, ANSWER_TIMEOUT)?;
+    let v: NodeStatus = call(data, &Request::Status, ANSWER_TIMEOUT)?;
     if json {
         return print_json(&v);
     }
-    println!("node     {}", v["node_id"].as_str().unwrap_or("?"));
-    if v["root"].as_bool() == Some(true) {
+    println!("node     {}", v.node_id);
+    if v.root {
         println!("role     root");
     }
-    if let Some(listen) = v["listen"].as_array() {
-        for a in listen {
-            println!("listen   {}", a.as_str().unwrap_or("?"));
-        }
+    for a in &v.listen {
+        println!("listen   {a}");
     }
-    println!("admin    {}", v["admin"].as_str().unwrap_or("?"));
-    if let Some(p) = v["parent"].as_object() {
-        let state = match (p["connected"].as_bool(), p["unresponsive_since"].as_u64()) {
-            (Some(true), _) => "connected".to_string(),
-            (_, Some(since)) => format!("unresponsive since {}", local_time(since)),
-            _ => "NOT connected".to_string(),
+    println!("admin    {}", v.admin.as_deref().unwrap_or("none"));
+    if let Some(p) = &v.parent {
+        let state = match (p.connected, p.unresponsive_since) {
+            (true, _) => "connected".to_string(),
+            (false, Some(since)) => format!("unresponsive since {}", local_time(since)),
+            (false, None) => "NOT connected".to_string(),
         };
         println!(
             "parent   {} at {} ({state}), {} received",
-            p["node_id"].as_str().unwrap_or("?"),
-            p["addr"].as_str().unwrap_or("?"),
-            HumanBytes(p["bytes_received"].as_u64().unwrap_or(0))
+            p.node_id,
+            p.addr.as_deref().unwrap_or("an unknown address"),
+            HumanBytes(p.bytes_received)
         );
-        if let Some(note) = p["clock_note"].as_str() {
+        if let Some(note) = &p.clock_note {
             println!(
                 "clock    {note}: set it right, or signed rules and certificates will be refused"
             );
         }
     }
-    for b in v["bans"].as_array().into_iter().flatten() {
+    for b in &v.bans {
         println!(
             "banned   {} for {} s more, after {} offences; the last: {}",
-            b["node_id"].as_str().unwrap_or("?"),
-            b["seconds_left"].as_u64().unwrap_or(0),
-            b["offences"].as_u64().unwrap_or(0),
-            b["reason"].as_str().unwrap_or("?")
+            b.node_id, b.seconds_left, b.offences, b.reason
         );
     }
-    if let Some(site) = v["site"].as_str() {
+    if let Some(site) = &v.site {
         println!("site     {site}");
     }
-    for s in v["siblings"].as_array().into_iter().flatten() {
-        let state = if s["banned"].as_bool() == Some(true) {
+    for s in &v.siblings {
+        let state = if s.banned {
             "BANNED"
-        } else if s["connected"].as_bool() == Some(true) {
+        } else if s.connected {
             "connected"
         } else {
             "offline"
         };
         println!(
             "sibling  {} {:<9} {} received, {} sent",
-            s["node_id"].as_str().unwrap_or("?"),
+            s.node_id,
             state,
-            HumanBytes(s["bytes_received"].as_u64().unwrap_or(0)),
-            HumanBytes(s["bytes_sent"].as_u64().unwrap_or(0))
+            HumanBytes(s.bytes_received),
+            HumanBytes(s.bytes_sent)
         );
     }
-    let children = v["children"].as_array().cloned().unwrap_or_default();
-    println!("children {}", children.len());
-    for c in &children {
-        let state = match (c["revoked"].as_bool(), c["connected"].as_bool()) {
-            (Some(true), _) => "revoked",
-            (_, Some(true)) => "connected",
-            _ => "offline",
+    println!("children {}", v.children.len());
+    for c in &v.children {
+        let state = match (c.revoked, c.connected) {
+            (true, _) => "revoked",
+            (false, true) => "connected",
+            (false, false) => "offline",
         };
         println!(
             "  {} {:<9} {}{}{} sent",
-            c["node_id"].as_str().unwrap_or("?"),
+            c.node_id,
             state,
-            if c["client"].as_bool() == Some(true) {
-                "client, "
-            } else {
-                ""
-            },
-            c["site"]
-                .as_str()
+            if c.client { "client, " } else { "" },
+            c.site
+                .as_ref()
                 .map(|s| format!("site {s}, "))
                 .unwrap_or_default(),
-            HumanBytes(c["bytes_sent"].as_u64().unwrap_or(0))
+            HumanBytes(c.bytes_sent)
         );
     }
-    let updates = v["updates"].as_array().cloned().unwrap_or_default();
-    if updates.is_empty() {
+    if v.updates.is_empty() {
         println!("updates  none");
     }
-    for u in &updates {
-        let id = u["update_id"].as_str().unwrap_or("?");
+    for u in &v.updates {
         println!(
             "update   {} {:<40} {}/{} in {}/s out {}/s",
-            &id[..id.len().min(12)],
-            u["module"].as_str().unwrap_or("?"),
-            HumanBytes(u["bytes_held"].as_u64().unwrap_or(0)),
-            HumanBytes(u["bytes"].as_u64().unwrap_or(0)),
-            HumanBytes(u["rate_in"].as_u64().unwrap_or(0)),
-            HumanBytes(u["rate_out"].as_u64().unwrap_or(0)),
+            short(&u.update_id.to_hex()),
+            u.module,
+            HumanBytes(u.bytes_held),
+            HumanBytes(u.bytes),
+            HumanBytes(u.rate_in),
+            HumanBytes(u.rate_out),
         );
     }
-    for h in v["halted"].as_array().into_iter().flatten() {
-        let id = h["update_id"].as_str().unwrap_or("?");
+    for h in &v.halted {
         println!(
             "HALTED   {} for {}: {}",
-            &id[..id.len().min(12)],
-            h["group"].as_str().unwrap_or("?"),
-            h["reason"].as_str().unwrap_or("?")
+            short(&h.update_id.to_hex()),
+            h.group,
+            h.reason
         );
     }
-    if let Some(c) = v["installed"].as_object() {
+    if let Some(c) = &v.installed {
+        let withdrawn = match c.withdrawn {
+            Withdrawn::Keep => "keep",
+            Withdrawn::Remove => "remove",
+        };
         println!(
-            "installs into {} (hooks {}, withdrawn modules: {})",
-            c["install_dir"].as_str().unwrap_or("?"),
-            if c["hooks"].as_bool() == Some(true) {
-                "on"
-            } else {
-                "off"
-            },
-            c["withdrawn"].as_str().unwrap_or("?")
+            "installs into {} (hooks {}, withdrawn modules: {withdrawn})",
+            c.install_dir.display(),
+            if c.hooks { "on" } else { "off" },
         );
-        for m in c["modules"].as_array().into_iter().flatten() {
-            let version = |k: &str| m[k]["version"].as_str().map(str::to_string);
+        for m in &c.modules {
             println!(
                 "module   {:<40} {}{}{}",
-                m["module"].as_str().unwrap_or("?"),
-                version("current").unwrap_or_else(|| "-".into()),
-                version("previous").map_or(String::new(), |p| format!(" (previous {p})")),
-                if m["held"].is_string() {
+                m.module,
+                m.current.as_ref().map_or("-", |c| c.version.as_str()),
+                m.previous
+                    .as_ref()
+                    .map_or(String::new(), |p| format!(" (previous {})", p.version)),
+                if m.held.is_some() {
                     ", a rolled-back version is held back"
                 } else {
                     ""
@@ -348,31 +345,29 @@ pub fn status(data: &Path, json: bool) -> Result<()> {
             );
         }
     }
-    let bad = v["bad_chunks"].as_u64().unwrap_or(0);
-    let refused = v["refused"].as_u64().unwrap_or(0);
-    if bad > 0 || refused > 0 {
-        println!("problems {bad} bad chunks received, {refused} peers or requests refused");
+    if v.bad_chunks > 0 || v.refused > 0 {
+        println!(
+            "problems {} bad chunks received, {} peers or requests refused",
+            v.bad_chunks, v.refused
+        );
     }
     Ok(())
 }
 
 /// `arbor check [--repair]`: exits 1 if a damaged file is left unrepaired.
 pub fn check(data: &Path, repair: bool, json: bool) -> Result<std::process::ExitCode> {
-    let v = call(data, &Request::Check { repair }, ANSWER_TIMEOUT)?;
-    let modules = v["modules"].as_array().cloned().unwrap_or_default();
+    let outcome: CheckOutcome = call(data, &Request::Check { repair }, ANSWER_TIMEOUT)?;
     let mut unrepaired = 0;
-    for m in &modules {
-        let problems = m["problems"].as_array().cloned().unwrap_or_default();
-        let fine = problems.is_empty() && m["error"].is_null();
-        if !fine && m["repaired"].as_bool() != Some(true) {
+    for m in &outcome.modules {
+        let fine = m.problems.is_empty() && m.error.is_none();
+        if !fine && !m.repaired {
             unrepaired += 1;
         }
         if json {
             continue;
         }
-        let name = m["module"].as_str().unwrap_or("?");
-        let version = m["version"].as_str().unwrap_or("?");
-        if let Some(e) = m["error"].as_str() {
+        let (name, version) = (&m.module, &m.version);
+        if let Some(e) = &m.error {
             println!("{name} {version}: cannot check: {e}");
             continue;
         }
@@ -380,25 +375,21 @@ pub fn check(data: &Path, repair: bool, json: bool) -> Result<std::process::Exit
             println!("{name} {version}: ok");
             continue;
         }
-        let outcome = if m["repaired"].as_bool() == Some(true) {
+        let next = if m.repaired {
             "repaired"
-        } else if m["waiting_for_parent"].as_bool() == Some(true) {
+        } else if m.waiting_for_parent {
             "its chunks are being fetched from the parent; the repair completes when they arrive"
         } else {
             "run arbor check --repair to restore it"
         };
-        println!("{name} {version}: {} damaged; {outcome}", problems.len());
-        for p in &problems {
-            println!(
-                "  {} {}",
-                p["path"].as_str().unwrap_or("?"),
-                damage(&p["damage"])
-            );
+        println!("{name} {version}: {} damaged; {next}", m.problems.len());
+        for p in &m.problems {
+            println!("  {} {}", p.path, damage(&p.damage));
         }
     }
     if json {
-        print_json(&v)?;
-    } else if modules.is_empty() {
+        print_json(&outcome)?;
+    } else if outcome.modules.is_empty() {
         println!("no modules installed");
     }
     Ok(if unrepaired == 0 {
@@ -409,18 +400,13 @@ pub fn check(data: &Path, repair: bool, json: bool) -> Result<std::process::Exit
 }
 
 /// How a damage reads: "modified", "missing", "mode 600, should be 644".
-fn damage(d: &serde_json::Value) -> String {
+fn damage(d: &Damage) -> String {
     match d {
-        serde_json::Value::String(s) => s.to_lowercase(),
-        serde_json::Value::Object(o) => match o.get("Mode") {
-            Some(m) => format!(
-                "mode {:o}, should be {:o}",
-                m["found"].as_u64().unwrap_or(0),
-                m["expected"].as_u64().unwrap_or(0)
-            ),
-            None => d.to_string(),
-        },
-        other => other.to_string(),
+        Damage::Missing => "missing".into(),
+        Damage::NotRegular => "notregular".into(),
+        Damage::Modified => "modified".into(),
+        Damage::Mode { expected, found } => format!("mode {found:o}, should be {expected:o}"),
+        Damage::Extra => "extra".into(),
     }
 }
 
@@ -429,7 +415,7 @@ pub fn rollback(data: &Path, module: &str, json: bool) -> Result<()> {
     if module.split('/').count() != 3 {
         bail!("{module:?} is not a module: give TENANT/CATEGORY/ID");
     }
-    let v = call(
+    let r: RollbackOutcome = call(
         data,
         &Request::Rollback {
             module: module.into(),
@@ -437,15 +423,15 @@ pub fn rollback(data: &Path, module: &str, json: bool) -> Result<()> {
         ANSWER_TIMEOUT,
     )?;
     if json {
-        return print_json(&v);
+        return print_json(&r);
     }
     println!(
         "{module} is back on {} ({}); {} is held back until a newer version comes",
-        v["current"]["version"].as_str().unwrap_or("?"),
-        short(v["current"]["update_id"].as_str().unwrap_or("?")),
-        v["held"]["version"].as_str().unwrap_or("?"),
+        r.current.version,
+        short(&r.current.update_id.to_hex()),
+        r.held.version,
     );
-    if let Some(h) = v["hook"].as_str() {
+    if let Some(h) = &r.hook {
         println!("post-install hook: {h}");
     }
     Ok(())
@@ -458,63 +444,61 @@ fn short(id: &str) -> &str {
 /// `arbor status --tree`: the subtree, one node a line, indented by depth, each with
 /// its state per update.
 pub fn status_tree(data: &Path, json: bool) -> Result<()> {
-    let v = call(data, &Request::Tree, ANSWER_TIMEOUT)?;
+    let v: TreeView = call(data, &Request::Tree, ANSWER_TIMEOUT)?;
     if json {
         return print_json(&v);
     }
-    print_node(&v["tree"], 0);
-    if v["truncated"].as_bool() == Some(true) {
+    print_node(&v.tree, 0);
+    if v.truncated {
         println!("(the subtree is larger than reports carry in detail: some nodes are left out)");
     }
     Ok(())
 }
 
-fn print_node(node: &serde_json::Value, indent: usize) {
-    let states: Vec<String> = node["updates"]
-        .as_array()
-        .into_iter()
-        .flatten()
+fn print_node(node: &TreeNode, indent: usize) {
+    let states: Vec<String> = node
+        .updates
+        .iter()
         .map(|u| {
-            let id = u["update_id"].as_str().unwrap_or("?");
-            let state = u["state"].as_str().unwrap_or("?");
-            let mut detail = match state {
-                "downloading" => {
-                    let (done, total) = (
-                        u["bytes_done"].as_u64().unwrap_or(0),
-                        u["bytes_total"].as_u64().unwrap_or(0).max(1),
-                    );
+            let mut detail = match u.state {
+                State::Downloading => {
+                    let (done, total) = (u.bytes_done, u.bytes_total.max(1));
                     format!(" {}%", u128::from(done) * 100 / u128::from(total))
                 }
                 _ => String::new(),
             };
             // Why it failed, or an installer's note ("installed in place of 1.0").
-            if let Some(reason) = u["reason"].as_str() {
+            if let Some(reason) = &u.reason {
                 detail.push_str(&format!(" ({reason})"));
             }
             // A failure its node did not sign, or not through this part of the tree:
             // shown, but no halt counts it.
-            if u["proven"].as_bool() == Some(false) {
+            if u.proven == Some(false) {
                 detail.push_str(" [not proven]");
             }
-            format!("{} {state}{detail}", &id[..id.len().min(12)])
+            format!(
+                "{} {}{detail}",
+                short(&u.update_id.to_hex()),
+                u.state.as_str()
+            )
         })
         .collect();
     // How old its report is, and why what it shows may no longer hold.
-    let mut news = format!(" ({} ago)", ago(node["age_secs"].as_u64().unwrap_or(0)));
-    if let Some(stale) = node["stale"].as_str() {
+    let mut news = format!(" ({} ago)", ago(node.age_secs));
+    if let Some(stale) = &node.stale {
         news.push_str(&format!(" STALE: {stale}"));
     }
     println!(
         "{:indent$}{}  {}{news}",
         "",
-        node["node_id"].as_str().unwrap_or("?"),
+        node.node_id,
         if states.is_empty() {
             "no updates".to_string()
         } else {
             states.join(", ")
         },
     );
-    for child in node["children"].as_array().into_iter().flatten() {
+    for child in &node.children {
         print_node(child, indent + 2);
     }
 }

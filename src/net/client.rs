@@ -14,8 +14,11 @@
 use super::{LoopInput, WriteJob, local_have, now_secs};
 use crate::content::Hash;
 use crate::engine::{Engine, Millis, Outcome};
-use crate::install::{self, InstallError, Installed, ModuleName, Problem, Status};
-use crate::net::command::{Answer, Refusal, RefusalKind};
+use crate::install::{self, InstallError, Installed, ModuleName, Status};
+use crate::net::command::{
+    Answer, CheckOutcome, InstalledModule, InstalledModules, InstalledVersion, ModuleCheck,
+    Refusal, RefusalKind, Reply, RollbackOutcome, VersionRef,
+};
 use crate::node::Node;
 use crate::trust::SignedManifest;
 use serde::{Deserialize, Serialize};
@@ -122,21 +125,6 @@ enum DoneWhat {
     },
 }
 
-/// One module's check (and repair), as `arbor check` shows it.
-#[derive(Clone, Debug, Serialize)]
-pub(super) struct ModuleCheck {
-    module: String,
-    version: String,
-    update_id: String,
-    problems: Vec<Problem>,
-    /// The problems were repaired.
-    repaired: bool,
-    /// Some chunks were missing here: they are being fetched from the parent, and the
-    /// repair completes when they arrive.
-    waiting_for_parent: bool,
-    error: Option<String>,
-}
-
 /// An admin's request that waits for the installer.
 pub(super) enum Task {
     Check { repair: bool },
@@ -157,9 +145,9 @@ pub(super) struct Client {
     /// A job is running.
     busy: bool,
     /// Admin requests, answered in order once the installer is free.
-    tasks: VecDeque<(Task, oneshot::Sender<Answer>)>,
+    tasks: VecDeque<(Task, oneshot::Sender<Reply>)>,
     /// The admin request the running job answers.
-    answering: Option<oneshot::Sender<Answer>>,
+    answering: Option<oneshot::Sender<Reply>>,
     /// What was told to the engine of each update (it reports it up).
     told: HashMap<Hash, Outcome>,
     retries: HashMap<Hash, Retry>,
@@ -289,7 +277,7 @@ impl Client {
     }
 
     /// Queues an admin's request; it is answered once its job has run.
-    pub(super) fn enqueue(&mut self, task: Task, reply: oneshot::Sender<Answer>) {
+    pub(super) fn enqueue(&mut self, task: Task, reply: oneshot::Sender<Reply>) {
         self.tasks.push_back((task, reply));
     }
 
@@ -404,7 +392,7 @@ impl Client {
                 .or_else(|| engine.manifest(update).map(|m| m.manifest.version.clone()))
                 .unwrap_or_else(|| update.to_hex()[..12].to_string())
         };
-        let answer: Option<Answer> = match done.what {
+        let answer: Option<Reply> = match done.what {
             DoneWhat::Installed {
                 manifest,
                 result,
@@ -488,11 +476,17 @@ impl Client {
                             hook.clone(),
                         ),
                     );
-                    Ok(serde_json::json!({
-                        "module": show(&module),
-                        "current": { "update_id": r.current, "version": to },
-                        "held": { "update_id": r.previous, "version": from },
-                        "hook": hook.map(|h| match h {
+                    Ok(Answer::RolledBack(RollbackOutcome {
+                        module: show(&module),
+                        current: VersionRef {
+                            update_id: r.current,
+                            version: to,
+                        },
+                        held: VersionRef {
+                            update_id: r.previous,
+                            version: from,
+                        },
+                        hook: hook.map(|h| match h {
                             Hook::Off => "not run: hooks are off on this node".to_string(),
                             Hook::Ran => "ran".to_string(),
                             Hook::Failed(why) => why,
@@ -531,9 +525,7 @@ impl Client {
                     }
                 }
                 let damaged = modules.iter().filter(|m| !m.problems.is_empty()).count();
-                Some(Ok(
-                    serde_json::json!({ "modules": modules, "damaged": damaged }),
-                ))
+                Some(Ok(Answer::Checked(CheckOutcome { modules, damaged })))
             }
         };
         if let (Some(answer), Some(reply)) = (answer, self.answering.take()) {
@@ -542,34 +534,30 @@ impl Client {
     }
 
     /// The install directory as the admin API shows it.
-    pub(super) fn view(&self) -> serde_json::Value {
-        let modules: Vec<_> = self
+    pub(super) fn view(&self) -> InstalledModules {
+        let version = |meta: &Option<install::Metadata>| {
+            meta.as_ref().map(|m| InstalledVersion {
+                version: m.version.clone(),
+                update_id: m.update_id.clone(),
+                installed_at: m.installed_at,
+            })
+        };
+        let modules = self
             .installed
             .iter()
-            .map(|(m, s)| {
-                let version = |meta: &Option<install::Metadata>| {
-                    meta.as_ref().map(|m| {
-                        serde_json::json!({
-                            "version": m.version,
-                            "update_id": m.update_id,
-                            "installed_at": m.installed_at,
-                        })
-                    })
-                };
-                serde_json::json!({
-                    "module": show(m),
-                    "current": version(&s.current),
-                    "previous": version(&s.previous),
-                    "held": s.held,
-                })
+            .map(|(m, s)| InstalledModule {
+                module: show(m),
+                current: version(&s.current),
+                previous: version(&s.previous),
+                held: s.held,
             })
             .collect();
-        serde_json::json!({
-            "install_dir": self.opts.install_dir,
-            "hooks": self.opts.hooks,
-            "withdrawn": self.opts.withdrawn,
-            "modules": modules,
-        })
+        InstalledModules {
+            install_dir: self.opts.install_dir.clone(),
+            hooks: self.opts.hooks,
+            withdrawn: self.opts.withdrawn,
+            modules,
+        }
     }
 }
 

@@ -3,7 +3,10 @@
 //! admin API (`crate::admin`) carries them over HTTP, and the command line and the web
 //! UI read the answers.
 
+mod answer;
+
 use crate::publish::PublishRequest;
+pub use answer::*;
 use serde::{Deserialize, Serialize};
 
 /// What an operator asks of the daemon, whether through HTTP or in-process.
@@ -17,7 +20,7 @@ pub enum Request {
     },
     /// Publish on the root; the path must be absolute (the daemon has its own cwd).
     Publish(PublishRequest),
-    /// Answer once the update is complete on this node.
+    /// Reply once the update is complete on this node.
     Wait {
         update: String,
     },
@@ -205,6 +208,3 @@ impl Refusal {
         Refusal::new(RefusalKind::Internal, message)
     }
 }
-
-/// The daemon's answer to a [`Request`].
-pub type Answer = Result<serde_json::Value, Refusal>;

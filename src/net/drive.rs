@@ -2,6 +2,7 @@
 //! events; and answering waits once an update is durable.
 
 use super::*;
+use command::WaitOutcome;
 
 impl Daemon {
     /// Carries out everything the engine asked for, consulting the installer (which
@@ -251,8 +252,10 @@ impl Daemon {
                 };
                 match durable {
                     Ok(true) => {
-                        let _ =
-                            reply.send(Ok(serde_json::json!({ "update_id": u, "complete": true })));
+                        let _ = reply.send(Ok(Answer::Wait(WaitOutcome {
+                            update_id: u.to_hex(),
+                            complete: true,
+                        })));
                     }
                     Ok(false) => {
                         tokio::time::sleep(RECHECK_DURABLE).await;

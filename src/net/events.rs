@@ -232,7 +232,7 @@ impl Daemon {
                         if let Err(e) = self.add_published(&outcome.update_id, now) {
                             tracing::error!("published update cannot be offered: {e}");
                         }
-                        Ok(serde_json::to_value(&outcome).unwrap_or_default())
+                        Ok(Answer::Published(outcome))
                     }
                     Err(e) => Err(e),
                 };

@@ -26,7 +26,7 @@ impl Server {
                 match req {
                     Request::Wait { .. } => held.push(reply),
                     _ => {
-                        let _ = reply.send(Ok(serde_json::json!({ "ok": true })));
+                        let _ = reply.send(Ok(Answer::Metrics("ok".into())));
                     }
                 }
             }
