@@ -11,7 +11,7 @@ use crate::net::command::{
     Answer, GroupRollout, Reply, RolloutList, SubtreeReports, TreeNode, TreeUpdate, TreeView,
     UpdateRollout,
 };
-use crate::report::{NodeDetail, Report, State};
+use crate::report::{NodeDetail, Report, ReportView, State};
 use crate::rules::ALL;
 use crate::trust::PublicKey;
 use std::collections::{BTreeMap, BTreeSet};
@@ -103,10 +103,10 @@ impl Daemon {
         let children = rollup
             .children()
             .filter_map(|c| rollup.get(c))
-            .map(|r| r.to_json())
+            .map(ReportView::from)
             .collect();
         Ok(Answer::Reports(SubtreeReports {
-            rollup: self.engine.report(now_ms()).to_json(),
+            rollup: ReportView::from(&self.engine.report(now_ms())),
             children,
         }))
     }

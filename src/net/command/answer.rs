@@ -7,7 +7,7 @@ use crate::content::Hash;
 use crate::install::Problem;
 use crate::net::Withdrawn;
 use crate::publish::PublishOutcome;
-use crate::report::State;
+use crate::report::{ReportView, State};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -283,12 +283,11 @@ pub struct HaltNote {
     pub reason: String,
 }
 
-/// `reports`: the roll-up of the subtree and each child's report, as the reports'
-/// own JSON views (`crate::report`).
+/// `reports`: this node's roll-up of its subtree, and each child's report.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SubtreeReports {
-    pub rollup: serde_json::Value,
-    pub children: Vec<serde_json::Value>,
+    pub rollup: ReportView,
+    pub children: Vec<ReportView>,
 }
 
 /// `status --tree`: the subtree, each node with its state per update.
