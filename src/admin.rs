@@ -28,7 +28,7 @@ use axum::{Json, Router};
 pub use client::{Client, call};
 pub use conns::{BODY_TIMEOUT, HEADER_TIMEOUT, MAX_HEADER, WRITE_TIMEOUT};
 pub use http::{OPENAPI, Server};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -86,8 +86,17 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// The body of every refusal the admin API sends.
+#[derive(Serialize, Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
 fn error_response(status: StatusCode, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
+    let body = ErrorBody {
+        error: message.to_string(),
+    };
+    (status, Json(body)).into_response()
 }
 
 /// Why the admin API could not be set up or reached.

@@ -26,8 +26,9 @@
 //!
 //! Its rooms: `transport` (the swarm), `accept` and `session` (streams and
 //! handshakes), `chunks` and `writer` (the data plane), `events` and `drive` (the event
-//! loop's inputs and the engine's outputs), `membership`, `local`, `rules`, `reports`
-//! and `conduct` (what the admin asks and sees), `join` and `probe`.
+//! loop's inputs and the engine's outputs), `command` (what an operator can ask, and
+//! the answers), `membership`, `local`, `rules`, `reports` and `conduct` (what the
+//! admin asks and sees), `join` and `probe`.
 
 mod accept;
 mod chunks;

@@ -166,11 +166,8 @@ impl Client {
                 serde_json::from_str(&text).map_err(unreadable)
             };
         }
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(unreadable)?;
-        let message = value["error"]
-            .as_str()
-            .map_or_else(|| format!("the daemon answered {status}"), str::to_string);
-        Err(AdminError::Refused(message))
+        let refused: ErrorBody = serde_json::from_str(&text).map_err(unreadable)?;
+        Err(AdminError::Refused(refused.error))
     }
 }
 
