@@ -5,7 +5,8 @@
 //! Run it with `cargo bench --bench governance`. It starts a root, 7 branches under it
 //! and 7 leaf clients under each branch (57 nodes, 3 levels), all in this process on
 //! one multi-thread tokio runtime, each with its own node directory in a temp dir, its
-//! libp2p listener on `/ip4/127.0.0.1/tcp/0` and its admin API on `127.0.0.1:0`.
+//! libp2p listener on `/ip4/127.0.0.1/tcp/0`; it asks the nodes through their in-process
+//! handles (no admin API).
 //! Environment:
 //!
 //! - `ARBOR_BENCH_BRANCHES`, `ARBOR_BENCH_LEAVES`: the tree's shape (default 7 and 7);
@@ -71,7 +72,7 @@ mod common;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use arbor::content::Hash;
-use arbor::net::admin::{ApproveRequest, GroupRequest, Request, TokenRequest};
+use arbor::net::command::{ApproveRequest, GroupRequest, Request, TokenRequest};
 use arbor::net::{self, Handle, Options};
 use arbor::node::Node;
 use arbor::publish::PublishRequest;
@@ -211,7 +212,7 @@ impl BenchNode {
     }
 }
 
-/// One request to a node, bounded by [`WAIT`].
+/// One request to a node, bounded by [`WAIT`]; its answer as the admin API's JSON.
 async fn call(handle: &Handle, req: Request) -> Result<serde_json::Value> {
     let what = format!("{req:?}");
     let what = what
@@ -223,6 +224,7 @@ async fn call(handle: &Handle, req: Request) -> Result<serde_json::Value> {
         .await
         .map_err(|_| anyhow!("{what} not answered within {WAIT:?}"))?
         .map_err(|e| anyhow!("{what} refused: {e}"))
+        .and_then(|a| Ok(serde_json::to_value(a)?))
 }
 
 /// The tree: its nodes and who is below whom.

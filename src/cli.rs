@@ -4,8 +4,9 @@
 //! Every command reads the clock here and passes `now` down; nothing below reads it.
 
 pub mod config;
-mod daemon;
 mod demo;
+mod remote;
+mod run;
 
 use crate::content::Hash;
 use crate::node::Node;
@@ -139,7 +140,7 @@ enum Command {
         #[arg(long)]
         client: bool,
         /// How long the token stays valid.
-        #[arg(long, default_value = "1h", value_parser = daemon::parse_ttl)]
+        #[arg(long, default_value = "1h", value_parser = remote::parse_ttl)]
         ttl: std::time::Duration,
         /// The address the child should dial (default: where this node listens).
         #[arg(long, value_name = "MULTIADDR")]
@@ -218,7 +219,7 @@ enum Command {
         /// The update id, or a unique prefix of at least 4 hex digits.
         update: String,
         /// Give up after this long.
-        #[arg(long, default_value = "10m", value_parser = daemon::parse_ttl)]
+        #[arg(long, default_value = "10m", value_parser = remote::parse_ttl)]
         timeout: std::time::Duration,
     },
     /// Publish a file or directory as a signed update (root only), or import a module
@@ -492,10 +493,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 site,
                 wan_window,
             };
-            daemon::run(&data, flags)?
+            run::run(&data, flags)?
         }
-        Command::Check { data, repair } => return daemon::check(&data, repair, json),
-        Command::Rollback { data, module } => daemon::rollback(&data, &module, json)?,
+        Command::Check { data, repair } => return remote::check(&data, repair, json),
+        Command::Rollback { data, module } => remote::rollback(&data, &module, json)?,
         Command::Token {
             data,
             groups,
@@ -503,10 +504,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ttl,
             addr,
             site,
-        } => daemon::token(&data, groups, client, ttl, addr, site, json)?,
-        Command::Revoke { data, node } => daemon::revoke(&data, &node, json)?,
+        } => remote::token(&data, groups, client, ttl, addr, site, json)?,
+        Command::Revoke { data, node } => remote::revoke(&data, &node, json)?,
         Command::Group { action } => {
-            use crate::net::admin::GroupRequest as G;
+            use crate::net::command::GroupRequest as G;
             let (data, req) = match action {
                 GroupAction::List { data } => (data, G::List),
                 GroupAction::Create { data, name } => (data, G::Create { name }),
@@ -514,7 +515,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 GroupAction::Assign { data, group, node } => (data, G::Assign { group, node }),
                 GroupAction::Unassign { data, group, node } => (data, G::Unassign { group, node }),
             };
-            daemon::group(&data, req, json)?
+            remote::group(&data, req, json)?
         }
         Command::Approve {
             data,
@@ -526,7 +527,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             halt_failures,
             halt_fraction,
         } => {
-            use crate::net::admin::{ApproveRequest, Percent, When};
+            use crate::net::command::{ApproveRequest, Percent, When};
             let req = ApproveRequest {
                 update,
                 group,
@@ -536,21 +537,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 halt_failures,
                 halt_fraction: halt_fraction.map(Percent::Text),
             };
-            daemon::approve(&data, req, json)?
+            remote::approve(&data, req, json)?
         }
         Command::Decline {
             data,
             update,
             group,
-        } => daemon::decline(&data, &update, &group, json)?,
-        Command::Approvals { data } => daemon::approvals(&data, json)?,
-        Command::Status { data, tree: false } => daemon::status(&data, json)?,
-        Command::Status { data, tree: true } => daemon::status_tree(&data, json)?,
+        } => remote::decline(&data, &update, &group, json)?,
+        Command::Approvals { data } => remote::approvals(&data, json)?,
+        Command::Status { data, tree: false } => remote::status(&data, json)?,
+        Command::Status { data, tree: true } => remote::status_tree(&data, json)?,
         Command::Wait {
             data,
             update,
             timeout,
-        } => daemon::wait(&data, &update, timeout, json)?,
+        } => remote::wait(&data, &update, timeout, json)?,
         Command::Init { data, .. } => {
             let node = Node::init_root(&data)
                 .with_context(|| format!("cannot create root node in {}", data.display()))?;
@@ -805,15 +806,13 @@ fn unpack_package(data: &Path, file: &Path) -> Result<(PublishRequest, tempfile:
 fn publish_via_daemon(data: &Path, req: &PublishRequest) -> Result<Option<PublishOutcome>> {
     let path = std::path::absolute(&req.path)
         .with_context(|| format!("cannot resolve {}", req.path.display()))?;
-    let request = crate::net::admin::Request::Publish(PublishRequest {
+    let request = crate::net::command::Request::Publish(PublishRequest {
         path,
         ..req.clone()
     });
-    match crate::net::admin::call(data, &request, std::time::Duration::from_secs(24 * 3600)) {
-        Ok(v) => Ok(Some(
-            serde_json::from_value(v).context("the daemon sent an unreadable publish result")?,
-        )),
-        Err(crate::net::admin::AdminError::NotRunning(_)) => Ok(None),
+    match crate::admin::call(data, &request, std::time::Duration::from_secs(24 * 3600)) {
+        Ok(outcome) => Ok(Some(outcome)),
+        Err(crate::admin::AdminError::NotRunning(_)) => Ok(None),
         Err(e) => Err(e).context("publish failed"),
     }
 }

@@ -202,7 +202,7 @@ pub struct Status {
 }
 
 /// How an installed file differs from its metadata.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Damage {
     Missing,
     /// A link, directory or other non-file, or reachable only through a link.
@@ -219,7 +219,7 @@ pub enum Damage {
 }
 
 /// One damaged file of the current version, or an extra entry beside them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     pub path: String,
     pub damage: Damage,

@@ -26,6 +26,7 @@
 //! The wire format is specified in `protocol/PROTOCOL.md`, with test vectors in
 //! `protocol/vectors/`.
 
+pub mod admin;
 pub mod bandwidth;
 pub mod cli;
 pub mod content;

@@ -1,12 +1,12 @@
 //! The daemon: drives one node's [`Engine`] over libp2p in real time.
 //!
 //! Owns the swarm (TCP + noise + yamux), the clock, the tasks that run the stream
-//! protocols of [`proto`], the store writer thread, and the admin API
-//! ([`admin`]). The engine decides; this module moves bytes, checks certificates and
+//! protocols of [`proto`], and the store writer thread, and answers its operator's
+//! requests ([`command`]; the admin API, `crate::admin`, carries them). The engine decides; this module moves bytes, checks certificates and
 //! hashes, and reports back:
 //!
 //! - one event loop owns the swarm and the engine; every task talks to it through one
-//!   channel of [`Ev`]s, so the engine is never shared;
+//!   channel of [`LoopInput`]s, so the engine is never shared;
 //! - a child keeps `window` persistent chunk streams to its parent; each runs one span
 //!   request at a time, hashes every chunk as it arrives and hands good ones to the
 //!   writer thread, which stores them and only then reports them stored; the engine
@@ -26,13 +26,13 @@
 //!
 //! Its rooms: `transport` (the swarm), `accept` and `session` (streams and
 //! handshakes), `chunks` and `writer` (the data plane), `events` and `drive` (the event
-//! loop's inputs and the engine's outputs), `membership`, `local`, `rules`, `reports`
-//! and `conduct` (what the admin asks and sees), `saved` (what a restart starts from),
-//! `join` and `probe`.
+//! loop's inputs and the engine's outputs), `command` (what an operator can ask, and
+//! the answers), `membership`, `local`, `rules`, `reports` and `conduct` (what the
+//! admin asks and sees), `saved` (what a restart starts from), `join` and `probe`.
 
 mod accept;
-pub mod admin;
 mod chunks;
+pub mod command;
 mod conduct;
 mod delta;
 mod drive;
@@ -65,7 +65,7 @@ use crate::publish;
 use crate::store::{ChildRecord, ModuleVersion, Store, StoreError, TokenRecord};
 use crate::trust::member::{self, JoinToken, root_fingerprint, verify_chain};
 use crate::trust::{Envelope, PublicKey, SecretKey, SignedManifest};
-use admin::{Answer, Refusal, RefusalKind, Request};
+use command::{Answer, Refusal, RefusalKind, Reply, Request};
 use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 pub use installer::InstallerOptions;
@@ -106,8 +106,6 @@ const WRITE_QUEUE: usize = 64;
 pub struct Options {
     pub dir: PathBuf,
     pub listen: Vec<Multiaddr>,
-    /// Where the admin API listens.
-    pub admin: std::net::SocketAddr,
     pub engine: engine::Config,
     /// Install approved modules here: a client (`arbor run --install-dir`).
     pub installer: Option<InstallerOptions>,
@@ -128,7 +126,6 @@ impl Options {
         Options {
             dir: dir.to_path_buf(),
             listen,
-            admin: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
             engine: engine::Config::default(),
             installer: None,
             bandwidth: BandwidthOptions::default(),
@@ -154,8 +151,6 @@ pub enum NetError {
     Join { addr: String, why: String },
     #[error("the parent refused to let this node join: {0}")]
     JoinRefused(String),
-    #[error(transparent)]
-    Admin(#[from] admin::AdminError),
     #[error(transparent)]
     Install(#[from] crate::install::InstallError),
 }
@@ -196,8 +191,9 @@ impl Tasks {
     }
 }
 
-/// Something for the event loop.
-enum Ev {
+/// An input of the event loop: what a peer, a task, the writer thread or the admin
+/// hands it.
+enum LoopInput {
     /// A peer opened a stream: admit it or drop it.
     Inbound(Inbound),
     /// A task saw a peer do something wrong.
@@ -208,7 +204,7 @@ enum Ev {
     },
     Local {
         req: Request,
-        reply: oneshot::Sender<Answer>,
+        reply: oneshot::Sender<Reply>,
     },
     Join {
         peer: PublicKey,
@@ -279,11 +275,11 @@ enum Ev {
     },
     Published {
         result: Result<publish::PublishOutcome, Refusal>,
-        reply: oneshot::Sender<Answer>,
+        reply: oneshot::Sender<Reply>,
     },
     /// The installer finished a job.
     Installer {
-        done: installer::Done,
+        done: Box<installer::Done>,
     },
     /// The writer thread found the store failing (`Some`, why) or writable again.
     StoreFault {
@@ -317,8 +313,8 @@ pub struct Daemon {
     engine: Engine,
     swarm: Swarm<Behaviour>,
     control: libp2p_stream::Control,
-    ev_tx: mpsc::UnboundedSender<Ev>,
-    ev_rx: mpsc::UnboundedReceiver<Ev>,
+    ev_tx: mpsc::UnboundedSender<LoopInput>,
+    ev_rx: mpsc::UnboundedReceiver<LoopInput>,
     writer_tx: mpsc::Sender<WriteJob>,
     writer: Option<std::thread::JoinHandle<()>>,
     listen_addrs: Vec<Multiaddr>,
@@ -346,14 +342,17 @@ pub struct Daemon {
     kept_report_seq: u64,
     /// Children's newer reports, kept in the store on the next tick (in one commit).
     reports_to_keep: HashMap<PublicKey, Arc<[u8]>>,
-    waiters: Vec<(Hash, oneshot::Sender<Answer>)>,
+    waiters: Vec<(Hash, oneshot::Sender<Reply>)>,
     /// The installer's hands, on a client.
     installer: Option<installer::InstallerHands>,
     /// Fetches from the parent, all streams together, go no faster than this.
     download: Option<Arc<Limiter>>,
     /// Fetches from siblings, all together, go no faster than this.
     local_download: Option<Arc<Limiter>>,
-    admin_url: String,
+    /// Where its admin API answers, once one serves it.
+    admin_url: Option<String>,
+    /// Most connections an admin API may hold open (`fds`).
+    admin_connections: usize,
     /// What every chunk stream this node serves shares.
     server: Arc<Server>,
     /// Streams open now, per peer and for all strangers.
@@ -367,18 +366,47 @@ pub struct Daemon {
 /// Sends requests to a running daemon in the same process.
 #[derive(Clone)]
 pub struct Handle {
-    tx: mpsc::UnboundedSender<Ev>,
+    tx: mpsc::UnboundedSender<LoopInput>,
 }
 
 impl Handle {
     /// Asks the daemon what the admin API would.
-    pub async fn call(&self, req: Request) -> Answer {
+    pub async fn call(&self, req: Request) -> Reply {
         let stopping = || Refusal::new(RefusalKind::Unavailable, "the daemon is stopping");
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Ev::Local { req, reply })
+            .send(LoopInput::Local { req, reply })
             .map_err(|_| stopping())?;
         rx.await.unwrap_or_else(|_| Err(stopping()))
+    }
+
+    /// Asks the daemon, and takes the answer as the request's answer type (one of
+    /// [`command::Answer`]'s).
+    pub async fn ask<A: TryFrom<Answer, Error = Refusal>>(
+        &self,
+        req: Request,
+    ) -> Result<A, Refusal> {
+        self.call(req).await.and_then(A::try_from)
+    }
+
+    /// A handle whose requests come out of the receiver, for tests of what carries them.
+    #[cfg(test)]
+    pub(crate) fn stand_in() -> (
+        Handle,
+        mpsc::UnboundedReceiver<(Request, oneshot::Sender<Reply>)>,
+    ) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (out, requests) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(input) = rx.recv().await {
+                if let LoopInput::Local { req, reply } = input
+                    && out.send((req, reply)).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        (Handle { tx }, requests)
     }
 }
 
@@ -407,7 +435,8 @@ fn peer_of(key: &PublicKey) -> Result<Libp2pPeerId, NetError> {
 }
 
 /// Opens the node in `opts.dir`, redeems its join token if it has not joined yet,
-/// listens, and binds the admin API. The node runs once [`Daemon::run`] is awaited.
+/// and listens. The node runs once [`Daemon::run`] is awaited; `crate::admin::start`
+/// starts it with its admin API.
 pub async fn start(opts: Options) -> Result<Daemon, NetError> {
     let fds = fds::raise_limit();
     let dir = opts.dir.clone();
@@ -532,13 +561,6 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
             .map_err(|e| NetError::Transport(format!("cannot start the writer thread: {e}")))?
     };
     let tasks = Tasks::default();
-    let admin = admin::Server::bind(&dir, opts.admin, fds.admin_connections).await?;
-    let admin_url = admin.url().to_string();
-    {
-        let handle = Handle { tx: ev_tx.clone() };
-        let stop = tasks.cancel.clone();
-        tasks.tracker.spawn(admin.serve(handle, stop));
-    }
     spawn_acceptors(&tasks, control.clone(), ev_tx.clone())?;
     let server = Arc::new(Server {
         node: node.clone(),
@@ -549,13 +571,6 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         },
         deltas: delta::Deltas::default(),
     });
-    tracing::info!(
-        node = %node.node_id(),
-        root = node.is_root(),
-        admin = %admin_url,
-        "listening on {}",
-        listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
-    );
     let daemon = Daemon {
         node,
         engine,
@@ -585,7 +600,8 @@ pub async fn start(opts: Options) -> Result<Daemon, NetError> {
         installer: hands,
         download: opts.bandwidth.max_download.map(Limiter::new),
         local_download: opts.bandwidth.max_local_download.map(Limiter::new),
-        admin_url,
+        admin_url: None,
+        admin_connections: fds.admin_connections,
         server,
         gate: Default::default(),
         strangers: HashMap::new(),
@@ -604,9 +620,34 @@ impl Daemon {
         self.node.node_id()
     }
 
-    /// The URL of this node's admin API.
-    pub fn admin_url(&self) -> &str {
-        &self.admin_url
+    /// The node's directory.
+    pub fn dir(&self) -> &Path {
+        &self.opts.dir
+    }
+
+    /// The URL of this node's admin API, once one serves it.
+    pub fn admin_url(&self) -> Option<&str> {
+        self.admin_url.as_deref()
+    }
+
+    /// Most connections an admin API may hold open: its share of the open-files limit.
+    pub fn admin_connections(&self) -> usize {
+        self.admin_connections
+    }
+
+    /// Serves the node's operator on `url` for as long as the node runs: `serve` gets a
+    /// handle for the requests and a token cancelled when the node stops, and runs
+    /// among the node's tasks (the node stops once it has ended).
+    pub fn serve_admin<F>(
+        &mut self,
+        url: String,
+        serve: impl FnOnce(Handle, tokio_util::sync::CancellationToken) -> F,
+    ) where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.admin_url = Some(url);
+        let task = serve(self.handle(), self.tasks.cancel.clone());
+        self.tasks.tracker.spawn(task);
     }
 
     /// A handle for in-process management requests.
@@ -623,6 +664,14 @@ impl Daemon {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), NetError> {
         tokio::pin!(shutdown);
+        // Once this is logged, the node and its admin API (if it has one) answer.
+        tracing::info!(
+            node = %self.node.node_id(),
+            root = self.node.is_root(),
+            admin = self.admin_url.as_deref().unwrap_or("none"),
+            "listening on {}",
+            self.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        );
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.drain(now_ms());

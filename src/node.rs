@@ -5,7 +5,7 @@
 //! DIR/root.key     the root (trust anchor) key, on the root node only, mode 0600
 //! DIR/store.redb   metadata: chunk index, manifests, pinned root key (see `store`)
 //! DIR/packs/       chunk bytes
-//! DIR/admin.token the admin API's bearer token, mode 0600 (see `net::admin`)
+//! DIR/admin.token the admin API's bearer token, mode 0600 (see `admin`)
 //! DIR/admin.addr  where the running daemon's admin API answers
 //! ```
 //!

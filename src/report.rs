@@ -26,7 +26,6 @@ use crate::trust::member::MAX_CHAIN_LEN;
 use crate::trust::{Envelope, PublicKey, SecretKey, TrustError};
 use crate::wire::{self, WireError};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -159,18 +158,6 @@ impl UpdateState {
             ..UpdateState::new(update, State::Failed, bytes_done, bytes_total)
         }
     }
-
-    fn to_json(&self) -> Value {
-        json!({
-            "update": self.update.to_hex(),
-            "state": self.state.as_str(),
-            "reason": self.reason,
-            "bytes_done": self.bytes_done,
-            "bytes_total": self.bytes_total,
-            "from_parent": self.from_parent,
-            "from_siblings": self.from_siblings,
-        })
-    }
 }
 
 /// Nodes per state for one update. On the wire an array of five counts, in the order of
@@ -276,17 +263,6 @@ impl Counts {
             .zip(<[u64; 5]>::from(*other))
             .all(|(a, b)| a <= b)
     }
-
-    fn to_json(self) -> Value {
-        json!({
-            "available": self.available,
-            "downloading": self.downloading,
-            "downloaded": self.downloaded,
-            "installed": self.installed,
-            "failed": self.failed,
-            "total": self.total(),
-        })
-    }
 }
 
 /// One node's own state, as carried up the tree for drill-down. Fields in canonical
@@ -310,18 +286,7 @@ pub struct NodeDetail {
     pub updates: Vec<UpdateState>,
 }
 
-impl NodeDetail {
-    fn to_json(&self) -> Value {
-        json!({
-            "node_id": self.node.node_id(),
-            "parent": self.parent.map(|p| p.node_id()),
-            "depth": self.depth,
-            "issued": self.issued,
-            "lost": self.lost,
-            "updates": self.updates.iter().map(UpdateState::to_json).collect::<Vec<_>>(),
-        })
-    }
-}
+impl NodeDetail {}
 
 /// A rule set a node refused (PROTOCOL.md §14.3), reported up so that admins see
 /// forgeries, expiries and rollbacks anywhere below them. Fields in canonical key order.
@@ -353,15 +318,6 @@ impl RuleRefusal {
     /// The order of refusals on the wire: newest first, then by node, issuer, reason.
     fn order_key(&self) -> (Reverse<u64>, &PublicKey, &Option<PublicKey>, &str) {
         (Reverse(self.at), &self.node, &self.issuer, &self.reason)
-    }
-
-    fn to_json(&self) -> Value {
-        json!({
-            "at": self.at,
-            "node_id": self.node.node_id(),
-            "issuer": self.issuer.map(|i| i.node_id()),
-            "reason": self.reason,
-        })
     }
 }
 
@@ -674,41 +630,6 @@ impl Report {
         }
         Ok(())
     }
-
-    /// The report for people and the admin API: ids in their text forms (node ids as
-    /// libp2p PeerIds, update ids in hex), counts by state name with their total, and
-    /// groups with [`ALL`] first.
-    pub fn to_json(&self) -> Value {
-        let counts = |m: &BTreeMap<Hash, Counts>| -> Vec<Value> {
-            m.iter()
-                .map(|(u, c)| {
-                    let mut v = c.to_json();
-                    v["update"] = json!(u.to_hex());
-                    v
-                })
-                .collect()
-        };
-        let groups: Vec<Value> = self
-            .groups
-            .get_key_value(ALL)
-            .into_iter()
-            .chain(self.groups.iter().filter(|(g, _)| *g != ALL))
-            .map(|(name, m)| json!({ "name": name, "counts": counts(m) }))
-            .collect();
-        json!({
-            "node_id": self.node.node_id(),
-            "parent": self.parent.map(|p| p.node_id()),
-            "depth": self.depth,
-            "issued": self.issued,
-            "own": self.own.iter().map(UpdateState::to_json).collect::<Vec<_>>(),
-            "subtree": counts(&self.subtree),
-            "groups": groups,
-            "nodes": self.nodes.iter().map(NodeDetail::to_json).collect::<Vec<_>>(),
-            "proven_failures": self.proof.as_ref().map_or(0, proof::Proof::failures),
-            "truncated": self.truncated,
-            "refusals": self.refusals.iter().map(RuleRefusal::to_json).collect::<Vec<_>>(),
-        })
-    }
 }
 
 fn check_limit(what: &'static str, count: usize, limit: usize) -> Result<(), InvalidReport> {
@@ -829,13 +750,6 @@ impl SignedReport {
     pub fn node(&self) -> PublicKey {
         self.report.node
     }
-
-    /// [`Report::to_json`] with the sequence number.
-    pub fn to_json(&self) -> Value {
-        let mut v = self.report.to_json();
-        v["seq"] = json!(self.seq);
-        v
-    }
 }
 
 /// Counts per update on the wire: an array of `{counts, update}` sorted by update.
@@ -922,9 +836,11 @@ mod group_list {
 
 pub mod proof;
 mod rollup;
+mod view;
 
 use proof::{Proof, ProofError};
 pub use rollup::{Own, Received, Rollup};
+pub use view::{CountsView, GroupCountsView, NodeView, RefusalView, ReportView, StateView};
 
 /// Adds every count of `from` into `into`.
 fn sum_into(into: &mut BTreeMap<Hash, Counts>, from: &BTreeMap<Hash, Counts>) {

@@ -23,7 +23,7 @@ const PAGE: usize = 1 << 16;
 
 /// One thing found wrong.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Problem {
+pub struct StoreProblem {
     /// The update concerned, if any (an unreferenced chunk has none).
     pub update: Option<Hash>,
     /// `tenant/category/id version`, when the manifest could be read.
@@ -36,7 +36,7 @@ pub struct Problem {
     pub reason: String,
 }
 
-impl std::fmt::Display for Problem {
+impl std::fmt::Display for StoreProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (&self.update, &self.module) {
             (Some(u), Some(m)) => write!(f, "update {} ({m}): ", u.short())?,
@@ -59,7 +59,7 @@ pub struct VerifyReport {
     pub updates: usize,
     pub chunks: u64,
     pub bytes: u64,
-    pub problems: Vec<Problem>,
+    pub problems: Vec<StoreProblem>,
     /// Damaged records the daemon quarantined: no longer used, left in their packs.
     pub quarantined: Vec<Quarantined>,
     /// Bytes of pack records no index entry points at (whole-store checks only):
@@ -120,7 +120,7 @@ pub fn verify(
 
     let mut opened = Vec::with_capacity(manifests.len());
     for (id, bytes) in manifests {
-        let problem = |reason: String| Problem {
+        let problem = |reason: String| StoreProblem {
             update: Some(id),
             module: None,
             file: None,
@@ -194,7 +194,7 @@ pub fn verify(
             for (i, c) in file.chunks.iter().enumerate() {
                 if let Some(reason) = bad.get(&c.hash()) {
                     used.insert(c.hash());
-                    report.problems.push(Problem {
+                    report.problems.push(StoreProblem {
                         update: Some(m.id),
                         module: Some(module.clone()),
                         file: Some(file.path.clone()),
@@ -211,7 +211,7 @@ pub fn verify(
     let mut unused: Vec<_> = bad.into_iter().filter(|(h, _)| !used.contains(h)).collect();
     unused.sort();
     for (hash, reason) in unused {
-        report.problems.push(Problem {
+        report.problems.push(StoreProblem {
             update: None,
             module: None,
             file: None,

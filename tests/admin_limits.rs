@@ -38,15 +38,15 @@ fn path_str(p: &Path) -> String {
 
 /// The node's admin URL (host:port) and token.
 fn admin(data: &str) -> (SocketAddr, String) {
-    let url = std::fs::read_to_string(Path::new(data).join(arbor::net::admin::ADDR_FILE))
-        .expect("admin.addr");
+    let url =
+        std::fs::read_to_string(Path::new(data).join(arbor::admin::ADDR_FILE)).expect("admin.addr");
     let addr = url
         .trim()
         .strip_prefix("http://")
         .expect("an http URL")
         .parse()
         .expect("host:port");
-    let token = std::fs::read_to_string(Path::new(data).join(arbor::net::admin::TOKEN_FILE))
+    let token = std::fs::read_to_string(Path::new(data).join(arbor::admin::TOKEN_FILE))
         .expect("admin.token")
         .trim()
         .to_string();
@@ -362,7 +362,7 @@ fn garbage_on_the_admin_port_gets_a_4xx_or_a_close_and_the_node_keeps_running() 
     let auth = format!("Authorization: Bearer {token}\r\n");
     let huge_header = format!(
         "GET /api/status HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(arbor::net::admin::MAX_HEADER * 4)
+        "a".repeat(arbor::admin::MAX_HEADER * 4)
     );
     let many_headers = format!(
         "GET /api/status HTTP/1.1\r\nHost: x\r\n{}\r\n",
@@ -427,6 +427,6 @@ fn garbage_on_the_admin_port_gets_a_4xx_or_a_close_and_the_node_keeps_running() 
         assert_eq!(code, 200, "{what}: the node stopped answering");
     }
     let data = PathBuf::from(&root);
-    assert!(data.join(arbor::net::admin::ADDR_FILE).exists());
+    assert!(data.join(arbor::admin::ADDR_FILE).exists());
     root_proc.stop();
 }

@@ -305,13 +305,13 @@ async fn a_child_sending_what_only_a_parent_may_is_cut_off_banned_and_barely_log
     // The metrics say so too.
     let dir = root.dir.clone();
     let metrics = tokio::task::spawn_blocking(move || {
-        let req = arbor::net::admin::Request::Metrics;
-        arbor::net::admin::call(Path::new(&dir), &req, Duration::from_secs(30))
+        let req = arbor::net::command::Request::Metrics;
+        arbor::admin::call::<String>(Path::new(&dir), &req, Duration::from_secs(30))
     })
     .await
     .expect("client")
     .expect("metrics");
-    let text = metrics.as_str().expect("text");
+    let text = metrics.as_str();
     assert!(text.contains("arbor_peers_banned 1"), "{text}");
     assert!(
         text.contains("arbor_offences_total{kind=\"wrong_role\"}"),

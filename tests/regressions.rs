@@ -5,7 +5,8 @@
 
 mod common;
 
-use arbor::net::admin::{self, GroupRequest, Request};
+use arbor::admin;
+use arbor::net::command::{GroupRequest, Request};
 use common::{HANG, Process, arbor_json, arbor_ok, noise, publish_args, update_id};
 use std::path::Path;
 use std::time::{Duration, Instant};

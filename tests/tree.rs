@@ -5,8 +5,9 @@
 
 mod common;
 
+use arbor::admin::{self, AdminError};
 use arbor::content::Hash;
-use arbor::net::admin::{ApproveRequest, GroupRequest, Request, TokenRequest};
+use arbor::net::command::{ApproveRequest, GroupRequest, Request, TokenRequest};
 use arbor::net::proto::{CHUNK_REFUSED, ChunkRequest, ControlFrame};
 use arbor::net::{self, Handle, Options, probe};
 use arbor::node::Node;
@@ -30,11 +31,13 @@ struct TestNode {
 }
 
 impl TestNode {
+    /// The node's answer, as the admin API's JSON.
     async fn call(&self, req: Request) -> serde_json::Value {
-        tokio::time::timeout(HANG, self.handle.call(req))
+        let answer = tokio::time::timeout(HANG, self.handle.call(req))
             .await
             .expect("the node answers in time")
-            .expect("the node accepts the request")
+            .expect("the node accepts the request");
+        serde_json::to_value(answer).expect("an answer is JSON")
     }
 
     async fn token(&self, client: bool, ttl_secs: u64) -> String {
@@ -72,9 +75,9 @@ impl TestNode {
     }
 }
 
-async fn start_with(opts: Options) -> Result<TestNode, net::NetError> {
+async fn start_with(opts: Options) -> Result<TestNode, AdminError> {
     let dir = opts.dir.clone();
-    let daemon = tokio::time::timeout(HANG, net::start(opts))
+    let daemon = tokio::time::timeout(HANG, admin::start(opts, admin::LOOPBACK))
         .await
         .expect("start does not hang")?;
     let handle = daemon.handle();
@@ -291,7 +294,7 @@ async fn wrong_reused_and_expired_tokens_are_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let base = tmp.path();
     let root = root(&base.join("root")).await;
-    let refusal = |r: Result<TestNode, net::NetError>| match r {
+    let refusal = |r: Result<TestNode, AdminError>| match r {
         Ok(_) => panic!("the join was accepted"),
         Err(e) => e.to_string(),
     };
@@ -577,7 +580,7 @@ async fn bad_admin_api_input_gets_a_clear_4xx_and_changes_nothing() {
     let root = root(&tmp.path().join("root")).await;
     let before = root.status().await;
     let url = before["admin"].as_str().expect("admin url").to_string();
-    let token = std::fs::read_to_string(root.dir.join(arbor::net::admin::TOKEN_FILE))
+    let token = std::fs::read_to_string(root.dir.join(admin::TOKEN_FILE))
         .expect("the token file")
         .trim()
         .to_string();
@@ -585,7 +588,7 @@ async fn bad_admin_api_input_gets_a_clear_4xx_and_changes_nothing() {
     let checks = tokio::task::spawn_blocking(move || {
         let t = Some(token.as_str());
         let wrong = Some("0123456789abcdef0123456789abcdef");
-        let big = vec![b' '; arbor::net::admin::MAX_BODY + 1];
+        let big = vec![b' '; admin::MAX_BODY + 1];
         let publish_relative =
             br#"{"path":"relative","tenant":"t","category":"c","id":"i","version":"1"}"#;
         // (method, path, token, body, expected status, words the answer must hold)
@@ -1201,12 +1204,12 @@ async fn rules_go_down_three_levels_and_reports_come_back_up() {
     );
     let dir = root.dir.clone();
     let metrics = tokio::task::spawn_blocking(move || {
-        arbor::net::admin::call(&dir, &Request::Metrics, Duration::from_secs(30))
+        admin::call::<String>(&dir, &Request::Metrics, Duration::from_secs(30))
     })
     .await
     .expect("client")
     .expect("metrics");
-    let text = metrics.as_str().expect("text");
+    let text = metrics.as_str();
     let line = format!(
         "arbor_update_nodes{{state=\"downloaded\",update=\"{}\"}} 3",
         u1.to_hex()

@@ -20,7 +20,7 @@
 
 mod common;
 
-use arbor::net::admin::{GroupRequest, Request, TokenRequest};
+use arbor::net::command::{GroupRequest, Request, TokenRequest};
 use arbor::net::{self, Handle, Options};
 use arbor::node::Node;
 use arbor::publish::PublishRequest;
@@ -51,11 +51,13 @@ struct TestNode {
 }
 
 impl TestNode {
+    /// The node's answer, as the admin API's JSON, or why it refused.
     async fn try_call(&self, req: Request) -> Result<serde_json::Value, String> {
-        tokio::time::timeout(WAIT, self.handle.call(req))
+        let answer = tokio::time::timeout(WAIT, self.handle.call(req))
             .await
             .expect("the node answers in time")
-            .map_err(|r| r.message)
+            .map_err(|r| r.message)?;
+        Ok(serde_json::to_value(answer).expect("an answer is JSON"))
     }
 
     async fn call(&self, req: Request) -> serde_json::Value {
@@ -84,12 +86,15 @@ async fn start(dir: &Path) -> TestNode {
         dir,
         vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
     );
-    let daemon = tokio::time::timeout(WAIT, net::start(opts))
+    let daemon = tokio::time::timeout(WAIT, arbor::admin::start(opts, arbor::admin::LOOPBACK))
         .await
         .expect("start does not hang")
         .expect("the node starts");
     let handle = daemon.handle();
-    let admin_url = daemon.admin_url().to_string();
+    let admin_url = daemon
+        .admin_url()
+        .expect("the admin API serves")
+        .to_string();
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(daemon.run(async move {
         let _ = stopped.wait_for(|s| *s).await;

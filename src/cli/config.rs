@@ -167,7 +167,7 @@ pub fn settings(file: RunConfig, flags: RunFlags) -> Result<RunSettings> {
     }
     let admin = match flags.admin.or(file_admin) {
         Some(a) => a,
-        None => crate::net::admin::DEFAULT_ADDR
+        None => crate::admin::DEFAULT_ADDR
             .parse()
             .context("the default admin address")?,
     };

@@ -8,10 +8,10 @@
 //! each link, stops the nodes, exports the update from every node and checks it is
 //! byte-identical to the input. Any step that does not hold fails the demo.
 
-use crate::net::admin::{ApproveRequest, Request, TokenRequest};
+use crate::net::command::{ApproveRequest, IssuedToken, NodeStatus, Request, TokenRequest};
 use crate::net::{self, Handle, Options};
 use crate::node::Node;
-use crate::publish::PublishRequest;
+use crate::publish::{PublishOutcome, PublishRequest};
 use crate::trust::member::JoinToken;
 use anyhow::{Context, Result, bail, ensure};
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -145,9 +145,9 @@ async fn join(
     nodes: &mut Vec<DemoNode>,
     stop: &watch::Receiver<bool>,
 ) -> Result<usize> {
-    let answer = nodes[parent]
+    let issued: IssuedToken = nodes[parent]
         .handle
-        .call(Request::Token(TokenRequest {
+        .ask(Request::Token(TokenRequest {
             groups: vec![],
             client,
             ttl_secs: 600,
@@ -156,8 +156,7 @@ async fn join(
         }))
         .await
         .map_err(anyhow::Error::new)?;
-    let text = answer["token"].as_str().context("no token in the answer")?;
-    Node::init_join(&base.join(name), &JoinToken::parse(text)?)?;
+    Node::init_join(&base.join(name), &JoinToken::parse(&issued.token)?)?;
     nodes.push(start(base, name, Some(parent), stop).await?);
     Ok(nodes.len() - 1)
 }
@@ -171,9 +170,9 @@ async fn flow(
 ) -> Result<crate::content::Hash> {
     let before = link_bytes(nodes).await?;
     let started = Instant::now();
-    let published = nodes[0]
+    let published: PublishOutcome = nodes[0]
         .handle
-        .call(Request::Publish(PublishRequest {
+        .ask(Request::Publish(PublishRequest {
             tenant: "acme".into(),
             category: "plugins".into(),
             id: "report-viewer".into(),
@@ -186,9 +185,7 @@ async fn flow(
         }))
         .await
         .map_err(anyhow::Error::new)?;
-    let update: crate::content::Hash = serde_json::from_value(published["update_id"].clone())
-        .context("the root sent no update id")?;
-    let total = published["bytes"].as_u64().unwrap_or(0);
+    let (update, total) = (published.update_id, published.bytes);
     nodes[0]
         .handle
         .call(Request::Approve(ApproveRequest {
@@ -242,12 +239,12 @@ async fn flow(
                 continue;
             }
             done = false;
-            if let Ok(status) = handle.call(Request::Status).await {
-                let held = status["updates"]
-                    .as_array()
-                    .and_then(|us| us.iter().find(|u| u["update_id"] == update.to_hex()))
-                    .and_then(|u| u["bytes_held"].as_u64())
-                    .unwrap_or(0);
+            if let Ok(status) = handle.ask::<Box<NodeStatus>>(Request::Status).await {
+                let held = status
+                    .updates
+                    .iter()
+                    .find(|u| u.update_id == update)
+                    .map_or(0, |u| u.bytes_held);
                 bar.set_position(held);
             }
         }
@@ -286,25 +283,20 @@ async fn flow(
 
 /// Bytes each parent has sent each child so far, by (parent, child) index.
 async fn link_bytes(nodes: &[DemoNode]) -> Result<std::collections::HashMap<(usize, usize), u64>> {
-    let mut ids = Vec::new();
+    let mut statuses = Vec::new();
     for n in nodes {
-        let s = n
+        let s: Box<NodeStatus> = n
             .handle
-            .call(Request::Status)
+            .ask(Request::Status)
             .await
             .map_err(anyhow::Error::new)?;
-        ids.push(s["node_id"].as_str().unwrap_or_default().to_string());
+        statuses.push(s);
     }
     let mut out = std::collections::HashMap::new();
-    for (p, n) in nodes.iter().enumerate() {
-        let s = n
-            .handle
-            .call(Request::Status)
-            .await
-            .map_err(anyhow::Error::new)?;
-        for c in s["children"].as_array().cloned().unwrap_or_default() {
-            if let Some(child) = ids.iter().position(|id| c["node_id"] == id.as_str()) {
-                out.insert((p, child), c["bytes_sent"].as_u64().unwrap_or(0));
+    for (p, s) in statuses.iter().enumerate() {
+        for c in &s.children {
+            if let Some(child) = statuses.iter().position(|n| n.node_id == c.node_id) {
+                out.insert((p, child), c.bytes_sent);
             }
         }
     }

@@ -21,7 +21,7 @@ pub(super) struct Inbound {
 pub(super) fn spawn_acceptors(
     tasks: &Tasks,
     mut control: libp2p_stream::Control,
-    ev: mpsc::UnboundedSender<Ev>,
+    ev: mpsc::UnboundedSender<LoopInput>,
 ) -> Result<(), NetError> {
     let taken = |_| NetError::Transport("a protocol was registered twice".into());
     let slots = Arc::new(Semaphore::new(MAX_UNDECIDED_STREAMS));
@@ -47,7 +47,7 @@ pub(super) fn spawn_acceptors(
                     stream,
                     _slot: slot,
                 };
-                if ev.send(Ev::Inbound(inbound)).is_err() {
+                if ev.send(LoopInput::Inbound(inbound)).is_err() {
                     return;
                 }
             }

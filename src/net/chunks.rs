@@ -50,7 +50,7 @@ pub(super) struct Server {
 pub(super) async fn serve_chunks(
     peer: PublicKey,
     mut stream: Stream,
-    ev: mpsc::UnboundedSender<Ev>,
+    ev: mpsc::UnboundedSender<LoopInput>,
     server: Arc<Server>,
     _permit: Permit,
 ) {
@@ -59,7 +59,7 @@ pub(super) async fn serve_chunks(
     let mut buf = Vec::new();
     const H: usize = proto::CHUNK_HEADER_LEN;
     let bad = |why: String| {
-        let _ = ev.send(Ev::Offence {
+        let _ = ev.send(LoopInput::Offence {
             peer,
             offence: Offence::BadFrame,
             reason: format!("chunk stream: {why}"),
@@ -80,7 +80,7 @@ pub(super) async fn serve_chunks(
         }
         let (reply, rx) = oneshot::channel();
         if ev
-            .send(Ev::Serve {
+            .send(LoopInput::Serve {
                 peer,
                 req: req.clone(),
                 reply,
@@ -149,7 +149,7 @@ pub(super) async fn serve_chunks(
                 buf.resize(H + len as usize, 0);
                 if let Err(e) = store.read_checked(&hash, &mut buf[H..]) {
                     if let Unreadable::Damaged { loc, .. } = e {
-                        let _ = ev.send(Ev::Damaged { chunk: hash, loc });
+                        let _ = ev.send(LoopInput::Damaged { chunk: hash, loc });
                     }
                     tracing::debug!(chunk = %hash, "a chunk to serve cannot be read: {e}");
                     proto::write_chunk_header(&mut stream, proto::CHUNK_MISSING, 0).await?;
@@ -179,7 +179,7 @@ pub(super) async fn serve_chunks(
                     .map_err(|e| proto::ProtoError::Io(std::io::Error::other(e)))?;
                     drop(turn);
                     for (chunk, loc) in damaged {
-                        let _ = ev.send(Ev::Damaged { chunk, loc });
+                        let _ = ev.send(LoopInput::Damaged { chunk, loc });
                     }
                     buf = data;
                     if let Some(delta) = delta {
@@ -197,7 +197,7 @@ pub(super) async fn serve_chunks(
         .await;
         match result {
             Ok(bytes) => {
-                let _ = ev.send(Ev::Served {
+                let _ = ev.send(LoopInput::Served {
                     peer,
                     update: req.update,
                     bytes,

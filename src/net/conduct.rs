@@ -1,25 +1,23 @@
 //! What the admin sees of peers' conduct: the bans in force in status, and offences and
 //! bans in the metrics. The decisions are the engine's (`engine::conduct`).
 
+use super::command::BanStatus;
 use super::reports::Metrics;
 use super::{Daemon, now_ms};
-use serde_json::{Value, json};
 
 impl Daemon {
     /// The bans in force, for `status`.
-    pub(super) fn bans_view(&self) -> Vec<Value> {
+    pub(super) fn bans_view(&self) -> Vec<BanStatus> {
         let now = now_ms();
         self.engine
             .bans(now)
             .into_iter()
-            .map(|b| {
-                json!({
-                    "node_id": b.peer.node_id(),
-                    "until": b.until / 1000,
-                    "seconds_left": b.until.saturating_sub(now).div_ceil(1000),
-                    "offences": b.offences,
-                    "reason": b.reason,
-                })
+            .map(|b| BanStatus {
+                node_id: b.peer.node_id(),
+                until: b.until / 1000,
+                seconds_left: b.until.saturating_sub(now).div_ceil(1000),
+                offences: b.offences,
+                reason: b.reason,
             })
             .collect()
     }

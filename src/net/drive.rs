@@ -2,6 +2,7 @@
 //! events; and answering waits once an update is durable.
 
 use super::*;
+use command::WaitOutcome;
 
 impl Daemon {
     /// Carries out everything the engine asked for.
@@ -232,13 +233,15 @@ impl Daemon {
                 };
                 match durable {
                     Ok(true) => {
-                        let _ =
-                            reply.send(Ok(serde_json::json!({ "update_id": u, "complete": true })));
+                        let _ = reply.send(Ok(Answer::Wait(WaitOutcome {
+                            update_id: u.to_hex(),
+                            complete: true,
+                        })));
                     }
                     Ok(false) => {
                         tokio::time::sleep(RECHECK_DURABLE).await;
                         let req = Request::Wait { update: u.to_hex() };
-                        let _ = ev.send(Ev::Local { req, reply });
+                        let _ = ev.send(LoopInput::Local { req, reply });
                     }
                     Err(e) => {
                         let _ = reply.send(Err(Refusal::new(RefusalKind::Unavailable, e)));

@@ -5,24 +5,24 @@ use super::*;
 use crate::engine::Offence;
 
 impl Daemon {
-    pub(super) fn on_event(&mut self, ev: Ev) {
+    pub(super) fn on_event(&mut self, ev: LoopInput) {
         let now = now_ms();
         match ev {
-            Ev::Inbound(inbound) => self.on_inbound(inbound),
-            Ev::Offence {
+            LoopInput::Inbound(inbound) => self.on_inbound(inbound),
+            LoopInput::Offence {
                 peer,
                 offence,
                 reason,
             } => self.engine.handle_offence(peer, offence, &reason, now),
-            Ev::Local { req, reply } => self.on_local(req, reply),
-            Ev::Join {
+            LoopInput::Local { req, reply } => self.on_local(req, reply),
+            LoopInput::Join {
                 peer,
                 secret,
                 reply,
             } => {
                 let _ = reply.send(self.on_join(peer, secret));
             }
-            Ev::Hello {
+            LoopInput::Hello {
                 peer,
                 chain,
                 site,
@@ -36,7 +36,7 @@ impl Daemon {
                 }
                 let _ = reply.send(verdict);
             }
-            Ev::SiblingHello { peer, chain, reply } => {
+            LoopInput::SiblingHello { peer, chain, reply } => {
                 let verdict = match self.sibling_check() {
                     Some(check) => {
                         check_sibling(&peer, &chain, &check).map(|()| self.chain.clone())
@@ -48,7 +48,7 @@ impl Daemon {
                 }
                 let _ = reply.send(verdict);
             }
-            Ev::Renewed { chain, time } => {
+            LoopInput::Renewed { chain, time } => {
                 self.engine.set_parent_clock(time, now);
                 if let Err(e) = self.node.set_chain(&chain) {
                     tracing::error!("cannot keep the renewed certificate chain: {e}");
@@ -60,7 +60,7 @@ impl Daemon {
                 }
                 self.chain = chain;
             }
-            Ev::ControlUp { peer, sibling, tx } => {
+            LoopInput::ControlUp { peer, sibling, tx } => {
                 if sibling {
                     if self.sessions.contains_key(&peer) {
                         // Both sides dialled at once: one session is enough.
@@ -83,7 +83,7 @@ impl Daemon {
                 }
                 self.engine.handle_connected(peer, now);
             }
-            Ev::ControlMsg { peer, frame, held } => {
+            LoopInput::ControlMsg { peer, frame, held } => {
                 // Handled here: its bytes no longer count against the session's queue.
                 drop(held);
                 let msg = match frame {
@@ -123,7 +123,7 @@ impl Daemon {
                 };
                 self.engine.handle_message(peer, msg, now);
             }
-            Ev::ControlDown { peer, why } => {
+            LoopInput::ControlDown { peer, why } => {
                 let is_parent = Some(&peer) == self.engine.parent();
                 let came_up =
                     self.sessions.contains_key(&peer) || self.sibling_sessions.contains(&peer);
@@ -140,7 +140,7 @@ impl Daemon {
                 }
                 self.disconnect(peer);
             }
-            Ev::Verdict {
+            LoopInput::Verdict {
                 fetch,
                 index,
                 verdict,
@@ -158,13 +158,13 @@ impl Daemon {
                     self.delta_bases.remove(&update);
                 }
             }
-            Ev::FetchEnd { fetch } => self.engine.handle_fetch_end(fetch, now),
-            Ev::Elsewhere {
+            LoopInput::FetchEnd { fetch } => self.engine.handle_fetch_end(fetch, now),
+            LoopInput::Elsewhere {
                 fetch,
                 index,
                 holder,
             } => self.engine.handle_elsewhere(fetch, index, holder, now),
-            Ev::Serve { peer, req, reply } => {
+            LoopInput::Serve { peer, req, reply } => {
                 let answer = if self.engine.may_request(&peer) {
                     let span = req.first..req.first + req.count;
                     let chunks = self.engine.serve(&peer, &req.update, span, req.direct);
@@ -189,7 +189,7 @@ impl Daemon {
                 };
                 let _ = reply.send(answer);
             }
-            Ev::Served {
+            LoopInput::Served {
                 peer,
                 update,
                 bytes,
@@ -197,14 +197,14 @@ impl Daemon {
                 self.transfers.entry(update).or_default().bytes_out += bytes;
                 *self.sent_to.entry(peer).or_default() += bytes;
             }
-            Ev::LocalHave { update, have } => {
+            LoopInput::LocalHave { update, have } => {
                 self.engine.handle_local_have(update, &have, now);
             }
-            Ev::StoreFault { fault } => self.engine.set_store_fault(fault, now),
-            Ev::LocalLost { chunks } => {
+            LoopInput::StoreFault { fault } => self.engine.set_store_fault(fault, now),
+            LoopInput::LocalLost { chunks } => {
                 self.engine.handle_local_lost(&chunks, now);
             }
-            Ev::Damaged { chunk, loc } => {
+            LoopInput::Damaged { chunk, loc } => {
                 let job = WriteJob::Quarantine { chunk, loc };
                 if let Err(mpsc::error::TrySendError::Full(job)) = self.writer_tx.try_send(job) {
                     let tx = self.writer_tx.clone();
@@ -213,7 +213,8 @@ impl Daemon {
                     });
                 }
             }
-            Ev::Installer { done } => {
+            LoopInput::Installer { done } => {
+                let done = *done;
                 let Some(hands) = self.installer.as_mut() else {
                     return;
                 };
@@ -225,13 +226,13 @@ impl Daemon {
                 self.engine
                     .handle_install_done(done.done, Some(states), now);
             }
-            Ev::Published { result, reply } => {
+            LoopInput::Published { result, reply } => {
                 let response = match result {
                     Ok(outcome) => {
                         if let Err(e) = self.add_published(&outcome.update_id, now) {
                             tracing::error!("published update cannot be offered: {e}");
                         }
-                        Ok(serde_json::to_value(&outcome).unwrap_or_default())
+                        Ok(Answer::Published(outcome))
                     }
                     Err(e) => Err(e),
                 };

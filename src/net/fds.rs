@@ -6,7 +6,7 @@
 //! The admin API gets one descriptor in [`ADMIN_SHARE`], between
 //! [`MIN_ADMIN_CONNECTIONS`] and [`MAX_ADMIN_CONNECTIONS`] connections: at the common
 //! 1,024 limit that is 128 connections, and 896 descriptors stay with the node. The
-//! admin server enforces the figure (`admin::conns`), whoever connects. Inbound tree
+//! admin server (`crate::admin`) enforces the figure, whoever connects. Inbound tree
 //! connections get [`TREE_SHARE`] eighths of the limit (640 at 1,024), which libp2p's
 //! connection limits enforce, so that what is left always serves the store and the
 //! installer.

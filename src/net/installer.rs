@@ -9,14 +9,16 @@
 //! Jobs run on a blocking thread, one at a time (the engine hands out one at a time):
 //! nothing overlaps in one install directory.
 
-use super::{Ev, WriteJob, local_have, now_secs};
+use super::{LoopInput, WriteJob, local_have, now_secs};
 use crate::content::Hash;
 use crate::engine::installer::{Hook, InstallDone, InstallJob, ModuleState, Version, Withdrawn};
-use crate::install::{self, InstallError, Installed, ModuleName, Problem, Status};
-use crate::net::admin::{Answer, Refusal, RefusalKind};
+use crate::install::{self, InstallError, Installed, ModuleName, Status};
+use crate::net::command::{
+    Answer, CheckOutcome, InstalledModule, InstalledModules, InstalledVersion, ModuleCheck,
+    Refusal, RefusalKind, Reply, RollbackOutcome, VersionRef,
+};
 use crate::node::Node;
 use crate::trust::SignedManifest;
-use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,25 +60,7 @@ pub(super) struct Done {
     /// The install directory after the job.
     pub installed: BTreeMap<ModuleName, Status>,
     /// The answer to the admin's request the job ran for (a check or a rollback).
-    pub answer: Option<Answer>,
-}
-
-/// One module's check (and repair), as `arbor check` shows it.
-#[derive(Clone, Debug, Serialize)]
-pub(super) struct ModuleCheck {
-    module: String,
-    version: String,
-    update_id: String,
-    problems: Vec<Problem>,
-    /// The problems were repaired.
-    repaired: bool,
-    /// Some chunks were missing here: they are being fetched from the parent, and the
-    /// repair completes when they arrive.
-    waiting_for_parent: bool,
-    error: Option<String>,
-    /// Which chunks of its update the store holds, when the repair waits for some.
-    #[serde(skip)]
-    have: Vec<bool>,
+    pub answer: Option<Reply>,
 }
 
 /// The installer's side of the event loop: its options, what the install directory
@@ -87,9 +71,9 @@ pub(super) struct InstallerHands {
     pub installed: BTreeMap<ModuleName, Status>,
     /// Admin requests handed to the engine's installer, answered in order as their
     /// jobs finish (the engine runs them in the order they came).
-    pub replies: VecDeque<oneshot::Sender<Answer>>,
+    pub replies: VecDeque<oneshot::Sender<Reply>>,
     /// The admin request the running job answers.
-    pub answering: Option<oneshot::Sender<Answer>>,
+    pub answering: Option<oneshot::Sender<Reply>>,
 }
 
 impl InstallerHands {
@@ -106,34 +90,30 @@ impl InstallerHands {
     }
 
     /// The install directory as the admin API shows it.
-    pub(super) fn view(&self) -> serde_json::Value {
-        let modules: Vec<_> = self
+    pub(super) fn view(&self) -> InstalledModules {
+        let version = |meta: &Option<install::Metadata>| {
+            meta.as_ref().map(|m| InstalledVersion {
+                version: m.version.clone(),
+                update_id: m.update_id.clone(),
+                installed_at: m.installed_at,
+            })
+        };
+        let modules = self
             .installed
             .iter()
-            .map(|(m, s)| {
-                let version = |meta: &Option<install::Metadata>| {
-                    meta.as_ref().map(|m| {
-                        serde_json::json!({
-                            "version": m.version,
-                            "update_id": m.update_id,
-                            "installed_at": m.installed_at,
-                        })
-                    })
-                };
-                serde_json::json!({
-                    "module": m.to_string(),
-                    "current": version(&s.current),
-                    "previous": version(&s.previous),
-                    "held": s.held,
-                })
+            .map(|(m, s)| InstalledModule {
+                module: m.to_string(),
+                current: version(&s.current),
+                previous: version(&s.previous),
+                held: s.held,
             })
             .collect();
-        serde_json::json!({
-            "install_dir": self.opts.install_dir,
-            "hooks": self.opts.hooks,
-            "withdrawn": self.opts.withdrawn,
-            "modules": modules,
-        })
+        InstalledModules {
+            install_dir: self.opts.install_dir.clone(),
+            hooks: self.opts.hooks,
+            withdrawn: self.opts.withdrawn,
+            modules,
+        }
     }
 }
 
@@ -211,9 +191,11 @@ pub(super) struct JobContext {
 }
 
 /// Runs a job and sends its result to the event loop.
-pub(super) async fn run(job: InstallJob, ctx: JobContext, ev: mpsc::UnboundedSender<Ev>) {
+pub(super) async fn run(job: InstallJob, ctx: JobContext, ev: mpsc::UnboundedSender<LoopInput>) {
     let done = run_job(job, &ctx).await;
-    let _ = ev.send(Ev::Installer { done });
+    let _ = ev.send(LoopInput::Installer {
+        done: Box::new(done),
+    });
 }
 
 async fn run_job(job: InstallJob, ctx: &JobContext) -> Done {
@@ -260,7 +242,10 @@ async fn run_job(job: InstallJob, ctx: &JobContext) -> Done {
         InstallJob::Check { repair } => {
             let modules = blocking(ctx, move |ctx| check_all(ctx, repair)).await;
             let damaged = modules.iter().filter(|m| !m.problems.is_empty()).count();
-            let answer = Ok(serde_json::json!({ "modules": modules, "damaged": damaged }));
+            let answer = Ok(Answer::Checked(CheckOutcome {
+                modules: modules.clone(),
+                damaged,
+            }));
             (checked(modules), Some(answer))
         }
         InstallJob::Repair { manifest } => {
@@ -343,7 +328,7 @@ async fn install_one(
 }
 
 /// The admin's rollback of `module`, and the answer to it.
-async fn rollback(ctx: &JobContext, module: ModuleName) -> (InstallDone, Answer) {
+async fn rollback(ctx: &JobContext, module: ModuleName) -> (InstallDone, Reply) {
     let result = blocking(ctx, {
         let module = module.clone();
         move |ctx| {
@@ -383,11 +368,17 @@ async fn rollback(ctx: &JobContext, module: ModuleName) -> (InstallDone, Answer)
         version_of(ctx, status.as_ref(), &r.previous),
     );
     tracing::info!(module = %module, "rolled back from {from} to {to}");
-    let answer = Ok(serde_json::json!({
-        "module": module.to_string(),
-        "current": { "update_id": r.current, "version": to },
-        "held": { "update_id": r.previous, "version": from },
-        "hook": hook.as_ref().map(hook_said),
+    let answer = Ok(Answer::RolledBack(RollbackOutcome {
+        module: module.to_string(),
+        current: VersionRef {
+            update_id: r.current,
+            version: to,
+        },
+        held: VersionRef {
+            update_id: r.previous,
+            version: from,
+        },
+        hook: hook.as_ref().map(hook_said),
     }));
     let done = InstallDone::RolledBack {
         module,

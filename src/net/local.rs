@@ -1,12 +1,17 @@
 //! The daemon's answers to its admin: status, tokens, revocation, groups, publish, and
-//! the installer's tasks. The HTTP face is in `admin`.
+//! the installer's tasks. The HTTP face is `crate::admin`.
 
 use super::*;
+use command::{
+    ChildStatus, GroupCreated, GroupDeleted, GroupList, GroupListing, IssuedToken,
+    MembershipChange, NodeStatus, ParentStatus, RevokedChild, RuleSetStatus, SiblingStatus,
+    UpdateStatus,
+};
 
 impl Daemon {
-    pub(super) fn on_local(&mut self, req: Request, reply: oneshot::Sender<Answer>) {
+    pub(super) fn on_local(&mut self, req: Request, reply: oneshot::Sender<Reply>) {
         let response = match req {
-            Request::Status => Ok(self.status()),
+            Request::Status => Ok(Answer::Status(Box::new(self.status()))),
             Request::Token(t) => self.issue_token(t),
             Request::Revoke { node } => self.revoke(&node),
             Request::Group(g) => {
@@ -25,9 +30,9 @@ impl Daemon {
             Request::Reports => self.reports_view(),
             Request::Tree => self.tree_view(),
             Request::Updates => self.updates_view(),
-            Request::Metrics => Ok(serde_json::Value::String(self.metrics())),
+            Request::Metrics => Ok(Answer::Metrics(self.metrics())),
             Request::Installed => match &self.installer {
-                Some(h) => Ok(h.view()),
+                Some(h) => Ok(Answer::Installed(h.view())),
                 None => Err(not_a_client()),
             },
             Request::Check { repair } => {
@@ -70,7 +75,7 @@ impl Daemon {
                         };
                         Refusal::new(kind, e.to_string())
                     });
-                    let _ = ev.send(Ev::Published { result, reply });
+                    let _ = ev.send(LoopInput::Published { result, reply });
                 });
                 return;
             }
@@ -79,7 +84,7 @@ impl Daemon {
     }
 
     /// Hands an admin's request to the installer, which answers it once it has run.
-    pub(super) fn installer_task(&mut self, task: InstallTask, reply: oneshot::Sender<Answer>) {
+    pub(super) fn installer_task(&mut self, task: InstallTask, reply: oneshot::Sender<Reply>) {
         match self.installer.as_mut() {
             Some(hands) if self.engine.installer_task(task, now_ms()) => {
                 hands.replies.push_back(reply);
@@ -115,8 +120,8 @@ impl Daemon {
         }
     }
 
-    pub(super) fn issue_token(&mut self, req: admin::TokenRequest) -> Answer {
-        let admin::TokenRequest {
+    pub(super) fn issue_token(&mut self, req: command::TokenRequest) -> Reply {
+        let command::TokenRequest {
             mut groups,
             client,
             ttl_secs,
@@ -207,10 +212,10 @@ impl Daemon {
             secret,
         };
         tracing::info!(expires, client, "issued a join token");
-        Ok(serde_json::json!({
-            "token": token.to_text(),
-            "addr": addr.to_string(),
-            "expires": expires,
+        Ok(Answer::Token(IssuedToken {
+            token: token.to_text(),
+            addr: addr.to_string(),
+            expires,
         }))
     }
 
@@ -225,7 +230,7 @@ impl Daemon {
             .map(|a| (*a).clone())
     }
 
-    pub(super) fn revoke(&mut self, node: &str) -> Answer {
+    pub(super) fn revoke(&mut self, node: &str) -> Reply {
         let key = parse_node(node)?;
         match self.node.store.revoke_child(&key.0) {
             Ok(true) => {
@@ -238,7 +243,9 @@ impl Daemon {
                 self.resign_rules();
                 self.sessions.remove(&key);
                 self.disconnect(key);
-                Ok(serde_json::json!({ "revoked": node }))
+                Ok(Answer::Revoked(RevokedChild {
+                    revoked: node.to_string(),
+                }))
             }
             Ok(false) => Err(Refusal::new(
                 RefusalKind::NotFound,
@@ -249,12 +256,9 @@ impl Daemon {
     }
 
     /// Carries out a group request; says whether it changed the groups.
-    pub(super) fn group(
-        &mut self,
-        req: admin::GroupRequest,
-    ) -> Result<(serde_json::Value, bool), Refusal> {
+    pub(super) fn group(&mut self, req: command::GroupRequest) -> Result<(Answer, bool), Refusal> {
         use crate::store::{ALL, MemberChange};
-        use admin::GroupRequest as G;
+        use command::GroupRequest as G;
         let store = &self.node.store;
         let failed = |e: StoreError| Refusal::internal(e.to_string());
         let not_found = |m: String| Refusal::new(RefusalKind::NotFound, m);
@@ -279,7 +283,7 @@ impl Daemon {
                     ));
                 }
                 tracing::info!(group = %name, "group created");
-                return Ok((serde_json::json!({ "created": name }), true));
+                return Ok((Answer::GroupCreated(GroupCreated { created: name }), true));
             }
             G::Delete { name } => {
                 if name == ALL {
@@ -289,7 +293,7 @@ impl Daemon {
                     return Err(not_found(format!("there is no group {name:?}")));
                 }
                 tracing::info!(group = %name, "group deleted");
-                return Ok((serde_json::json!({ "deleted": name }), true));
+                return Ok((Answer::GroupDeleted(GroupDeleted { deleted: name }), true));
             }
             G::Assign { group, node } => (group, node, true),
             G::Unassign { group, node } => (group, node, false),
@@ -303,8 +307,11 @@ impl Daemon {
                 if changed {
                     tracing::info!(group = %group, child = %node, member, "group membership changed");
                 }
-                let view = serde_json::json!({
-                    "group": group, "node_id": node, "member": member, "changed": changed,
+                let view = Answer::Membership(MembershipChange {
+                    group,
+                    node_id: node,
+                    member,
+                    changed,
                 });
                 Ok((view, changed))
             }
@@ -320,7 +327,7 @@ impl Daemon {
     }
 
     /// The groups of this node's children, the built-in one first, with their members.
-    pub(super) fn list_groups(&self) -> Answer {
+    pub(super) fn list_groups(&self) -> Reply {
         use crate::store::ALL;
         let store = &self.node.store;
         let failed = |e: StoreError| Refusal::internal(e.to_string());
@@ -332,19 +339,24 @@ impl Daemon {
                 .map(|(k, _)| PublicKey(*k).node_id())
                 .collect()
         };
-        let mut groups = vec![serde_json::json!({
-            "name": ALL, "built_in": true, "members": members(ALL),
-        })];
+        let mut groups = vec![GroupListing {
+            name: ALL.to_string(),
+            built_in: true,
+            created: None,
+            members: members(ALL),
+        }];
         for (name, record) in store.groups().map_err(failed)? {
-            groups.push(serde_json::json!({
-                "name": name, "built_in": false, "created": record.created,
-                "members": members(&name),
-            }));
+            groups.push(GroupListing {
+                members: members(&name),
+                name,
+                built_in: false,
+                created: Some(record.created),
+            });
         }
-        Ok(serde_json::json!({ "groups": groups }))
+        Ok(Answer::Groups(GroupList { groups }))
     }
 
-    pub(super) fn status(&self) -> serde_json::Value {
+    pub(super) fn status(&self) -> NodeStatus {
         let records: HashMap<[u8; 32], ChildRecord> = self
             .node
             .store
@@ -352,111 +364,105 @@ impl Daemon {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let children: Vec<serde_json::Value> = records
+        let sent_to = |key: &PublicKey| self.sent_to.get(key).copied().unwrap_or(0);
+        let children = records
             .iter()
             .map(|(k, r)| {
                 let key = PublicKey(*k);
-                serde_json::json!({
-                    "node_id": key.node_id(),
-                    "connected": self.engine.is_connected_child(&key),
-                    "client": r.client,
-                    "groups": r.groups,
-                    "revoked": r.revoked,
-                    "site": self.engine.child_site(&key),
-                    "bytes_sent": self.sent_to.get(&key).copied().unwrap_or(0),
-                })
+                ChildStatus {
+                    node_id: key.node_id(),
+                    connected: self.engine.is_connected_child(&key),
+                    client: r.client,
+                    groups: r.groups.clone(),
+                    revoked: r.revoked,
+                    site: self.engine.child_site(&key).map(str::to_string),
+                    bytes_sent: sent_to(&key),
+                }
             })
             .collect();
-        let siblings: Vec<serde_json::Value> = self
+        let siblings = self
             .engine
             .siblings()
             .into_iter()
-            .map(|s| {
-                serde_json::json!({
-                    "node_id": s.peer.node_id(),
-                    "connected": s.connected,
-                    "banned": s.banned,
-                    "bytes_received": s.bytes_from,
-                    "bytes_sent": self.sent_to.get(&s.peer).copied().unwrap_or(0),
-                })
+            .map(|s| SiblingStatus {
+                node_id: s.peer.node_id(),
+                connected: s.connected,
+                banned: s.banned,
+                bytes_received: s.bytes_from,
+                bytes_sent: sent_to(&s.peer),
             })
             .collect();
-        let updates: Vec<serde_json::Value> = self
+        let updates = self
             .engine
             .progress()
             .into_iter()
             .map(|p| {
                 let t = self.transfers.get(&p.update);
-                let name = self
-                    .engine
-                    .manifest(&p.update)
-                    .map(module_name)
-                    .unwrap_or_default();
-                serde_json::json!({
-                    "update_id": p.update,
-                    "available": p.available,
-                    "module": name,
-                    "bytes": p.bytes,
-                    "bytes_held": p.bytes_held,
-                    "chunks": p.chunks,
-                    "chunks_held": p.chunks_held,
-                    "bytes_in": t.map_or(0, |t| t.bytes_in),
-                    "bytes_out": t.map_or(0, |t| t.bytes_out),
-                    "rate_in": t.map_or(0, |t| t.rate_in),
-                    "rate_out": t.map_or(0, |t| t.rate_out),
-                })
+                UpdateStatus {
+                    update_id: p.update,
+                    available: p.available,
+                    module: self
+                        .engine
+                        .manifest(&p.update)
+                        .map(module_name)
+                        .unwrap_or_default(),
+                    bytes: p.bytes,
+                    bytes_held: p.bytes_held,
+                    chunks: p.chunks,
+                    chunks_held: p.chunks_held,
+                    bytes_in: t.map_or(0, |t| t.bytes_in),
+                    bytes_out: t.map_or(0, |t| t.bytes_out),
+                    rate_in: t.map_or(0, |t| t.rate_in),
+                    rate_out: t.map_or(0, |t| t.rate_out),
+                }
             })
             .collect();
-        let parent = self.engine.parent().map(|p| {
-            serde_json::json!({
-                "node_id": p.node_id(),
-                "addr": self.parent_addr.as_ref().map(|a| a.to_string()),
-                "connected": self.engine.parent_connected() == Some(true),
-                // Given up for silence (a frozen or hung parent), and not heard since.
-                "unresponsive_since": self.engine.parent_silent_since().map(|t| t / 1000),
-                "bytes_received": self.engine.stats().bytes_from_parent,
-                // How far the parent's clock is ahead of this node's, and what that means.
-                "clock_offset_ms": self.engine.clock_offset(),
-                "clock_note": self.engine.clock_note(),
-            })
+        let parent = self.engine.parent().map(|p| ParentStatus {
+            node_id: p.node_id(),
+            addr: self.parent_addr.as_ref().map(|a| a.to_string()),
+            connected: self.engine.parent_connected() == Some(true),
+            // Given up for silence (a frozen or hung parent), and not heard since.
+            unresponsive_since: self.engine.parent_silent_since().map(|t| t / 1000),
+            bytes_received: self.engine.stats().bytes_from_parent,
+            // How far the parent's clock is ahead of this node's, and what that means.
+            clock_offset_ms: self.engine.clock_offset(),
+            clock_note: self.engine.clock_note(),
         });
         let stats = self.engine.stats();
         let me = self.node.node_key.public();
-        let rules: Vec<serde_json::Value> = self
+        let rules = self
             .engine
             .path()
             .iter()
             .filter_map(|n| self.engine.rules().get(n))
-            .map(|r| {
-                serde_json::json!({
-                    "issuer": r.issuer().node_id(),
-                    "own": r.issuer() == me,
-                    "version": r.version,
-                    "issued": r.rules.issued,
-                    "expires": r.expires,
-                    "approvals": r.rules.approvals.len(),
-                })
+            .map(|r| RuleSetStatus {
+                issuer: r.issuer().node_id(),
+                own: r.issuer() == me,
+                version: r.version,
+                issued: r.rules.issued,
+                expires: r.expires,
+                approvals: r.rules.approvals.len(),
             })
             .collect();
-        serde_json::json!({
-            "node_id": self.node.node_id(),
-            "root": self.node.is_root(),
-            "listen": self.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            "admin": self.admin_url,
-            "parent": parent,
-            "site": self.opts.site,
-            "siblings": siblings,
-            "children": children,
-            "redirects": stats.redirects,
-            "updates": updates,
-            "bad_chunks": stats.bad_chunks,
-            "fetch_timeouts": stats.fetch_timeouts,
-            "refused": self.refused,
-            "rules": rules,
-            "halted": self.halted_approvals(),
-            "rules_refused": self.rules_refused,
-            "bans": self.bans_view(),
-            "installed": self.installer.as_ref().map(|h| h.view()),
-        })
+        NodeStatus {
+            node_id: self.node.node_id(),
+            root: self.node.is_root(),
+            listen: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            admin: self.admin_url.clone(),
+            parent,
+            site: self.opts.site.clone(),
+            siblings,
+            children,
+            redirects: stats.redirects,
+            updates,
+            bad_chunks: stats.bad_chunks,
+            fetch_timeouts: stats.fetch_timeouts,
+            refused: self.refused,
+            rules,
+            halted: self.halted_approvals(),
+            rules_refused: self.rules_refused,
+            bans: self.bans_view(),
+            installed: self.installer.as_ref().map(|h| h.view()),
+        }
     }
 }

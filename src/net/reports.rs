@@ -7,11 +7,13 @@
 
 use super::{Daemon, module_name, now_ms};
 use crate::content::Hash;
-use crate::net::admin::Answer;
-use crate::report::{NodeDetail, Report, State, UpdateState};
+use crate::net::command::{
+    Answer, GroupRollout, Reply, RolloutList, SubtreeReports, TreeNode, TreeUpdate, TreeView,
+    UpdateRollout,
+};
+use crate::report::{NodeDetail, Report, ReportView, State};
 use crate::rules::ALL;
 use crate::trust::PublicKey;
-use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -57,34 +59,34 @@ impl Daemon {
     }
 
     /// `GET /api/reports`: this node's roll-up of its subtree, and each child's report.
-    pub(super) fn reports_view(&self) -> Answer {
+    pub(super) fn reports_view(&self) -> Reply {
         let rollup = self.engine.rollup();
-        let children: Vec<Value> = rollup
+        let children = rollup
             .children()
             .filter_map(|c| rollup.get(c))
-            .map(|r| r.to_json())
+            .map(ReportView::from)
             .collect();
-        Ok(json!({
-            "rollup": self.engine.report(now_ms()).to_json(),
-            "children": children,
+        Ok(Answer::Reports(SubtreeReports {
+            rollup: ReportView::from(&self.engine.report(now_ms())),
+            children,
         }))
     }
 
     /// `GET /api/tree`: this node's subtree, each node with its state per update, the
     /// age of its report, and whether it is stale.
-    pub(super) fn tree_view(&self) -> Answer {
+    pub(super) fn tree_view(&self) -> Reply {
         let now = now_ms();
         let report = self.engine.report(now);
         let proven = self.engine.rollup().proven(now / 1000);
-        Ok(json!({
-            "truncated": report.truncated,
-            "tree": tree(&report, &proven, now / 1000),
+        Ok(Answer::Tree(TreeView {
+            truncated: report.truncated,
+            tree: tree(&report, &proven, now / 1000),
         }))
     }
 
     /// `GET /api/updates`: every update this node took up, with its rollout per group
     /// of this node's children (each member counting with its whole subtree).
-    pub(super) fn updates_view(&self) -> Answer {
+    pub(super) fn updates_view(&self) -> Reply {
         let report = self.engine.report(now_ms());
         let me = self.node.node_key.public();
         let own = self.engine.rules().get(&me).map(|r| &r.rules);
@@ -94,12 +96,12 @@ impl Daemon {
         let groups: Vec<String> = std::iter::once(ALL.to_string())
             .chain(own.into_iter().flat_map(|r| r.groups.keys().cloned()))
             .collect();
-        let updates: Vec<Value> = self
+        let updates = self
             .engine
             .progress()
             .into_iter()
             .map(|p| {
-                let rollout: Vec<Value> = groups
+                let rollout = groups
                     .iter()
                     .map(|g| {
                         let members = children
@@ -116,32 +118,34 @@ impl Daemon {
                             self.engine
                                 .rollup()
                                 .outcomes(&own_groups, &p.update, g, true, now);
-                        let mut v = json!({
-                            "group": g,
-                            "members": members,
-                            "total": total,
-                            "failed_proven": proven.failed,
-                            "done_percent": (u128::from(done) * 100)
-                                .checked_div(u128::from(total))
-                                .unwrap_or(0),
-                        });
-                        for state in State::ALL {
-                            v[state.as_str()] = json!(counts.get(state));
+                        let done_percent = (u128::from(done) * 100)
+                            .checked_div(u128::from(total))
+                            .unwrap_or(0);
+                        GroupRollout {
+                            group: g.clone(),
+                            members,
+                            total,
+                            failed_proven: proven.failed,
+                            done_percent: u64::try_from(done_percent).unwrap_or(u64::MAX),
+                            available: counts.get(State::Available),
+                            downloading: counts.get(State::Downloading),
+                            downloaded: counts.get(State::Downloaded),
+                            installed: counts.get(State::Installed),
+                            failed: counts.get(State::Failed),
                         }
-                        v
                     })
                     .collect();
-                json!({
-                    "update_id": p.update,
-                    "module": self.engine.manifest(&p.update).map(module_name),
-                    "bytes": p.bytes,
-                    "bytes_held": p.bytes_held,
-                    "available": p.available,
-                    "rollout": rollout,
-                })
+                UpdateRollout {
+                    update_id: p.update,
+                    module: self.engine.manifest(&p.update).map(module_name),
+                    bytes: p.bytes,
+                    bytes_held: p.bytes_held,
+                    available: p.available,
+                    rollout,
+                }
             })
             .collect();
-        Ok(json!({ "updates": updates }))
+        Ok(Answer::Updates(RolloutList { updates }))
     }
 
     /// `GET /metrics`: Prometheus text format.
@@ -273,7 +277,7 @@ struct Marks<'a> {
 /// `stale`: why what it shows may no longer hold (null if nothing says so): its parent
 /// lost it, a node above it was lost, or it is downloading and has not reported for
 /// [`STALE_AFTER_SECS`]. Failed states say whether their failure is proven here.
-fn tree(report: &Report, proven: &BTreeSet<(PublicKey, Hash)>, now: u64) -> Value {
+fn tree(report: &Report, proven: &BTreeSet<(PublicKey, Hash)>, now: u64) -> TreeNode {
     let mut below: BTreeMap<PublicKey, Vec<NodeDetail>> = BTreeMap::new();
     for d in &report.nodes {
         if let Some(parent) = d.parent {
@@ -285,19 +289,19 @@ fn tree(report: &Report, proven: &BTreeSet<(PublicKey, Hash)>, now: u64) -> Valu
         proven,
         now,
     };
-    node_json(&report.detail(), &below, &marks, None)
+    tree_node(&report.detail(), &below, &marks, None)
 }
 
 fn ago(secs: u64) -> String {
     humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
-fn node_json(
+fn tree_node(
     d: &NodeDetail,
     below: &BTreeMap<PublicKey, Vec<NodeDetail>>,
     marks: &Marks,
     lost_above: Option<&str>,
-) -> Value {
+) -> TreeNode {
     let age = marks.now.saturating_sub(d.issued);
     let lost = d.lost.map(|since| {
         format!(
@@ -319,48 +323,39 @@ fn node_json(
         )
     });
     let lost_below = lost_here.as_deref().or(lost_above);
-    let children: Vec<Value> = below
+    let children = below
         .get(&d.node)
         .map(|c| {
             c.iter()
-                .map(|c| node_json(c, below, marks, lost_below))
+                .map(|c| tree_node(c, below, marks, lost_below))
                 .collect()
         })
         .unwrap_or_default();
-    let states: Vec<Value> = d
+    let updates = d
         .updates
         .iter()
-        .map(|s| {
-            let mut v = state_json(s);
-            if s.state == State::Failed {
-                v["proven"] =
-                    json!(d.node == marks.me || marks.proven.contains(&(d.node, s.update)));
-            }
-            v
+        .map(|s| TreeUpdate {
+            update_id: s.update,
+            state: s.state,
+            bytes_done: s.bytes_done,
+            bytes_total: s.bytes_total,
+            from_parent: s.from_parent,
+            from_siblings: s.from_siblings,
+            reason: s.reason.clone(),
+            proven: (s.state == State::Failed)
+                .then(|| d.node == marks.me || marks.proven.contains(&(d.node, s.update))),
         })
         .collect();
-    json!({
-        "node_id": d.node.node_id(),
-        "depth": d.depth,
-        "issued": d.issued,
-        "age_secs": age,
-        "lost_since": d.lost,
-        "stale": stale,
-        "updates": states,
-        "children": children,
-    })
-}
-
-fn state_json(s: &UpdateState) -> Value {
-    json!({
-        "update_id": Hash::to_hex(&s.update),
-        "state": s.state.as_str(),
-        "bytes_done": s.bytes_done,
-        "bytes_total": s.bytes_total,
-        "from_parent": s.from_parent,
-        "from_siblings": s.from_siblings,
-        "reason": s.reason,
-    })
+    TreeNode {
+        node_id: d.node.node_id(),
+        depth: d.depth,
+        issued: d.issued,
+        age_secs: age,
+        lost_since: d.lost,
+        stale,
+        updates,
+        children,
+    }
 }
 
 /// Prometheus text exposition, written as it goes.
@@ -391,7 +386,9 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::UpdateState;
     use crate::trust::SecretKey;
+    use serde_json::{Value, json};
 
     const NOW: u64 = 1_800_000_000;
 
@@ -461,7 +458,9 @@ mod tests {
             entry(9, 4, 2, NOW - 60, None, State::Downloading),
         ];
         let proven = BTreeSet::from([(pk(7), Hash::of(b"u"))]);
-        let v = tree(&report, &proven, NOW);
+        // The JSON the admin API sends.
+        let view = |now| serde_json::to_value(tree(&report, &proven, now)).expect("json");
+        let v = view(NOW);
         assert_eq!(find(&v, 3)["age_secs"], json!(130));
         assert_eq!(find(&v, 3)["lost_since"], json!(NOW - 120));
         assert_eq!(
@@ -481,6 +480,6 @@ mod tests {
         assert_eq!(find(&v, 8)["updates"][0]["proven"], json!(false));
         assert_eq!(find(&v, 9)["updates"][0].get("proven"), None);
         // A clock behind its child's shows no negative age.
-        assert_eq!(tree(&report, &proven, NOW - 1000)["age_secs"], json!(0));
+        assert_eq!(view(NOW - 1000)["age_secs"], json!(0));
     }
 }

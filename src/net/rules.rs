@@ -6,7 +6,10 @@
 
 use super::{Daemon, now_ms, now_secs};
 use crate::engine::RuleChange;
-use crate::net::admin::{Answer, ApproveRequest, Refusal, RefusalKind};
+use crate::net::command::{
+    Answer, ApprovalList, ApprovalStatus, ApproveRequest, Approved, Declined, HaltNote, HaltTerms,
+    HaltedApproval, Refusal, RefusalKind, Reply,
+};
 use crate::rules::{self, Approval, ApprovalKey, FULL_WAVE, Halt, RulesError};
 use crate::trust::PublicKey;
 
@@ -54,9 +57,9 @@ impl Daemon {
         }
     }
 
-    pub(super) fn approve(&mut self, req: ApproveRequest) -> Answer {
+    pub(super) fn approve(&mut self, req: ApproveRequest) -> Reply {
         let now = now_secs();
-        let percent = |p: &crate::net::admin::Percent, what: &str| {
+        let percent = |p: &crate::net::command::Percent, what: &str| {
             p.basis_points()
                 .map_err(|e| Refusal::bad(format!("{what}: {e}")))
         };
@@ -110,17 +113,17 @@ impl Daemon {
             approval,
         }))?;
         tracing::info!(update = %update, group = %req.group, wave, subtree = req.subtree, "approved");
-        Ok(serde_json::json!({
-            "update_id": update,
-            "group": req.group,
-            "wave_percent": f64::from(wave) / 100.0,
-            "deadline": deadline,
-            "subtree": req.subtree,
-            "rules_version": version,
+        Ok(Answer::Approved(Approved {
+            update_id: update,
+            group: req.group,
+            wave_percent: f64::from(wave) / 100.0,
+            deadline,
+            subtree: req.subtree,
+            rules_version: version,
         }))
     }
 
-    pub(super) fn decline(&mut self, update: &str, group: &str) -> Answer {
+    pub(super) fn decline(&mut self, update: &str, group: &str) -> Reply {
         let update = self.resolve(update)?;
         let me = self.node.node_key.public();
         let key = ApprovalKey {
@@ -143,14 +146,16 @@ impl Daemon {
             group: group.to_string(),
         }))?;
         tracing::info!(update = %update, group, "approval withdrawn");
-        Ok(serde_json::json!({
-            "update_id": update, "group": group, "declined": true,
-            "rules_version": version,
+        Ok(Answer::Declined(Declined {
+            update_id: update,
+            group: group.to_string(),
+            declined: true,
+            rules_version: version,
         }))
     }
 
     /// This node's halted approvals, and why: for the status.
-    pub(super) fn halted_approvals(&self) -> Vec<serde_json::Value> {
+    pub(super) fn halted_approvals(&self) -> Vec<HaltedApproval> {
         let me = self.node.node_key.public();
         self.engine
             .rules()
@@ -158,10 +163,11 @@ impl Daemon {
             .into_iter()
             .flat_map(|r| &r.rules.approvals)
             .filter_map(|(k, a)| {
-                a.halted.as_ref().map(|h| {
-                    serde_json::json!({
-                        "update_id": k.update, "group": k.group, "at": h.at, "reason": h.reason,
-                    })
+                a.halted.as_ref().map(|h| HaltedApproval {
+                    update_id: k.update,
+                    group: k.group.clone(),
+                    at: h.at,
+                    reason: h.reason.clone(),
                 })
             })
             .collect()
@@ -169,14 +175,18 @@ impl Daemon {
 
     /// This node's approvals, each with the members of its group and how many of them
     /// it reaches now.
-    pub(super) fn approvals(&self) -> Answer {
+    pub(super) fn approvals(&self) -> Reply {
         let me = self.node.node_key.public();
         let now = now_secs();
         let Some(own) = self.engine.rules().get(&me) else {
-            return Ok(serde_json::json!({ "rules_version": null, "approvals": [] }));
+            return Ok(Answer::Approvals(ApprovalList {
+                rules_version: None,
+                rules_expires: None,
+                approvals: Vec::new(),
+            }));
         };
         let children: Vec<PublicKey> = self.engine.children().map(|(c, _)| *c).collect();
-        let approvals: Vec<serde_json::Value> = own
+        let approvals = own
             .rules
             .approvals
             .iter()
@@ -189,30 +199,31 @@ impl Daemon {
                     .iter()
                     .filter(|c| a.reaches(&k.update, c, now))
                     .count();
-                serde_json::json!({
-                    "update_id": k.update,
-                    "module": self.engine.manifest(&k.update).map(super::module_name),
-                    "group": k.group,
-                    "wave_percent": f64::from(a.wave) / 100.0,
-                    "effective_wave_percent": f64::from(a.effective_wave(now)) / 100.0,
-                    "deadline": a.deadline,
-                    "subtree": a.subtree,
-                    "halt": a.halt.map(|h| serde_json::json!({
-                        "failures": h.failures,
-                        "fraction_percent": h.fraction.map(|f| f64::from(f) / 100.0),
-                    })),
-                    "halted": a.halted.as_ref().map(|h| serde_json::json!({
-                        "at": h.at, "reason": h.reason,
-                    })),
-                    "members": members.len(),
-                    "reached": reached,
-                })
+                ApprovalStatus {
+                    update_id: k.update,
+                    module: self.engine.manifest(&k.update).map(super::module_name),
+                    group: k.group.clone(),
+                    wave_percent: f64::from(a.wave) / 100.0,
+                    effective_wave_percent: f64::from(a.effective_wave(now)) / 100.0,
+                    deadline: a.deadline,
+                    subtree: a.subtree,
+                    halt: a.halt.map(|h| HaltTerms {
+                        failures: h.failures,
+                        fraction_percent: h.fraction.map(|f| f64::from(f) / 100.0),
+                    }),
+                    halted: a.halted.as_ref().map(|h| HaltNote {
+                        at: h.at,
+                        reason: h.reason.clone(),
+                    }),
+                    members: members.len(),
+                    reached,
+                }
             })
             .collect();
-        Ok(serde_json::json!({
-            "rules_version": own.version,
-            "rules_expires": own.expires,
-            "approvals": approvals,
+        Ok(Answer::Approvals(ApprovalList {
+            rules_version: Some(own.version),
+            rules_expires: Some(own.expires),
+            approvals,
         }))
     }
 }

@@ -6,8 +6,13 @@ use super::*;
 use crate::engine::Offence;
 
 /// Tells the event loop that `peer` broke the protocol on a stream.
-fn offend(ev: &mpsc::UnboundedSender<Ev>, peer: PublicKey, offence: Offence, reason: String) {
-    let _ = ev.send(Ev::Offence {
+fn offend(
+    ev: &mpsc::UnboundedSender<LoopInput>,
+    peer: PublicKey,
+    offence: Offence,
+    reason: String,
+) {
+    let _ = ev.send(LoopInput::Offence {
         peer,
         offence,
         reason,
@@ -19,7 +24,7 @@ fn offend(ev: &mpsc::UnboundedSender<Ev>, peer: PublicKey, offence: Offence, rea
 pub(super) async fn serve_join(
     peer: PublicKey,
     mut stream: Stream,
-    ev: mpsc::UnboundedSender<Ev>,
+    ev: mpsc::UnboundedSender<LoopInput>,
     _permit: Permit,
 ) {
     let read = proto::read_frame(&mut stream, proto::MAX_JOIN_REQUEST_FRAME, "join request");
@@ -31,7 +36,7 @@ pub(super) async fn serve_join(
         Ok(Some(JoinRequest { secret })) => {
             let (reply, rx) = oneshot::channel();
             if ev
-                .send(Ev::Join {
+                .send(LoopInput::Join {
                     peer,
                     secret,
                     reply,
@@ -67,7 +72,7 @@ pub(super) async fn serve_join(
 pub(super) async fn accept_hello(
     peer: PublicKey,
     mut stream: Stream,
-    ev: mpsc::UnboundedSender<Ev>,
+    ev: mpsc::UnboundedSender<LoopInput>,
     sibling: bool,
     _permit: Permit,
 ) {
@@ -76,9 +81,9 @@ pub(super) async fn accept_hello(
         Ok(Ok(Some(ControlFrame::Hello { site, addrs, chain }))) => {
             let (reply, rx) = oneshot::channel();
             let check = if sibling {
-                Ev::SiblingHello { peer, chain, reply }
+                LoopInput::SiblingHello { peer, chain, reply }
             } else {
-                Ev::Hello {
+                LoopInput::Hello {
                     peer,
                     chain,
                     site,
@@ -139,7 +144,7 @@ pub(super) async fn open_control(
     me: PublicKey,
     root: PublicKey,
     hello: ControlFrame,
-    ev: mpsc::UnboundedSender<Ev>,
+    ev: mpsc::UnboundedSender<LoopInput>,
 ) {
     let handshake = async {
         let pid = parent.peer_id().ok_or("bad parent key")?;
@@ -173,14 +178,14 @@ pub(super) async fn open_control(
     };
     match timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok((stream, chain, time))) => {
-            let _ = ev.send(Ev::Renewed { chain, time });
+            let _ = ev.send(LoopInput::Renewed { chain, time });
             run_control(parent, Side::Parent, stream, ev).await;
         }
         Ok(Err(why)) => {
-            let _ = ev.send(Ev::ControlDown { peer: parent, why });
+            let _ = ev.send(LoopInput::ControlDown { peer: parent, why });
         }
         Err(_) => {
-            let _ = ev.send(Ev::ControlDown {
+            let _ = ev.send(LoopInput::ControlDown {
                 peer: parent,
                 why: "the control handshake timed out".into(),
             });
@@ -228,7 +233,7 @@ pub(super) async fn open_sibling(
     peer: PublicKey,
     chain: Vec<Envelope>,
     check: SiblingCheck,
-    ev: mpsc::UnboundedSender<Ev>,
+    ev: mpsc::UnboundedSender<LoopInput>,
 ) {
     // As for chunk streams, a peer drops an inbound stream it cannot accept fast enough:
     // a stream that fails before any answer is opened again, a few times. A refusal or
@@ -279,7 +284,7 @@ pub(super) async fn open_sibling(
         }
     }
     crate::peer_warn!(peer, "no sibling session", "no sibling session: {why}");
-    let _ = ev.send(Ev::ControlDown { peer, why });
+    let _ = ev.send(LoopInput::ControlDown { peer, why });
 }
 
 /// Who is at the other end of a session, which sets how large its frames may be.
@@ -314,11 +319,11 @@ pub(super) async fn run_control(
     peer: PublicKey,
     from: Side,
     stream: Stream,
-    ev: mpsc::UnboundedSender<Ev>,
+    ev: mpsc::UnboundedSender<LoopInput>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<ControlFrame>();
     let sibling = from == Side::Sibling;
-    if ev.send(Ev::ControlUp { peer, sibling, tx }).is_err() {
+    if ev.send(LoopInput::ControlUp { peer, sibling, tx }).is_err() {
         return;
     }
     let (mut r, mut w) = stream.split();
@@ -354,7 +359,10 @@ pub(super) async fn run_control(
                     else {
                         return Ok(());
                     };
-                    if ev.send(Ev::ControlMsg { peer, frame, held }).is_err() {
+                    if ev
+                        .send(LoopInput::ControlMsg { peer, frame, held })
+                        .is_err()
+                    {
                         return Ok(());
                     }
                 }
@@ -374,7 +382,7 @@ pub(super) async fn run_control(
             }
         },
     };
-    let _ = ev.send(Ev::ControlDown { peer, why });
+    let _ = ev.send(LoopInput::ControlDown { peer, why });
 }
 
 impl Daemon {

@@ -113,7 +113,7 @@ struct Writer<'n> {
     store: &'n Store,
     /// The root has no parent to fetch a lost chunk from.
     root: bool,
-    ev: &'n mpsc::UnboundedSender<Ev>,
+    ev: &'n mpsc::UnboundedSender<LoopInput>,
     writer: Option<ChunkWriter<'n>>,
     /// When the oldest chunk not yet committed was stored.
     pending_since: Option<Instant>,
@@ -131,7 +131,7 @@ struct Writer<'n> {
 pub(super) fn write_loop(
     node: &Node,
     mut rx: mpsc::Receiver<WriteJob>,
-    ev: &mpsc::UnboundedSender<Ev>,
+    ev: &mpsc::UnboundedSender<LoopInput>,
 ) {
     let mut w = Writer {
         store: &node.store,
@@ -154,14 +154,14 @@ pub(super) fn write_loop(
                 wire,
             } => w.chunk(fetch, index, hash, &data, wire),
             WriteJob::Bad { fetch, index } => {
-                let _ = ev.send(Ev::Verdict {
+                let _ = ev.send(LoopInput::Verdict {
                     fetch,
                     index,
                     verdict: ChunkVerdict::Bad,
                 });
             }
             WriteJob::Missing { fetch, index } => {
-                let _ = ev.send(Ev::Verdict {
+                let _ = ev.send(LoopInput::Verdict {
                     fetch,
                     index,
                     verdict: ChunkVerdict::Missing,
@@ -172,14 +172,14 @@ pub(super) fn write_loop(
                 index,
                 holder,
             } => {
-                let _ = ev.send(Ev::Elsewhere {
+                let _ = ev.send(LoopInput::Elsewhere {
                     fetch,
                     index,
                     holder,
                 });
             }
             WriteJob::End { fetch } => {
-                let _ = ev.send(Ev::FetchEnd { fetch });
+                let _ = ev.send(LoopInput::FetchEnd { fetch });
             }
             WriteJob::Manifest { manifest } => w.manifest(manifest),
             WriteJob::Quarantine { chunk, loc } => w.quarantine(chunk, loc),
@@ -214,7 +214,7 @@ impl<'n> Writer<'n> {
         match w.put(hash, data) {
             Ok(_) => {
                 self.wrote = true;
-                let _ = self.ev.send(Ev::Verdict {
+                let _ = self.ev.send(LoopInput::Verdict {
                     fetch,
                     index,
                     verdict: ChunkVerdict::Stored { wire },
@@ -245,7 +245,7 @@ impl<'n> Writer<'n> {
             .and_then(|()| local_have(self.store, &manifest));
         match stored {
             Ok(have) => {
-                let _ = self.ev.send(Ev::LocalHave {
+                let _ = self.ev.send(LoopInput::LocalHave {
                     update: manifest.id,
                     have,
                 });
@@ -280,7 +280,7 @@ impl<'n> Writer<'n> {
                 } else {
                     tracing::error!(chunk = %chunk, "a stored chunk is damaged: quarantined, it is fetched again");
                 }
-                let _ = self.ev.send(Ev::LocalLost {
+                let _ = self.ev.send(LoopInput::LocalLost {
                     chunks: vec![chunk],
                 });
             }
@@ -341,10 +341,10 @@ impl<'n> Writer<'n> {
             "cannot write the store: {why}; fetching pauses until it can"
         );
         if !lost.is_empty() {
-            let _ = self.ev.send(Ev::LocalLost { chunks: lost });
+            let _ = self.ev.send(LoopInput::LocalLost { chunks: lost });
         }
         if self.fault.is_none() {
-            let _ = self.ev.send(Ev::StoreFault {
+            let _ = self.ev.send(LoopInput::StoreFault {
                 fault: Some(why.clone()),
             });
         }
@@ -380,7 +380,7 @@ impl<'n> Writer<'n> {
             f.why
         );
         self.fault = None;
-        let _ = self.ev.send(Ev::StoreFault { fault: None });
+        let _ = self.ev.send(LoopInput::StoreFault { fault: None });
         for m in std::mem::take(&mut self.waiting) {
             self.manifest(m);
         }

@@ -3,6 +3,7 @@
 use super::*;
 use crate::rules::{SignedRules, TAG_RULES};
 use proptest::prelude::*;
+use serde_json::{Value, json};
 
 pub(super) const T0: u64 = 1_767_225_600;
 
@@ -774,7 +775,7 @@ fn the_json_view_names_nodes_by_id_and_states_by_name() {
         &[refusal],
     ));
     let signed = SignedReport::sign(&key(2), 9, report).expect("signs");
-    let v = signed.to_json();
+    let v = serde_json::to_value(ReportView::from(&signed)).expect("json");
     assert_eq!(v["seq"], json!(9));
     assert_eq!(v["node_id"], json!(pk(2).node_id()));
     assert_eq!(v["parent"], Value::Null);

@@ -3,9 +3,8 @@
 //! holds.
 
 use super::*;
-use crate::net::{Ev, Handle};
+use crate::net::Handle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 /// Bound on anything a test waits for: generous, only there to catch a hang.
@@ -20,16 +19,14 @@ struct Server {
 
 impl Server {
     async fn start(cap: usize) -> Server {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (handle, mut requests) = Handle::stand_in();
         tokio::spawn(async move {
             let mut held = Vec::new();
-            while let Some(ev) = rx.recv().await {
-                if let Ev::Local { req, reply } = ev {
-                    match req {
-                        Request::Wait { .. } => held.push(reply),
-                        _ => {
-                            let _ = reply.send(Ok(serde_json::json!({ "ok": true })));
-                        }
+            while let Some((req, reply)) = requests.recv().await {
+                match req {
+                    Request::Wait { .. } => held.push(reply),
+                    _ => {
+                        let _ = reply.send(Ok(Answer::Metrics("ok".into())));
                     }
                 }
             }
@@ -38,7 +35,7 @@ impl Server {
         let addr = listener.local_addr().expect("addr");
         let conns = Arc::new(Connections::new(cap));
         let stop = CancellationToken::new();
-        let app = super::super::http::router(Handle { tx }, TOKEN);
+        let app = super::super::http::router(handle, TOKEN);
         let served = tokio::spawn(run(listener, app, conns.clone(), stop.clone()));
         Server {
             addr,

@@ -1,6 +1,7 @@
 //! The admin API's HTTP client: how management commands reach a running daemon.
 
 use super::*;
+use serde::de::DeserializeOwned;
 
 /// A management command's connection to the daemon of a node directory.
 pub struct Client {
@@ -44,8 +45,14 @@ impl Client {
         })
     }
 
-    /// Sends one request and waits up to `limit` for the answer.
-    pub fn call(&self, req: &Request, limit: Duration) -> Result<serde_json::Value, AdminError> {
+    /// Sends one request and waits up to `limit` for the answer, read as `A`: the
+    /// request's answer type in `net::command` (`String` for the metrics), or any type
+    /// that reads its JSON.
+    pub fn call<A: DeserializeOwned>(
+        &self,
+        req: &Request,
+        limit: Duration,
+    ) -> Result<A, AdminError> {
         let json = |v: serde_json::Result<serde_json::Value>| {
             v.map(Some)
                 .map_err(|e| AdminError::BadAnswer(format!("cannot encode the request: {e}")))
@@ -151,18 +158,16 @@ impl Client {
             .limit(64 << 20)
             .read_to_string()
             .map_err(|e| AdminError::BadAnswer(format!("{status}: {e}")))?;
-        if status.is_success() && matches!(req, Request::Metrics) {
-            return Ok(serde_json::Value::String(text));
-        }
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| AdminError::BadAnswer(format!("{status}: {e}")))?;
+        let unreadable = |e: serde_json::Error| AdminError::BadAnswer(format!("{status}: {e}"));
         if status.is_success() {
-            return Ok(value);
+            return if matches!(req, Request::Metrics) {
+                A::deserialize(serde_json::Value::String(text)).map_err(unreadable)
+            } else {
+                serde_json::from_str(&text).map_err(unreadable)
+            };
         }
-        let message = value["error"]
-            .as_str()
-            .map_or_else(|| format!("the daemon answered {status}"), str::to_string);
-        Err(AdminError::Refused(message))
+        let refused: ErrorBody = serde_json::from_str(&text).map_err(unreadable)?;
+        Err(AdminError::Refused(refused.error))
     }
 }
 
@@ -185,6 +190,10 @@ pub(super) fn segment(s: &str) -> String {
 }
 
 /// Sends one request to the daemon of node directory `dir`.
-pub fn call(dir: &Path, req: &Request, limit: Duration) -> Result<serde_json::Value, AdminError> {
+pub fn call<A: DeserializeOwned>(
+    dir: &Path,
+    req: &Request,
+    limit: Duration,
+) -> Result<A, AdminError> {
     Client::open(dir)?.call(req, limit)
 }

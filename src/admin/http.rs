@@ -284,7 +284,7 @@ pub(super) async fn updates(State(app): State<App>) -> Response {
 
 pub(super) async fn metrics(State(app): State<App>) -> Response {
     match app.handle.call(Request::Metrics).await {
-        Ok(serde_json::Value::String(text)) => (
+        Ok(Answer::Metrics(text)) => (
             [(
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -414,8 +414,10 @@ pub(super) async fn wait(
     {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(r)) => r.into_response(),
-        Err(_) => {
-            Json(serde_json::json!({ "update_id": update, "complete": false })).into_response()
-        }
+        Err(_) => Json(WaitOutcome {
+            update_id: update,
+            complete: false,
+        })
+        .into_response(),
     }
 }
