@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
         rollup.receive(&child.public(), false, &bytes, NOW),
         Ok(Received::Duplicate)
     );
-    let _ = held.to_json();
+    let _ = arbor::report::ReportView::from(&held);
     roll_up(&rollup);
 });
 
