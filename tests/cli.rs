@@ -612,6 +612,7 @@ fn unparsable_rates_and_windows_are_refused_before_anything_starts() {
         ("--site", "berlin office", "a space"),
         ("--site", "../hq", "path separator"),
         ("--site", "", "site"),
+        ("--withdrawn", "maybe", "is neither keep nor remove"),
     ] {
         let err = run(flag, value);
         assert!(err.contains(expect), "{flag} {value}: {err}");
