@@ -209,9 +209,8 @@ async fn run_job(job: InstallJob, ctx: &JobContext) -> Done {
             let _ = synced.await;
         }
     }
-    let before = blocking(ctx, |ctx| scan(&ctx.opts.install_dir).unwrap_or_default()).await;
     let (done, answer) = match job {
-        InstallJob::Install { manifest } => (install_one(ctx, manifest, &before).await, None),
+        InstallJob::Install { manifest } => (install_one(ctx, manifest).await, None),
         InstallJob::Remove { module } => {
             let result = blocking(ctx, {
                 let module = module.clone();
@@ -270,11 +269,7 @@ async fn run_job(job: InstallJob, ctx: &JobContext) -> Done {
 }
 
 /// Installs `manifest`, and runs its hook if it is newly in place.
-async fn install_one(
-    ctx: &JobContext,
-    manifest: Arc<SignedManifest>,
-    before: &BTreeMap<ModuleName, Status>,
-) -> InstallDone {
+async fn install_one(ctx: &JobContext, manifest: Arc<SignedManifest>) -> InstallDone {
     let result = blocking(ctx, {
         let manifest = manifest.clone();
         move |ctx| {
@@ -309,7 +304,7 @@ async fn install_one(
             };
             match replaced {
                 Some(p) => {
-                    let was = version_of(ctx, before.get(&module), &p);
+                    let was = version_of(ctx, None, &p);
                     tracing::info!(module = %module, version = %version, update = %manifest.id, "installed in place of {was}");
                 }
                 None => {
