@@ -3,9 +3,11 @@
 //! reports how long a rollout takes and what it costs the links.
 //!
 //! Owns the public entry point ([`simulate`]) and what a run hands back ([`Run`]);
-//! the scenario format lives in `scenario`, the tree's fixed shape in `fleet`, the links
-//! in `network` (their framing in `overhead`), the event loop and the drivers of the engines in `lane`, the lanes run
-//! side by side in `world`, the figures in `summary` and `chart`.
+//! the scenario format lives in `scenario`, the tree's fixed shape in `fleet`, the
+//! links in `network` (their framing in `overhead`), what a module's new versions
+//! share and cost as deltas in `versions`, the event loop and the drivers of the
+//! engines in `lane`, the lanes run side by side in `world`, the figures in `summary`
+//! and `chart`.
 
 mod chart;
 mod fleet;
@@ -15,10 +17,11 @@ mod overhead;
 mod queue;
 pub mod scenario;
 mod summary;
+mod versions;
 mod world;
 
 pub use scenario::{Scenario, ScenarioError};
-pub use summary::{Counters, OutputError, Summary, bytes};
+pub use summary::{Counters, OutputError, Summary, UpdateResult, bytes};
 
 use std::path::Path;
 

@@ -5,10 +5,11 @@
 //! broken scenario file is refused with the line at fault. And the models behind the
 //! figures: a download limit holds a client to it, a WAN window holds a site until it
 //! opens, an install costs its bytes at the stated rate, every site is summed up, a
-//! failed install does not hide when the others finished, and the timeline counts
-//! bytes as they arrive.
+//! failed install does not hide when the others finished, the timeline counts
+//! bytes as they arrive, and clients upgrade to a new version of a module moving only
+//! what changed (as deltas), or the newest version whole when they come late.
 
-use arbor::sim::{Scenario, Summary, simulate};
+use arbor::sim::{Scenario, Summary, UpdateResult, simulate};
 use std::path::Path;
 use std::process::Command;
 
@@ -405,4 +406,81 @@ fn the_timeline_counts_bytes_as_they_arrive() {
         "{three} bytes at 3 s"
     );
     assert!(at("20") > 8 << 20);
+}
+
+/// The bytes moved for `u`, as a share of a full download by every node that holds it.
+fn moved_share(u: &UpdateResult) -> f64 {
+    u.bytes_moved as f64 / (u.bytes * u.holders.max(1)) as f64
+}
+
+#[test]
+fn clients_upgrade_through_the_installer_and_move_only_what_changed() {
+    let s = run(&scenario("upgrade.toml"), 1);
+    let (v1, v2) = (&s.updates[0], &s.updates[1]);
+    assert_eq!(v2.base.as_deref(), Some("app"));
+    // Every client installed version 1, then version 2 once it was out (at 30 min).
+    for u in [v1, v2] {
+        let all = &u.groups[0];
+        assert_eq!((all.members, all.installed), (300, 300), "{u:?}");
+    }
+    assert!(v2.groups[0].p50_s > Some(1800.0), "{v2:?}");
+    assert_eq!(s.not_installed, 0);
+    // Version 1 moved whole, once, to each of the 310 nodes below the root.
+    assert_eq!((v1.holders, v2.holders), (310, 310));
+    assert!(
+        (1.0..1.001).contains(&moved_share(v1)),
+        "{}",
+        moved_share(v1)
+    );
+    // Version 2 rewrote 5% of the bytes in 50 runs: the chunks no run touched stayed
+    // where they were (a run touches one or two of the 256 chunks), the touched ones
+    // moved as deltas of their rewritten bytes (whole, they would have been a fifth of
+    // the update).
+    assert!(
+        v2.chunks_moved <= 310 * 100 && v2.chunks_moved >= 310 * 50,
+        "{} chunks",
+        v2.chunks_moved
+    );
+    assert!(
+        (0.05..0.0505).contains(&moved_share(v2)),
+        "{}",
+        moved_share(v2)
+    );
+    assert!(
+        s.text().contains("5.00% of a full download"),
+        "{}",
+        s.text()
+    );
+}
+
+#[test]
+fn a_client_that_comes_after_a_new_version_takes_the_newest_whole() {
+    // upgrade.toml, with a tenth of the clients first online after version 2 is out.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("simulations/upgrade.toml");
+    let text = std::fs::read_to_string(path).expect("reads")
+        + "\n[[churn]]\nkind = \"join\"\ntier = \"client\"\nshare = \"10%\"\nwithin = \"40m..45m\"\n";
+    let s = run(&Scenario::parse("late.toml", &text).expect("valid"), 1);
+    let (v1, v2) = (&s.updates[0], &s.updates[1]);
+    let late = v1.skipped;
+    assert!(late > 10 && late < 60, "{v1:?}");
+    // The late clients installed version 2 only: version 1 is not missing for them,
+    // and their offices are done (once they are).
+    assert_eq!(v1.groups[0].installed + late, 300);
+    assert_eq!(v2.groups[0].installed, 300);
+    assert_eq!(s.not_installed, 0);
+    assert!(
+        s.sites.iter().all(|site| site.done_s.is_some())
+            && s.sites.iter().any(|site| site.done_s > Some(2400.0)),
+        "{:?}",
+        s.sites
+    );
+    // Holding no version to draw on, the late ones took version 2 whole; the others,
+    // and the branches, took 5% of it.
+    let size = 256u64 << 20;
+    let expected = (late * size) as f64 + (310 - late) as f64 * size as f64 * 0.05;
+    let moved = v2.bytes_moved as f64;
+    assert!(
+        moved >= expected && moved < expected * 1.001,
+        "{moved} bytes for {late} late clients, {expected} expected"
+    );
 }

@@ -9,6 +9,7 @@
 //! (`protocol/PROTOCOL.md`, "Chunking").
 
 use super::Hash;
+use super::manifest::{ChunkRef, FileEntry, Manifest};
 use fastcdc::v2020::{Normalization, cut, select_masks};
 use std::io::{self, Read};
 
@@ -73,6 +74,45 @@ impl Segment {
     pub fn hashed_chunks(&self) -> impl Iterator<Item = (Hash, &[u8])> {
         self.hashes.iter().copied().zip(self.chunks())
     }
+}
+
+/// A manifest of one file, `payload`, holding `data` (held whole in memory), cut as
+/// `arbor publish` cuts a file, with each chunk's hash and bytes in order. Every such
+/// manifest is a version of the same module. For tools and tests that work in memory;
+/// publishing streams with a [`Segmenter`].
+pub fn manifest_in_memory(data: &[u8]) -> (Manifest, Vec<(Hash, &[u8])>) {
+    let mut segmenter = Segmenter::new(data, ChunkParams::default());
+    let mut cut = Vec::new();
+    let mut at = 0;
+    // Reading a slice cannot fail.
+    while let Ok(Some(mut segment)) = segmenter.next_segment() {
+        segment.hash_all();
+        for (hash, bytes) in segment.hashed_chunks() {
+            cut.push((hash, &data[at..at + bytes.len()]));
+            at += bytes.len();
+        }
+        segmenter.recycle(segment);
+    }
+    let manifest = Manifest {
+        id: "p".into(),
+        files: vec![FileEntry {
+            mode: 0o644,
+            path: "payload".into(),
+            size: data.len() as u64,
+            chunks: cut
+                .iter()
+                .map(|(hash, bytes)| ChunkRef(*hash, bytes.len() as u32))
+                .collect(),
+        }],
+        tenant: "t".into(),
+        created: 0,
+        version: "1".into(),
+        category: "c".into(),
+        total_size: data.len() as u64,
+        description: None,
+        post_install: None,
+    };
+    (manifest, cut)
 }
 
 /// Cuts a stream into content-defined chunks, one [`Segment`] at a time.

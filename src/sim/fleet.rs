@@ -14,7 +14,8 @@
 //! ([`Fleet::lookahead`]) without missing anything.
 
 use super::network::Network;
-use super::scenario::{RuleBatch, Scenario, Update};
+use super::scenario::{RuleBatch, Scenario};
+use super::versions::{Versions, chunk_lens, file_size};
 use crate::content::manifest::{ChunkRef, FileEntry, Manifest};
 use crate::content::{DigestState, Hash};
 use crate::engine::{Config, Engine, Millis, PeerId};
@@ -74,6 +75,8 @@ pub struct Fleet<'s> {
     pub net: Network,
     pub root_key: SecretKey,
     pub manifests: Vec<Arc<SignedManifest>>,
+    /// The modules with several versions: what their chunks share and cost.
+    pub versions: Versions,
     pub batches: Vec<RuleBatch>,
     pub config: Config,
     /// How many lanes run the fleet, and how far ahead of each other they may run.
@@ -196,12 +199,12 @@ impl<'s> Fleet<'s> {
             links.push(link);
         }
         let root_key = secrets[0].clone();
-        let manifests = sc
-            .updates
-            .iter()
-            .enumerate()
-            .map(|(u, up)| synthetic_update(&root_key, u as u64 + 1, up, sc.chunk))
-            .collect::<Result<Vec<_>, _>>()?;
+        let versions = Versions::new(&sc.updates, sc.chunk);
+        let mut manifests: Vec<Arc<SignedManifest>> = Vec::with_capacity(sc.updates.len());
+        for u in 0..sc.updates.len() {
+            let m = synthetic_update(&root_key, sc, &versions, &manifests, u)?;
+            manifests.push(m);
+        }
         // No peer of a simulated fleet freezes with its connection up, so liveness
         // pings would only cost events: a node's sessions end with its links. Rules
         // are signed to outlive any run.
@@ -249,6 +252,7 @@ impl<'s> Fleet<'s> {
             net,
             root_key,
             manifests,
+            versions,
             batches: sc.rule_batches(),
             config,
             lanes: 1,
@@ -466,6 +470,11 @@ impl<'s> Fleet<'s> {
         (names, leaves / count.max(1) as u64)
     }
 
+    /// The scenario's index of an update.
+    pub fn update_index(&self, id: &Hash) -> Option<usize> {
+        self.manifests.iter().position(|m| m.id == *id)
+    }
+
     /// The node of a key, if it is one of the fleet's.
     pub fn node_of(&self, key: &PeerId) -> Option<u32> {
         self.index.get(key).copied()
@@ -527,35 +536,50 @@ impl Link {
     }
 }
 
-/// A signed update of `up.size` bytes in `up.files` files of about equal size, in
-/// chunks of `chunk` bytes whose hashes stand for content the simulator never makes.
+/// Update `u` of the scenario, signed as the `u + 1`th published: `size` bytes in
+/// `files` files of about equal size, in chunks of the scenario's size whose hashes
+/// stand for content the simulator never makes. A new version of a module has the
+/// module's id and paths, the next version number, and its base's chunk wherever its
+/// change leaves a chunk untouched (`built` holds the updates before it).
 fn synthetic_update(
     root: &SecretKey,
-    seq: u64,
-    up: &Update,
-    chunk: u32,
+    sc: &Scenario,
+    versions: &Versions,
+    built: &[Arc<SignedManifest>],
+    u: usize,
 ) -> Result<Arc<SignedManifest>, crate::trust::TrustError> {
-    let files = u64::from(up.files.max(1));
+    let up = &sc.updates[u];
+    let module = &sc.updates[versions.first_of(u)].name;
+    let base = up.version_of.as_ref().and_then(|v| built.get(v.base));
+    let files = up.files.max(1);
     let mut index = 0u64;
     let entries = (0..files)
         .map(|f| {
-            let size = up.size / files + u64::from(f < up.size % files);
-            let chunks = (0..size.div_ceil(u64::from(chunk)))
-                .map(|c| {
-                    let len = (size - c * u64::from(chunk)).min(u64::from(chunk)) as u32;
-                    let mut h = blake3::Hasher::new();
-                    h.update(up.name.as_bytes());
-                    h.update(&index.to_le_bytes());
+            let size = file_size(up.size, files, f);
+            let chunks = chunk_lens(size, sc.chunk)
+                .map(|len| {
+                    let kept = base
+                        .filter(|_| !versions.is_new(u, index as u32))
+                        .and_then(|b| b.chunks.get(index as usize));
+                    let hash = match kept {
+                        Some((hash, _)) => *hash,
+                        None => {
+                            let mut h = blake3::Hasher::new();
+                            h.update(up.name.as_bytes());
+                            h.update(&index.to_le_bytes());
+                            Hash(*h.finalize().as_bytes())
+                        }
+                    };
                     index += 1;
-                    ChunkRef(Hash(*h.finalize().as_bytes()), len)
+                    ChunkRef(hash, len)
                 })
                 .collect();
             FileEntry {
                 mode: 0o644,
                 path: if files == 1 {
-                    format!("{}.bin", up.name)
+                    format!("{module}.bin")
                 } else {
-                    format!("{}/{f:07}.bin", up.name)
+                    format!("{module}/{f:07}.bin")
                 },
                 size,
                 chunks,
@@ -563,17 +587,17 @@ fn synthetic_update(
         })
         .collect();
     let manifest = Manifest {
-        id: up.name.clone(),
+        id: module.clone(),
         files: entries,
         tenant: "simulation".into(),
         created: EPOCH / 1000,
-        version: "1".into(),
+        version: versions.version(u),
         category: "simulated".into(),
         total_size: up.size,
         description: None,
         post_install: None,
     };
-    SignedManifest::sign(root, seq, manifest).map(Arc::new)
+    SignedManifest::sign(root, u as u64 + 1, manifest).map(Arc::new)
 }
 
 #[cfg(test)]

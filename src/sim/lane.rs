@@ -19,6 +19,7 @@
 mod install;
 mod rules;
 mod transfer;
+mod versions;
 mod windows;
 
 use super::fleet::{EPOCH, Fleet, draw};
@@ -95,6 +96,8 @@ pub(super) enum Ev {
         first: u32,
         count: u32,
         direct: bool,
+        /// The version the requester holds whole and names for deltas, if any.
+        base: Option<u32>,
     },
     Elsewhere {
         to: u32,
@@ -457,6 +460,7 @@ impl<'f> Lane<'f> {
             }
             self.tally.counters.fetch_timeouts += timeouts;
         }
+        self.count_versions();
         self.tally.last_change = self.last_change;
     }
 
@@ -486,6 +490,7 @@ impl<'f> Lane<'f> {
                 first,
                 count,
                 direct,
+                base,
             } => {
                 if self.conn(server, client) == epoch {
                     self.serve(
@@ -493,7 +498,7 @@ impl<'f> Lane<'f> {
                         client,
                         epoch,
                         fetch,
-                        update,
+                        (update, base),
                         first..first + count,
                         direct,
                     );
@@ -537,6 +542,9 @@ impl<'f> Lane<'f> {
                     bytes += u64::from(*wire);
                 }
                 self.tally.received(tier, sibling, bytes);
+                if let Some(u) = fleet.update_index(&update) {
+                    self.tally.received_for(u, chunks.len() as u64, bytes);
+                }
                 if !chunks.is_empty() {
                     self.last_change = now;
                 }
@@ -858,24 +866,30 @@ impl<'f> Lane<'f> {
                 first,
                 count,
                 direct,
-            } => self.over_connection(i, &from, |j, epoch| Ev::Serve {
-                server: j,
-                client: i,
-                epoch,
-                fetch: id,
-                update,
-                first,
-                count,
-                direct,
-            }),
+            } => {
+                let base = self.delta_base(engine, &update);
+                self.over_connection(i, &from, |j, epoch| Ev::Serve {
+                    server: j,
+                    client: i,
+                    epoch,
+                    fetch: id,
+                    update,
+                    first,
+                    count,
+                    direct,
+                    base,
+                })
+            }
             Output::StoreManifest { manifest } => {
                 let id = manifest.id;
                 let n = manifest.chunks.len() as u32;
                 let saved = &mut self.nodes[i as usize].saved;
                 if saved.update_mut(&id).is_none() {
                     saved.updates.push((manifest, Bitmap::new(n)));
+                    self.held_elsewhere(i, &id);
                 }
-                let have: Vec<bool> = saved
+                let have: Vec<bool> = self.nodes[i as usize]
+                    .saved
                     .update_mut(&id)
                     .map(|b| (0..n).map(|c| b.get(c)).collect())
                     .unwrap_or_default();

@@ -8,8 +8,10 @@
 
 mod install;
 mod limits;
+mod updates;
 
 pub use install::InstallCost;
+pub use updates::NewVersion;
 
 use crate::net::BandwidthOptions;
 use crate::rules::{FULL_WAVE, parse_wave};
@@ -19,6 +21,7 @@ use serde::Deserialize;
 use std::ops::Range;
 use std::path::Path;
 use toml::Spanned;
+use updates::RawUpdate;
 
 /// Most nodes a scenario may describe.
 pub const MAX_NODES: u64 = 10_000_000;
@@ -126,6 +129,9 @@ pub struct Update {
     pub at: u64,
     /// The share of installs that fail.
     pub fail: f64,
+    /// The version of a module it replaces, and what changed since; `None` for a
+    /// module's first version (each update without `base` is a module of its own).
+    pub version_of: Option<NewVersion>,
 }
 
 /// An approval set at `at` by every node of a tier (or the root).
@@ -342,19 +348,6 @@ struct RawGroup {
     name: Text,
     tier: Text,
     share: Text,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpdate {
-    name: Text,
-    size: Text,
-    #[serde(default)]
-    files: Option<Spanned<i64>>,
-    #[serde(default)]
-    at: Option<Text>,
-    #[serde(default)]
-    fail: Option<Text>,
 }
 
 #[derive(Deserialize)]
@@ -630,48 +623,7 @@ impl Checker<'_> {
                 share: self.share(&g.share, "share")?,
             });
         }
-        let mut updates: Vec<Update> = Vec::new();
-        for u in &raw.update {
-            let u = u.get_ref();
-            let name = u.name.get_ref().clone();
-            if let Err(e) = crate::content::names::check_name("update name", &name) {
-                return self.err(u.name.span(), e.to_string());
-            }
-            if updates.iter().any(|o| o.name == name) {
-                return self.err(u.name.span(), format!("update {name:?} is listed twice"));
-            }
-            let size = self.size(&u.size, "size")?;
-            if size.div_ceil(u64::from(chunk)) > MAX_UPDATE_CHUNKS {
-                return self.err(
-                    u.size.span(),
-                    format!("{size} bytes in chunks of {chunk} is over {MAX_UPDATE_CHUNKS} chunks: use a larger chunk"),
-                );
-            }
-            let files = match &u.files {
-                Some(v) => {
-                    let most = size.min(crate::content::manifest::MAX_FILES as u64) as i64;
-                    self.count(v, "files", 1..most + 1)? as u32
-                }
-                None => 1,
-            };
-            updates.push(Update {
-                name,
-                size,
-                files,
-                at: u
-                    .at
-                    .as_ref()
-                    .map(|v| self.duration(v, "at"))
-                    .transpose()?
-                    .unwrap_or(0),
-                fail: u
-                    .fail
-                    .as_ref()
-                    .map(|v| self.share(v, "fail"))
-                    .transpose()?
-                    .unwrap_or(0.0),
-            });
-        }
+        let updates = self.updates(&raw.update, chunk)?;
         if updates.is_empty() {
             return self.err(raw.name.span(), "a scenario needs at least one [[update]]");
         }

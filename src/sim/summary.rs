@@ -115,6 +115,8 @@ struct SiteCount {
     /// Leaf installs in it, and when the last was.
     installs: u64,
     last_install: Millis,
+    /// Versions its leaves skipped for a newer one of the module (leaf × update).
+    skipped: u64,
 }
 
 /// One rule batch's spread through the tree.
@@ -140,6 +142,13 @@ pub struct Tally {
     pub site_wan: u64,
     /// Install times per update per group.
     installs: Vec<Vec<Vec<Millis>>>,
+    /// Per update: chunks received for it and their bytes (the payload: a delta's, for
+    /// a chunk sent as one), the nodes below the root that hold it whole at the end,
+    /// and the leaves that skipped it for a newer version of its module.
+    update_chunks: Vec<u64>,
+    update_bytes: Vec<u64>,
+    holders: Vec<u64>,
+    skipped: Vec<u64>,
     installed_now: Vec<u64>,
     /// The last successful leaf install.
     last_install: Option<Millis>,
@@ -168,6 +177,10 @@ impl Tally {
                 .map(|w| u64::from(w[1] - w[0]))
                 .collect(),
             installs: vec![vec![Vec::new(); groups.len()]; sc.updates.len()],
+            update_chunks: vec![0; sc.updates.len()],
+            update_bytes: vec![0; sc.updates.len()],
+            holders: vec![0; sc.updates.len()],
+            skipped: vec![0; sc.updates.len()],
             installed_now: vec![0; groups.len()],
             last_install: None,
             sites: Vec::new(),
@@ -191,6 +204,26 @@ impl Tally {
             self.from_siblings[tier] += bytes;
         } else {
             self.from_parent[tier] += bytes;
+        }
+    }
+
+    /// `chunks` chunks of update `u` arrived, in `bytes`.
+    pub fn received_for(&mut self, u: usize, chunks: u64, bytes: u64) {
+        self.update_chunks[u] += chunks;
+        self.update_bytes[u] += bytes;
+    }
+
+    /// A node holds update `u` whole at the end.
+    pub fn held(&mut self, u: usize) {
+        self.holders[u] += 1;
+    }
+
+    /// A leaf (counted in `site`) never installed update `u`: it installed a newer
+    /// version of the module.
+    pub fn skipped(&mut self, u: usize, site: Option<u32>) {
+        self.skipped[u] += 1;
+        if let Some(s) = site {
+            self.site(s).skipped += 1;
         }
     }
 
@@ -287,12 +320,17 @@ impl Tally {
             }
         }
         add_each(&mut self.installed_now, &other.installed_now);
+        add_each(&mut self.update_chunks, &other.update_chunks);
+        add_each(&mut self.update_bytes, &other.update_bytes);
+        add_each(&mut self.holders, &other.holders);
+        add_each(&mut self.skipped, &other.skipped);
         self.last_install = self.last_install.max(other.last_install);
         for (s, theirs) in other.sites.iter().enumerate() {
             let mine = self.site(s as u32);
             mine.bytes_in += theirs.bytes_in;
             mine.installs += theirs.installs;
             mine.last_install = mine.last_install.max(theirs.last_install);
+            mine.skipped += theirs.skipped;
         }
         for (mine, theirs) in self.rules.iter_mut().zip(other.rules) {
             mine.issued_at = match (mine.issued_at, theirs.issued_at) {
@@ -325,6 +363,18 @@ pub struct GroupResult {
 pub struct UpdateResult {
     pub update: String,
     pub bytes: u64,
+    /// For a new version of a module: the version it replaces, and the share of its
+    /// bytes that changed.
+    pub base: Option<String>,
+    pub change: Option<f64>,
+    /// Chunks every node received for it, and their bytes (a delta's for a chunk sent
+    /// as one); and the nodes below the root that hold it whole at the end: a full
+    /// download each would have been `bytes × holders`.
+    pub chunks_moved: u64,
+    pub bytes_moved: u64,
+    pub holders: u64,
+    /// Leaves that never installed it because they installed a newer version.
+    pub skipped: u64,
     pub groups: Vec<GroupResult>,
 }
 
@@ -437,7 +487,8 @@ impl Summary {
             .iter()
             .enumerate()
             .map(|(u, up)| {
-                not_installed += leaves.saturating_sub(tally.installs[u][0].len() as u64);
+                not_installed +=
+                    leaves.saturating_sub(tally.installs[u][0].len() as u64 + tally.skipped[u]);
                 let groups = tally
                     .groups
                     .iter()
@@ -460,6 +511,15 @@ impl Summary {
                 UpdateResult {
                     update: up.name.clone(),
                     bytes: up.size,
+                    base: up
+                        .version_of
+                        .as_ref()
+                        .map(|v| sc.updates[v.base].name.clone()),
+                    change: up.version_of.as_ref().map(|v| v.change),
+                    chunks_moved: tally.update_chunks[u],
+                    bytes_moved: tally.update_bytes[u],
+                    holders: tally.holders[u],
+                    skipped: tally.skipped[u],
                     groups,
                 }
             })
@@ -535,7 +595,8 @@ impl Summary {
                     leaves: *site_leaves,
                     installed: count.installs,
                     bytes_in: count.bytes_in,
-                    done_s: (count.installs >= wanted).then(|| secs(count.last_install)),
+                    done_s: (count.installs + count.skipped >= wanted)
+                        .then(|| secs(count.last_install)),
                 }
             })
             .collect();
@@ -582,6 +643,25 @@ impl Summary {
         );
         for u in &self.updates {
             let _ = writeln!(s, "\nInstalled: {} ({})", u.update, bytes(u.bytes));
+            if let (Some(base), Some(change)) = (&u.base, u.change) {
+                let full = u.bytes.saturating_mul(u.holders).max(1);
+                let _ = writeln!(
+                    s,
+                    "  a new version of {base} with {:.1}% changed: moved {} in {} chunks to the {} nodes that hold it, {:.2}% of a full download",
+                    change * 100.0,
+                    bytes(u.bytes_moved),
+                    u.chunks_moved,
+                    u.holders,
+                    u.bytes_moved as f64 * 100.0 / full as f64,
+                );
+            }
+            if u.skipped > 0 {
+                let _ = writeln!(
+                    s,
+                    "  {} leaves installed a newer version instead",
+                    u.skipped
+                );
+            }
             let _ = writeln!(
                 s,
                 "  {:<16} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",

@@ -1,7 +1,6 @@
 use super::*;
+use crate::content::chunker::manifest_in_memory;
 use crate::content::chunker::tests::pseudo_random;
-use crate::content::chunker::{ChunkParams, Segmenter};
-use crate::content::manifest::{ChunkRef, FileEntry};
 use proptest::prelude::*;
 
 /// Deterministic pseudo-random bytes, so the figures below do not move.
@@ -178,35 +177,10 @@ proptest! {
     }
 }
 
-/// One file, chunked as `arbor publish` does, as a manifest.
+/// One file, chunked as `arbor publish` does, as a manifest, and its chunks by hash.
 pub(crate) fn manifest_of(data: &[u8]) -> (Manifest, HashMap<Hash, Vec<u8>>) {
-    let mut segmenter = Segmenter::new(data, ChunkParams::default());
-    let mut chunks = Vec::new();
-    let mut bytes = HashMap::new();
-    while let Some(mut segment) = segmenter.next_segment().expect("chunks") {
-        segment.hash_all();
-        for (hash, chunk) in segment.hashed_chunks() {
-            chunks.push(ChunkRef(hash, chunk.len() as u32));
-            bytes.insert(hash, chunk.to_vec());
-        }
-        segmenter.recycle(segment);
-    }
-    let manifest = Manifest {
-        id: "p".into(),
-        files: vec![FileEntry {
-            mode: 0o644,
-            path: "payload".into(),
-            size: data.len() as u64,
-            chunks,
-        }],
-        tenant: "t".into(),
-        created: 0,
-        version: "1".into(),
-        category: "c".into(),
-        total_size: data.len() as u64,
-        description: None,
-        post_install: None,
-    };
+    let (manifest, cut) = manifest_in_memory(data);
+    let bytes = cut.into_iter().map(|(h, c)| (h, c.to_vec())).collect();
     (manifest, bytes)
 }
 

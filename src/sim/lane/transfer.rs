@@ -12,7 +12,8 @@ const SIBLING_ADDR: &str = "/ip4/192.0.2.10/tcp/7077";
 
 impl Lane<'_> {
     /// Answers a chunk request: each chunk through [`Engine::serve`], the bytes through
-    /// the links.
+    /// the links; a chunk of a version that the requester names a base for goes as a
+    /// delta against it ([`crate::sim::versions`]) where the server may send one.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn serve(
         &mut self,
@@ -20,7 +21,7 @@ impl Lane<'_> {
         client: u32,
         epoch: u64,
         fetch: FetchId,
-        update: Hash,
+        (update, base): (Hash, Option<u32>),
         span: std::ops::Range<u32>,
         direct: bool,
     ) {
@@ -28,6 +29,14 @@ impl Lane<'_> {
         let Some(engine) = self.nodes[server as usize].engine.as_mut() else {
             return;
         };
+        let delta = base
+            .map(|b| b as usize)
+            .filter(|b| {
+                engine
+                    .delta_pair(&update, &fleet.manifests[*b].id)
+                    .is_some()
+            })
+            .and_then(|b| Some((fleet.update_index(&update)?, b)));
         let peer = fleet.keys[client as usize];
         let answers = span.clone().zip(engine.serve(&peer, &update, span, direct));
         let lat = fleet.latency(server, client);
@@ -43,6 +52,7 @@ impl Lane<'_> {
         for (index, answer) in answers {
             match answer {
                 Served::Data { len, .. } => {
+                    let len = delta.map_or(len, |(u, b)| fleet.versions.payload(u, b, index, len));
                     let wire = overhead::chunk(len);
                     last = self.net.send_limited(&limits, &path, now, len, wire);
                     if chunkwise {

@@ -302,3 +302,100 @@ fn limits_windows_and_install_costs_are_read_as_the_daemon_reads_them() {
         refused_at_its_line(from, to, says);
     }
 }
+
+/// `GOOD` with `extra` lines after its update "os" (8 MiB).
+fn with_versions(extra: &str) -> String {
+    GOOD.replacen("size = \"8MiB\"\n", &format!("size = \"8MiB\"\n{extra}"), 1)
+}
+
+#[test]
+fn a_new_version_takes_its_bases_size_and_files_and_says_what_changed() {
+    let text = with_versions(
+        "\n[[update]]\nname = \"os-2\"\nbase = \"os\"\nchange = \"5%\"\nedits = 16\nat = \"2h\"\n\n[[update]]\nname = \"os-3\"\nbase = \"os-2\"\nchange = \"0%\"\n",
+    );
+    let sc = Scenario::parse("t.toml", &text).expect("valid");
+    let (v2, v3) = (&sc.updates[1], &sc.updates[2]);
+    assert_eq!((v2.size, v2.files, v2.at), (8 << 20, 1, 7_200_000));
+    let new = v2.version_of.as_ref().expect("a new version");
+    assert_eq!((new.base, new.change, new.edits), (0, 0.05, 16));
+    let new = v3.version_of.as_ref().expect("a new version");
+    assert_eq!((new.base, new.change, new.edits), (1, 0.0, 1));
+    assert_eq!(sc.updates[0].version_of, None);
+}
+
+#[test]
+fn a_new_version_that_cannot_be_is_refused_with_the_line_at_fault() {
+    let v = "\n[[update]]\nname = \"os-2\"\n";
+    // (lines after "os", the error says, at the line of)
+    for (extra, says, at) in [
+        (
+            format!("{v}base = \"os\"\nchange = \"150%\""),
+            "from 0% to 100%",
+            "\"150%\"",
+        ),
+        (
+            format!("{v}change = \"5%\"\nbase = \"app\""),
+            "base \"app\": no [[update]] of that name",
+            "\"app\"",
+        ),
+        (
+            format!("{v}change = \"5%\"\nbase = \"os-2\""),
+            "cannot be a new version of itself",
+            "base = \"os-2\"",
+        ),
+        (
+            format!(
+                "{v}change = \"5%\"\nbase = \"os-3\"\n[[update]]\nname = \"os-3\"\nchange = \"5%\"\nbase = \"os-2\""
+            ),
+            "listed after \"os-2\"",
+            "base = \"os-3\"",
+        ),
+        (
+            format!("{v}change = \"5%\""),
+            "name the version it replaces with `base`",
+            "\"5%\"",
+        ),
+        (
+            format!("{v}edits = 3"),
+            "name the version it replaces with `base`",
+            "edits = 3",
+        ),
+        (
+            format!("{v}base = \"os\""),
+            "needs `change`",
+            "base = \"os\"",
+        ),
+        (
+            format!("{v}base = \"os\"\nchange = \"5%\"\nsize = \"1GiB\""),
+            "leave `size` and `files` out",
+            "\"1GiB\"",
+        ),
+        (
+            format!(
+                "{v}base = \"os\"\nchange = \"5%\"\n[[update]]\nname = \"os-2b\"\nchange = \"5%\"\nbase = \"os\""
+            ),
+            "already replaced by \"os-2\"",
+            "base = \"os\"",
+        ),
+        (
+            format!("{v}base = \"os\"\nchange = \"0.001%\"\nedits = 100"),
+            "at most one edit per changed byte",
+            "edits = 100",
+        ),
+        (
+            format!("{v}base = \"os\"\nchange = \"1%\"\nedits = 0"),
+            "out of range",
+            "edits = 0",
+        ),
+    ] {
+        let text = with_versions(&extra);
+        let e = Scenario::parse("t.toml", &text).expect_err("refused");
+        assert!(e.message.contains(says), "{extra}: {e}");
+        assert_eq!(e.to_string().lines().count(), 1, "{e}");
+        // The line of the last occurrence of `at` (the base's own lines come first).
+        let line = 1 + text[..text.rfind(at).expect("present")]
+            .matches('\n')
+            .count();
+        assert_eq!(e.line, line, "{extra}: {e}");
+    }
+}
