@@ -20,7 +20,7 @@
 //! | [`cli`] | the command line: parse, call, print; `arbor run`, the commands that talk to a running node (`cli::remote`), the demo | everything below |
 //! | [`admin`] | the admin API's HTTP face: routes, bearer token, connection limits, the HTTP client, the web UI | net, publish |
 //! | [`net`] | the daemon: libp2p transport, stream protocols, the store writer, the installer's hands, what an operator can ask (`net::command`) | engine, export, install, publish, store, node, bandwidth, report, rules, trust, content, wire |
-//! | [`sim`] | the simulator: a fleet's engines in lanes over modelled links and sites | engine, bandwidth, rules, trust, content, wire; net's frame sizes (`net::proto`) and bandwidth options, so that it charges what the daemon sends |
+//! | [`sim`] | the simulator: a fleet's engines in lanes on the virtual network (`sim::vnet`: one event loop, the connections and the link model, which the engine's tests drive too) over modelled links and sites | engine, bandwidth, rules, trust, content, wire; net's frame sizes (`net::proto`) and bandwidth options, so that it charges what the daemon sends |
 //! | [`publish`], [`package`], [`verify`], [`export`] | a node directory offline: the root's ingest, XML packages, store checks, reassembly | node, store, trust, content |
 //! | [`install`] | a client's install directory: atomic version switch, previous kept, rollback, check and repair | trust, content |
 //! | [`engine`] | one node's logic, sans-IO: tree relations, chunk state, fetch scheduling, sources and conduct, the client's installer, its own rules' signer, reports, the boot from a snapshot | report, rules, trust, content |

@@ -3,9 +3,12 @@
 //! reports how long a rollout takes and what it costs the links.
 //!
 //! Owns the public entry point ([`simulate`]) and what a run hands back ([`Run`]);
-//! the scenario format lives in `scenario`, the tree's fixed shape in `fleet`, the links
-//! in `network` (their framing in `overhead`), the event loop and the drivers of the engines in `lane`, the lanes run
-//! side by side in `world`, the figures in `summary` and `chart`.
+//! the scenario format lives in `scenario`, the tree's fixed shape in `fleet`, the
+//! event loop, the connections and what crosses the links in [`vnet`] (the virtual
+//! network, public: the engine's tests run on it too), the links' queues in `network`
+//! (their framing in `overhead`), the store, installer and script of each lane's nodes
+//! in `lane`, the lanes run side by side in `world`, the figures in `summary` and
+//! `chart`.
 
 mod chart;
 mod fleet;
@@ -15,6 +18,7 @@ mod overhead;
 mod queue;
 pub mod scenario;
 mod summary;
+pub mod vnet;
 mod world;
 
 pub use scenario::{Scenario, ScenarioError};

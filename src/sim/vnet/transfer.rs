@@ -1,20 +1,23 @@
-//! Transfers in a lane: a chunk request answered through the serving engine, its bytes
-//! carried over the modelled links (through the rate limits on its way) and the
-//! chunks handed to the requester as they land; control messages carried at their
-//! encoded size; and the bytes counted where they arrive.
+//! Transfers on the virtual network: a chunk request answered through the serving
+//! engine, its bytes carried over the modelled links (through the rate limits on its
+//! way) and the chunks handed to the requester as they land; control messages carried
+//! at their encoded size.
 
-use super::*;
+use super::{Driver, Ev, Sent, Shape, overhead};
+use crate::content::Hash;
+use crate::engine::{Control, FetchId, Millis, PeerId, Served};
 use crate::net::proto::ControlFrame;
 
 /// The address a sibling is given at in a `Siblings` message: one of the length a node
 /// usually listens at.
 const SIBLING_ADDR: &str = "/ip4/192.0.2.10/tcp/7077";
 
-impl Lane<'_> {
-    /// Answers a chunk request: each chunk through [`Engine::serve`], the bytes through
-    /// the links.
+/// What every driver's network does with a chunk request and a control message.
+pub(super) trait Transfer: Driver {
+    /// Answers a chunk request: each chunk through [`crate::engine::Engine::serve`],
+    /// the bytes through the links.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn serve(
+    fn serve(
         &mut self,
         server: u32,
         client: u32,
@@ -24,29 +27,30 @@ impl Lane<'_> {
         span: std::ops::Range<u32>,
         direct: bool,
     ) {
-        let fleet = self.fleet;
-        let Some(engine) = self.nodes[server as usize].engine.as_mut() else {
+        let peer = self.shape().key(client);
+        let Some(engine) = self.vnet().stations[server as usize].engine.as_mut() else {
             return;
         };
-        let peer = fleet.keys[client as usize];
         let answers = span.clone().zip(engine.serve(&peer, &update, span, direct));
-        let lat = fleet.latency(server, client);
-        let path = fleet.path(server, client);
-        let limits = fleet.limits(server, client);
-        // A node that serves others hears of every chunk as it lands, so that it can
-        // pass it on at once; a leaf without siblings only needs the whole answer.
-        let chunkwise = !fleet.children_of(client).is_empty() || fleet.site_of(client).is_some();
-        let now = self.now as f64;
+        let shape = self.shape();
+        let lat = shape.latency(server, client);
+        let path = shape.path(server, client);
+        let limits = shape.limits(server, client);
+        let chunkwise = shape.hears_each_chunk(client);
+        let start = self.now();
+        let now = start as f64;
         let mut last = now;
-        let mut batch: Vec<(u32, u32)> = Vec::new();
-        let mut pending: Option<(Millis, u32, u32)> = None;
+        let mut batch: Vec<Sent> = Vec::new();
+        let mut pending: Option<(Millis, Sent)> = None;
         for (index, answer) in answers {
             match answer {
                 Served::Data { len, .. } => {
+                    let good = self.sends_good(server, client);
                     let wire = overhead::chunk(len);
-                    last = self.net.send_limited(&limits, &path, now, len, wire);
+                    last = self.vnet().net.send_limited(&limits, &path, now, len, wire);
+                    let sent = Sent { index, len, good };
                     if chunkwise {
-                        if let Some((at, i, l)) = pending.take() {
+                        if let Some((at, s)) = pending.take() {
                             self.chunks_at(
                                 at,
                                 client,
@@ -54,19 +58,19 @@ impl Lane<'_> {
                                 epoch,
                                 fetch,
                                 update,
-                                vec![(i, l)],
+                                vec![s],
                                 false,
                             );
                         }
-                        pending = Some((last.ceil() as Millis + lat, index, len));
+                        pending = Some((last.ceil() as Millis + lat, sent));
                     } else {
-                        batch.push((index, len));
+                        batch.push(sent);
                     }
                 }
                 Served::Missing => {}
                 Served::Elsewhere { holder } => {
                     self.at(
-                        self.now + lat,
+                        start + lat,
                         Ev::Elsewhere {
                             to: client,
                             from: server,
@@ -79,10 +83,10 @@ impl Lane<'_> {
                 }
             }
         }
-        let end = (last.ceil() as Millis).max(self.now) + lat;
+        let end = (last.ceil() as Millis).max(start) + lat;
         match pending {
-            Some((at, i, l)) => {
-                self.chunks_at(at, client, server, epoch, fetch, update, vec![(i, l)], true)
+            Some((at, s)) => {
+                self.chunks_at(at, client, server, epoch, fetch, update, vec![s], true)
             }
             None => self.chunks_at(end, client, server, epoch, fetch, update, batch, true),
         }
@@ -91,9 +95,8 @@ impl Lane<'_> {
     /// Sends control message `msg` from node `i` to `peer` over the links, arriving
     /// after its time on them and the latency; nothing if `i` holds no connection with
     /// it.
-    pub(super) fn send_control(&mut self, i: u32, peer: &PeerId, msg: Control) {
-        let fleet = self.fleet;
-        let Some(j) = fleet.node_of(peer) else {
+    fn send_control(&mut self, i: u32, peer: &PeerId, msg: Control) {
+        let Some(j) = self.shape().node_of(peer) else {
             return;
         };
         let epoch = self.conn(i, j);
@@ -102,10 +105,10 @@ impl Lane<'_> {
         }
         let frame = ControlFrame::of(msg.clone(), |_| vec![SIBLING_ADDR.to_string()]);
         let wire = overhead::control(crate::wire::encoded_len(&frame));
-        let sent = self
-            .net
-            .send_control(&fleet.path(i, j), self.now as f64, wire);
-        let at = (sent.ceil() as Millis).max(self.now) + fleet.latency(i, j);
+        let now = self.now();
+        let path = self.shape().path(i, j);
+        let sent = self.vnet().net.send_control(&path, now as f64, wire);
+        let at = (sent.ceil() as Millis).max(now) + self.shape().latency(i, j);
         self.at(
             at,
             Ev::Deliver {
@@ -118,25 +121,8 @@ impl Lane<'_> {
         );
     }
 
-    /// `wire` bytes from `from` reached `to`: counted as the root's egress, across a
-    /// site's WAN link, and into `to`'s site, as they apply.
-    pub(super) fn crossed(&mut self, from: u32, to: u32, wire: u64) {
-        let fleet = self.fleet;
-        if from == 0 {
-            self.tally.root_egress += wire;
-        }
-        if fleet.crosses_site(from, to) {
-            self.tally.site_wan += wire;
-        }
-        if let Some(site) = fleet.report_site(to)
-            && fleet.report_site(from) != Some(site)
-        {
-            self.tally.site_received(site, wire);
-        }
-    }
-
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn chunks_at(
+    fn chunks_at(
         &mut self,
         at: Millis,
         to: u32,
@@ -144,7 +130,7 @@ impl Lane<'_> {
         epoch: u64,
         fetch: FetchId,
         update: Hash,
-        chunks: Vec<(u32, u32)>,
+        chunks: Vec<Sent>,
         end: bool,
     ) {
         self.at(
@@ -161,3 +147,5 @@ impl Lane<'_> {
         );
     }
 }
+
+impl<D: Driver> Transfer for D {}
