@@ -545,6 +545,7 @@ pub struct Engine {
     store_fault: Option<String>,
     /// A client's installer: what it has, and what it chooses to have.
     installer: Option<Box<installer::Installer>>,
+    installer_due: installer::Due,
 }
 
 impl Engine {
@@ -621,6 +622,7 @@ impl Engine {
             parent_silent_since: None,
             store_fault: None,
             installer: None,
+            installer_due: installer::Due::default(),
         }
     }
 

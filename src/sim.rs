@@ -4,10 +4,12 @@
 //!
 //! Owns the public entry point ([`simulate`]) and what a run hands back ([`Run`]);
 //! the scenario format lives in `scenario`, the tree's fixed shape in `fleet`, the
-//! links in `network` (their framing in `overhead`), what a module's new versions
-//! share and cost as deltas in `versions`, the event loop and the drivers of the
-//! engines in `lane`, the lanes run side by side in `world`, the figures in `summary`
-//! and `chart`.
+//! event loop, the connections and what crosses the links in [`vnet`] (the virtual
+//! network, public: the engine's tests run on it too), the links' queues in `network`
+//! (their framing in `overhead`), what a module's new versions share and cost as
+//! deltas in `versions`, the store, installer and script of each lane's nodes
+//! in `lane`, the lanes run side by side in `world`, the figures in `summary` and
+//! `chart`.
 
 mod chart;
 mod fleet;
@@ -18,6 +20,7 @@ mod queue;
 pub mod scenario;
 mod summary;
 mod versions;
+pub mod vnet;
 mod world;
 
 pub use scenario::{Scenario, ScenarioError};

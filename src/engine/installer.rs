@@ -162,11 +162,18 @@ pub(super) struct Installer {
     repairs: HashSet<Hash>,
     /// Repairs of an update that found chunks missing, in a row.
     repair_tries: HashMap<Hash, u32>,
+}
+
+/// When a client's installer decides next: kept in the engine itself, not behind the
+/// installer's box, because [`Engine::poll_output`] and [`Engine::poll_timeout`] ask
+/// after every input.
+#[derive(Default)]
+pub(super) struct Due {
     /// Something it decides on changed at this time: it decides again at the next
     /// [`Engine::poll_output`].
-    due: Option<Millis>,
+    now: Option<Millis>,
     /// When a failed install that is wanted may be tried again, the soonest.
-    next_retry: Option<Millis>,
+    retry: Option<Millis>,
 }
 
 /// One version of a module the engine knows.
@@ -262,8 +269,6 @@ impl Installer {
             retries: HashMap::new(),
             repairs: HashSet::new(),
             repair_tries: HashMap::new(),
-            due: None,
-            next_retry: None,
         }
     }
 
@@ -312,19 +317,20 @@ impl Engine {
     /// Something the installer decides on may have changed: it decides again at the
     /// next [`Engine::poll_output`].
     pub(super) fn installer_wake(&mut self, now: Millis) {
-        if let Some(i) = self.installer.as_mut() {
-            i.due = Some(i.due.map_or(now, |d| d.max(now)));
+        if self.installer.is_some() {
+            let due = &mut self.installer_due.now;
+            *due = Some(due.map_or(now, |d| d.max(now)));
         }
     }
 
     /// When a failed install comes due again (for [`Engine::poll_timeout`]).
     pub(super) fn next_install_retry(&self) -> Option<Millis> {
-        self.installer.as_ref().and_then(|i| i.next_retry)
+        self.installer_due.retry
     }
 
     /// Runs the installer's decisions if something changed since it last did.
     pub(super) fn installer_poll(&mut self) {
-        if let Some(now) = self.installer.as_mut().and_then(|i| i.due.take()) {
+        if let Some(now) = self.installer_due.now.take() {
             self.plan_installs(now);
         }
     }
@@ -358,7 +364,7 @@ impl Engine {
         let mut install = None;
         let mut removal = None;
         let mut needed = Vec::new();
-        inst.next_retry = None;
+        let mut next_retry: Option<Millis> = None;
         for (module, known) in &versions {
             let state = inst.modules.get(module);
             let current = state.and_then(|s| s.current.as_ref()).map(|c| {
@@ -407,12 +413,13 @@ impl Engine {
             };
             match inst.retries.get(&t) {
                 Some(r) if r.at > now => {
-                    inst.next_retry = Some(inst.next_retry.map_or(r.at, |n| n.min(r.at)));
+                    next_retry = Some(next_retry.map_or(r.at, |n| n.min(r.at)));
                 }
                 _ if install.is_none() && self.is_complete(&t) => install = Some(t),
                 _ => {}
             }
         }
+        self.installer_due.retry = next_retry;
         for (update, wanted) in needed {
             self.set_needed(&update, wanted, now);
         }

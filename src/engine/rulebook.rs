@@ -40,6 +40,7 @@ impl Engine {
     /// on what changed: takes up offers that became available, offers children what
     /// became available to them, and fetches accordingly.
     pub(super) fn refresh(&mut self, now: Millis) {
+        self.note_own_expiry();
         self.installer_wake(now);
         let secs = now / 1000;
         self.now_secs = secs;

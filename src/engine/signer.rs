@@ -61,9 +61,14 @@ impl RuleChange {
     }
 }
 
-/// When this node's own rule set is renewed next, if a renewal failed.
+/// What the renewal of this node's own rule set goes by.
 #[derive(Default)]
 pub(super) struct Renewal {
+    /// When the held set expires (Unix seconds), if this node holds one of its own: kept
+    /// here as the book changes ([`Engine::note_own_expiry`]) because
+    /// [`Engine::poll_timeout`] asks after every input.
+    own_expires: Option<u64>,
+    /// When a renewal that failed is tried again.
     retry_at: Option<Millis>,
 }
 
@@ -133,12 +138,17 @@ impl Engine {
     /// When this node's own rules are due to be signed again: once half their lifetime
     /// has passed, or when a renewal that failed is tried again.
     pub(super) fn next_renewal(&self) -> Option<Millis> {
-        let own = self.book.get(&self.me())?;
-        let due = own
-            .expires
+        let due = self
+            .renewal
+            .own_expires?
             .saturating_sub(self.config.rules_lifetime / 2)
             .saturating_mul(1000);
         Some(self.renewal.retry_at.map_or(due, |r| r.max(due)))
+    }
+
+    /// Takes note of when this node's own rule set expires, after the book changed.
+    pub(super) fn note_own_expiry(&mut self) {
+        self.renewal.own_expires = self.book.get(&self.me()).map(|r| r.expires);
     }
 
     /// Signs this node's rules again, unchanged, if they are due ([`Self::next_renewal`]).

@@ -13,9 +13,10 @@
 //! than that link's latency: the lanes can run that far ahead of each other
 //! ([`Fleet::lookahead`]) without missing anything.
 
-use super::network::Network;
+use super::network::{Link, Network};
 use super::scenario::{RuleBatch, Scenario};
 use super::versions::{Versions, chunk_lens, file_size};
+use super::vnet::Shape;
 use crate::content::manifest::{ChunkRef, FileEntry, Manifest};
 use crate::content::{DigestState, Hash};
 use crate::engine::{Config, Engine, Millis, PeerId};
@@ -37,27 +38,6 @@ pub const LANES: usize = 2;
 /// How long the certificates of simulated nodes last (Unix seconds): longer than any
 /// run.
 const CERTIFICATE_LIFE: u64 = 10 * 365 * 24 * 3600;
-
-/// No node (or queue): a marker in `u32` fields.
-pub const NONE: u32 = u32::MAX;
-
-/// What never changes about one node: its links, and the lane that runs it.
-#[derive(Clone, Debug)]
-pub struct Link {
-    /// One-way latency to the parent.
-    pub latency: u32,
-    /// Index of its queues in the network: what it receives with, what it sends with.
-    pub down: u32,
-    pub up: u32,
-    /// Its site's shared link (down queue; the up queue follows), or NONE.
-    pub site_link: u32,
-    pub site_latency: u32,
-    /// Its rate limits in the network (download, upload, local download, local
-    /// upload), and its site's download limit; NONE for none.
-    pub limits: [u32; 4],
-    pub site_limit: u32,
-    pub lane: u8,
-}
 
 /// The fleet of one scenario and seed.
 pub struct Fleet<'s> {
@@ -298,11 +278,6 @@ impl<'s> Fleet<'s> {
         self.links.len() as u64
     }
 
-    /// The lane that runs node `i`.
-    pub fn lane_of(&self, i: u32) -> usize {
-        usize::from(self.links[i as usize].lane)
-    }
-
     pub fn tier_range(&self, tier: usize) -> std::ops::Range<u32> {
         self.tier_start[tier]..self.tier_start[tier + 1]
     }
@@ -375,60 +350,8 @@ impl<'s> Fleet<'s> {
         matches!((self.site_of(a), self.site_of(b)), (Some(x), Some(y)) if x == y)
     }
 
-    /// Whether `a` and `b` are siblings of one site (the others are parent and child).
-    pub fn are_siblings(&self, a: u32, b: u32) -> bool {
-        self.same_site(a, b) && self.parent_of(a) == self.parent_of(b)
-    }
-
-    /// One-way latency between two connected nodes.
-    pub fn latency(&self, a: u32, b: u32) -> Millis {
-        let (la, lb) = (&self.links[a as usize], &self.links[b as usize]);
-        if self.same_site(a, b) {
-            return u64::from(la.latency + lb.latency);
-        }
-        let child = if a != 0 && self.parent_of(a) == b {
-            la
-        } else {
-            lb
-        };
-        u64::from(child.latency + child.site_latency)
-    }
-
     pub fn crosses_site(&self, from: u32, to: u32) -> bool {
         self.links[from as usize].site_link != self.links[to as usize].site_link
-    }
-
-    /// The queues bytes from `from` to `to` go through.
-    pub fn path(&self, from: u32, to: u32) -> Vec<usize> {
-        let (a, b) = (&self.links[from as usize], &self.links[to as usize]);
-        let mut path = vec![a.up as usize];
-        if a.site_link != b.site_link {
-            if a.site_link != NONE {
-                path.push(a.site_link as usize + 1);
-            }
-            if b.site_link != NONE {
-                path.push(b.site_link as usize);
-            }
-        }
-        path.push(b.down as usize);
-        path
-    }
-
-    /// The rate limits a chunk from `from` to `to` passes, in order: the sender's
-    /// upload limit, the receiver's site's download limit, the receiver's download
-    /// limit (or, between siblings, their local limits).
-    pub fn limits(&self, from: u32, to: u32) -> Vec<usize> {
-        let (a, b) = (&self.links[from as usize], &self.links[to as usize]);
-        let limits = if self.are_siblings(from, to) {
-            [a.limits[3], NONE, b.limits[2]]
-        } else {
-            [a.limits[1], b.site_limit, b.limits[0]]
-        };
-        limits
-            .into_iter()
-            .filter(|l| *l != NONE)
-            .map(|l| l as usize)
-            .collect()
     }
 
     /// The WAN windows node `i` keeps, if it has any: its site's, else its tier's.
@@ -521,18 +444,52 @@ impl<'s> Fleet<'s> {
     }
 }
 
-impl Link {
-    fn new(latency: u32, down: u32, up: u32) -> Link {
-        Link {
-            latency,
-            down,
-            up,
-            site_link: NONE,
-            site_latency: 0,
-            limits: [NONE; 4],
-            site_limit: NONE,
-            lane: 0,
-        }
+impl Shape for Fleet<'_> {
+    fn key(&self, i: u32) -> PeerId {
+        self.keys[i as usize]
+    }
+
+    fn node_of(&self, key: &PeerId) -> Option<u32> {
+        Fleet::node_of(self, key)
+    }
+
+    fn parent(&self, i: u32) -> Option<u32> {
+        (i != 0).then(|| self.parent_of(i))
+    }
+
+    fn child_slot(&self, parent: u32, child: u32) -> Option<usize> {
+        (child != 0 && self.parent_of(child) == parent)
+            .then(|| (child - self.children_of(parent).start) as usize)
+    }
+
+    fn link(&self, i: u32) -> &Link {
+        &self.links[i as usize]
+    }
+
+    /// A module's versions are numbered as the scenario lists its updates.
+    fn version(&self, update: &Hash) -> Option<u32> {
+        let u = self.update_index(update)?;
+        self.versions.has_versions(u).then_some(u as u32)
+    }
+
+    fn version_id(&self, n: u32) -> Option<Hash> {
+        self.manifests.get(n as usize).map(|m| m.id)
+    }
+
+    /// What [`Versions::payload`] says the delta costs.
+    fn delta_len(&self, update: u32, base: u32, index: u32, len: u32) -> u32 {
+        self.versions
+            .payload(update as usize, base as usize, index, len)
+    }
+
+    fn same_site(&self, a: u32, b: u32) -> bool {
+        Fleet::same_site(self, a, b)
+    }
+
+    /// A node that serves others hears of every chunk as it lands, so that it can pass
+    /// it on at once; a leaf without siblings only needs the whole answer.
+    fn hears_each_chunk(&self, i: u32) -> bool {
+        !self.children_of(i).is_empty() || self.site_of(i).is_some()
     }
 }
 

@@ -1,5 +1,7 @@
-//! The modelled network: every node's links, each site's shared WAN link, and how long
-//! bytes take through them.
+//! The modelled network: every node's links ([`Link`]), each site's shared WAN link,
+//! and how long bytes take through them. Which queues a pair of nodes' bytes cross,
+//! and their latency, follow from the two nodes' links
+//! ([`super::vnet::Shape::path`], [`super::vnet::Shape::latency`]).
 //!
 //! Each direction of a link is a FIFO queue with a rate: transfers that meet on it
 //! take turns, so concurrent transfers share its bandwidth and a busy link delays
@@ -22,6 +24,45 @@ use crate::content::manifest::MAX_CHUNK_LEN;
 
 /// Width of the window peak utilisation is measured over.
 const UTIL_WINDOW: f64 = 1000.0;
+
+/// No node, queue or limit: a marker in `u32` fields.
+pub const NONE: u32 = u32::MAX;
+
+/// What never changes about one node: its links, and the lane that runs it.
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// One-way latency to the parent.
+    pub latency: u32,
+    /// Index of its queues in the network: what it receives with, what it sends with.
+    pub down: u32,
+    pub up: u32,
+    /// Its site's shared link (down queue; the up queue follows), or NONE.
+    pub site_link: u32,
+    pub site_latency: u32,
+    /// Its rate limits in the network (download, upload, local download, local
+    /// upload), and its site's download limit; NONE for none.
+    pub limits: [u32; 4],
+    pub site_limit: u32,
+    /// The simulator's lane that runs it (0 where one lane runs everything).
+    pub lane: u8,
+}
+
+impl Link {
+    /// A node `latency` ms from its parent, receiving through queue `down` and sending
+    /// through queue `up`, at no site and without rate limits.
+    pub fn new(latency: u32, down: u32, up: u32) -> Link {
+        Link {
+            latency,
+            down,
+            up,
+            site_link: NONE,
+            site_latency: 0,
+            limits: [NONE; 4],
+            site_limit: NONE,
+            lane: 0,
+        }
+    }
+}
 
 /// One direction of one link.
 #[derive(Clone, Debug)]

@@ -16,6 +16,7 @@ use super::fleet::Fleet;
 use super::lane::{Ev, Lane, Standing};
 use super::scenario::Scenario;
 use super::summary::{Row, Tally};
+use super::vnet::Driver;
 use crate::engine::Millis;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
@@ -172,7 +173,7 @@ impl<'s> World<'s> {
         let peak = |q: u32| {
             lanes
                 .iter()
-                .map(|l| l.net.queue(q as usize).peak())
+                .map(|l| l.vnet.network().queue(q as usize).peak())
                 .fold(0.0, f64::max)
         };
         let mut peaks = vec![("root up".to_string(), peak(fleet.links[0].up))];
@@ -182,7 +183,7 @@ impl<'s> World<'s> {
             let name = &fleet.sc.tiers[fleet.tier_of(i as u32)].name;
             peaks.push((format!("{name} down"), peak(link.down)));
             peaks.push((format!("{name} up"), peak(link.up)));
-            if link.site_link != super::fleet::NONE && sites.insert(link.site_link) {
+            if link.site_link != super::network::NONE && sites.insert(link.site_link) {
                 peaks.push((format!("{name} site WAN down"), peak(link.site_link)));
                 peaks.push((format!("{name} site WAN up"), peak(link.site_link + 1)));
             }
@@ -226,14 +227,15 @@ fn run_lane<'f>(
             .min(next_sample)
             .min(sc.until.saturating_add(1));
         let sample = end == next_sample && end <= sc.until;
-        lane.run_window(end);
+        lane.run_until(end);
         let standing = lane.standing(sample, |to, events| {
             std::mem::swap(&mut *lock(&meeting.mail[parity][id * lanes + to]), events);
         });
         *lock(&meeting.standing[parity][id]) = standing;
         meeting.wait();
         for from in (0..lanes).filter(|l| *l != id) {
-            lane.receive(&mut lock(&meeting.mail[parity][from * lanes + id]));
+            lane.vnet
+                .receive(&mut lock(&meeting.mail[parity][from * lanes + id]));
         }
         // What every lane makes of the standings, read in place.
         let mut next = None;

@@ -11,7 +11,8 @@ impl Lane<'_> {
     /// the module's current version.
     pub(super) fn install(&mut self, i: u32, u: usize) {
         let fleet = self.fleet;
-        let Some(engine) = &self.nodes[i as usize].engine else {
+        let now = self.now();
+        let Some(engine) = self.vnet.engine(i) else {
             return;
         };
         let manifest = &fleet.manifests[u];
@@ -29,16 +30,15 @@ impl Lane<'_> {
             node.failed[u] = true;
             if first {
                 self.tally.counters.install_failures += 1;
-                self.last_change = self.now;
+                self.last_change = now;
             }
             Err("the simulated install failed".to_string())
         } else {
             if node.installed[u].is_none() {
-                node.installed[u] = Some(self.now);
+                node.installed[u] = Some(now);
                 let groups = fleet.summary_groups_of(i);
-                self.tally
-                    .installed(u, &groups, fleet.report_site(i), self.now);
-                self.last_change = self.now;
+                self.tally.installed(u, &groups, fleet.report_site(i), now);
+                self.last_change = now;
             }
             Ok(replaced)
         };
@@ -62,17 +62,17 @@ impl Lane<'_> {
     /// asks for) are done at once.
     pub(super) fn install_job(&mut self, i: u32, job: InstallJob, engine: &mut Engine) {
         let fleet = self.fleet;
-        let now = EPOCH + self.now;
+        let now = self.vnet.engine_now();
         let done = match job {
             InstallJob::Install { manifest } => {
                 if let Some(u) = fleet.manifests.iter().position(|m| m.id == manifest.id) {
                     let up = &fleet.sc.updates[u];
-                    let at = self.now + fleet.sc.install.millis(up.size, up.files);
+                    let at = self.now() + fleet.sc.install.millis(up.size, up.files);
                     let boot = self.nodes[i as usize].boots;
                     let update = u as u32;
                     self.at(
                         at,
-                        Ev::Install {
+                        Script::Install {
                             node: i,
                             update,
                             boot,

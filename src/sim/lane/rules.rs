@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 impl Lane<'_> {
     /// Has every issuer this lane runs set the rules of one batch.
     pub(super) fn set_rules(&mut self, b: usize) {
-        let now = self.now;
+        let now = self.now();
         let fleet = self.fleet;
         let issuers = self.issuers(b);
         for issuer in issuers {
-            if !self.nodes[issuer as usize].online {
+            if !self.vnet.online(issuer) {
                 // Its admin sets them when it is back: nothing to sign on a node that
                 // is down. Later batches still apply.
                 self.tally.counters.rules_missed += 1;
@@ -45,7 +45,7 @@ impl Lane<'_> {
     fn changes_for(&self, issuer: u32, b: usize) -> Option<Vec<RuleChange>> {
         let fleet = self.fleet;
         let sc = fleet.sc;
-        let engine = self.nodes[issuer as usize].engine.as_ref()?;
+        let engine = self.vnet.engine(issuer)?;
         let held = engine.rules().get(&fleet.keys[issuer as usize]);
         let mut groups: BTreeMap<String, BTreeSet<PublicKey>> =
             held.map(|r| r.rules.groups.clone()).unwrap_or_default();

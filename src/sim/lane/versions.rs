@@ -1,24 +1,13 @@
-//! A module's versions in a lane, as a daemon's store and fetcher treat them: the
-//! chunks of a new version that a node holds already, as chunks of another version
-//! (its store finds them by hash when it stores the manifest, and tells its engine);
-//! the base a chunk request names for deltas ([`Engine::delta_base`], PROTOCOL.md
-//! §13.2); and, at the end, who holds each update and which versions a leaf skipped
-//! for a newer one. What a chunk costs as a delta is [`crate::sim::versions`]'s.
+//! A module's versions in a lane, as a daemon's store treats them: the chunks of a new
+//! version that a node holds already, as chunks of another version (its store finds
+//! them by hash when it stores the manifest, and tells its engine); and, at the end,
+//! who holds each update and which versions a leaf skipped for a newer one. The base a
+//! chunk request names for deltas (PROTOCOL.md §13.2) is the virtual network's
+//! ([`super::vnet`]); what a chunk costs as a delta is [`crate::sim::versions`]'s.
 
 use super::*;
 
 impl Lane<'_> {
-    /// The base a request for chunks of `update` names: the newest other version of its
-    /// module that `engine` holds whole, as the daemon asks the engine for it.
-    pub(super) fn delta_base(&self, engine: &Engine, update: &Hash) -> Option<u32> {
-        let fleet = self.fleet;
-        fleet
-            .update_index(update)
-            .filter(|u| fleet.versions.has_versions(*u))?;
-        let (base, _) = engine.delta_base(update)?;
-        fleet.update_index(&base).map(|b| b as u32)
-    }
-
     /// Node `i` stored the manifest of update `id`: the chunks its store holds as
     /// chunks of other versions of the module are held for this one too.
     pub(super) fn held_elsewhere(&mut self, i: u32, id: &Hash) {

@@ -23,7 +23,7 @@ impl Lane<'_> {
 
     /// Minutes since the start, and the minute of the day, now.
     fn minute(&self) -> (Millis, u16) {
-        let elapsed = self.now / MINUTE;
+        let elapsed = self.now() / MINUTE;
         let of_day = (u64::from(self.fleet.sc.starts_at) + elapsed) % 1440;
         (elapsed, of_day as u16)
     }
@@ -37,7 +37,7 @@ impl Lane<'_> {
         if wait < 1440 {
             self.scripted_at(
                 (elapsed + u64::from(wait)) * MINUTE,
-                Ev::WanWindow { node: i },
+                Script::WanWindow { node: i },
             );
         }
     }
