@@ -16,7 +16,8 @@
 #       downloading through its site's proxy with curl.
 # For each: the seconds until every leaf has installed the update (curl: has the file
 # on disk), and the bytes that crossed each site's WAN link towards the site, from the
-# branch host's interface counters. The bound is MIB MiB over the WAN goodput.
+# branch host's interface counters. The bound is MIB MiB over the WAN goodput. For
+# arbor, also the median client's install time, from its log.
 #
 #   ARBOR_BENCH_SITES=4 ARBOR_BENCH_LEAVES=4 ARBOR_BENCH_MIB=64 ARBOR_BENCH_WAN=40mbit \
 #   ARBOR_BENCH_LAN=400mbit ARBOR_BENCH_RUNS="A B nginx" benches/branch-offices.sh
@@ -176,6 +177,25 @@ until_all_installed() {
     done
 }
 
+# Prints the median over the leaves of the seconds each took from holding every chunk
+# ("update complete" in its log) to having the update installed ("installed"): what
+# their installs cost here. Waits up to 5 s for the last log lines.
+install_secs() {
+    local logs=()
+    for s in $(seq "$SITES"); do
+        for l in $(seq "$LEAVES"); do logs+=("$WORK/run/s${s}l$l.log"); done
+    done
+    for _ in $(seq 100); do
+        [ "$(grep -l ' installed' "${logs[@]}" | wc -l)" = "${#logs[@]}" ] && break
+        sleep 0.05
+    done
+    for f in "${logs[@]}"; do
+        awk 'function secs(ts, t) { split(substr(ts, 12, 15), t, ":"); return t[1] * 3600 + t[2] * 60 + t[3] }
+            /update complete/ { c = secs($1) }
+            / installed/ && c != "" { d = secs($1) - c; if (d < 0) d += 86400; print d; exit }' "$f"
+    done | median
+}
+
 # Runs arbor on topology A (branch nodes) or B (leaves under the root).
 run_arbor() {
     local topology=$1 root_port before t0 secs after
@@ -208,6 +228,8 @@ run_arbor() {
     secs=$(until_all_installed "$t0")
     mapfile -t after < <(wan_rx)
     report "arbor $topology" "$secs" before after
+    printf 'installs %s %.2f s: median over the clients, from holding every chunk to installed (their logs)\n' \
+        "$topology" "$(install_secs)"
     stop_all
 }
 

@@ -1,13 +1,14 @@
 //! `arbor simulate` on the scenarios in simulations/: the same scenario and seed give
 //! the same summary, every online client of a healthy fleet installs, sibling fetch
-//! keeps the copies off the offices' WAN links, churn and crashes are survived (a
-//! client back from a crash before its parent noticed is served at once), and a
-//! broken scenario file is refused with the line at fault. And the models behind the
-//! figures: a download limit holds a client to it, a WAN window holds a site until it
-//! opens, an install costs its bytes at the stated rate, every site is summed up, a
-//! failed install does not hide when the others finished, the timeline counts
-//! bytes as they arrive, and clients upgrade to a new version of a module moving only
-//! what changed (as deltas), or the newest version whole when they come late.
+//! keeps the copies off the offices' WAN links and passes chunks on at the pace of the
+//! WAN, churn and crashes are survived (a client back from a crash before its parent
+//! noticed is served at once), and a broken scenario file is refused with the line at
+//! fault. And the models behind the figures: a download limit holds a client to it, a
+//! WAN window holds a site until it opens, an install costs its bytes at the stated
+//! rate, every site is summed up, a failed install does not hide when the others
+//! finished, the timeline counts bytes as they arrive, and clients upgrade to a new
+//! version of a module moving only what changed (as deltas), or the newest version
+//! whole when they come late.
 
 use arbor::sim::{Scenario, Summary, UpdateResult, simulate};
 use std::path::Path;
@@ -65,6 +66,30 @@ fn every_client_of_the_branch_office_fleet_installs_and_each_branch_takes_one_co
         s.root_egress
     );
     assert_eq!(s.not_installed, 0);
+}
+
+#[test]
+fn branch_office_sites_without_a_branch_node_take_one_copy_each_and_keep_the_wan_busy() {
+    let s = run(&scenario("branch-offices-siblings.toml"), 1);
+    let all = &s.updates[0].groups[0];
+    assert_eq!((all.members, all.installed), (16, 16));
+    // 1,024 chunks of 64 KiB on each site's 40 Mbit/s wire, and the control messages.
+    let wire = 1024 * 68_673u64;
+    assert!(
+        s.site_wan > 4 * wire && s.site_wan < 4 * wire + 4 * (1 << 20),
+        "{} bytes across the sites' WAN links",
+        s.site_wan
+    );
+    // Siblings pass on at once what they fetched (their LAN ports are not held up by
+    // the chunks still crossing the WAN to them): the WAN's time, the install's, and
+    // little more; no sibling given up for stalling.
+    let bound = wire as f64 * 8.0 / 40e6 + 64.0 / 38.0;
+    let done = all.p100_s.expect("everyone installed");
+    assert!(
+        done >= bound && done < bound * 1.1,
+        "done at {done} s; bound {bound} s"
+    );
+    assert_eq!(s.failures.fetch_timeouts, 0);
 }
 
 #[test]

@@ -3,11 +3,16 @@
 //! and their latency, follow from the two nodes' links
 //! ([`super::vnet::Shape::path`], [`super::vnet::Shape::latency`]).
 //!
-//! Each direction of a link is a FIFO queue with a rate: transfers that meet on it
-//! take turns, so concurrent transfers share its bandwidth and a busy link delays
-//! everything behind it. A transfer crosses its hops cut-through: the bytes start on the
-//! next hop as soon as they start on this one, and finish no sooner than on the slowest
-//! hop. Each queue also keeps its busiest second, for the peak utilisation figures.
+//! Each direction of a link is a queue with a rate, booked in spells: a transfer takes
+//! the first free spell long enough for its bytes, so concurrent transfers share the
+//! link's bandwidth and a busy link delays everything behind it. A transfer crosses its
+//! hops cut-through: its bytes start on the next hop no sooner than on this one, and
+//! finish no sooner than on the slowest hop. A hop books only its own time for them
+//! (bytes / its rate), so a fast link behind a slow one (a client's LAN port behind its
+//! site's WAN link) is free between the chunks trickling through it, and carries its
+//! siblings' chunks meanwhile, as a wire does: a link is idle only when nothing is
+//! waiting for it. Each queue also keeps its busiest second, for the peak utilisation
+//! figures.
 //!
 //! Control messages are small and go on streams of their own: yamux interleaves them
 //! with the chunks in flight, so one goes out at once rather than behind every chunk
@@ -21,6 +26,7 @@
 
 use crate::bandwidth::{Bucket, Rate};
 use crate::content::manifest::MAX_CHUNK_LEN;
+use std::collections::VecDeque;
 
 /// Width of the window peak utilisation is measured over.
 const UTIL_WINDOW: f64 = 1000.0;
@@ -69,13 +75,15 @@ impl Link {
 pub struct Queue {
     /// Bytes per millisecond.
     rate: f64,
-    /// When the last transfer on it ends, and the last control message.
-    free_at: f64,
+    /// The spells it is booked for that have not ended, in time order and apart
+    /// (touching spells are one).
+    booked: VecDeque<(f64, f64)>,
+    /// When the last control message on it ends.
     control_at: f64,
-    /// The utilisation window being filled, its busy milliseconds, and the busiest
-    /// window's so far.
-    window: u64,
-    busy: f64,
+    /// Busy milliseconds of each utilisation window from `first_window` on; the
+    /// windows before it are over, and `peak` is the busiest of them.
+    first_window: u64,
+    windows: VecDeque<f64>,
     peak: f64,
 }
 
@@ -84,32 +92,75 @@ impl Queue {
     pub fn new(rate: f64) -> Queue {
         Queue {
             rate: rate / 1000.0,
-            free_at: 0.0,
+            booked: VecDeque::new(),
             control_at: 0.0,
-            window: 0,
-            busy: 0.0,
+            first_window: 0,
+            windows: VecDeque::new(),
             peak: 0.0,
         }
     }
 
     /// The largest share of a one-second window this link was busy, 0 to 1.
     pub fn peak(&self) -> f64 {
-        self.peak.max(self.busy / UTIL_WINDOW).min(1.0)
+        let open = self.windows.iter().copied().fold(0.0, f64::max);
+        (self.peak.max(open) / UTIL_WINDOW).min(1.0)
     }
 
-    /// Counts the busy interval `[start, end)` (never before an earlier one ends).
+    /// Time has reached `now`: the spells that ended are forgotten, and the windows
+    /// that are over count towards the peak.
+    fn forget(&mut self, now: f64) {
+        while self.booked.front().is_some_and(|&(_, end)| end <= now) {
+            self.booked.pop_front();
+        }
+        let w = (now / UTIL_WINDOW) as u64;
+        if w > self.first_window {
+            let over = ((w - self.first_window) as usize).min(self.windows.len());
+            for busy in self.windows.drain(..over) {
+                self.peak = self.peak.max(busy);
+            }
+            self.first_window = w;
+        }
+    }
+
+    /// Books the first free spell of `busy` milliseconds from `from` on; returns when
+    /// it starts.
+    fn book(&mut self, from: f64, busy: f64) -> f64 {
+        let mut t = from;
+        let mut i = self.booked.partition_point(|&(_, end)| end <= t);
+        while let Some(&(start, end)) = self.booked.get(i) {
+            if start >= t + busy {
+                break;
+            }
+            t = t.max(end);
+            i += 1;
+        }
+        let end = t + busy;
+        let joins_before = i > 0 && self.booked[i - 1].1 >= t;
+        let joins_after = self.booked.get(i).is_some_and(|&(start, _)| start <= end);
+        match (joins_before, joins_after) {
+            (true, true) => {
+                self.booked[i - 1].1 = self.booked[i].1;
+                self.booked.remove(i);
+            }
+            (true, false) => self.booked[i - 1].1 = end,
+            (false, true) => self.booked[i].0 = t,
+            (false, false) => self.booked.insert(i, (t, end)),
+        }
+        self.record(t, end);
+        t
+    }
+
+    /// Counts the busy spell `[start, end)` in the windows it falls in.
     fn record(&mut self, start: f64, end: f64) {
         let mut t = start;
         while t < end {
             let w = (t / UTIL_WINDOW) as u64;
-            if w != self.window {
-                self.peak = self.peak.max(self.busy / UTIL_WINDOW);
-                self.window = w;
-                self.busy = 0.0;
+            let until = end.min((w + 1) as f64 * UTIL_WINDOW);
+            let k = w.saturating_sub(self.first_window) as usize;
+            if self.windows.len() <= k {
+                self.windows.resize(k + 1, 0.0);
             }
-            let window_end = (w + 1) as f64 * UTIL_WINDOW;
-            let until = end.min(window_end);
-            self.busy += until - t;
+            self.windows[k] += until - t;
             t = until;
         }
     }
@@ -170,7 +221,7 @@ impl Network {
             }
             limit.passed = at;
         }
-        self.send(path, now.max(at as f64), wire)
+        self.carry(path, now, now.max(at as f64), wire)
     }
 
     /// Sends a control message of `bytes` at `now` through the queues of `path`, ahead
@@ -179,13 +230,12 @@ impl Network {
         let mut finish = now;
         for &i in path {
             let q = &mut self.queues[i];
+            q.forget(now);
             let busy = bytes as f64 / q.rate;
             let end = (now.max(q.control_at) + busy).max(finish);
             q.control_at = end;
-            // The chunks behind it wait as long; its busy time is counted there.
-            let pushed = q.free_at.max(now);
-            q.record(pushed, pushed + busy);
-            q.free_at = pushed + busy;
+            // Its time on the link is time the chunks do not have.
+            q.book(now, busy);
             finish = end;
         }
         finish
@@ -194,17 +244,20 @@ impl Network {
     /// Sends `bytes` at `now` through the queues of `path` in order; returns when the
     /// last byte leaves the last queue (latency not included).
     pub fn send(&mut self, path: &[usize], now: f64, bytes: u64) -> f64 {
-        let mut start = now;
-        let mut finish = now;
+        self.carry(path, now, now, bytes)
+    }
+
+    /// Sends `bytes` through the queues of `path` from `start` on, at time `now`.
+    fn carry(&mut self, path: &[usize], now: f64, start: f64, bytes: u64) -> f64 {
+        let mut start = start;
+        let mut finish = start;
         for &i in path {
             let q = &mut self.queues[i];
-            let begin = start.max(q.free_at);
+            q.forget(now);
             let busy = bytes as f64 / q.rate;
-            let end = (begin + busy).max(finish);
-            q.record(end - busy, end);
-            q.free_at = end;
+            let begin = q.book(start, busy);
+            finish = (begin + busy).max(finish);
             start = begin;
-            finish = end;
         }
         finish
     }
@@ -233,6 +286,21 @@ mod tests {
         let slow = net.add(1_000_000.0);
         assert_eq!(net.send(&[fast, slow], 0.0, 1_000_000), 1000.0);
         assert_eq!(net.send(&[slow, fast], 2000.0, 1_000_000), 3000.0);
+    }
+
+    #[test]
+    fn a_fast_hop_behind_a_slow_one_carries_other_transfers_meanwhile() {
+        let mut net = Network::default();
+        let wan = net.add(1_000_000.0);
+        let lan = net.add(10_000_000.0);
+        // Two chunks across the WAN and on through the LAN: the second starts on the
+        // LAN when it starts on the WAN, a second from now.
+        assert_eq!(net.send(&[wan, lan], 0.0, 1_000_000), 1000.0);
+        assert_eq!(net.send(&[wan, lan], 0.0, 1_000_000), 2000.0);
+        // A sibling's chunk on the LAN alone goes now, between them: not after 2 s.
+        assert_eq!(net.send(&[lan], 0.0, 500_000), 150.0);
+        // One too long for the gap before the second chunk's spell goes after it.
+        assert_eq!(net.send(&[lan], 0.0, 9_000_000), 2000.0);
     }
 
     #[test]
